@@ -1,0 +1,50 @@
+/*
+ * common.h: error codes and small value types shared by every chathub module.
+ *
+ * Errors are plain ints: 0 means success and a negative HUB_E* code names the
+ * failure (libuv's convention). Library error codes (libuv, wslay, http-parser,
+ * jansson) are translated into these at the edge of the module that calls the
+ * library, so callers never see a foreign code.
+ */
+#ifndef HUB_COMMON_H
+#define HUB_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum hub_error {
+    HUB_OK = 0,
+    HUB_ENOMEM = -1,  /* an allocation failed */
+    HUB_EINVAL = -2,  /* an argument or input is malformed */
+    HUB_ENOBUFS = -3, /* a queue or buffer limit would be exceeded */
+    HUB_ECLOSED = -4, /* the connection is closing or closed */
+    HUB_ENOENT = -5,  /* the named thing does not exist */
+    HUB_EEXIST = -6,  /* the named thing already exists */
+    HUB_ELIMIT = -7,  /* a configured count limit was reached */
+    HUB_EPROTO = -8,  /* the peer broke the protocol */
+    HUB_EIO = -9,     /* an operating-system call failed */
+    HUB_EAGAIN = -10, /* try again later; nothing was done */
+};
+
+/* Returns a static, human-readable description of a HUB_E* code. */
+const char *hub_strerror(int err);
+
+/* A borrowed view of bytes: whoever hands one out says how long it lives. */
+struct hub_iov {
+    const char *base; /* first byte, not NUL-terminated in general */
+    size_t len;       /* number of bytes */
+};
+
+/* Recovers the enclosing struct from a pointer to one of its fields. */
+#define HUB_CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
+
+#define HUB_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Case-insensitive ASCII comparison of a view against a NUL-terminated literal. */
+int hub_iov_eq_ci(struct hub_iov v, const char *lit);
+
+/* Returns 1 if the comma-separated header value v contains token tok
+ * (case-insensitive, surrounding spaces and tabs ignored), else 0. */
+int hub_iov_has_token(struct hub_iov v, const char *tok);
+
+#endif

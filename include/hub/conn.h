@@ -1,0 +1,123 @@
+/*
+ * conn.h: one TCP connection on the loop.
+ *
+ * A hub_conn embeds its uv_tcp_t and its output queue and is itself embedded
+ * in the owner's per-client struct (the server's). It knows nothing of HTTP or
+ * WebSocket: bytes come up through on_read, bytes go down through
+ * hub_conn_send / hub_conn_write, and the end comes up through on_close.
+ *
+ * Invariants:
+ * - Reads land in one buffer lent by the hub_io (shared by every connection
+ *   of the loop); the bytes are valid only during on_read, so upper layers
+ *   consume or copy them before returning. No idle connection holds a read
+ *   buffer.
+ * - Output is corked: sends only queue; the hub_io flushes each connection
+ *   that has output once per loop iteration (a uv_check handle), with at most
+ *   one uv_write in flight per connection.
+ * - A connection is freed only after libuv's close callback: hub_conn_close
+ *   marks it closing, and on_close fires from the close callback, after which
+ *   the owner may free the memory. on_close fires exactly once.
+ * - A conn with io == NULL is "detached": sends queue into out and nothing is
+ *   ever written or read. Unit tests use this to drive upper layers sans-I/O.
+ */
+#ifndef HUB_CONN_H
+#define HUB_CONN_H
+
+#include "hub/buf.h"
+
+#include <uv.h>
+
+struct hub_conn;
+struct hub_io;
+
+/* Bytes arrived. data is lent for the duration of the call only. */
+typedef void (*hub_conn_read_cb)(struct hub_conn *c, const char *data, size_t len);
+
+/* The connection is fully closed (libuv close callback). The owner may free
+ * the struct that embeds c from here on, but not before. */
+typedef void (*hub_conn_close_cb)(struct hub_conn *c);
+
+/* The peer half-closed or the socket failed (EOF, reset). The connection is
+ * already closing; this is informational (for metrics and logs). err is a
+ * libuv code (UV_EOF for an orderly end). Optional. */
+typedef void (*hub_conn_end_cb)(struct hub_conn *c, int err);
+
+enum hub_conn_flags {
+    HUB_CONN_CLOSING = 1u << 0,       /* hub_conn_close was called */
+    HUB_CONN_CLOSE_AFTER_FLUSH = 1u << 1, /* close once the queue drains */
+    HUB_CONN_IN_FLUSH_LIST = 1u << 2, /* linked in io->flush_head */
+    HUB_CONN_WRITING = 1u << 3,       /* a uv_write is in flight */
+    HUB_CONN_READ_STOPPED = 1u << 4,  /* reading paused */
+    HUB_CONN_SHUTDOWN = 1u << 5,      /* output done, TCP shutdown under way */
+};
+
+struct hub_conn {
+    uv_tcp_t tcp;              /* the socket; tcp.data points back at this conn */
+    uv_write_t wreq;           /* the one in-flight write request */
+    struct hub_outq out;       /* queued output, owned */
+    size_t inflight;           /* bytes of out handed to the in-flight uv_write */
+    struct hub_io *io;         /* the loop's shared state, or NULL when detached */
+    struct hub_conn *flush_next; /* link in io's flush list */
+    unsigned flags;            /* enum hub_conn_flags */
+    hub_conn_read_cb on_read;  /* set by the owner */
+    hub_conn_close_cb on_close; /* set by the owner; required */
+    hub_conn_end_cb on_end;    /* optional */
+    void *data;                /* owner's pointer, untouched by conn */
+    char peer[48];             /* peer address as text, for logs and per-IP limits */
+};
+
+/* Creates the loop-wide state: the lent read buffer and the flush handle.
+ * Returns 0, HUB_ENOMEM or HUB_EIO. io is owned by the caller until
+ * hub_io_close. */
+int hub_io_init(struct hub_io **io, uv_loop_t *loop);
+
+/* Closes the io's handles; the memory is freed from their close callbacks,
+ * so run the loop afterwards. Every conn must be closed first. */
+void hub_io_close(struct hub_io *io);
+
+/* Returns the loop. */
+uv_loop_t *hub_io_loop(struct hub_io *io);
+
+/* Prepares c (zeroed by this call) for accept: initialises the tcp handle on
+ * io's loop, with out's byte limit set to out_limit (0 = none). Returns 0 or
+ * HUB_EIO. After success c must be closed with hub_conn_close. */
+int hub_conn_init(struct hub_conn *c, struct hub_io *io, size_t out_limit);
+
+/* Prepares a detached conn for tests: no socket, sends only queue. */
+void hub_conn_init_detached(struct hub_conn *c, size_t out_limit);
+
+/* Accepts a pending connection from server into c and starts reading.
+ * Returns 0 or HUB_EIO (then close c). */
+int hub_conn_accept(struct hub_conn *c, uv_stream_t *server);
+
+/* Queues a reference to chunk (the caller keeps its own). Returns 0,
+ * HUB_ENOBUFS when the output limit would be passed (nothing queued: the
+ * caller decides, usually a slow-client close), HUB_ECLOSED if closing,
+ * HUB_ENOMEM. */
+int hub_conn_send(struct hub_conn *c, struct hub_shared *chunk);
+
+/* Queues a copy of len bytes. Same returns as hub_conn_send. */
+int hub_conn_write(struct hub_conn *c, const void *data, size_t len);
+
+/* Queues a copy of len bytes even past the output limit (for the few bytes
+ * of a close frame or an error response). Returns 0, HUB_ECLOSED, HUB_ENOMEM. */
+int hub_conn_write_force(struct hub_conn *c, const void *data, size_t len);
+
+/* Closes after everything queued so far is written (or at once if the peer
+ * is gone). Further sends return HUB_ECLOSED. */
+void hub_conn_close_after_flush(struct hub_conn *c);
+
+/* Closes now, dropping queued output. Safe to call more than once and from
+ * any callback; on_close fires later from the loop. */
+void hub_conn_close(struct hub_conn *c);
+
+/* Pauses or resumes reading (backpressure on a client that sends too much). */
+void hub_conn_pause(struct hub_conn *c, int paused);
+
+/* Returns 1 once hub_conn_close or hub_conn_close_after_flush was called. */
+static inline int hub_conn_closing(const struct hub_conn *c)
+{
+    return (c->flags & (HUB_CONN_CLOSING | HUB_CONN_CLOSE_AFTER_FLUSH)) != 0;
+}
+
+#endif

@@ -1,0 +1,48 @@
+/*
+ * server.h: the listener and the wiring of every module.
+ *
+ * A hub_server accepts TCP connections, gives each an HTTP front end
+ * (static files, health) and, on a valid upgrade, a WebSocket and a chat
+ * client. It handles SIGINT and SIGTERM itself: stop accepting, close every
+ * WebSocket with 1001, and let the loop run dry.
+ */
+#ifndef HUB_SERVER_H
+#define HUB_SERVER_H
+
+#include "hub/common.h"
+
+#include <uv.h>
+
+struct hub_server;
+
+struct hub_server_config {
+    const char *host;       /* address to bind ("0.0.0.0", "::", "127.0.0.1", a name) */
+    int port;               /* TCP port; 0 picks a free one */
+    const char *public_dir; /* serve this directory instead of the embedded page, or NULL */
+    const char *welcome;    /* greeting for raw clients, or NULL */
+    size_t max_message;     /* largest WebSocket message (65536) */
+    size_t max_output;      /* output queue limit per client (1 MiB) */
+    unsigned drain_ms;      /* how long shutdown waits for close handshakes (5000) */
+};
+
+void hub_server_config_default(struct hub_server_config *cfg);
+
+/* Creates the server on loop, loads the site, binds and listens, and installs
+ * the signal handlers. The strings in cfg are borrowed and must outlive the
+ * server. Returns 0; HUB_EIO when the address cannot be bound (err gets a
+ * one-line reason such as "cannot listen on 0.0.0.0:8080: address already in
+ * use"); HUB_ENOENT/HUB_ELIMIT for a bad --public directory; HUB_ENOMEM. */
+int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_server_config *cfg,
+                   char *err, size_t errsz);
+
+/* The port actually bound (useful with port 0). */
+int hub_server_port(const struct hub_server *s);
+
+/* Starts the same orderly shutdown a signal does. */
+void hub_server_shutdown(struct hub_server *s);
+
+/* Frees the server. Call after uv_run has returned, i.e. after the shutdown
+ * has closed every handle. */
+void hub_server_free(struct hub_server *s);
+
+#endif

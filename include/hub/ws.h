@@ -1,0 +1,108 @@
+/*
+ * ws.h: the WebSocket side of a connection after the upgrade (RFC 6455).
+ *
+ * The only module that includes wslay. wslay parses and validates incoming
+ * frames (masking, reserved bits and opcodes, control-frame rules, UTF-8 of
+ * text, the message size limit) and runs the close handshake and ping/pong.
+ *
+ * Outgoing data frames do not go through wslay's queue, which would copy the
+ * payload for every recipient: a server frame is unmasked, so its bytes are
+ * the same for every receiver, and hub_ws_frame encodes it once into a
+ * reference-counted chunk that any number of connections queue. Control
+ * frames that wslay produces are written straight into the connection's
+ * output as they are made, so the order on the wire is the order of calls.
+ *
+ * Sans-I/O: a hub_ws reads only what hub_ws_feed gives it and writes only
+ * into its hub_conn's output queue, so tests drive it with a detached conn.
+ */
+#ifndef HUB_WS_H
+#define HUB_WS_H
+
+#include "hub/buf.h"
+
+struct hub_conn;
+struct hub_ws;
+
+enum hub_ws_opcode {
+    HUB_WS_TEXT = 1,
+    HUB_WS_BINARY = 2,
+};
+
+/* Close codes the hub sends (RFC 6455 section 7.4 and the hub's own range:
+ * 4000-4499 mean a reconnect is fine, 4500-4999 mean do not reconnect). */
+enum hub_ws_close_code {
+    HUB_WS_NORMAL = 1000,
+    HUB_WS_GOING_AWAY = 1001,
+    HUB_WS_PROTOCOL_ERROR = 1002,
+    HUB_WS_UNSUPPORTED_DATA = 1003,
+    HUB_WS_INVALID_PAYLOAD = 1007,
+    HUB_WS_POLICY = 1008,
+    HUB_WS_TOO_BIG = 1009,
+    HUB_WS_INTERNAL_ERROR = 1011,
+    HUB_WS_SERVICE_RESTART = 1012,
+    HUB_WS_SLOW_CLIENT = 4008,
+};
+
+struct hub_ws_config {
+    size_t max_message; /* largest message accepted; larger ones close 1009 (65536) */
+};
+
+/* A complete text or binary message arrived. data is borrowed for the call.
+ * The callback may send, and may call hub_ws_close on this ws. */
+typedef void (*hub_ws_message_cb)(struct hub_ws *ws, int opcode, const char *data, size_t len,
+                                  void *user);
+
+void hub_ws_config_default(struct hub_ws_config *cfg);
+
+/* Creates the WebSocket state for conn (borrowed; must outlive ws). cfg is
+ * copied. Returns NULL when out of memory. */
+struct hub_ws *hub_ws_new(struct hub_conn *conn, const struct hub_ws_config *cfg,
+                          hub_ws_message_cb on_message, void *user);
+
+/* Frees ws. Does not close the connection. */
+void hub_ws_free(struct hub_ws *ws);
+
+/* Processes len received bytes (borrowed), calling on_message for each
+ * complete message. Protocol violations make wslay queue the right close
+ * frame; once the close handshake is over (or cannot happen) the connection
+ * is set to close after its output is flushed. Returns 0, or HUB_ECLOSED
+ * once the WebSocket is finished (feed no more). */
+int hub_ws_feed(struct hub_ws *ws, const char *data, size_t len);
+
+/* Encodes one unfragmented server frame (FIN set, unmasked) around a copy of
+ * payload. Returns a chunk with one reference (the caller's), or NULL when
+ * out of memory. */
+struct hub_shared *hub_ws_frame(int opcode, const void *payload, size_t len);
+
+/* Like hub_ws_frame, but leaves the len payload bytes for the caller to fill
+ * through *payload before the chunk is shared. */
+struct hub_shared *hub_ws_frame_alloc(int opcode, size_t len, char **payload);
+
+/* Queues a frame made by hub_ws_frame (the queue takes its own reference).
+ * Returns 0; HUB_ECLOSED if a close frame was already sent or received;
+ * HUB_ENOBUFS if the connection's output limit is reached, in which case
+ * the client is too slow and its connection is being closed (4008). */
+int hub_ws_send_frame(struct hub_ws *ws, struct hub_shared *frame);
+
+/* Encodes and queues one message. Returns as hub_ws_send_frame, or HUB_ENOMEM. */
+int hub_ws_send(struct hub_ws *ws, int opcode, const void *data, size_t len);
+
+/* Starts the close handshake with code and reason (NUL-terminated, at most
+ * 123 bytes, borrowed). Nothing more is sent afterwards and incoming
+ * messages are ignored; the connection closes once the peer answers.
+ * Returns 0, or HUB_ECLOSED if a close was already sent. */
+int hub_ws_close(struct hub_ws *ws, uint16_t code, const char *reason);
+
+/* Returns 1 once this side has sent (or queued) its close frame. */
+int hub_ws_close_sent(const struct hub_ws *ws);
+
+/* Queues a ping with an empty payload. Returns 0 or HUB_ECLOSED. */
+int hub_ws_ping(struct hub_ws *ws);
+
+/* The close code the peer sent (1005 if it sent none, 1006 if none yet). */
+uint16_t hub_ws_close_code_received(const struct hub_ws *ws);
+
+/* The connection this ws writes to (borrowed). */
+struct hub_conn *hub_ws_conn(const struct hub_ws *ws);
+
+#endif
