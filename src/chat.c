@@ -1,53 +1,515 @@
 /*
- * chat.c: raw-mode relay over the rooms module.
+ * chat.c: raw relay and the chathub.v1 JSON protocol over rooms and history.
  *
- * Every client embeds a room_member. A message from a raw client becomes one
- * hub_room_event; the first raw recipient encodes the frame, the others share
- * it, and the event releases it when the broadcast is over.
+ * Every client embeds a room_member. Anything said in a room becomes one
+ * struct hub_room_event; the rooms module hands it to every member, and the
+ * first recipient of each wire format encodes the frame that the others of
+ * that format then share. Requests are parsed with jansson; replies and
+ * pushes are written by hand into a hub_buf, which keeps the per-message
+ * path to one encode and one copy into the frame.
+ *
+ * Invariants:
+ * - A client joins or leaves rooms only from its own request handler or from
+ *   its close path, never from a deliver callback (rooms asserts this).
+ * - Nicks are unique hub-wide under ASCII case folding; the nick table holds
+ *   JSON clients that said hello. Raw clients use reserved guest-<n> nicks.
+ * - A message is sequenced into history before anyone sees it, so offsets in
+ *   pushes, replies and history always agree.
  */
 #include "hub/chat.h"
 #include "hub/buf.h"
+#include "hub/history.h"
 #include "hub/log.h"
 #include "hub/rooms.h"
+#include "hub/utf8.h"
 #include "hub/ws.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
+
+#define TYPING_INTERVAL_MS 3000 /* forward at most one typing per client and room */
+#define TYPING_TTL_MS 6000      /* how long a receiver shows it */
+#define COUNT_INTERVAL_MS 1000  /* at most one count push per big room */
+#define JOIN_HISTORY_MAX 100    /* messages a join may ask for */
+#define RESUME_MAX 1000         /* messages a resume hands out at once */
+#define ROOMS_LIST_MAX 200      /* rooms in a rooms reply */
+
+/* Per-room bookkeeping for presence in big rooms, kept only for rooms that
+ * passed HUB_CHAT_LIST_MAX members. */
+struct count_entry {
+    char name[HUB_ROOM_NAME_MAX + 1]; /* room name */
+    int64_t last_push;                /* when the last count went out */
+    int dirty;                        /* membership changed since */
+};
 
 struct hub_chat {
-    struct hub_rooms *rooms;    /* room registry, owned */
-    struct hub_chat_config cfg; /* copied configuration */
-    size_t nclients;            /* live clients */
+    struct hub_rooms *rooms;          /* room registry, owned */
+    struct hub_chat_config cfg;       /* copied configuration */
+    struct hub_chat_client **nicks;   /* nick table buckets (chained) */
+    size_t nnick_buckets;             /* power of two */
+    size_t nnicks;                    /* clients in the table */
+    size_t nclients;                  /* live clients */
+    uint64_t client_seq;              /* ids handed out */
+    uint64_t guest_seq;               /* guest nicks handed out */
+    struct count_entry *counts;       /* big rooms, owned */
+    size_t ncounts;                   /* entries in counts */
+};
+
+struct typing_mark {
+    struct hub_room *room; /* a room the client is in */
+    int64_t last;          /* when its last typing was forwarded */
 };
 
 struct hub_chat_client {
-    struct room_member member; /* membership, embedded */
-    struct hub_chat *chat;     /* the hub, borrowed */
-    struct hub_ws *ws;         /* the client's WebSocket, borrowed */
-    int mode;                  /* enum hub_chat_mode */
+    struct room_member member;          /* membership, embedded */
+    struct hub_chat *chat;              /* the hub, borrowed */
+    struct hub_ws *ws;                  /* the client's WebSocket, borrowed */
+    int mode;                           /* enum hub_chat_mode */
+    int hello;                          /* JSON: hello succeeded */
+    struct hub_chat_client *nick_next;  /* nick table chain */
+    uint64_t nick_hash;                 /* hash of the folded nick */
+    size_t nick_len;                    /* bytes in nick */
+    char nick[HUB_CHAT_NICK_BYTES + 1]; /* current nick */
+    char id[24];                        /* "c-<n>" */
+    struct typing_mark *typing;         /* owned, one per room typed in */
+    uint32_t ntyping;                   /* entries in typing */
+};
+
+enum event_kind {
+    EV_MSG,    /* a message was sequenced */
+    EV_JOIN,   /* a member joined */
+    EV_LEAVE,  /* a member left */
+    EV_TYPING, /* a member is typing */
+    EV_NICK,   /* a member changed nick */
+    EV_COUNT,  /* member count of a big room */
 };
 
 /* One broadcast, with its frames encoded lazily once per wire format. */
 struct hub_room_event {
-    int opcode;                /* HUB_WS_TEXT or HUB_WS_BINARY */
-    const char *data;          /* the message, borrowed for the broadcast */
-    size_t len;                /* its length */
-    struct hub_shared *frame;  /* the raw frame once encoded, owned by the event */
+    int kind;                    /* enum event_kind */
+    struct hub_room *room;       /* where it happens */
+    struct hub_chat_client *who; /* the actor (NULL for counts) */
+    int opcode;                  /* EV_MSG: HUB_WS_TEXT or HUB_WS_BINARY */
+    struct hub_iov text;         /* EV_MSG: the payload, borrowed */
+    struct hub_iov cmid;         /* EV_MSG: client message id, borrowed */
+    uint64_t offset;             /* EV_MSG: position in history (0 for binary) */
+    int64_t ts;                  /* EV_MSG: when it was sequenced */
+    struct hub_iov old_nick;     /* EV_NICK: the previous nick, borrowed */
+    struct hub_shared *raw;      /* the raw frame once encoded, owned */
+    struct hub_shared *json;     /* the JSON frame once encoded, owned */
 };
+
+/* ---- small helpers -------------------------------------------------- */
+
+static int64_t system_now_ms(void)
+{
+    uv_timeval64_t tv;
+    if (uv_gettimeofday(&tv) != 0)
+        return 0;
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+static int64_t chat_now(const struct hub_chat *chat)
+{
+    return chat->cfg.now_ms ? chat->cfg.now_ms() : system_now_ms();
+}
+
+static struct hub_iov iov_str(const char *s)
+{
+    struct hub_iov v = {s, strlen(s)};
+    return v;
+}
+
+static int lower(int c)
+{
+    return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+}
+
+/* Appends s as a JSON string literal (RFC 8259 section 7). s is valid UTF-8. */
+static void jw_str(struct hub_buf *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    hub_buf_reserve(b, len + 2);
+    hub_buf_append(b, "\"", 1);
+    size_t run = 0; /* bytes copied in one go when nothing needs escaping */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        hub_buf_append(b, s + run, i - run);
+        run = i + 1;
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t n = 2;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        default:
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            n = 6;
+        }
+        hub_buf_append(b, esc, n);
+    }
+    hub_buf_append(b, s + run, len - run);
+    hub_buf_append(b, "\"", 1);
+}
+
+/* Appends ,"key": (or "key": right after an opening brace). */
+static void jw_key(struct hub_buf *b, const char *key)
+{
+    if (b->len > 0 && b->data[b->len - 1] != '{' && b->data[b->len - 1] != '[')
+        hub_buf_append(b, ",", 1);
+    jw_str(b, key, strlen(key));
+    hub_buf_append(b, ":", 1);
+}
+
+static void jw_kstr(struct hub_buf *b, const char *key, const char *s, size_t len)
+{
+    jw_key(b, key);
+    jw_str(b, s, len);
+}
+
+static void jw_kint(struct hub_buf *b, const char *key, long long v)
+{
+    jw_key(b, key);
+    hub_buf_printf(b, "%lld", v);
+}
+
+/* Sends a finished JSON text to one client. */
+static void send_buf(struct hub_chat_client *cl, struct hub_buf *b)
+{
+    if (b->len == 0)
+        return; /* an allocation failed while building */
+    hub_ws_send(cl->ws, HUB_WS_TEXT, b->data, b->len);
+}
+
+/* A request's id: present (has) and its value. */
+struct req_id {
+    int has;
+    long long v;
+};
+
+static void begin_reply(struct hub_buf *b, struct req_id id)
+{
+    hub_buf_puts(b, "{");
+    jw_kint(b, "id", id.v);
+    jw_key(b, "ok");
+    hub_buf_puts(b, "true");
+}
+
+/* Answers a failed request: an error reply when it had an id, an error
+ * push otherwise. */
+static void send_error(struct hub_chat_client *cl, struct req_id id, const char *code,
+                       const char *message)
+{
+    struct hub_buf b = {0};
+    hub_buf_puts(&b, "{");
+    if (id.has) {
+        jw_kint(&b, "id", id.v);
+        jw_key(&b, "ok");
+        hub_buf_puts(&b, "false");
+    } else {
+        jw_kstr(&b, "t", "error", 5);
+    }
+    jw_key(&b, "error");
+    hub_buf_puts(&b, "{");
+    jw_kstr(&b, "code", code, strlen(code));
+    jw_kstr(&b, "message", message, strlen(message));
+    hub_buf_puts(&b, "}}");
+    send_buf(cl, &b);
+    hub_buf_free(&b);
+}
+
+static void send_ok(struct hub_chat_client *cl, struct req_id id)
+{
+    if (!id.has)
+        return;
+    struct hub_buf b = {0};
+    begin_reply(&b, id);
+    hub_buf_puts(&b, "}");
+    send_buf(cl, &b);
+    hub_buf_free(&b);
+}
+
+/* ---- nick table ----------------------------------------------------- */
+
+static uint64_t nick_hash(const char *s, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)lower((unsigned char)s[i]);
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static int nick_eq(const char *a, size_t alen, const char *b, size_t blen)
+{
+    if (alen != blen)
+        return 0;
+    for (size_t i = 0; i < alen; i++)
+        if (lower((unsigned char)a[i]) != lower((unsigned char)b[i]))
+            return 0;
+    return 1;
+}
+
+static struct hub_chat_client *nick_find(const struct hub_chat *chat, const char *s, size_t len)
+{
+    uint64_t h = nick_hash(s, len);
+    for (struct hub_chat_client *c = chat->nicks[h & (chat->nnick_buckets - 1)]; c;
+         c = c->nick_next)
+        if (c->nick_hash == h && nick_eq(c->nick, c->nick_len, s, len))
+            return c;
+    return NULL;
+}
+
+static void nick_unlink(struct hub_chat *chat, struct hub_chat_client *cl)
+{
+    struct hub_chat_client **pp = &chat->nicks[cl->nick_hash & (chat->nnick_buckets - 1)];
+    while (*pp != NULL && *pp != cl)
+        pp = &(*pp)->nick_next;
+    if (*pp == cl) {
+        *pp = cl->nick_next;
+        chat->nnicks--;
+    }
+    cl->nick_next = NULL;
+}
+
+static void nick_link(struct hub_chat *chat, struct hub_chat_client *cl)
+{
+    if (chat->nnicks >= chat->nnick_buckets) {
+        size_t n = chat->nnick_buckets * 2;
+        struct hub_chat_client **b = calloc(n, sizeof(*b));
+        if (b != NULL) {
+            for (size_t i = 0; i < chat->nnick_buckets; i++)
+                for (struct hub_chat_client *c = chat->nicks[i], *next; c; c = next) {
+                    next = c->nick_next;
+                    c->nick_next = b[c->nick_hash & (n - 1)];
+                    b[c->nick_hash & (n - 1)] = c;
+                }
+            free(chat->nicks);
+            chat->nicks = b;
+            chat->nnick_buckets = n;
+        }
+    }
+    cl->nick_hash = nick_hash(cl->nick, cl->nick_len);
+    size_t i = cl->nick_hash & (chat->nnick_buckets - 1);
+    cl->nick_next = chat->nicks[i];
+    chat->nicks[i] = cl;
+    chat->nnicks++;
+}
+
+/* Checks the nick rules of docs/protocol.md. Returns NULL or a reason. */
+static const char *nick_problem(const char *s, size_t len)
+{
+    if (len == 0)
+        return "the nick is empty";
+    if (len > HUB_CHAT_NICK_BYTES || hub_utf8_length(s, len) > HUB_CHAT_NICK_MAX)
+        return "the nick is longer than 32 characters";
+    if (!hub_utf8_valid(s, len))
+        return "the nick is not valid UTF-8";
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        /* C0 controls, DEL, and C1 controls (U+0080-U+009F, encoded C2 80-9F). */
+        if (c < 0x20 || c == 0x7f || (c == 0xc2 && i + 1 < len && (unsigned char)s[i + 1] < 0xa0))
+            return "the nick contains control characters";
+    }
+    if (s[0] == ' ' || s[len - 1] == ' ')
+        return "the nick starts or ends with a space";
+    if (memchr(s, ',', len) != NULL)
+        return "the nick contains a comma";
+    if (s[0] == '@' || (len >= 6 && nick_eq(s, 6, "guest-", 6)))
+        return "nicks starting with @ or guest- are reserved";
+    return NULL;
+}
+
+static void set_nick(struct hub_chat_client *cl, const char *s, size_t len)
+{
+    memcpy(cl->nick, s, len);
+    cl->nick[len] = '\0';
+    cl->nick_len = len;
+}
+
+/* ---- events and delivery -------------------------------------------- */
+
+static struct hub_shared *encode_json(struct hub_room_event *ev)
+{
+    struct hub_buf b = {0};
+    const char *room = hub_room_name(ev->room);
+    size_t room_len = hub_room_name_len(ev->room);
+    hub_buf_puts(&b, "{");
+    switch (ev->kind) {
+    case EV_MSG:
+        jw_kstr(&b, "t", "msg", 3);
+        jw_kstr(&b, "room", room, room_len);
+        jw_kint(&b, "offset", (long long)ev->offset);
+        jw_kint(&b, "ts", ev->ts);
+        jw_kstr(&b, "from", ev->who->nick, ev->who->nick_len);
+        jw_kstr(&b, "text", ev->text.base, ev->text.len);
+        if (ev->cmid.len > 0)
+            jw_kstr(&b, "cmid", ev->cmid.base, ev->cmid.len);
+        break;
+    case EV_JOIN:
+    case EV_LEAVE:
+        jw_kstr(&b, "t", ev->kind == EV_JOIN ? "join" : "leave", ev->kind == EV_JOIN ? 4 : 5);
+        jw_kstr(&b, "room", room, room_len);
+        jw_kstr(&b, "nick", ev->who->nick, ev->who->nick_len);
+        jw_kstr(&b, "client", ev->who->id, strlen(ev->who->id));
+        break;
+    case EV_TYPING:
+        jw_kstr(&b, "t", "typing", 6);
+        jw_kstr(&b, "room", room, room_len);
+        jw_kstr(&b, "nick", ev->who->nick, ev->who->nick_len);
+        jw_kint(&b, "ttl", TYPING_TTL_MS);
+        break;
+    case EV_NICK:
+        jw_kstr(&b, "t", "nick", 4);
+        jw_kstr(&b, "room", room, room_len);
+        jw_kstr(&b, "old", ev->old_nick.base, ev->old_nick.len);
+        jw_kstr(&b, "new", ev->who->nick, ev->who->nick_len);
+        break;
+    case EV_COUNT:
+        jw_kstr(&b, "t", "count", 5);
+        jw_kstr(&b, "room", room, room_len);
+        jw_kint(&b, "members", (long long)hub_room_size(ev->room));
+        break;
+    }
+    hub_buf_puts(&b, "}");
+    struct hub_shared *f = hub_ws_frame(HUB_WS_TEXT, b.data, b.len);
+    hub_buf_free(&b);
+    return f;
+}
+
+static void deliver(struct room_member *m, struct hub_room *room, struct hub_room_event *ev)
+{
+    struct hub_chat_client *cl = HUB_CONTAINER_OF(m, struct hub_chat_client, member);
+    struct hub_shared **slot;
+    if (cl->mode == HUB_CHAT_RAW) {
+        if (ev->kind != EV_MSG)
+            return; /* raw clients see messages only */
+        if (ev->raw == NULL)
+            ev->raw = hub_ws_frame(ev->opcode, ev->text.base, ev->text.len);
+        slot = &ev->raw;
+    } else {
+        if (ev->kind == EV_MSG && ev->opcode != HUB_WS_TEXT)
+            return; /* JSON has no binary messages */
+        if (ev->json == NULL)
+            ev->json = encode_json(ev);
+        slot = &ev->json;
+    }
+    /* A full queue closes that client inside hub_ws_send_frame; the others
+     * are unaffected. A failed encode loses this event for this format. */
+    if (*slot != NULL)
+        hub_ws_send_frame(cl->ws, *slot);
+}
+
+static void broadcast(struct hub_room_event *ev, struct hub_chat_client *except)
+{
+    hub_room_broadcast(ev->room, ev, except ? &except->member : NULL);
+    hub_shared_unref(ev->raw);
+    hub_shared_unref(ev->json);
+    ev->raw = ev->json = NULL;
+}
+
+static struct count_entry *count_entry(struct hub_chat *chat, struct hub_room *room, int create)
+{
+    const char *name = hub_room_name(room);
+    for (size_t i = 0; i < chat->ncounts; i++)
+        if (strcmp(chat->counts[i].name, name) == 0)
+            return &chat->counts[i];
+    if (!create)
+        return NULL;
+    struct count_entry *a = realloc(chat->counts, (chat->ncounts + 1) * sizeof(*a));
+    if (a == NULL)
+        return NULL;
+    chat->counts = a;
+    struct count_entry *e = &a[chat->ncounts++];
+    memset(e, 0, sizeof(*e));
+    memcpy(e->name, name, hub_room_name_len(room) + 1);
+    return e;
+}
+
+static void push_count(struct hub_chat *chat, struct hub_room *room, struct count_entry *e)
+{
+    struct hub_room_event ev = {.kind = EV_COUNT, .room = room};
+    broadcast(&ev, NULL);
+    e->last_push = chat_now(chat);
+    e->dirty = 0;
+}
+
+/* Tells a room that who joined or is leaving: one push per member while the
+ * room is small, a coalesced count push once it is big. */
+static void announce_presence(struct hub_chat_client *who, struct hub_room *room, int kind)
+{
+    struct hub_chat *chat = who->chat;
+    if (hub_room_size(room) <= HUB_CHAT_LIST_MAX) {
+        struct hub_room_event ev = {.kind = kind, .room = room, .who = who};
+        broadcast(&ev, who);
+        return;
+    }
+    struct count_entry *e = count_entry(chat, room, 1);
+    if (e == NULL)
+        return;
+    if (chat_now(chat) - e->last_push >= COUNT_INTERVAL_MS)
+        push_count(chat, room, e);
+    else
+        e->dirty = 1;
+}
+
+void hub_chat_tick(struct hub_chat *chat)
+{
+    int64_t now = chat_now(chat);
+    for (size_t i = 0; i < chat->ncounts;) {
+        struct count_entry *e = &chat->counts[i];
+        struct hub_room *room = hub_rooms_find(chat->rooms, e->name, strlen(e->name));
+        if (room == NULL || hub_room_size(room) <= HUB_CHAT_LIST_MAX) {
+            /* Gone or small again: per-member pushes take over. */
+            if (room != NULL && e->dirty)
+                push_count(chat, room, e);
+            chat->counts[i] = chat->counts[--chat->ncounts];
+            continue;
+        }
+        if (e->dirty && now - e->last_push >= COUNT_INTERVAL_MS)
+            push_count(chat, room, e);
+        i++;
+    }
+}
+
+/* ---- configuration and lifetime ------------------------------------- */
 
 void hub_chat_config_default(struct hub_chat_config *cfg)
 {
-    cfg->welcome = NULL;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->server_name = "chathub";
     cfg->max_rooms_per_client = 64;
+    cfg->max_text = 4000;
+    cfg->max_message = 64 * 1024;
+    cfg->history_default = 50;
+    cfg->history_max_rooms_kept = 1000;
 }
 
 int hub_chat_new(struct hub_chat **out, const struct hub_chat_config *cfg)
 {
+    if (cfg->history == NULL)
+        return HUB_EINVAL;
     struct hub_chat *chat = calloc(1, sizeof(*chat));
     if (chat == NULL)
         return HUB_ENOMEM;
     chat->cfg = *cfg;
-    if (hub_rooms_new(&chat->rooms, cfg->max_rooms_per_client) != 0) {
+    chat->nnick_buckets = 64;
+    chat->nicks = calloc(chat->nnick_buckets, sizeof(*chat->nicks));
+    if (chat->nicks == NULL || hub_rooms_new(&chat->rooms, cfg->max_rooms_per_client) != 0) {
+        free(chat->nicks);
         free(chat);
         return HUB_ENOMEM;
     }
@@ -60,6 +522,8 @@ void hub_chat_free(struct hub_chat *chat)
     if (chat == NULL)
         return;
     hub_rooms_free(chat->rooms);
+    free(chat->nicks);
+    free(chat->counts);
     free(chat);
 }
 
@@ -85,8 +549,9 @@ int hub_chat_room_from_path(struct hub_iov path, struct hub_iov *room)
     struct hub_iov rest = {path.base + 1, path.len - 1};
     /* "/ws" is the documented endpoint; "/ws/<room>" names a room under it. */
     if (rest.len >= 2 && memcmp(rest.base, "ws", 2) == 0 && (rest.len == 2 || rest.base[2] == '/')) {
-        rest.base += rest.len == 2 ? 2 : 3;
-        rest.len -= rest.len == 2 ? 2 : 3;
+        size_t skip = rest.len == 2 ? 2 : 3;
+        rest.base += skip;
+        rest.len -= skip;
     }
     if (rest.len == 0) {
         room->base = lobby;
@@ -99,17 +564,30 @@ int hub_chat_room_from_path(struct hub_iov path, struct hub_iov *room)
     return 0;
 }
 
-static void raw_deliver(struct room_member *m, struct hub_room *room, struct hub_room_event *ev)
+/* Joins cl to a room and tells the others. Returns as hub_rooms_join. */
+static int join_room(struct hub_chat_client *cl, struct hub_iov name, struct hub_room **out)
 {
-    struct hub_chat_client *cl = HUB_CONTAINER_OF(m, struct hub_chat_client, member);
-    if (ev->frame == NULL) {
-        ev->frame = hub_ws_frame(ev->opcode, ev->data, ev->len);
-        if (ev->frame == NULL)
-            return; /* out of memory: this message is lost for everyone */
-    }
-    /* A full queue closes that client inside hub_ws_send_frame; the others
-     * are unaffected. */
-    hub_ws_send_frame(cl->ws, ev->frame);
+    struct hub_room *room;
+    int rc = hub_rooms_join(cl->chat->rooms, &cl->member, name.base, name.len, &room);
+    if (rc != 0)
+        return rc;
+    announce_presence(cl, room, EV_JOIN);
+    if (out != NULL)
+        *out = room;
+    return 0;
+}
+
+/* Tells the others cl is leaving, then removes it. */
+static void leave_room(struct hub_chat_client *cl, struct hub_room *room)
+{
+    for (uint32_t i = 0; i < cl->ntyping; i++)
+        if (cl->typing[i].room == room) {
+            cl->typing[i] = cl->typing[--cl->ntyping];
+            break;
+        }
+    if (hub_room_size(room) > 1)
+        announce_presence(cl, room, EV_LEAVE);
+    hub_rooms_leave(cl->chat->rooms, &cl->member, room);
 }
 
 struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws *ws, int mode,
@@ -121,37 +599,820 @@ struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws
     cl->chat = chat;
     cl->ws = ws;
     cl->mode = mode;
-    cl->member.deliver = raw_deliver;
-    if (hub_rooms_join(chat->rooms, &cl->member, room.base, room.len, NULL) != 0) {
-        free(cl);
-        return NULL;
-    }
+    cl->member.deliver = deliver;
+    snprintf(cl->id, sizeof(cl->id), "c-%llu", (unsigned long long)++chat->client_seq);
     chat->nclients++;
+    if (mode == HUB_CHAT_RAW) {
+        cl->nick_len = (size_t)snprintf(cl->nick, sizeof(cl->nick), "guest-%llu",
+                                        (unsigned long long)++chat->guest_seq);
+        if (chat->cfg.welcome != NULL)
+            hub_ws_send(ws, HUB_WS_TEXT, chat->cfg.welcome, strlen(chat->cfg.welcome));
+        if (join_room(cl, room, NULL) != 0) {
+            hub_chat_client_free(cl);
+            return NULL;
+        }
+        return cl;
+    }
+    struct hub_buf b = {0};
+    hub_buf_puts(&b, "{");
+    jw_kstr(&b, "t", "welcome", 7);
+    jw_kstr(&b, "server", chat->cfg.server_name, strlen(chat->cfg.server_name));
     if (chat->cfg.welcome != NULL)
-        hub_ws_send(ws, HUB_WS_TEXT, chat->cfg.welcome, strlen(chat->cfg.welcome));
+        jw_kstr(&b, "motd", chat->cfg.welcome, strlen(chat->cfg.welcome));
+    hub_buf_puts(&b, "}");
+    send_buf(cl, &b);
+    hub_buf_free(&b);
     return cl;
-}
-
-void hub_chat_client_message(struct hub_chat_client *cl, int opcode, const char *data, size_t len)
-{
-    /* A raw client is in exactly one room: the one its path named. */
-    if (cl->member.nrooms == 0)
-        return;
-    struct hub_room_event ev = {opcode, data, len, NULL};
-    hub_room_broadcast(cl->member.rooms[0].room, &ev, NULL);
-    hub_shared_unref(ev.frame);
 }
 
 void hub_chat_client_free(struct hub_chat_client *cl)
 {
     if (cl == NULL)
         return;
-    hub_rooms_leave_all(cl->chat->rooms, &cl->member);
-    cl->chat->nclients--;
+    struct hub_chat *chat = cl->chat;
+    while (cl->member.nrooms > 0)
+        leave_room(cl, cl->member.rooms[cl->member.nrooms - 1].room);
+    hub_rooms_leave_all(chat->rooms, &cl->member);
+    if (cl->hello)
+        nick_unlink(chat, cl);
+    free(cl->typing);
+    chat->nclients--;
     free(cl);
 }
 
 size_t hub_chat_room_count(const struct hub_chat *chat)
 {
     return hub_rooms_count(chat->rooms);
+}
+
+/* ---- sequencing ------------------------------------------------------ */
+
+/* Sequences text from cl into room and broadcasts it. Raw senders get their
+ * own message back (the tutorial relay); JSON senders get the reply instead.
+ * On success fills *offset and *ts. Returns 0 or HUB_ENOMEM. */
+static int publish(struct hub_chat_client *cl, struct hub_room *room, int opcode,
+                   struct hub_iov text, struct hub_iov cmid, uint64_t *offset, int64_t *ts)
+{
+    struct hub_chat *chat = cl->chat;
+    struct hub_room_event ev = {.kind = EV_MSG, .room = room, .who = cl, .opcode = opcode,
+                                .text = text, .cmid = cmid};
+    ev.ts = chat_now(chat);
+    if (opcode == HUB_WS_TEXT) {
+        struct hub_iov name = {hub_room_name(room), hub_room_name_len(room)};
+        struct hub_iov from = {cl->nick, cl->nick_len};
+        int rc = hub_history_append(chat->cfg.history, name, from, text, cmid, ev.ts, &ev.offset);
+        if (rc != 0)
+            return rc;
+    }
+    broadcast(&ev, cl->mode == HUB_CHAT_RAW ? NULL : cl);
+    if (offset != NULL)
+        *offset = ev.offset;
+    if (ts != NULL)
+        *ts = ev.ts;
+    return 0;
+}
+
+/* ---- JSON requests --------------------------------------------------- */
+
+struct request {
+    struct hub_chat_client *cl; /* who asked */
+    json_t *root;               /* the parsed object, owned by the dispatcher */
+    struct req_id id;           /* its id */
+};
+
+/* Reads an optional string field. Returns 1 if present and a string, 0 if
+ * absent, -1 if present with another type. */
+static int get_str(const struct request *rq, const char *key, struct hub_iov *out)
+{
+    json_t *v = json_object_get(rq->root, key);
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_string(v))
+        return -1;
+    out->base = json_string_value(v);
+    out->len = json_string_length(v);
+    return 1;
+}
+
+/* Reads an optional non-negative integer field, with the same returns. */
+static int get_uint(const struct request *rq, const char *key, uint64_t max, uint64_t *out)
+{
+    json_t *v = json_object_get(rq->root, key);
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        (uint64_t)json_integer_value(v) > max)
+        return -1;
+    *out = (uint64_t)json_integer_value(v);
+    return 1;
+}
+
+/* Checks that the client may use a room of this name: a public name, or a
+ * direct-message room "@a,b" of which the client is a or b. Returns NULL or
+ * the reason. */
+static const char *room_problem(const struct hub_chat_client *cl, struct hub_iov room)
+{
+    if (hub_chat_valid_room(room.base, room.len))
+        return NULL;
+    if (room.len > 1 && room.base[0] == '@' && room.len <= HUB_ROOM_NAME_MAX) {
+        const char *comma = memchr(room.base, ',', room.len);
+        if (comma != NULL) {
+            size_t alen = (size_t)(comma - room.base) - 1;
+            if (nick_eq(room.base + 1, alen, cl->nick, cl->nick_len) ||
+                nick_eq(comma + 1, room.len - alen - 2, cl->nick, cl->nick_len))
+                return NULL;
+        }
+        return "direct-message rooms are open to their two parties only";
+    }
+    return "room names are 1-64 characters of A-Z a-z 0-9 _ . : -";
+}
+
+/* Reads the required "room" field naming a room the client may use.
+ * Returns 0, or -1 after an error reply. */
+static int get_room(const struct request *rq, struct hub_iov *room)
+{
+    if (get_str(rq, "room", room) != 1) {
+        send_error(rq->cl, rq->id, "bad_request", "\"room\" must be a string");
+        return -1;
+    }
+    const char *why = room_problem(rq->cl, *room);
+    if (why != NULL) {
+        send_error(rq->cl, rq->id, "bad_room", why);
+        return -1;
+    }
+    return 0;
+}
+
+static struct hub_room *joined_room(struct hub_chat_client *cl, struct hub_iov name)
+{
+    struct hub_room *room = hub_rooms_find(cl->chat->rooms, name.base, name.len);
+    if (room != NULL && hub_rooms_is_member(&cl->member, room))
+        return room;
+    return NULL;
+}
+
+static void jw_messages(struct hub_buf *b, const struct hub_history_msg *msgs, size_t n)
+{
+    jw_key(b, "messages");
+    hub_buf_puts(b, "[");
+    for (size_t i = 0; i < n; i++) {
+        hub_buf_puts(b, i ? ",{" : "{");
+        jw_kint(b, "offset", (long long)msgs[i].offset);
+        jw_kint(b, "ts", msgs[i].ts);
+        jw_kstr(b, "from", msgs[i].from.base, msgs[i].from.len);
+        jw_kstr(b, "text", msgs[i].text.base, msgs[i].text.len);
+        if (msgs[i].cmid.len > 0)
+            jw_kstr(b, "cmid", msgs[i].cmid.base, msgs[i].cmid.len);
+        hub_buf_puts(b, "}");
+    }
+    hub_buf_puts(b, "]");
+}
+
+/* Collects a page of history into a reply under construction. */
+struct page {
+    struct hub_buf *b; /* the reply */
+    int complete;      /* set by the callback */
+};
+
+static void page_cb(void *data, const struct hub_history_msg *msgs, size_t n, int complete)
+{
+    struct page *p = data;
+    jw_messages(p->b, msgs, n);
+    p->complete = complete;
+}
+
+static void jw_members(struct hub_buf *b, struct hub_room *room)
+{
+    size_t n = hub_room_size(room);
+    if (n > HUB_CHAT_LIST_MAX) {
+        jw_kint(b, "count", (long long)n);
+        return;
+    }
+    jw_key(b, "members");
+    hub_buf_puts(b, "[");
+    for (size_t i = 0; i < n; i++) {
+        struct hub_chat_client *m =
+            HUB_CONTAINER_OF(hub_room_member(room, i), struct hub_chat_client, member);
+        hub_buf_puts(b, i ? ",{" : "{");
+        jw_kstr(b, "nick", m->nick, m->nick_len);
+        jw_kstr(b, "client", m->id, strlen(m->id));
+        hub_buf_puts(b, "}");
+    }
+    hub_buf_puts(b, "]");
+}
+
+/* The part of a join reply (and of a resumed room in hello) after the
+ * room's name: position, messages, members. since_epoch NULL means no
+ * resume. Sends a gap push first when messages cannot all be delivered. */
+static void jw_room_state(struct hub_chat_client *cl, struct hub_buf *b, struct hub_room *room,
+                          unsigned history, const char *since_epoch, size_t since_epoch_len,
+                          uint64_t since)
+{
+    struct hub_chat *chat = cl->chat;
+    struct hub_iov name = {hub_room_name(room), hub_room_name_len(room)};
+    struct hub_history_pos pos;
+    if (hub_history_position(chat->cfg.history, name, &pos) != 0) {
+        memset(&pos, 0, sizeof(pos));
+        pos.first = 1;
+    }
+    jw_kstr(b, "epoch", pos.epoch, strlen(pos.epoch));
+    jw_kint(b, "offset", (long long)pos.last);
+    int dir = HUB_HISTORY_LATEST;
+    unsigned limit = history;
+    if (since_epoch != NULL) {
+        const char *reason = NULL;
+        uint64_t gap_from = 0, gap_to = 0;
+        if (since_epoch_len != strlen(pos.epoch) ||
+            memcmp(since_epoch, pos.epoch, since_epoch_len) != 0) {
+            /* Another incarnation: the old offsets mean nothing here. */
+            reason = "epoch";
+            gap_from = 1;
+            gap_to = pos.first - 1;
+        } else {
+            dir = HUB_HISTORY_AFTER;
+            limit = RESUME_MAX;
+            if (since + 1 < pos.first) {
+                reason = "expired";
+                gap_from = since + 1;
+                gap_to = pos.first - 1;
+            }
+        }
+        if (reason != NULL) {
+            struct hub_buf g = {0};
+            hub_buf_puts(&g, "{");
+            jw_kstr(&g, "t", "gap", 3);
+            jw_kstr(&g, "room", name.base, name.len);
+            jw_kstr(&g, "epoch", pos.epoch, strlen(pos.epoch));
+            jw_kint(&g, "from", (long long)gap_from);
+            jw_kint(&g, "to", (long long)gap_to);
+            jw_kstr(&g, "reason", reason, strlen(reason));
+            hub_buf_puts(&g, "}");
+            send_buf(cl, &g);
+            hub_buf_free(&g);
+        }
+    }
+    struct page p = {b, 1};
+    if (hub_history_read(chat->cfg.history, name, dir, since, limit, page_cb, &p) != 0)
+        jw_messages(b, NULL, 0);
+    jw_members(b, room);
+}
+
+/* Parses a position {"epoch": string, "offset": integer}. Returns 1 if
+ * present, 0 if absent (NULL or null), -1 if malformed. */
+static int parse_since(json_t *since, const char **epoch, size_t *elen, uint64_t *offset)
+{
+    if (since == NULL || json_is_null(since))
+        return 0;
+    json_t *e = json_object_get(since, "epoch");
+    json_t *o = json_object_get(since, "offset");
+    if (!json_is_object(since) || !json_is_string(e) || !json_is_integer(o) ||
+        json_integer_value(o) < 0)
+        return -1;
+    *epoch = json_string_value(e);
+    *elen = json_string_length(e);
+    *offset = (uint64_t)json_integer_value(o);
+    return 1;
+}
+
+/* Joins a room for a join request or a hello resume entry and writes the
+ * room's state into b. Returns 0, or -1 after sending nothing (the caller
+ * reports *code). */
+static int do_join(struct hub_chat_client *cl, struct hub_buf *b, struct hub_iov name,
+                   unsigned history, const char *since_epoch, size_t elen, uint64_t since,
+                   const char **code, const char **message)
+{
+    struct hub_room *room;
+    int rc = join_room(cl, name, &room);
+    if (rc == HUB_EEXIST) {
+        *code = "already_joined";
+        *message = "you are already in this room";
+        return -1;
+    }
+    if (rc == HUB_ELIMIT) {
+        *code = "too_many_rooms";
+        *message = "you are in 64 rooms already";
+        return -1;
+    }
+    if (rc != 0) {
+        *code = "internal";
+        *message = "out of memory";
+        return -1;
+    }
+    jw_kstr(b, "room", name.base, name.len);
+    jw_room_state(cl, b, room, history, since_epoch, elen, since);
+    return 0;
+}
+
+static void op_join(struct request *rq)
+{
+    struct hub_iov name;
+    if (get_room(rq, &name) != 0)
+        return;
+    uint64_t history = rq->cl->chat->cfg.history_default;
+    if (get_uint(rq, "history", JOIN_HISTORY_MAX, &history) < 0) {
+        send_error(rq->cl, rq->id, "bad_request", "\"history\" must be an integer 0-100");
+        return;
+    }
+    const char *epoch = NULL;
+    size_t elen = 0;
+    uint64_t since = 0;
+    if (parse_since(json_object_get(rq->root, "since"), &epoch, &elen, &since) < 0) {
+        send_error(rq->cl, rq->id, "bad_request",
+                   "\"since\" must be {\"epoch\": string, \"offset\": integer}");
+        return;
+    }
+    struct hub_buf b = {0};
+    begin_reply(&b, rq->id);
+    const char *code, *message;
+    if (do_join(rq->cl, &b, name, (unsigned)history, epoch, elen, since, &code, &message) != 0)
+        send_error(rq->cl, rq->id, code, message);
+    else if (rq->id.has) {
+        hub_buf_puts(&b, "}");
+        send_buf(rq->cl, &b);
+    }
+    hub_buf_free(&b);
+}
+
+static void op_leave(struct request *rq)
+{
+    struct hub_iov name;
+    if (get_room(rq, &name) != 0)
+        return;
+    struct hub_room *room = joined_room(rq->cl, name);
+    if (room == NULL) {
+        send_error(rq->cl, rq->id, "not_joined", "you are not in this room");
+        return;
+    }
+    leave_room(rq->cl, room);
+    send_ok(rq->cl, rq->id);
+}
+
+/* Checks a message text and cmid. Returns 0 or -1 after an error reply. */
+static int get_text(const struct request *rq, struct hub_iov *text, struct hub_iov *cmid)
+{
+    if (get_str(rq, "text", text) != 1 || text->len == 0) {
+        send_error(rq->cl, rq->id, "bad_text", "\"text\" must be a non-empty string");
+        return -1;
+    }
+    if (hub_utf8_length(text->base, text->len) > rq->cl->chat->cfg.max_text) {
+        send_error(rq->cl, rq->id, "too_long", "the text is longer than max_text characters");
+        return -1;
+    }
+    cmid->base = "";
+    cmid->len = 0;
+    if (get_str(rq, "cmid", cmid) < 0 || cmid->len > HUB_CHAT_CMID_MAX) {
+        send_error(rq->cl, rq->id, "bad_request", "\"cmid\" must be a string of at most 64 bytes");
+        return -1;
+    }
+    return 0;
+}
+
+/* Sequences and acknowledges a send (or the message of a dm). */
+static void send_to_room(struct request *rq, struct hub_room *room, struct hub_iov text,
+                         struct hub_iov cmid)
+{
+    struct hub_chat_client *cl = rq->cl;
+    struct hub_iov name = {hub_room_name(room), hub_room_name_len(room)};
+    struct hub_history_msg prev;
+    uint64_t offset;
+    int64_t ts;
+    int duplicate = 0;
+    if (hub_history_find_cmid(cl->chat->cfg.history, name, iov_str(cl->nick), cmid, &prev)) {
+        /* A resend after a reconnect: acknowledge the original. */
+        offset = prev.offset;
+        ts = prev.ts;
+        duplicate = 1;
+    } else if (publish(cl, room, HUB_WS_TEXT, text, cmid, &offset, &ts) != 0) {
+        send_error(cl, rq->id, "internal", "the message could not be stored");
+        return;
+    }
+    if (!rq->id.has)
+        return;
+    struct hub_buf b = {0};
+    begin_reply(&b, rq->id);
+    jw_kstr(&b, "room", name.base, name.len);
+    jw_kint(&b, "offset", (long long)offset);
+    jw_kint(&b, "ts", ts);
+    if (duplicate) {
+        jw_key(&b, "duplicate");
+        hub_buf_puts(&b, "true");
+    }
+    hub_buf_puts(&b, "}");
+    send_buf(cl, &b);
+    hub_buf_free(&b);
+}
+
+static void op_send(struct request *rq)
+{
+    struct hub_iov name, text, cmid;
+    if (get_room(rq, &name) != 0)
+        return;
+    struct hub_room *room = joined_room(rq->cl, name);
+    if (room == NULL) {
+        send_error(rq->cl, rq->id, "not_joined", "join the room before sending to it");
+        return;
+    }
+    if (get_text(rq, &text, &cmid) != 0)
+        return;
+    send_to_room(rq, room, text, cmid);
+}
+
+static void op_history(struct request *rq)
+{
+    struct hub_iov name;
+    if (get_room(rq, &name) != 0)
+        return;
+    uint64_t before = 0, after = 0, limit = 50;
+    int hb = get_uint(rq, "before", UINT64_MAX >> 11, &before);
+    int ha = get_uint(rq, "after", UINT64_MAX >> 11, &after);
+    int hl = get_uint(rq, "limit", 100, &limit);
+    if (hb < 0 || ha < 0 || hl < 0 || (hb > 0 && ha > 0) || (hl > 0 && limit == 0)) {
+        send_error(rq->cl, rq->id, "bad_request",
+                   "use one of \"before\" or \"after\" (integers) and \"limit\" 1-100");
+        return;
+    }
+    struct hub_chat *chat = rq->cl->chat;
+    struct hub_history_pos pos;
+    if (hub_history_position(chat->cfg.history, name, &pos) != 0) {
+        send_error(rq->cl, rq->id, "internal", "out of memory");
+        return;
+    }
+    struct hub_buf b = {0};
+    begin_reply(&b, rq->id);
+    jw_kstr(&b, "room", name.base, name.len);
+    jw_kstr(&b, "epoch", pos.epoch, strlen(pos.epoch));
+    jw_kint(&b, "offset", (long long)pos.last);
+    int dir = hb > 0 ? HUB_HISTORY_BEFORE : ha > 0 ? HUB_HISTORY_AFTER : HUB_HISTORY_LATEST;
+    struct page p = {&b, 1};
+    if (hub_history_read(chat->cfg.history, name, dir, hb > 0 ? before : after, (unsigned)limit,
+                         page_cb, &p) != 0) {
+        hub_buf_free(&b);
+        send_error(rq->cl, rq->id, "internal", "out of memory");
+        return;
+    }
+    jw_key(&b, "complete");
+    hub_buf_puts(&b, p.complete ? "true" : "false");
+    hub_buf_puts(&b, "}");
+    if (rq->id.has)
+        send_buf(rq->cl, &b);
+    hub_buf_free(&b);
+}
+
+static void op_typing(struct request *rq)
+{
+    struct hub_chat_client *cl = rq->cl;
+    struct hub_iov name;
+    if (get_room(rq, &name) != 0)
+        return;
+    struct hub_room *room = joined_room(cl, name);
+    if (room == NULL) {
+        send_error(cl, rq->id, "not_joined", "you are not in this room");
+        return;
+    }
+    int64_t now = chat_now(cl->chat);
+    struct typing_mark *mark = NULL;
+    for (uint32_t i = 0; i < cl->ntyping; i++)
+        if (cl->typing[i].room == room)
+            mark = &cl->typing[i];
+    if (mark == NULL) {
+        struct typing_mark *a = realloc(cl->typing, (cl->ntyping + 1) * sizeof(*a));
+        if (a == NULL)
+            return;
+        cl->typing = a;
+        mark = &a[cl->ntyping++];
+        mark->room = room;
+        mark->last = now - TYPING_INTERVAL_MS;
+    }
+    /* Coalesce: receivers show it for TYPING_TTL_MS, so one per interval
+     * keeps the indicator on without a push per keystroke. */
+    if (now - mark->last >= TYPING_INTERVAL_MS) {
+        mark->last = now;
+        struct hub_room_event ev = {.kind = EV_TYPING, .room = room, .who = cl};
+        broadcast(&ev, cl);
+    }
+    send_ok(cl, rq->id);
+}
+
+/* Validates a requested nick. Returns 0, or -1 after an error reply. */
+static int check_nick(const struct request *rq, struct hub_iov *nick)
+{
+    if (get_str(rq, "nick", nick) != 1) {
+        send_error(rq->cl, rq->id, "bad_nick", "\"nick\" must be a string");
+        return -1;
+    }
+    const char *why = nick_problem(nick->base, nick->len);
+    if (why != NULL) {
+        send_error(rq->cl, rq->id, "bad_nick", why);
+        return -1;
+    }
+    const struct hub_chat_client *owner = nick_find(rq->cl->chat, nick->base, nick->len);
+    if (owner != NULL && owner != rq->cl) {
+        send_error(rq->cl, rq->id, "nick_taken", "another client uses this nick");
+        return -1;
+    }
+    return 0;
+}
+
+static void op_nick(struct request *rq)
+{
+    struct hub_chat_client *cl = rq->cl;
+    struct hub_iov nick;
+    if (check_nick(rq, &nick) != 0)
+        return;
+    char old[HUB_CHAT_NICK_BYTES + 1];
+    size_t old_len = cl->nick_len;
+    memcpy(old, cl->nick, old_len + 1);
+    nick_unlink(cl->chat, cl);
+    set_nick(cl, nick.base, nick.len);
+    nick_link(cl->chat, cl);
+    struct hub_buf b = {0};
+    begin_reply(&b, rq->id);
+    jw_kstr(&b, "nick", cl->nick, cl->nick_len);
+    hub_buf_puts(&b, "}");
+    if (rq->id.has)
+        send_buf(cl, &b);
+    hub_buf_free(&b);
+    for (uint32_t i = 0; i < cl->member.nrooms; i++) {
+        struct hub_room_event ev = {.kind = EV_NICK, .room = cl->member.rooms[i].room, .who = cl};
+        ev.old_nick.base = old;
+        ev.old_nick.len = old_len;
+        broadcast(&ev, cl);
+    }
+}
+
+/* Makes sure c is in the room, telling it so with a dm push. */
+static int dm_ensure_member(struct hub_chat_client *c, struct hub_chat_client *from,
+                            struct hub_iov name, struct hub_room **room)
+{
+    struct hub_room *r = hub_rooms_find(c->chat->rooms, name.base, name.len);
+    if (r != NULL && hub_rooms_is_member(&c->member, r)) {
+        *room = r;
+        return 0;
+    }
+    int rc = join_room(c, name, room);
+    if (rc != 0 || c == from)
+        return rc;
+    struct hub_buf b = {0};
+    hub_buf_puts(&b, "{");
+    jw_kstr(&b, "t", "dm", 2);
+    jw_kstr(&b, "room", name.base, name.len);
+    jw_kstr(&b, "from", from->nick, from->nick_len);
+    hub_buf_puts(&b, "}");
+    send_buf(c, &b);
+    hub_buf_free(&b);
+    return 0;
+}
+
+static void op_dm(struct request *rq)
+{
+    struct hub_chat_client *cl = rq->cl;
+    struct hub_iov to, text, cmid;
+    if (get_str(rq, "to", &to) != 1) {
+        send_error(cl, rq->id, "bad_request", "\"to\" must be a nick");
+        return;
+    }
+    struct hub_chat_client *peer = nick_find(cl->chat, to.base, to.len);
+    if (peer == NULL) {
+        send_error(cl, rq->id, "no_such_nick", "no connected client has that nick");
+        return;
+    }
+    if (peer == cl) {
+        send_error(cl, rq->id, "bad_request", "a direct message needs another nick");
+        return;
+    }
+    if (get_text(rq, &text, &cmid) != 0)
+        return;
+    /* "@a,b" with both nicks folded and sorted, so both sides name it alike. */
+    char a[HUB_CHAT_NICK_BYTES + 1], b[HUB_CHAT_NICK_BYTES + 1];
+    for (size_t i = 0; i <= cl->nick_len; i++)
+        a[i] = (char)lower((unsigned char)cl->nick[i]);
+    for (size_t i = 0; i <= peer->nick_len; i++)
+        b[i] = (char)lower((unsigned char)peer->nick[i]);
+    char name[2 * HUB_CHAT_NICK_BYTES + 3];
+    int cmp = strcmp(a, b);
+    int n = snprintf(name, sizeof(name), "@%s,%s", cmp < 0 ? a : b, cmp < 0 ? b : a);
+    struct hub_iov room_name = {name, (size_t)n};
+    struct hub_room *room;
+    if (dm_ensure_member(cl, cl, room_name, &room) != 0 ||
+        dm_ensure_member(peer, cl, room_name, &room) != 0) {
+        send_error(cl, rq->id, "too_many_rooms", "one of you is in 64 rooms already");
+        return;
+    }
+    send_to_room(rq, room, text, cmid);
+}
+
+struct room_count {
+    const char *name; /* borrowed from the room */
+    size_t members;   /* its size */
+};
+
+struct rooms_list {
+    struct room_count *items; /* owned */
+    size_t n, cap;            /* used and allocated */
+};
+
+static void collect_room(struct hub_room *room, void *arg)
+{
+    struct rooms_list *l = arg;
+    if (hub_room_name(room)[0] == '@')
+        return; /* direct-message rooms are private */
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        struct room_count *a = realloc(l->items, cap * sizeof(*a));
+        if (a == NULL)
+            return;
+        l->items = a;
+        l->cap = cap;
+    }
+    l->items[l->n].name = hub_room_name(room);
+    l->items[l->n].members = hub_room_size(room);
+    l->n++;
+}
+
+static int by_size_desc(const void *x, const void *y)
+{
+    const struct room_count *a = x, *b = y;
+    if (a->members != b->members)
+        return a->members < b->members ? 1 : -1;
+    return strcmp(a->name, b->name);
+}
+
+static void op_rooms(struct request *rq)
+{
+    struct rooms_list l = {0};
+    hub_rooms_foreach(rq->cl->chat->rooms, collect_room, &l);
+    qsort(l.items, l.n, sizeof(*l.items), by_size_desc);
+    struct hub_buf b = {0};
+    begin_reply(&b, rq->id);
+    jw_key(&b, "rooms");
+    hub_buf_puts(&b, "[");
+    for (size_t i = 0; i < l.n && i < ROOMS_LIST_MAX; i++) {
+        hub_buf_puts(&b, i ? ",{" : "{");
+        jw_kstr(&b, "room", l.items[i].name, strlen(l.items[i].name));
+        jw_kint(&b, "members", (long long)l.items[i].members);
+        hub_buf_puts(&b, "}");
+    }
+    hub_buf_puts(&b, "]}");
+    if (rq->id.has)
+        send_buf(rq->cl, &b);
+    hub_buf_free(&b);
+    free(l.items);
+}
+
+static void op_ping(struct request *rq)
+{
+    send_ok(rq->cl, rq->id);
+    struct hub_buf b = {0};
+    hub_buf_puts(&b, "{");
+    jw_kstr(&b, "t", "pong", 4);
+    jw_kint(&b, "ts", chat_now(rq->cl->chat));
+    hub_buf_puts(&b, "}");
+    send_buf(rq->cl, &b);
+    hub_buf_free(&b);
+}
+
+static void op_hello(struct request *rq)
+{
+    struct hub_chat_client *cl = rq->cl;
+    struct hub_chat *chat = cl->chat;
+    if (cl->hello) {
+        send_error(cl, rq->id, "already_hello", "hello was already done");
+        return;
+    }
+    struct hub_iov nick;
+    if (check_nick(rq, &nick) != 0)
+        return;
+    json_t *resume = json_object_get(rq->root, "resume");
+    if (resume != NULL && !json_is_null(resume) && !json_is_object(resume)) {
+        send_error(cl, rq->id, "bad_request", "\"resume\" must be an object of room positions");
+        return;
+    }
+    set_nick(cl, nick.base, nick.len);
+    nick_link(chat, cl);
+    cl->hello = 1;
+
+    struct hub_buf b = {0};
+    begin_reply(&b, rq->id);
+    jw_kstr(&b, "client", cl->id, strlen(cl->id));
+    jw_kstr(&b, "nick", cl->nick, cl->nick_len);
+    jw_kstr(&b, "server", chat->cfg.server_name, strlen(chat->cfg.server_name));
+    jw_key(&b, "limits");
+    hub_buf_puts(&b, "{");
+    jw_kint(&b, "max_message", (long long)chat->cfg.max_message);
+    jw_kint(&b, "max_text", (long long)chat->cfg.max_text);
+    jw_kint(&b, "max_rooms", chat->cfg.max_rooms_per_client);
+    jw_kint(&b, "rate", 20);
+    jw_kint(&b, "burst", 40);
+    jw_kint(&b, "ping_interval", 25);
+    jw_kint(&b, "history", chat->cfg.history_max_rooms_kept);
+    jw_kint(&b, "history_page", 100);
+    hub_buf_puts(&b, "}");
+    jw_key(&b, "rooms");
+    hub_buf_puts(&b, "{");
+    const char *key;
+    json_t *since;
+    size_t nresumed = 0;
+    json_object_foreach(resume, key, since)
+    {
+        if (nresumed++ == chat->cfg.max_rooms_per_client)
+            break;
+        struct hub_iov name = iov_str(key);
+        const char *epoch = NULL, *code = "bad_request", *message = NULL;
+        size_t elen = 0;
+        uint64_t offset = 0;
+        jw_key(&b, key);
+        hub_buf_puts(&b, "{");
+        size_t mark = b.len;
+        const char *why = room_problem(cl, name);
+        if (why != NULL) {
+            code = "bad_room";
+            message = why;
+        } else if (parse_since(since, &epoch, &elen, &offset) < 0) {
+            message = "a resume position must be {\"epoch\": string, \"offset\": integer}";
+        } else if (do_join(cl, &b, name, chat->cfg.history_default, epoch, elen, offset, &code,
+                           &message) == 0) {
+            message = NULL;
+        }
+        if (message != NULL) {
+            b.len = mark;
+            jw_key(&b, "error");
+            hub_buf_puts(&b, "{");
+            jw_kstr(&b, "code", code, strlen(code));
+            jw_kstr(&b, "message", message, strlen(message));
+            hub_buf_puts(&b, "}");
+        }
+        hub_buf_puts(&b, "}");
+    }
+    hub_buf_puts(&b, "}}");
+    send_buf(cl, &b);
+    hub_buf_free(&b);
+}
+
+/* ---- dispatch ------------------------------------------------------- */
+
+static const struct {
+    const char *name;
+    void (*fn)(struct request *rq);
+} ops[] = {
+    {"hello", op_hello}, {"join", op_join},   {"leave", op_leave}, {"send", op_send},
+    {"history", op_history}, {"typing", op_typing}, {"nick", op_nick}, {"dm", op_dm},
+    {"rooms", op_rooms}, {"ping", op_ping},
+};
+
+static void json_message(struct hub_chat_client *cl, const char *data, size_t len)
+{
+    json_error_t err;
+    struct request rq = {cl, NULL, {0, 0}};
+    rq.root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &err);
+    if (rq.root == NULL || !json_is_object(rq.root)) {
+        send_error(cl, rq.id, "bad_json", "each frame must hold one JSON object");
+        json_decref(rq.root);
+        return;
+    }
+    json_t *id = json_object_get(rq.root, "id");
+    if (id != NULL) {
+        if (!json_is_integer(id) || json_integer_value(id) < 0 ||
+            json_integer_value(id) > (1ll << 53)) {
+            send_error(cl, rq.id, "bad_request", "\"id\" must be an integer 0 to 2^53");
+            json_decref(rq.root);
+            return;
+        }
+        rq.id.has = 1;
+        rq.id.v = json_integer_value(id);
+    }
+    const char *op = json_string_value(json_object_get(rq.root, "op"));
+    if (op == NULL) {
+        send_error(cl, rq.id, "bad_request", "\"op\" must be a string");
+    } else {
+        size_t i;
+        for (i = 0; i < HUB_ARRAY_SIZE(ops); i++)
+            if (strcmp(op, ops[i].name) == 0)
+                break;
+        if (i == HUB_ARRAY_SIZE(ops))
+            send_error(cl, rq.id, "unknown_op", "no such operation");
+        else if (!cl->hello && ops[i].fn != op_hello && ops[i].fn != op_ping)
+            send_error(cl, rq.id, "hello_required", "the first request must be hello");
+        else
+            ops[i].fn(&rq);
+    }
+    json_decref(rq.root);
+}
+
+void hub_chat_client_message(struct hub_chat_client *cl, int opcode, const char *data, size_t len)
+{
+    if (cl->mode == HUB_CHAT_JSON) {
+        if (opcode != HUB_WS_TEXT) {
+            hub_ws_close(cl->ws, HUB_WS_UNSUPPORTED_DATA,
+                         "binary frames are not part of chathub.v1");
+            return;
+        }
+        json_message(cl, data, len);
+        return;
+    }
+    /* A raw client is in exactly one room: the one its path named. */
+    if (cl->member.nrooms == 0)
+        return;
+    struct hub_iov text = {data, len};
+    struct hub_iov none = {"", 0};
+    publish(cl, cl->member.rooms[0].room, opcode, text, none, NULL, NULL);
 }

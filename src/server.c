@@ -17,10 +17,15 @@
 #include "hub/server.h"
 #include "hub/chat.h"
 #include "hub/conn.h"
+#include "hub/history.h"
 #include "hub/http.h"
 #include "hub/log.h"
 #include "hub/static.h"
 #include "hub/ws.h"
+
+#ifndef HUB_VERSION
+#define HUB_VERSION "0.0.0"
+#endif
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,9 +37,11 @@ struct hub_server {
     uv_signal_t sigint;            /* SIGINT handler */
     uv_signal_t sigterm;           /* SIGTERM handler */
     uv_timer_t drain_timer;        /* bounds the shutdown */
+    uv_timer_t tick;               /* once a second: chat's deferred work */
     struct hub_io *io;             /* loop-wide connection state, owned */
     struct hub_static *site;       /* files served, owned */
     struct hub_chat *chat;         /* chat state, owned */
+    struct hub_history *history;   /* message store, owned */
     struct hub_http_config http_cfg; /* per-connection HTTP limits */
     struct hub_ws_config ws_cfg;   /* per-connection WebSocket limits */
     struct hub_server_config cfg;  /* copied configuration */
@@ -72,6 +79,7 @@ static void server_handle_closed(uv_handle_t *h)
 static void server_close_handles(struct hub_server *s)
 {
     uv_close((uv_handle_t *)&s->drain_timer, server_handle_closed);
+    uv_close((uv_handle_t *)&s->tick, server_handle_closed);
     uv_close((uv_handle_t *)&s->sigint, server_handle_closed);
     uv_close((uv_handle_t *)&s->sigterm, server_handle_closed);
     hub_io_close(s->io);
@@ -119,12 +127,15 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
         hub_http_respond_status(h, 503);
         return HUB_HTTP_DONE;
     }
-    if (hub_http_accept_websocket(h, req, NULL) != 0) {
+    /* Offering chathub.v1 selects the JSON protocol; anything else (or no
+     * subprotocol) is raw mode, and the 101 then names no subprotocol. */
+    int json = hub_iov_has_token(req->ws_protocol, "chathub.v1");
+    if (hub_http_accept_websocket(h, req, json ? "chathub.v1" : NULL) != 0) {
         hub_ws_free(cl->ws);
         cl->ws = NULL;
         return HUB_HTTP_DONE;
     }
-    cl->chat = hub_chat_client_new(s->chat, cl->ws, HUB_CHAT_RAW, room);
+    cl->chat = hub_chat_client_new(s->chat, cl->ws, json ? HUB_CHAT_JSON : HUB_CHAT_RAW, room);
     if (cl->chat == NULL)
         hub_ws_close(cl->ws, HUB_WS_INTERNAL_ERROR, "out of memory");
     return HUB_HTTP_UPGRADED;
@@ -236,6 +247,12 @@ void hub_server_shutdown(struct hub_server *s)
     uv_timer_start(&s->drain_timer, drain_timeout_cb, s->cfg.drain_ms, 0);
 }
 
+static void tick_cb(uv_timer_t *t)
+{
+    struct hub_server *s = t->data;
+    hub_chat_tick(s->chat);
+}
+
 static void server_on_signal(uv_signal_t *sig, int signum)
 {
     struct hub_server *s = sig->data;
@@ -298,12 +315,21 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
                  hub_strerror(rc));
         goto fail_free;
     }
+    struct hub_history_config hist_cfg;
+    hub_history_config_default(&hist_cfg);
+    rc = hub_history_open_memory(&s->history, &hist_cfg);
+    if (rc != 0)
+        goto fail_site;
     struct hub_chat_config chat_cfg;
     hub_chat_config_default(&chat_cfg);
     chat_cfg.welcome = cfg->welcome;
+    chat_cfg.server_name = "chathub " HUB_VERSION;
+    chat_cfg.history = s->history;
+    chat_cfg.max_message = cfg->max_message;
+    chat_cfg.history_max_rooms_kept = hist_cfg.max_per_room;
     rc = hub_chat_new(&s->chat, &chat_cfg);
     if (rc != 0)
-        goto fail_site;
+        goto fail_history;
     hub_http_config_default(&s->http_cfg);
     s->http_cfg.site = s->site;
     hub_ws_config_default(&s->ws_cfg);
@@ -317,8 +343,11 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     uv_signal_init(loop, &s->sigint);
     uv_signal_init(loop, &s->sigterm);
     uv_timer_init(loop, &s->drain_timer);
-    s->listener.data = s->sigint.data = s->sigterm.data = s->drain_timer.data = s;
-    s->handles_open = 4;
+    uv_timer_init(loop, &s->tick);
+    s->listener.data = s->sigint.data = s->sigterm.data = s->drain_timer.data = s->tick.data = s;
+    s->handles_open = 5;
+    uv_timer_start(&s->tick, tick_cb, 1000, 1000);
+    uv_unref((uv_handle_t *)&s->tick);
     uv_unref((uv_handle_t *)&s->sigint);
     uv_unref((uv_handle_t *)&s->sigterm);
     rc = server_bind(s, err, errsz);
@@ -336,6 +365,8 @@ fail_handles:
     uv_run(loop, UV_RUN_DEFAULT); /* lets the close callbacks run */
 fail_chat:
     hub_chat_free(s->chat);
+fail_history:
+    hub_history_free(s->history);
 fail_site:
     hub_static_free(s->site);
 fail_free:
@@ -354,6 +385,7 @@ void hub_server_free(struct hub_server *s)
     if (s == NULL)
         return;
     hub_chat_free(s->chat);
+    hub_history_free(s->history);
     hub_static_free(s->site);
     free(s);
 }

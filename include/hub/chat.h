@@ -1,14 +1,21 @@
 /*
- * chat.h: what the hub does with WebSocket messages.
+ * chat.h: what the hub does with WebSocket messages (docs/protocol.md).
  *
  * Raw mode (no subprotocol): the client is in one room, named by the upgrade
- * path, and every text or binary message it sends is relayed verbatim, same
- * type and bytes, to every member of that room, the sender included, in the
- * order received (what the classic tutorial servers do).
+ * path, under a guest nick, and every text or binary message it sends is
+ * relayed verbatim to every raw member of that room, the sender included, in
+ * the order received. Text messages are also sequenced into history and
+ * reach JSON members as msg pushes.
+ *
+ * JSON mode (chathub.v1): one JSON request per text frame, replies and
+ * pushes as documented; nicks, rooms, history with positions, presence,
+ * typing, direct messages.
  *
  * A broadcast is one struct hub_room_event handed to every member through
- * the rooms module; each wire format is encoded at most once per event into
- * a reference-counted frame that all recipients of that format share.
+ * the rooms module; each wire format (raw, JSON) is encoded at most once per
+ * event into a reference-counted frame that all recipients of that format
+ * share. The chat layer never touches a socket or a timer: the server calls
+ * hub_chat_tick once a second for the work that is due later.
  */
 #ifndef HUB_CHAT_H
 #define HUB_CHAT_H
@@ -17,29 +24,42 @@
 
 struct hub_chat;
 struct hub_chat_client;
+struct hub_history;
 struct hub_ws;
 
-#define HUB_CHAT_ROOM_MAX 64
+#define HUB_CHAT_ROOM_MAX 64   /* bytes in a public room name */
+#define HUB_CHAT_NICK_MAX 32   /* characters in a nick */
+#define HUB_CHAT_NICK_BYTES 100 /* bytes in a nick */
+#define HUB_CHAT_CMID_MAX 64   /* bytes in a client message id */
+#define HUB_CHAT_LIST_MAX 200  /* members listed, and presence pushed, up to this size */
 
 enum hub_chat_mode {
     HUB_CHAT_RAW = 0,  /* no subprotocol: verbatim relay */
+    HUB_CHAT_JSON = 1, /* chathub.v1 */
 };
 
 struct hub_chat_config {
-    const char *welcome;        /* greeting sent to each new raw client, or NULL (borrowed) */
+    const char *welcome;           /* raw greeting / JSON motd, or NULL (borrowed) */
+    const char *server_name;       /* e.g. "chathub 0.1.0" (borrowed) */
+    struct hub_history *history;   /* the message store, borrowed; required */
     uint32_t max_rooms_per_client; /* rooms one connection may be in (64) */
+    size_t max_text;               /* characters in a message text (4000) */
+    size_t max_message;            /* WebSocket message limit, announced in hello */
+    unsigned history_default;      /* messages in a join reply (50) */
+    unsigned history_max_rooms_kept; /* announced "history" limit (1000) */
+    int64_t (*now_ms)(void);       /* wall clock in ms; NULL = the system clock */
 };
 
 void hub_chat_config_default(struct hub_chat_config *cfg);
 
-/* Creates the hub-wide chat state. cfg is copied (welcome stays borrowed and
- * must outlive chat). Returns 0 or HUB_ENOMEM. */
+/* Creates the hub-wide chat state. cfg is copied; its pointers stay borrowed
+ * and must outlive chat. Returns 0, HUB_EINVAL (no history) or HUB_ENOMEM. */
 int hub_chat_new(struct hub_chat **out, const struct hub_chat_config *cfg);
 
 /* Frees chat; every client must have been freed. */
 void hub_chat_free(struct hub_chat *chat);
 
-/* Returns 1 if name is a valid room name: 1-64 bytes of [A-Za-z0-9_.:-]. */
+/* Returns 1 if name is a valid public room name: 1-64 bytes of [A-Za-z0-9_.:-]. */
 int hub_chat_valid_room(const char *name, size_t len);
 
 /* Maps an upgrade request path to a room: "/", "/ws" and "/ws/" mean
@@ -48,18 +68,24 @@ int hub_chat_valid_room(const char *name, size_t len);
  * not valid (the caller answers 400). */
 int hub_chat_room_from_path(struct hub_iov path, struct hub_iov *room);
 
-/* Creates a client for ws (borrowed; must outlive the client) in mode and
- * joins it to room (copied). Sends the welcome line if configured. Returns
- * NULL when out of memory (the caller closes the connection). */
+/* Creates a client for ws (borrowed; must outlive the client). A raw client
+ * joins room (copied) at once and gets the welcome line if configured; a
+ * JSON client gets the welcome push and waits for hello (room is ignored).
+ * Returns NULL when out of memory (the caller closes the connection). */
 struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws *ws, int mode,
                                             struct hub_iov room);
 
 /* Handles one complete message from the client (data borrowed for the call). */
 void hub_chat_client_message(struct hub_chat_client *cl, int opcode, const char *data, size_t len);
 
-/* Removes the client from every room and frees it. Call only from the
- * connection's close path, never during a broadcast. NULL is ignored. */
+/* Tells the client's rooms it left, removes it everywhere and frees it. Call
+ * only from the connection's close path, never during a broadcast. NULL is
+ * ignored. */
 void hub_chat_client_free(struct hub_chat_client *cl);
+
+/* Does the work that is due: coalesced member-count pushes of big rooms.
+ * The server calls it about once a second. */
+void hub_chat_tick(struct hub_chat *chat);
 
 /* Number of rooms that have members. */
 size_t hub_chat_room_count(const struct hub_chat *chat);

@@ -5,6 +5,7 @@
  */
 #include "check.h"
 #include "hub/chat.h"
+#include "hub/history.h"
 #include "hub/ws.h"
 #include "ws_script.h"
 
@@ -20,14 +21,43 @@ static void on_msg(struct hub_ws *ws, int opcode, const char *data, size_t len, 
     hub_chat_client_message(p->cl, opcode, data, len);
 }
 
-static void peer_open(struct peer *p, struct hub_chat *chat, const char *room)
+static struct hub_history *history;
+
+/* A hub with a fresh in-memory history and the given welcome line. */
+static struct hub_chat *new_chat(const char *welcome)
+{
+    struct hub_history_config hcfg;
+    hub_history_config_default(&hcfg);
+    hcfg.max_per_room = 5;
+    hub_history_open_memory(&history, &hcfg);
+    struct hub_chat_config cfg;
+    hub_chat_config_default(&cfg);
+    cfg.history = history;
+    cfg.welcome = welcome;
+    struct hub_chat *chat = NULL;
+    CHECK_EQ(hub_chat_new(&chat, &cfg), 0);
+    return chat;
+}
+
+static void free_chat(struct hub_chat *chat)
+{
+    hub_chat_free(chat);
+    hub_history_free(history);
+}
+
+static void peer_open_mode(struct peer *p, struct hub_chat *chat, const char *room, int mode)
 {
     struct hub_ws_config cfg;
     hub_ws_config_default(&cfg);
     hub_conn_init_detached(&p->conn, 0);
     p->ws = hub_ws_new(&p->conn, &cfg, on_msg, p);
     struct hub_iov r = {room, strlen(room)};
-    p->cl = hub_chat_client_new(chat, p->ws, HUB_CHAT_RAW, r);
+    p->cl = hub_chat_client_new(chat, p->ws, mode, r);
+}
+
+static void peer_open(struct peer *p, struct hub_chat *chat, const char *room)
+{
+    peer_open_mode(p, chat, room, HUB_CHAT_RAW);
 }
 
 static void peer_close(struct peer *p)
@@ -105,10 +135,7 @@ static void test_paths(void)
 
 static void test_relay(void)
 {
-    struct hub_chat_config cfg;
-    hub_chat_config_default(&cfg);
-    struct hub_chat *chat;
-    CHECK_EQ(hub_chat_new(&chat, &cfg), 0);
+    struct hub_chat *chat = new_chat(NULL);
     struct peer a, b, c;
     peer_open(&a, chat, "room1");
     peer_open(&b, chat, "room1");
@@ -146,25 +173,172 @@ static void test_relay(void)
     CHECK(read_is(&a, "1:alone|"));
     peer_close(&a);
     CHECK_EQ(hub_chat_room_count(chat), 0);
-    hub_chat_free(chat);
+    free_chat(chat);
 }
 
 static void test_welcome(void)
 {
-    struct hub_chat_config cfg;
-    hub_chat_config_default(&cfg);
-    cfg.welcome = "hello there";
-    struct hub_chat *chat;
-    CHECK_EQ(hub_chat_new(&chat, &cfg), 0);
+    struct hub_chat *chat = new_chat("hello there");
     struct peer a;
     peer_open(&a, chat, "lobby");
     CHECK(read_is(&a, "1:hello there|"));
     peer_close(&a);
-    hub_chat_free(chat);
+    free_chat(chat);
+}
+
+/* Sends one JSON request as a text frame. */
+static void peer_json(struct peer *p, const char *json)
+{
+    peer_say(p, 1, json, strlen(json));
+}
+
+/* Checks that the frames queued for p, joined by '|', contain each of the
+ * fragments in order. */
+static int read_has(struct peer *p, const char *const *frags, size_t n)
+{
+    struct hub_buf log = {0};
+    peer_read(p, &log);
+    hub_buf_append(&log, "", 1);
+    const char *at = log.data;
+    int ok = 1;
+    for (size_t i = 0; i < n && ok; i++) {
+        const char *f = strstr(at, frags[i]);
+        if (f == NULL) {
+            fprintf(stderr, "missing \"%s\" in \"%s\"\n", frags[i], log.data);
+            ok = 0;
+        } else {
+            at = f + strlen(frags[i]);
+        }
+    }
+    hub_buf_free(&log);
+    return ok;
+}
+
+#define HAS(p, ...)                                                                      \
+    do {                                                                                 \
+        const char *const frags_[] = {__VA_ARGS__};                                      \
+        CHECK(read_has(p, frags_, HUB_ARRAY_SIZE(frags_)));                              \
+    } while (0)
+
+static void test_json(void)
+{
+    struct hub_chat *chat = new_chat(NULL);
+    struct peer a, b, r;
+    peer_open_mode(&a, chat, "ignored", HUB_CHAT_JSON);
+    peer_open_mode(&b, chat, "ignored", HUB_CHAT_JSON);
+    HAS(&a, "{\"t\":\"welcome\",\"server\":\"chathub\"}");
+    CHECK(read_is(&b, "1:{\"t\":\"welcome\",\"server\":\"chathub\"}|"));
+    CHECK_EQ(hub_chat_room_count(chat), 0);
+
+    /* Everything but hello (and ping) waits for hello. */
+    peer_json(&a, "{\"op\":\"join\",\"id\":1,\"room\":\"lobby\"}");
+    HAS(&a, "\"id\":1,\"ok\":false,\"error\":{\"code\":\"hello_required\"");
+    peer_json(&a, "not json");
+    HAS(&a, "{\"t\":\"error\",\"error\":{\"code\":\"bad_json\"");
+    peer_json(&a, "{\"op\":\"hello\",\"id\":2,\"nick\":\"guest-7\"}");
+    HAS(&a, "\"code\":\"bad_nick\"");
+    peer_json(&a, "{\"op\":\"hello\",\"id\":3,\"nick\":\"Alice\"}");
+    HAS(&a, "{\"id\":3,\"ok\":true,\"client\":\"c-1\",\"nick\":\"Alice\"", "\"limits\":{");
+    peer_json(&b, "{\"op\":\"hello\",\"id\":1,\"nick\":\"alice\"}");
+    HAS(&b, "\"code\":\"nick_taken\"");
+    peer_json(&b, "{\"op\":\"hello\",\"id\":2,\"nick\":\"bob\"}");
+    HAS(&b, "\"id\":2,\"ok\":true");
+    peer_json(&a, "{\"op\":\"bogus\",\"id\":4}");
+    HAS(&a, "\"code\":\"unknown_op\"");
+
+    /* Join: position, history, members; the others hear about it. */
+    peer_json(&a, "{\"op\":\"join\",\"id\":5,\"room\":\"lobby\"}");
+    HAS(&a, "{\"id\":5,\"ok\":true,\"room\":\"lobby\",\"epoch\":\"", "\"offset\":0,\"messages\":[]",
+        "\"members\":[{\"nick\":\"Alice\",\"client\":\"c-1\"}]}");
+    peer_open(&r, chat, "lobby"); /* a raw client joins as guest-1 */
+    HAS(&a, "{\"t\":\"join\",\"room\":\"lobby\",\"nick\":\"guest-1\"");
+    peer_json(&b, "{\"op\":\"join\",\"id\":3,\"room\":\"lobby\"}");
+    HAS(&b, "\"members\":[");
+    HAS(&a, "{\"t\":\"join\",\"room\":\"lobby\",\"nick\":\"bob\"");
+    peer_json(&b, "{\"op\":\"join\",\"id\":4,\"room\":\"lobby\"}");
+    HAS(&b, "\"code\":\"already_joined\"");
+    peer_json(&b, "{\"op\":\"join\",\"id\":4,\"room\":\"bad room\"}");
+    HAS(&b, "\"code\":\"bad_room\"");
+
+    /* Send: ack with offset, push to the others, bare text to raw members. */
+    peer_json(&a, "{\"op\":\"send\",\"id\":6,\"room\":\"lobby\",\"text\":\"hi \\\"all\\\"\",\"cmid\":\"m1\"}");
+    HAS(&a, "{\"id\":6,\"ok\":true,\"room\":\"lobby\",\"offset\":1,\"ts\":");
+    HAS(&b, "{\"t\":\"msg\",\"room\":\"lobby\",\"offset\":1,", "\"from\":\"Alice\",\"text\":\"hi \\\"all\\\"\",\"cmid\":\"m1\"}");
+    CHECK(read_is(&r, "1:hi \"all\"|"));
+    /* The same cmid again is acknowledged with the original offset only. */
+    peer_json(&a, "{\"op\":\"send\",\"id\":7,\"room\":\"lobby\",\"text\":\"hi \\\"all\\\"\",\"cmid\":\"m1\"}");
+    HAS(&a, "{\"id\":7,\"ok\":true,\"room\":\"lobby\",\"offset\":1,", "\"duplicate\":true}");
+    CHECK(read_is(&b, ""));
+    CHECK(read_is(&r, ""));
+    /* A raw line reaches JSON members as a msg from the guest nick. */
+    peer_say(&r, 1, "from raw", 8);
+    CHECK(read_is(&r, "1:from raw|"));
+    HAS(&a, "\"offset\":2,", "\"from\":\"guest-1\",\"text\":\"from raw\"}");
+    HAS(&b, "\"from\":\"guest-1\"");
+    /* Binary from raw stays among raw members. */
+    peer_say(&r, 2, "\x01\x02", 2);
+    CHECK(read_is(&a, ""));
+    peer_json(&a, "{\"op\":\"send\",\"id\":8,\"room\":\"other\",\"text\":\"x\"}");
+    HAS(&a, "\"code\":\"not_joined\"");
+    peer_json(&a, "{\"op\":\"send\",\"id\":9,\"room\":\"lobby\",\"text\":\"\"}");
+    HAS(&a, "\"code\":\"bad_text\"");
+    peer_json(&a, "{\"op\":\"send\",\"id\":9,\"room\":\"lobby\",\"text\":5}");
+    HAS(&a, "\"code\":\"bad_text\"");
+
+    /* History with a ring of 5: after 7 messages offsets 3-7 remain. */
+    for (int i = 0; i < 5; i++)
+        peer_json(&b, "{\"op\":\"send\",\"room\":\"lobby\",\"text\":\"n\"}");
+    CHECK(read_is(&b, "")); /* no id: no reply */
+    HAS(&a, "\"offset\":7,");
+    CHECK(read_is(&r, "2:\x01\x02|1:n|1:n|1:n|1:n|1:n|"));
+    peer_json(&a, "{\"op\":\"history\",\"id\":10,\"room\":\"lobby\",\"before\":6,\"limit\":2}");
+    HAS(&a, "\"offset\":7,\"messages\":[{\"offset\":4,", "{\"offset\":5,", "\"complete\":false}");
+    peer_json(&a, "{\"op\":\"history\",\"id\":11,\"room\":\"lobby\",\"before\":4}");
+    HAS(&a, "\"messages\":[{\"offset\":3,", "\"complete\":true}");
+
+    /* Typing goes to the others, at most once per interval. */
+    peer_json(&a, "{\"op\":\"typing\",\"room\":\"lobby\"}");
+    peer_json(&a, "{\"op\":\"typing\",\"room\":\"lobby\"}");
+    CHECK(read_is(&a, ""));
+    CHECK(read_is(&b, "1:{\"t\":\"typing\",\"room\":\"lobby\",\"nick\":\"Alice\",\"ttl\":6000}|"));
+
+    /* Nick change is pushed to the rooms; the old nick is free again. */
+    peer_json(&a, "{\"op\":\"nick\",\"id\":12,\"nick\":\"bob\"}");
+    HAS(&a, "\"code\":\"nick_taken\"");
+    peer_json(&a, "{\"op\":\"nick\",\"id\":13,\"nick\":\"carol\"}");
+    HAS(&a, "{\"id\":13,\"ok\":true,\"nick\":\"carol\"}");
+    HAS(&b, "{\"t\":\"nick\",\"room\":\"lobby\",\"old\":\"Alice\",\"new\":\"carol\"}");
+
+    /* A direct message opens a private room of the two. */
+    peer_json(&b, "{\"op\":\"dm\",\"id\":5,\"to\":\"CAROL\",\"text\":\"psst\"}");
+    HAS(&b, "\"id\":5,\"ok\":true,\"room\":\"@bob,carol\",\"offset\":1");
+    HAS(&a, "{\"t\":\"dm\",\"room\":\"@bob,carol\",\"from\":\"bob\"}", "\"t\":\"msg\",\"room\":\"@bob,carol\"", "\"text\":\"psst\"");
+    CHECK(read_is(&r, ""));
+    peer_json(&b, "{\"op\":\"dm\",\"id\":6,\"to\":\"nobody\",\"text\":\"x\"}");
+    HAS(&b, "\"code\":\"no_such_nick\"");
+    peer_json(&b, "{\"op\":\"rooms\",\"id\":7}");
+    HAS(&b, "\"rooms\":[{\"room\":\"lobby\",\"members\":3}]}");
+
+    /* Leaving and disconnecting are pushed as leave. */
+    peer_json(&a, "{\"op\":\"leave\",\"id\":14,\"room\":\"lobby\"}");
+    HAS(&a, "{\"id\":14,\"ok\":true}");
+    HAS(&b, "{\"t\":\"leave\",\"room\":\"lobby\",\"nick\":\"carol\"");
+    peer_close(&r);
+    HAS(&b, "{\"t\":\"leave\",\"room\":\"lobby\",\"nick\":\"guest-1\"");
+
+    /* Binary in JSON mode closes with 1003. */
+    peer_say(&a, 2, "\x00", 1);
+    CHECK(hub_ws_close_sent(a.ws));
+    CHECK(read_is(&a, "8:\x03\xeb" "binary frames are not part of chathub.v1|"));
+    peer_close(&a);
+    peer_close(&b);
+    CHECK_EQ(hub_chat_room_count(chat), 0);
+    free_chat(chat);
 }
 
 int main(void)
 {
+    test_json();
     test_paths();
     test_relay();
     test_welcome();
