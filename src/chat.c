@@ -20,6 +20,7 @@
 #include "hub/buf.h"
 #include "hub/history.h"
 #include "hub/log.h"
+#include "hub/metrics.h"
 #include "hub/rooms.h"
 #include "hub/utf8.h"
 #include "hub/ws.h"
@@ -75,6 +76,9 @@ struct hub_chat_client {
     char id[24];                        /* "c-<n>" */
     struct typing_mark *typing;         /* owned, one per room typed in */
     uint32_t ntyping;                   /* entries in typing */
+    double tokens;                      /* rate limit: messages it may send now */
+    int64_t refilled;                   /* rate limit: when tokens was last topped up */
+    uint32_t strikes;                   /* messages refused in a row */
 };
 
 enum event_kind {
@@ -496,6 +500,8 @@ void hub_chat_config_default(struct hub_chat_config *cfg)
     cfg->max_message = 64 * 1024;
     cfg->history_default = 50;
     cfg->history_max_rooms_kept = 1000;
+    cfg->rate = 20;
+    cfg->burst = 40;
 }
 
 int hub_chat_new(struct hub_chat **out, const struct hub_chat_config *cfg)
@@ -600,6 +606,8 @@ struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws
     cl->ws = ws;
     cl->mode = mode;
     cl->member.deliver = deliver;
+    cl->tokens = chat->cfg.burst;
+    cl->refilled = chat_now(chat);
     snprintf(cl->id, sizeof(cl->id), "c-%llu", (unsigned long long)++chat->client_seq);
     chat->nclients++;
     if (mode == HUB_CHAT_RAW) {
@@ -664,6 +672,7 @@ static int publish(struct hub_chat_client *cl, struct hub_room *room, int opcode
         if (rc != 0)
             return rc;
     }
+    hub_metrics.published++;
     broadcast(&ev, cl->mode == HUB_CHAT_RAW ? NULL : cl);
     if (offset != NULL)
         *offset = ev.offset;
@@ -1301,8 +1310,8 @@ static void op_hello(struct request *rq)
     jw_kint(&b, "max_message", (long long)chat->cfg.max_message);
     jw_kint(&b, "max_text", (long long)chat->cfg.max_text);
     jw_kint(&b, "max_rooms", chat->cfg.max_rooms_per_client);
-    jw_kint(&b, "rate", 20);
-    jw_kint(&b, "burst", 40);
+    jw_kint(&b, "rate", chat->cfg.rate);
+    jw_kint(&b, "burst", chat->cfg.burst);
     jw_kint(&b, "ping_interval", 25);
     jw_kint(&b, "history", chat->cfg.history_max_rooms_kept);
     jw_kint(&b, "history_page", 100);
@@ -1398,8 +1407,56 @@ static void json_message(struct hub_chat_client *cl, const char *data, size_t le
     json_decref(rq.root);
 }
 
+/* Token bucket: rate tokens a second, at most burst saved up. Returns 1 if
+ * the client may send one more message now. */
+static int take_token(struct hub_chat_client *cl)
+{
+    const struct hub_chat_config *cfg = &cl->chat->cfg;
+    if (cfg->rate == 0)
+        return 1;
+    int64_t now = chat_now(cl->chat);
+    if (now > cl->refilled) {
+        cl->tokens += (double)(now - cl->refilled) * cfg->rate / 1000.0;
+        if (cl->tokens > cfg->burst)
+            cl->tokens = cfg->burst;
+        cl->refilled = now;
+    }
+    if (cl->tokens < 1.0)
+        return 0;
+    cl->tokens -= 1.0;
+    return 1;
+}
+
+/* A message over the rate limit: JSON clients get an error reply, raw ones
+ * lose it silently; a client that keeps going after a whole burst of
+ * refusals is closed with 4013 (it may reconnect and slow down). */
+static void refuse_rate(struct hub_chat_client *cl, const char *data, size_t len)
+{
+    hub_metrics.rate_limited++;
+    if (++cl->strikes > cl->chat->cfg.burst) {
+        hub_ws_close(cl->ws, 4013, "too many requests");
+        return;
+    }
+    if (cl->mode != HUB_CHAT_JSON)
+        return;
+    struct req_id id = {0, 0};
+    json_t *root = json_loadb(data, len, 0, NULL);
+    json_t *v = json_object_get(root, "id");
+    if (json_is_integer(v)) {
+        id.has = 1;
+        id.v = json_integer_value(v);
+    }
+    json_decref(root);
+    send_error(cl, id, "rate_limited", "too many requests: slow down");
+}
+
 void hub_chat_client_message(struct hub_chat_client *cl, int opcode, const char *data, size_t len)
 {
+    if (!take_token(cl)) {
+        refuse_rate(cl, data, len);
+        return;
+    }
+    cl->strikes = 0;
     if (cl->mode == HUB_CHAT_JSON) {
         if (opcode != HUB_WS_TEXT) {
             hub_ws_close(cl->ws, HUB_WS_UNSUPPORTED_DATA,

@@ -21,6 +21,7 @@
  */
 #include "hub/conn.h"
 #include "hub/log.h"
+#include "hub/metrics.h"
 
 #include <assert.h>
 #include <stdlib.h>
@@ -28,10 +29,15 @@
 
 #define HUB_IO_READ_SIZE (64 * 1024)
 #define HUB_IO_MAX_IOVS 64
+#define WHEEL_SLOTS 128    /* a power of two */
+#define WHEEL_TICK_MS 500  /* resolution of connection deadlines */
 
 struct hub_io {
     uv_loop_t *loop;             /* the loop everything runs on */
     uv_check_t check;            /* flushes corked output once per iteration */
+    uv_timer_t wheel_timer;      /* advances the timer wheel */
+    uint64_t wheel_tick;         /* next tick of the wheel to process */
+    struct hub_conn_link slots[WHEEL_SLOTS]; /* deadline lists, by tick */
     struct hub_conn *flush_head; /* connections with output to write (LIFO) */
     int handles_open;            /* handles still to be closed by hub_io_close */
     char rbuf[HUB_IO_READ_SIZE]; /* the read buffer lent to every connection */
@@ -39,6 +45,99 @@ struct hub_io {
 
 static void conn_flush(struct hub_conn *c);
 static void conn_do_close(struct hub_conn *c);
+
+static void link_init(struct hub_conn_link *l)
+{
+    l->prev = l->next = l;
+}
+
+static void link_remove(struct hub_conn_link *l)
+{
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    link_init(l);
+}
+
+static void link_append(struct hub_conn_link *head, struct hub_conn_link *l)
+{
+    l->prev = head->prev;
+    l->next = head;
+    head->prev->next = l;
+    head->prev = l;
+}
+
+/* Fires the deadlines of every tick up to now. Expired connections move to
+ * a private list first: a timeout callback may close or reschedule any
+ * connection, including the ones that expire in the same tick. */
+static void wheel_timer_cb(uv_timer_t *t)
+{
+    struct hub_io *io = HUB_CONTAINER_OF(t, struct hub_io, wheel_timer);
+    uint64_t now = uv_now(io->loop);
+    uint64_t until = now / WHEEL_TICK_MS;
+    struct hub_conn_link expired;
+    link_init(&expired);
+    for (; io->wheel_tick <= until; io->wheel_tick++) {
+        struct hub_conn_link *head = &io->slots[io->wheel_tick & (WHEEL_SLOTS - 1)];
+        struct hub_conn_link *l = head->next;
+        while (l != head) {
+            struct hub_conn_link *next = l->next;
+            struct hub_conn *c = HUB_CONTAINER_OF(l, struct hub_conn, wheel);
+            if (c->due <= now) {
+                link_remove(l);
+                link_append(&expired, l);
+            }
+            l = next;
+        }
+        if (io->wheel_tick == until)
+            break;
+    }
+    while (expired.next != &expired) {
+        struct hub_conn *c = HUB_CONTAINER_OF(expired.next, struct hub_conn, wheel);
+        link_remove(&c->wheel);
+        c->due = 0;
+        if (!(c->flags & HUB_CONN_CLOSING))
+            c->on_timeout(c);
+    }
+}
+
+void hub_conn_set_timeout(struct hub_conn *c, uint64_t ms)
+{
+    if (c->due != 0) {
+        link_remove(&c->wheel);
+        c->due = 0;
+    }
+    if (ms == 0 || c->io == NULL || (c->flags & HUB_CONN_CLOSING))
+        return;
+    struct hub_io *io = c->io;
+    c->due = uv_now(io->loop) + ms;
+    /* Round up to a tick boundary, never into a tick already processed. */
+    uint64_t tick = (c->due + WHEEL_TICK_MS - 1) / WHEEL_TICK_MS;
+    if (tick < io->wheel_tick)
+        tick = io->wheel_tick;
+    link_append(&io->slots[tick & (WHEEL_SLOTS - 1)], &c->wheel);
+}
+
+uint64_t hub_conn_now(const struct hub_conn *c)
+{
+    return c->io != NULL ? uv_now(c->io->loop) : 0;
+}
+
+void hub_conn_set_soft_limit(struct hub_conn *c, size_t bytes, uint32_t hold_ms)
+{
+    c->soft_limit = bytes;
+    c->soft_hold_ms = hold_ms;
+}
+
+/* Notes when the queue crosses the soft limit, in either direction. */
+static void conn_track_soft(struct hub_conn *c)
+{
+    if (c->soft_limit == 0)
+        return;
+    if (c->out.bytes <= c->soft_limit)
+        c->over_soft_since = 0;
+    else if (c->over_soft_since == 0)
+        c->over_soft_since = hub_conn_now(c) + 1; /* + 1: never 0 once set */
+}
 
 static void io_check_cb(uv_check_t *h)
 {
@@ -67,14 +166,20 @@ int hub_io_init(struct hub_io **out, uv_loop_t *loop)
     }
     /* The check handle must not keep the loop alive on its own. */
     uv_unref((uv_handle_t *)&io->check);
-    io->handles_open = 1;
+    for (int i = 0; i < WHEEL_SLOTS; i++)
+        link_init(&io->slots[i]);
+    io->wheel_tick = uv_now(loop) / WHEEL_TICK_MS;
+    uv_timer_init(loop, &io->wheel_timer);
+    uv_timer_start(&io->wheel_timer, wheel_timer_cb, WHEEL_TICK_MS, WHEEL_TICK_MS);
+    uv_unref((uv_handle_t *)&io->wheel_timer);
+    io->handles_open = 2;
     *out = io;
     return 0;
 }
 
 static void io_handle_closed(uv_handle_t *h)
 {
-    struct hub_io *io = HUB_CONTAINER_OF((uv_check_t *)h, struct hub_io, check);
+    struct hub_io *io = h->data;
     if (--io->handles_open == 0)
         free(io);
 }
@@ -82,7 +187,9 @@ static void io_handle_closed(uv_handle_t *h)
 void hub_io_close(struct hub_io *io)
 {
     assert(io->flush_head == NULL);
+    io->check.data = io->wheel_timer.data = io;
     uv_close((uv_handle_t *)&io->check, io_handle_closed);
+    uv_close((uv_handle_t *)&io->wheel_timer, io_handle_closed);
 }
 
 uv_loop_t *hub_io_loop(struct hub_io *io)
@@ -97,6 +204,8 @@ int hub_conn_init(struct hub_conn *c, struct hub_io *io, size_t out_limit)
         return HUB_EIO;
     c->tcp.data = c;
     c->io = io;
+    c->last_rx = uv_now(io->loop);
+    link_init(&c->wheel);
     hub_outq_init(&c->out, out_limit);
     return 0;
 }
@@ -104,6 +213,7 @@ int hub_conn_init(struct hub_conn *c, struct hub_io *io, size_t out_limit)
 void hub_conn_init_detached(struct hub_conn *c, size_t out_limit)
 {
     memset(c, 0, sizeof(*c));
+    link_init(&c->wheel);
     hub_outq_init(&c->out, out_limit);
 }
 
@@ -118,6 +228,8 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct hub_conn *c = s->data;
     if (nread > 0) {
+        c->last_rx = uv_now(c->io->loop);
+        hub_metrics.bytes_in += (uint64_t)nread;
         /* Input after a close decision is discarded: the peer is being
          * dropped and nothing it says can matter any more. */
         if (!hub_conn_closing(c) && c->on_read != NULL)
@@ -162,10 +274,68 @@ int hub_conn_send(struct hub_conn *c, struct hub_shared *chunk)
 {
     if (hub_conn_closing(c))
         return HUB_ECLOSED;
+    if (c->over_soft_since != 0 && hub_conn_now(c) + 1 - c->over_soft_since >= c->soft_hold_ms)
+        return HUB_ENOBUFS;
     int rc = hub_outq_push(&c->out, chunk);
-    if (rc == 0)
+    if (rc == 0) {
+        conn_track_soft(c);
         conn_schedule(c);
+    }
     return rc;
+}
+
+/* Index (from the head) of the first queued chunk that no write has touched:
+ * the in-flight write covers c->inflight bytes, and a partly sent head chunk
+ * must be finished before anything else. */
+static uint32_t first_unstarted(const struct hub_conn *c)
+{
+    const struct hub_outq *q = &c->out;
+    size_t skip = c->inflight;
+    uint32_t i = 0;
+    while (i < q->count) {
+        const struct hub_outq_item *it = &q->items[(q->head + i) & (q->cap - 1)];
+        size_t left = it->chunk->len - it->off;
+        if (skip == 0 && it->off == 0)
+            break;
+        skip = skip > left ? skip - left : 0;
+        i++;
+    }
+    return i;
+}
+
+int hub_conn_write_urgent(struct hub_conn *c, const void *data, size_t len)
+{
+    if (hub_conn_closing(c))
+        return HUB_ECLOSED;
+    uint32_t at = first_unstarted(c);
+    size_t limit = c->out.limit;
+    c->out.limit = 0;
+    int rc = hub_outq_push_copy(&c->out, data, len);
+    c->out.limit = limit;
+    if (rc != 0)
+        return rc;
+    /* Rotate the new tail item back to position at. */
+    struct hub_outq *q = &c->out;
+    uint32_t mask = q->cap - 1;
+    struct hub_outq_item tmp = q->items[(q->head + q->count - 1) & mask];
+    for (uint32_t i = q->count - 1; i > at; i--)
+        q->items[(q->head + i) & mask] = q->items[(q->head + i - 1) & mask];
+    q->items[(q->head + at) & mask] = tmp;
+    conn_schedule(c);
+    return 0;
+}
+
+void hub_conn_drop_backlog(struct hub_conn *c)
+{
+    struct hub_outq *q = &c->out;
+    uint32_t keep = first_unstarted(c);
+    while (q->count > keep) {
+        struct hub_outq_item *it = &q->items[(q->head + q->count - 1) & (q->cap - 1)];
+        q->bytes -= it->chunk->len - it->off;
+        hub_shared_unref(it->chunk);
+        q->count--;
+    }
+    conn_track_soft(c);
 }
 
 int hub_conn_write(struct hub_conn *c, const void *data, size_t len)
@@ -202,8 +372,10 @@ static void conn_write_cb(uv_write_t *req, int status)
         hub_conn_close(c);
         return;
     }
+    hub_metrics.bytes_out += c->inflight;
     hub_outq_consume(&c->out, c->inflight);
     c->inflight = 0;
+    conn_track_soft(c);
     conn_flush(c);
 }
 
@@ -223,7 +395,9 @@ static void conn_flush(struct hub_conn *c)
         }
         int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
         if (w > 0) {
+            hub_metrics.bytes_out += (uint64_t)w;
             hub_outq_consume(&c->out, (size_t)w);
+            conn_track_soft(c);
             if ((size_t)w == total)
                 continue; /* maybe more than HUB_IO_MAX_IOVS slices queued */
         } else if (w != UV_EAGAIN && w != UV_ENOSYS) {
@@ -301,6 +475,7 @@ void hub_conn_close(struct hub_conn *c)
 {
     if (c->flags & HUB_CONN_CLOSING)
         return;
+    hub_conn_set_timeout(c, 0);
     c->flags |= HUB_CONN_CLOSING;
     if (c->io == NULL)
         return;

@@ -20,20 +20,44 @@
 #define HUB_VERSION "0.0.0"
 #endif
 
+#define MAX_ORIGINS 64
+
 static void usage(FILE *f)
 {
-    fprintf(f, "Usage: chathub [options]\n"
-               "\n"
-               "A real-time WebSocket chat hub: open http://localhost:8080/ and chat in rooms.\n"
-               "\n"
-               "Options:\n"
-               "  --port N           TCP port to listen on (default 8080; 0 picks a free one)\n"
-               "  --host ADDR        address to bind (default 0.0.0.0, all interfaces)\n"
-               "  --public DIR       serve files from DIR instead of the built-in page\n"
-               "  --welcome TEXT     greet each raw WebSocket client with TEXT (default: off)\n"
-               "  --log-level LEVEL  error, warn, info or debug (default info)\n"
-               "  --help             show this help and exit\n"
-               "  --version          show the version and exit\n");
+    fprintf(f,
+            "Usage: chathub [options]\n"
+            "\n"
+            "A real-time WebSocket chat hub: open http://localhost:8080/ and chat in rooms.\n"
+            "\n"
+            "Options:\n"
+            "  --port N              TCP port to listen on (default 8080; 0 picks a free one)\n"
+            "  --host ADDR           address to bind (default 0.0.0.0, all interfaces)\n"
+            "  --public DIR          serve files from DIR instead of the built-in page\n"
+            "  --welcome TEXT        greet each raw WebSocket client with TEXT (default: off)\n"
+            "  --allow-origin PAT    also accept WebSockets from pages at PAT: an origin\n"
+            "                        (https://chat.example.com), a wildcard (*.example.com)\n"
+            "                        or * (repeatable; default: same origin only)\n"
+            "  --log-level LEVEL     error, warn, info or debug (default info)\n"
+            "  --help                show this help and exit\n"
+            "  --version             show the version and exit\n"
+            "\n"
+            "Limits (see docs/operations.md):\n"
+            "  --max-message BYTES   largest WebSocket message (default 65536; over: close 1009)\n"
+            "  --max-fragments N     frames per WebSocket message (default 128)\n"
+            "  --max-header-bytes N  HTTP request head size (default 8192; over: 431)\n"
+            "  --max-headers N       HTTP header lines (default 100; over: 431)\n"
+            "  --handshake-timeout S seconds to complete an HTTP request (default 10)\n"
+            "  --max-conns N         connections in total (default 100000; 0 = unlimited)\n"
+            "  --max-conns-per-ip N  connections per client address (default 64; 0 = unlimited)\n"
+            "  --max-rooms N         rooms per connection (default 64)\n"
+            "  --max-output BYTES    output queued per client before it is closed (default 1048576)\n"
+            "  --soft-output BYTES   output a client may hold for --soft-hold (default 262144)\n"
+            "  --soft-hold S         seconds over --soft-output before closing 4008 (default 10)\n"
+            "  --rate N              messages per second per connection (default 20; 0 = off)\n"
+            "  --burst N             messages per connection at once (default 40)\n"
+            "  --ping-interval S     seconds between WebSocket pings (default 25)\n"
+            "  --pong-timeout S      seconds of silence after a ping before closing (default 10)\n"
+            "  --drain-timeout S     seconds shutdown waits for clients (default 10)\n");
 }
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
@@ -49,18 +73,28 @@ __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ..
 }
 
 /* Parses a whole decimal number in [min, max]. Returns 0 or -1. */
-static int parse_number(const char *s, long min, long max, long *out)
+static int parse_number(const char *s, unsigned long long min, unsigned long long max,
+                        unsigned long long *out)
 {
-    if (*s == '\0')
+    if (*s < '0' || *s > '9')
         return -1;
     char *end;
     errno = 0;
-    long v = strtol(s, &end, 10);
+    unsigned long long v = strtoull(s, &end, 10);
     if (errno != 0 || *end != '\0' || v < min || v > max)
         return -1;
     *out = v;
     return 0;
 }
+
+/* A numeric option: where it goes, its range, and its unit. */
+struct num_option {
+    const char *name;          /* "--max-conns" */
+    unsigned long long min;    /* smallest accepted value */
+    unsigned long long max;    /* largest accepted value */
+    int kind;                  /* 0: size_t, 1: uint32_t, 2: seconds into uint32_t ms, 3: int */
+    void *dst;                 /* the config field */
+};
 
 /* Matches "--name VALUE" and "--name=VALUE". Returns the value, or NULL if
  * argv[*i] is not this option; sets *missing when the value is absent. */
@@ -85,29 +119,72 @@ int main(int argc, char **argv)
 {
     struct hub_server_config cfg;
     hub_server_config_default(&cfg);
+    const char *origins[MAX_ORIGINS];
+    size_t norigins = 0;
+    const struct num_option nums[] = {
+        {"--port", 0, 65535, 3, &cfg.port},
+        {"--max-message", 1, 1u << 30, 0, &cfg.max_message},
+        {"--max-fragments", 1, 1u << 20, 1, &cfg.max_fragments},
+        {"--max-header-bytes", 256, 1u << 20, 0, &cfg.max_header_bytes},
+        {"--max-headers", 1, 10000, 1, &cfg.max_headers},
+        {"--handshake-timeout", 1, 3600, 2, &cfg.handshake_ms},
+        {"--max-conns", 0, 10000000, 1, &cfg.max_conns},
+        {"--max-conns-per-ip", 0, 10000000, 1, &cfg.max_conns_per_ip},
+        {"--max-rooms", 1, 100000, 1, &cfg.max_rooms},
+        {"--max-output", 1024, 1ull << 32, 0, &cfg.max_output},
+        {"--soft-output", 1024, 1ull << 32, 0, &cfg.soft_output},
+        {"--soft-hold", 1, 3600, 2, &cfg.soft_hold_ms},
+        {"--rate", 0, 1000000, 1, &cfg.rate},
+        {"--burst", 1, 1000000, 1, &cfg.burst},
+        {"--ping-interval", 2, 3600, 2, &cfg.ping_interval_ms},
+        {"--pong-timeout", 1, 3600, 2, &cfg.pong_timeout_ms},
+        {"--drain-timeout", 0, 3600, 2, &cfg.drain_ms},
+    };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char *v;
+        const char *v = NULL;
         int missing = 0;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
-        } else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
+        }
+        if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
             printf("chathub %s\n", HUB_VERSION);
             return 0;
-        } else if ((v = option_value(argc, argv, &i, "--port", &missing)) != NULL) {
-            long port;
-            if (parse_number(v, 0, 65535, &port) != 0)
-                return usage_error("invalid --port '%s': expected a number from 0 to 65535", v);
-            cfg.port = (int)port;
+        }
+        size_t k;
+        for (k = 0; k < sizeof(nums) / sizeof(nums[0]); k++)
+            if ((v = option_value(argc, argv, &i, nums[k].name, &missing)) != NULL || missing)
+                break;
+        if (v != NULL) {
+            const struct num_option *o = &nums[k];
+            unsigned long long n;
+            if (parse_number(v, o->min, o->max, &n) != 0)
+                return usage_error("invalid %s '%s': expected a number from %llu to %llu",
+                                   o->name, v, o->min, o->max);
+            if (o->kind == 0)
+                *(size_t *)o->dst = (size_t)n;
+            else if (o->kind == 1)
+                *(uint32_t *)o->dst = (uint32_t)n;
+            else if (o->kind == 2)
+                *(uint32_t *)o->dst = (uint32_t)n * 1000;
+            else
+                *(int *)o->dst = (int)n;
+        } else if (missing) {
+            return usage_error("option %s needs a value", a);
         } else if ((v = option_value(argc, argv, &i, "--host", &missing)) != NULL) {
             if (*v == '\0')
-                return usage_error("invalid --host '%s': expected an address", v);
+                return usage_error("invalid --host '': expected an address");
             cfg.host = v;
         } else if ((v = option_value(argc, argv, &i, "--public", &missing)) != NULL) {
             cfg.public_dir = v;
         } else if ((v = option_value(argc, argv, &i, "--welcome", &missing)) != NULL) {
             cfg.welcome = v;
+        } else if ((v = option_value(argc, argv, &i, "--allow-origin", &missing)) != NULL) {
+            if (*v == '\0' || norigins == MAX_ORIGINS)
+                return usage_error("invalid --allow-origin '%s' (at most %d patterns)", v,
+                                   MAX_ORIGINS);
+            origins[norigins++] = v;
         } else if ((v = option_value(argc, argv, &i, "--log-level", &missing)) != NULL) {
             int level = hub_log_parse_level(v);
             if (level < 0)
@@ -120,6 +197,12 @@ int main(int argc, char **argv)
             return usage_error("unknown option '%s'", a);
         }
     }
+    if (cfg.pong_timeout_ms >= cfg.ping_interval_ms)
+        return usage_error("--pong-timeout must be shorter than --ping-interval");
+    if (cfg.soft_output > cfg.max_output)
+        cfg.soft_output = cfg.max_output;
+    cfg.allow_origins = origins;
+    cfg.nallow_origins = norigins;
 
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) {

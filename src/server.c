@@ -1,5 +1,5 @@
 /*
- * server.c: accept, route, and shut down.
+ * server.c: accept, route, enforce the connection policies, shut down.
  *
  * Each accepted socket gets a struct client that embeds its hub_conn. The
  * client starts in HTTP (a hub_http); a valid upgrade replaces that with a
@@ -7,12 +7,22 @@
  * are fed straight to the WebSocket. The client is freed only from the
  * connection's close callback.
  *
- * Shutdown (signal or hub_server_shutdown): the listener closes, every
- * WebSocket gets a 1001 close frame and plain HTTP connections are closed;
- * clients that do not finish the close handshake within drain_ms are cut.
- * When the last client is gone the server closes its own handles so that
- * uv_run returns and uv_loop_close succeeds. There is no list of clients:
- * the shutdown finds them by walking the loop's handles.
+ * Every connection has one deadline in the io's timer wheel, whose meaning
+ * depends on its phase: in HTTP, the next request must be complete within
+ * handshake_ms (slowloris); on a WebSocket, a ping goes out every
+ * ping_interval_ms and the peer must send something, anything, within
+ * pong_timeout_ms of it; once a close frame is out, the peer has a few
+ * seconds to answer it before the socket is cut.
+ *
+ * Shutdown (signal or hub_server_shutdown): the listener closes, /healthz
+ * answers 503, plain HTTP connections close, raw WebSockets get 1001, and
+ * JSON clients get a bye push with a jittered retry delay and close 1012, in
+ * batches so that they do not all reconnect to the next server at once.
+ * Whoever has not finished the close handshake after drain_ms is cut; a
+ * second signal cuts everyone at once. When the last client is gone the
+ * server closes its own handles so that uv_run returns and uv_loop_close
+ * succeeds. There is no list of clients: the shutdown finds them by walking
+ * the loop's handles.
  */
 #include "hub/server.h"
 #include "hub/chat.h"
@@ -20,43 +30,70 @@
 #include "hub/history.h"
 #include "hub/http.h"
 #include "hub/log.h"
+#include "hub/metrics.h"
+#include "hub/origin.h"
 #include "hub/static.h"
 #include "hub/ws.h"
-
-#ifndef HUB_VERSION
-#define HUB_VERSION "0.0.0"
-#endif
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#ifndef HUB_VERSION
+#define HUB_VERSION "0.0.0"
+#endif
+
+#define DRAIN_BATCH 500       /* WebSockets told to go per drain step */
+#define DRAIN_STEP_MS 50      /* time between drain steps */
+#define RETRY_MIN_MS 1000     /* bye: earliest suggested reconnect */
+#define RETRY_SPREAD_MS 4000  /* bye: spread of the suggested reconnects */
+
+/* Connections per peer address. */
+struct ip_count {
+    struct ip_count *next; /* hash chain */
+    uint32_t n;            /* open connections */
+    char ip[48];           /* peer address */
+};
+
 struct hub_server {
-    uv_loop_t *loop;               /* borrowed */
-    uv_tcp_t listener;             /* the listening socket */
-    uv_signal_t sigint;            /* SIGINT handler */
-    uv_signal_t sigterm;           /* SIGTERM handler */
-    uv_timer_t drain_timer;        /* bounds the shutdown */
-    uv_timer_t tick;               /* once a second: chat's deferred work */
-    struct hub_io *io;             /* loop-wide connection state, owned */
-    struct hub_static *site;       /* files served, owned */
-    struct hub_chat *chat;         /* chat state, owned */
-    struct hub_history *history;   /* message store, owned */
+    uv_loop_t *loop;                 /* borrowed */
+    uv_tcp_t listener;               /* the listening socket */
+    uv_signal_t sigint;              /* SIGINT handler */
+    uv_signal_t sigterm;             /* SIGTERM handler */
+    uv_timer_t drain_timer;          /* paces the drain, then bounds it */
+    uv_timer_t tick;                 /* once a second: chat's deferred work */
+    struct hub_io *io;               /* loop-wide connection state, owned */
+    struct hub_static *site;         /* files served, owned */
+    struct hub_history *history;     /* message store, owned */
+    struct hub_chat *chat;           /* chat state, owned */
     struct hub_http_config http_cfg; /* per-connection HTTP limits */
-    struct hub_ws_config ws_cfg;   /* per-connection WebSocket limits */
-    struct hub_server_config cfg;  /* copied configuration */
-    int port;                      /* bound port */
-    size_t nclients;               /* connections not yet closed */
-    int stopping;                  /* shutdown has begun */
-    int handles_open;              /* server handles still to close */
+    struct hub_ws_config ws_cfg;     /* per-connection WebSocket limits */
+    struct hub_origin_policy origins; /* --allow-origin patterns */
+    struct hub_server_config cfg;    /* copied configuration */
+    struct ip_count *ips[256];       /* connections per address */
+    int port;                        /* bound port */
+    size_t nclients;                 /* connections not yet closed */
+    int stopping;                    /* shutdown has begun */
+    uint64_t drain_deadline;         /* loop time when the drain gives up */
+    uint64_t rng;                    /* jitter for bye retry delays */
+};
+
+enum client_phase {
+    PHASE_HTTP, /* speaking HTTP */
+    PHASE_RAW,  /* raw-mode WebSocket */
+    PHASE_JSON, /* chathub.v1 WebSocket */
 };
 
 struct client {
-    struct hub_conn conn;       /* the socket, embedded */
-    struct hub_server *server;  /* borrowed */
-    struct hub_http *http;      /* HTTP state until the upgrade, owned */
-    struct hub_ws *ws;          /* WebSocket state after it, owned */
+    struct hub_conn conn;         /* the socket, embedded */
+    struct hub_server *server;    /* borrowed */
+    struct hub_http *http;        /* HTTP state until the upgrade, owned */
+    struct hub_ws *ws;            /* WebSocket state after it, owned */
     struct hub_chat_client *chat; /* chat membership, owned */
+    struct ip_count *ip;          /* this address's counter, borrowed */
+    uint64_t ping_sent;           /* loop time of the unanswered ping, 0 = none */
+    int phase;                    /* enum client_phase */
+    int told_to_go;               /* drain: close already started */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg)
@@ -65,14 +102,87 @@ void hub_server_config_default(struct hub_server_config *cfg)
     cfg->host = "0.0.0.0";
     cfg->port = 8080;
     cfg->max_message = 64 * 1024;
+    cfg->max_fragments = 128;
+    cfg->max_header_bytes = 8192;
+    cfg->max_headers = 100;
     cfg->max_output = 1024 * 1024;
-    cfg->drain_ms = 5000;
+    cfg->soft_output = 256 * 1024;
+    cfg->soft_hold_ms = 10000;
+    cfg->handshake_ms = 10000;
+    cfg->ping_interval_ms = 25000;
+    cfg->pong_timeout_ms = 10000;
+    cfg->drain_ms = 10000;
+    cfg->max_conns = 100000;
+    cfg->max_conns_per_ip = 64;
+    cfg->max_rooms = 64;
+    cfg->rate = 20;
+    cfg->burst = 40;
 }
+
+static uint64_t *phase_gauge(int phase)
+{
+    return phase == PHASE_HTTP  ? &hub_metrics.conns_http
+           : phase == PHASE_RAW ? &hub_metrics.conns_raw
+                                : &hub_metrics.conns_json;
+}
+
+static void set_phase(struct client *cl, int phase)
+{
+    (*phase_gauge(cl->phase))--;
+    cl->phase = phase;
+    (*phase_gauge(phase))++;
+}
+
+/* ---- per-address counts --------------------------------------------- */
+
+static struct ip_count **ip_slot(struct hub_server *s, const char *ip)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = ip; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    struct ip_count **pp = &s->ips[h % HUB_ARRAY_SIZE(s->ips)];
+    while (*pp != NULL && strcmp((*pp)->ip, ip) != 0)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* Counts one more connection from cl's address. Returns 0, or HUB_ELIMIT
+ * when the address already has max_conns_per_ip. */
+static int ip_acquire(struct client *cl)
+{
+    struct hub_server *s = cl->server;
+    struct ip_count **pp = ip_slot(s, cl->conn.peer);
+    if (*pp == NULL) {
+        struct ip_count *e = calloc(1, sizeof(*e));
+        if (e == NULL)
+            return HUB_ENOMEM;
+        snprintf(e->ip, sizeof(e->ip), "%s", cl->conn.peer);
+        *pp = e;
+    }
+    if (s->cfg.max_conns_per_ip != 0 && (*pp)->n >= s->cfg.max_conns_per_ip)
+        return HUB_ELIMIT;
+    (*pp)->n++;
+    cl->ip = *pp;
+    return 0;
+}
+
+static void ip_release(struct client *cl)
+{
+    if (cl->ip == NULL)
+        return;
+    if (--cl->ip->n == 0) {
+        struct ip_count **pp = ip_slot(cl->server, cl->ip->ip);
+        *pp = cl->ip->next;
+        free(cl->ip);
+    }
+    cl->ip = NULL;
+}
+
+/* ---- lifetime ------------------------------------------------------- */
 
 static void server_handle_closed(uv_handle_t *h)
 {
-    struct hub_server *s = h->data;
-    s->handles_open--;
+    (void)h;
 }
 
 /* Called when shutdown is under way and the last client has gone. */
@@ -93,11 +203,15 @@ static void client_on_close(struct hub_conn *c)
     hub_chat_client_free(cl->chat);
     hub_ws_free(cl->ws);
     hub_http_free(cl->http);
+    ip_release(cl);
+    (*phase_gauge(cl->phase))--;
     free(cl);
     s->nclients--;
     if (s->stopping && s->nclients == 0)
         server_close_handles(s);
 }
+
+/* ---- WebSocket phase -------------------------------------------------- */
 
 static void client_on_ws_message(struct hub_ws *ws, int opcode, const char *data, size_t len,
                                  void *user)
@@ -106,27 +220,74 @@ static void client_on_ws_message(struct hub_ws *ws, int opcode, const char *data
     hub_chat_client_message(cl->chat, opcode, data, len);
 }
 
-/* Answers an upgrade request: validation, room, 101, then the WebSocket. */
+/* The one deadline of a connection passed; what it means depends on the
+ * phase (see the file comment). */
+static void client_on_timeout(struct hub_conn *c)
+{
+    struct client *cl = HUB_CONTAINER_OF(c, struct client, conn);
+    struct hub_server *s = cl->server;
+    if (cl->ws == NULL) {
+        hub_metrics.refused[HUB_REFUSE_TIMEOUT]++;
+        hub_log_debug("%s: request not complete in time", c->peer);
+        hub_conn_close(c);
+        return;
+    }
+    if (hub_ws_close_sent(cl->ws)) {
+        hub_conn_close(c); /* the close handshake went unanswered */
+        return;
+    }
+    uint64_t now = hub_conn_now(c);
+    if (cl->ping_sent != 0 && c->last_rx < cl->ping_sent) {
+        /* Not a single byte since our ping: the peer or the path is dead. */
+        hub_metrics.heartbeat_closes++;
+        hub_log_debug("%s: no answer to ping, closing", c->peer);
+        hub_metrics_close(4012);
+        hub_conn_close(c);
+        return;
+    }
+    if (cl->ping_sent != 0) {
+        cl->ping_sent = 0;
+        hub_conn_set_timeout(c, s->cfg.ping_interval_ms - s->cfg.pong_timeout_ms);
+        return;
+    }
+    cl->ping_sent = now;
+    hub_ws_ping(cl->ws);
+    hub_conn_set_timeout(c, s->cfg.pong_timeout_ms);
+}
+
+/* Refuses a request with status and counts why. */
+static int refuse(struct hub_http *h, int status, int reason)
+{
+    hub_metrics.refused[reason]++;
+    hub_http_respond_status(h, status);
+    return HUB_HTTP_DONE;
+}
+
+/* Answers an upgrade request: validation, policies, room, 101, WebSocket. */
 static int client_upgrade(struct client *cl, struct hub_http *h, const struct hub_http_request *req)
 {
     struct hub_server *s = cl->server;
+    if (s->stopping)
+        return refuse(h, 503, HUB_REFUSE_DRAINING);
     int status = hub_http_check_websocket(req);
-    if (status != 0) {
-        hub_http_respond_status(h, status);
-        return HUB_HTTP_DONE;
+    if (status != 0)
+        return refuse(h, status, HUB_REFUSE_BAD_HANDSHAKE);
+    if (!hub_origin_allowed(&s->origins, req->origin, req->host)) {
+        hub_log_info("%s: refused cross-site WebSocket from origin %.*s", cl->conn.peer,
+                     (int)(req->origin.len > 200 ? 200 : req->origin.len), req->origin.base);
+        return refuse(h, 403, HUB_REFUSE_ORIGIN);
     }
     struct hub_iov room;
     if (hub_chat_room_from_path(req->path, &room) != 0) {
-        hub_http_respond(h, 400, "text/plain; charset=utf-8", NULL,
-                         "400 Bad Request: room names are 1-64 characters of A-Z a-z 0-9 _ . : -\n",
-                         71);
+        hub_metrics.refused[HUB_REFUSE_BAD_ROOM]++;
+        static const char msg[] =
+            "400 Bad Request: room names are 1-64 characters of A-Z a-z 0-9 _ . : -\n";
+        hub_http_respond(h, 400, "text/plain; charset=utf-8", NULL, msg, sizeof(msg) - 1);
         return HUB_HTTP_DONE;
     }
     cl->ws = hub_ws_new(&cl->conn, &s->ws_cfg, client_on_ws_message, cl);
-    if (cl->ws == NULL) {
-        hub_http_respond_status(h, 503);
-        return HUB_HTTP_DONE;
-    }
+    if (cl->ws == NULL)
+        return refuse(h, 503, HUB_REFUSE_MAX_CONNS);
     /* Offering chathub.v1 selects the JSON protocol; anything else (or no
      * subprotocol) is raw mode, and the 101 then names no subprotocol. */
     int json = hub_iov_has_token(req->ws_protocol, "chathub.v1");
@@ -135,24 +296,42 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
         cl->ws = NULL;
         return HUB_HTTP_DONE;
     }
+    set_phase(cl, json ? PHASE_JSON : PHASE_RAW);
+    hub_conn_set_soft_limit(&cl->conn, s->cfg.soft_output, s->cfg.soft_hold_ms);
+    hub_conn_set_timeout(&cl->conn, s->cfg.ping_interval_ms);
     cl->chat = hub_chat_client_new(s->chat, cl->ws, json ? HUB_CHAT_JSON : HUB_CHAT_RAW, room);
     if (cl->chat == NULL)
         hub_ws_close(cl->ws, HUB_WS_INTERNAL_ERROR, "out of memory");
     return HUB_HTTP_UPGRADED;
 }
 
+/* ---- HTTP phase -------------------------------------------------------- */
+
 static int client_on_request(struct hub_http *h, const struct hub_http_request *req, void *data)
 {
     struct client *cl = data;
+    struct hub_server *s = cl->server;
+    hub_metrics.http_requests++;
+    /* The next request on this connection gets a fresh deadline. */
+    hub_conn_set_timeout(&cl->conn, s->cfg.handshake_ms);
     if (req->upgrade_hdr.len > 0 || req->upgrade)
         return client_upgrade(cl, h, req);
+    if (req->method == HUB_HTTP_OTHER)
+        return HUB_HTTP_PASS; /* 405 from the static handler */
     if (hub_iov_eq_ci(req->path, "/healthz")) {
-        if (req->method == HUB_HTTP_OTHER)
-            return HUB_HTTP_PASS; /* 405 from the static handler */
-        if (cl->server->stopping)
-            hub_http_respond(h, 503, "text/plain; charset=utf-8", NULL, "draining\n", 9);
+        if (s->stopping)
+            hub_http_respond(h, 503, "text/plain; charset=utf-8", "Retry-After: 5\r\n",
+                             "draining\n", 9);
         else
             hub_http_respond(h, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
+        return HUB_HTTP_DONE;
+    }
+    if (hub_iov_eq_ci(req->path, "/metrics")) {
+        struct hub_buf b = {0};
+        hub_metrics_render(&b, hub_chat_room_count(s->chat), s->stopping);
+        hub_http_respond(h, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data,
+                         b.len);
+        hub_buf_free(&b);
         return HUB_HTTP_DONE;
     }
     return HUB_HTTP_PASS;
@@ -177,6 +356,21 @@ static void client_on_read(struct hub_conn *c, const char *data, size_t len)
         hub_ws_feed(cl->ws, data, len);
 }
 
+/* Answers a connection the hub cannot take and lets it go. */
+static void client_turn_away(struct client *cl, int reason)
+{
+    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                               "Server: chathub\r\n"
+                               "Content-Type: text/plain; charset=utf-8\r\n"
+                               "Content-Length: 26\r\n"
+                               "Retry-After: 5\r\n"
+                               "Connection: close\r\n\r\n"
+                               "503 too many connections\n";
+    hub_metrics.refused[reason]++;
+    hub_conn_write_force(&cl->conn, busy, sizeof(busy) - 1);
+    hub_conn_close_after_flush(&cl->conn);
+}
+
 static void server_on_connection(uv_stream_t *listener, int status)
 {
     struct hub_server *s = listener->data;
@@ -192,44 +386,104 @@ static void server_on_connection(uv_stream_t *listener, int status)
         return;
     }
     cl->server = s;
+    cl->phase = PHASE_HTTP;
+    hub_metrics.conns_http++;
+    hub_metrics.accepted++;
     cl->conn.on_read = client_on_read;
     cl->conn.on_close = client_on_close;
+    cl->conn.on_timeout = client_on_timeout;
     s->nclients++;
-    cl->http = hub_http_new(&cl->conn, &s->http_cfg, client_on_request, cl);
-    if (cl->http == NULL || hub_conn_accept(&cl->conn, listener) != 0) {
+    if (hub_conn_accept(&cl->conn, listener) != 0) {
         hub_conn_close(&cl->conn);
         return;
     }
-}
-
-/* Closes one client for shutdown: a 1001 close handshake for WebSockets,
- * a plain close for HTTP connections. */
-static void shutdown_walk_cb(uv_handle_t *h, void *arg)
-{
-    struct hub_server *s = arg;
-    if (h->type != UV_TCP || h == (uv_handle_t *)&s->listener || uv_is_closing(h))
+    if (s->cfg.max_conns != 0 && s->nclients > s->cfg.max_conns) {
+        client_turn_away(cl, HUB_REFUSE_MAX_CONNS);
         return;
-    struct client *cl = HUB_CONTAINER_OF(h->data, struct client, conn);
-    if (cl->ws != NULL && !hub_ws_close_sent(cl->ws))
-        hub_ws_close(cl->ws, HUB_WS_GOING_AWAY, "server shutting down");
-    else if (cl->ws == NULL)
-        hub_conn_close_after_flush(&cl->conn);
+    }
+    int rc = ip_acquire(cl);
+    if (rc != 0) {
+        if (rc == HUB_ELIMIT)
+            hub_log_info("%s: over --max-conns-per-ip %u", cl->conn.peer,
+                         s->cfg.max_conns_per_ip);
+        client_turn_away(cl, HUB_REFUSE_PER_IP);
+        return;
+    }
+    cl->http = hub_http_new(&cl->conn, &s->http_cfg, client_on_request, cl);
+    if (cl->http == NULL) {
+        hub_conn_close(&cl->conn);
+        return;
+    }
+    hub_conn_set_timeout(&cl->conn, s->cfg.handshake_ms);
 }
 
-/* The drain deadline passed: cut whoever is still there. */
+/* ---- shutdown ----------------------------------------------------------- */
+
+static uint32_t next_random(struct hub_server *s)
+{
+    /* xorshift64: jitter needs spread, not secrecy. */
+    s->rng ^= s->rng << 13;
+    s->rng ^= s->rng >> 7;
+    s->rng ^= s->rng << 17;
+    return (uint32_t)(s->rng >> 32);
+}
+
+/* Starts the close of one client for the drain. */
+static void tell_to_go(struct hub_server *s, struct client *cl)
+{
+    cl->told_to_go = 1;
+    if (cl->ws == NULL) {
+        hub_conn_close_after_flush(&cl->conn);
+        return;
+    }
+    if (hub_ws_close_sent(cl->ws))
+        return;
+    if (cl->phase == PHASE_JSON) {
+        char bye[128];
+        int n = snprintf(bye, sizeof(bye),
+                         "{\"t\":\"bye\",\"code\":1012,\"reason\":\"server restart\","
+                         "\"retry_ms\":%u}",
+                         RETRY_MIN_MS + next_random(s) % RETRY_SPREAD_MS);
+        hub_ws_send(cl->ws, HUB_WS_TEXT, bye, (size_t)n);
+        hub_ws_close(cl->ws, HUB_WS_SERVICE_RESTART, "server restart");
+    } else {
+        hub_ws_close(cl->ws, HUB_WS_GOING_AWAY, "server shutting down");
+    }
+}
+
+struct drain_walk {
+    struct hub_server *s; /* the server */
+    int budget;           /* clients still to tell in this step */
+    int cut;              /* close everyone now */
+};
+
 static void drain_walk_cb(uv_handle_t *h, void *arg)
 {
-    struct hub_server *s = arg;
-    if (h->type != UV_TCP || h == (uv_handle_t *)&s->listener || uv_is_closing(h))
+    struct drain_walk *w = arg;
+    if (h->type != UV_TCP || h == (uv_handle_t *)&w->s->listener || uv_is_closing(h))
         return;
-    hub_conn_close(h->data);
+    struct client *cl = HUB_CONTAINER_OF(h->data, struct client, conn);
+    if (w->cut) {
+        hub_conn_close(&cl->conn);
+    } else if (!cl->told_to_go && w->budget > 0) {
+        w->budget--;
+        tell_to_go(w->s, cl);
+    }
 }
 
-static void drain_timeout_cb(uv_timer_t *t)
+/* One drain step: tell the next batch to go, or cut the rest once the
+ * deadline has passed. */
+static void drain_timer_cb(uv_timer_t *t)
 {
     struct hub_server *s = t->data;
-    hub_log_warn("drain timeout: closing %zu remaining connections", s->nclients);
-    uv_walk(s->loop, drain_walk_cb, s);
+    struct drain_walk w = {s, DRAIN_BATCH, uv_now(s->loop) >= s->drain_deadline};
+    if (w.cut)
+        hub_log_warn("drain timeout: closing %zu remaining connections", s->nclients);
+    uv_walk(s->loop, drain_walk_cb, &w);
+    if (!w.cut && w.budget == 0)
+        uv_timer_start(&s->drain_timer, drain_timer_cb, DRAIN_STEP_MS, 0);
+    else if (!w.cut)
+        uv_timer_start(&s->drain_timer, drain_timer_cb, s->drain_deadline - uv_now(s->loop), 0);
 }
 
 void hub_server_shutdown(struct hub_server *s)
@@ -239,12 +493,12 @@ void hub_server_shutdown(struct hub_server *s)
     s->stopping = 1;
     hub_log_info("shutting down: closing %zu connections", s->nclients);
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
-    uv_walk(s->loop, shutdown_walk_cb, s);
     if (s->nclients == 0) {
         server_close_handles(s);
         return;
     }
-    uv_timer_start(&s->drain_timer, drain_timeout_cb, s->cfg.drain_ms, 0);
+    s->drain_deadline = uv_now(s->loop) + s->cfg.drain_ms;
+    drain_timer_cb(&s->drain_timer);
 }
 
 static void tick_cb(uv_timer_t *t)
@@ -259,11 +513,14 @@ static void server_on_signal(uv_signal_t *sig, int signum)
     if (s->stopping) {
         /* A second signal: the operator wants out now. */
         hub_log_warn("second signal: closing every connection now");
-        uv_walk(s->loop, drain_walk_cb, s);
+        struct drain_walk w = {s, 0, 1};
+        uv_walk(s->loop, drain_walk_cb, &w);
         return;
     }
     hub_server_shutdown(s);
 }
+
+/* ---- start-up ---------------------------------------------------------- */
 
 static int server_bind(struct hub_server *s, char *err, size_t errsz)
 {
@@ -283,7 +540,7 @@ static int server_bind(struct hub_server *s, char *err, size_t errsz)
     }
     rc = uv_tcp_bind(&s->listener, req.addrinfo->ai_addr, 0);
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&s->listener, 511, server_on_connection);
+        rc = uv_listen((uv_stream_t *)&s->listener, 4096, server_on_connection);
     uv_freeaddrinfo(req.addrinfo);
     if (rc != 0) {
         snprintf(err, errsz, "cannot listen on %s:%d: %s", s->cfg.host, s->cfg.port,
@@ -302,12 +559,15 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
                    char *err, size_t errsz)
 {
     int rc = HUB_ENOMEM;
+    snprintf(err, errsz, "out of memory");
     struct hub_server *s = calloc(1, sizeof(*s));
     if (s == NULL)
         goto fail;
     s->loop = loop;
     s->cfg = *cfg;
-    snprintf(err, errsz, "out of memory");
+    s->origins.allow = cfg->allow_origins;
+    s->origins.n = cfg->nallow_origins;
+    s->rng = uv_hrtime() | 1;
     rc = cfg->public_dir ? hub_static_open_dir(&s->site, cfg->public_dir)
                          : hub_static_open_embedded(&s->site);
     if (rc != 0) {
@@ -326,14 +586,20 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     chat_cfg.server_name = "chathub " HUB_VERSION;
     chat_cfg.history = s->history;
     chat_cfg.max_message = cfg->max_message;
+    chat_cfg.max_rooms_per_client = cfg->max_rooms;
     chat_cfg.history_max_rooms_kept = hist_cfg.max_per_room;
+    chat_cfg.rate = cfg->rate;
+    chat_cfg.burst = cfg->burst;
     rc = hub_chat_new(&s->chat, &chat_cfg);
     if (rc != 0)
         goto fail_history;
     hub_http_config_default(&s->http_cfg);
     s->http_cfg.site = s->site;
+    s->http_cfg.max_header_bytes = cfg->max_header_bytes;
+    s->http_cfg.max_headers = cfg->max_headers;
     hub_ws_config_default(&s->ws_cfg);
     s->ws_cfg.max_message = cfg->max_message;
+    s->ws_cfg.max_fragments = cfg->max_fragments;
     rc = hub_io_init(&s->io, loop);
     if (rc != 0)
         goto fail_chat;
@@ -345,11 +611,10 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     uv_timer_init(loop, &s->drain_timer);
     uv_timer_init(loop, &s->tick);
     s->listener.data = s->sigint.data = s->sigterm.data = s->drain_timer.data = s->tick.data = s;
-    s->handles_open = 5;
-    uv_timer_start(&s->tick, tick_cb, 1000, 1000);
-    uv_unref((uv_handle_t *)&s->tick);
     uv_unref((uv_handle_t *)&s->sigint);
     uv_unref((uv_handle_t *)&s->sigterm);
+    uv_timer_start(&s->tick, tick_cb, 1000, 1000);
+    uv_unref((uv_handle_t *)&s->tick);
     rc = server_bind(s, err, errsz);
     if (rc != 0)
         goto fail_handles;

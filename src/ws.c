@@ -6,16 +6,18 @@
  * and then reports WOULDBLOCK. wslay keeps any partial frame itself, so
  * nothing here outlives the feed call.
  *
- * Output: the send callback copies the bytes wslay produces (pongs, close
- * frames; they are at most 127 bytes) into the connection's queue with
- * hub_conn_write_force, which ignores the output limit: a close frame must
- * get out even to a client whose queue is full. It always accepts every
- * byte, so wslay never holds a partially sent frame, and data frames queued
- * with hub_ws_send_frame interleave with control frames in call order.
+ * Output: the send callback stages the bytes wslay produces (pongs, pings,
+ * close frames; each at most 127 bytes) and accepts every byte, so wslay
+ * never holds a partially sent frame. After each wslay_event_send the staged
+ * frames go into the connection's queue, ignoring the output limits: pongs
+ * and pings jump ahead of queued data that has not started going out (a
+ * backlog must not delay them), while a close frame goes behind everything
+ * already queued, because nothing may follow it on the wire.
  */
 #include "hub/ws.h"
 #include "hub/conn.h"
 #include "hub/log.h"
+#include "hub/metrics.h"
 #include "hub/utf8.h"
 
 #include <stdlib.h>
@@ -30,14 +32,21 @@ struct hub_ws {
     const char *in;              /* bytes being fed, borrowed during hub_ws_feed */
     size_t in_len;               /* bytes left at in */
     struct hub_ws_config cfg;    /* copied limits */
+    struct hub_buf stage;        /* control frames made by wslay, not yet queued */
+    uint32_t fragments;          /* frames of the message being received */
     int close_sent;              /* our close frame is queued or sent */
     int finished;                /* the connection is set to close */
     uint16_t fail_code;          /* a protocol error wslay reports without a code */
 };
 
+/* How long a peer gets to answer our close frame before the TCP connection
+ * is cut. */
+#define CLOSE_TIMEOUT_MS 5000
+
 void hub_ws_config_default(struct hub_ws_config *cfg)
 {
     cfg->max_message = 64 * 1024;
+    cfg->max_fragments = 128;
 }
 
 static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
@@ -59,13 +68,57 @@ static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size
                           void *user)
 {
     struct hub_ws *ws = user;
-    /* A closing connection drops its output anyway; claiming the bytes keeps
-     * wslay's state consistent. */
-    if (hub_conn_write_force(ws->conn, data, len) == HUB_ENOMEM) {
+    if (hub_buf_append(&ws->stage, data, len) != 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
     return (ssize_t)len;
+}
+
+/* Queues the control frames wslay produced (see the file comment). */
+static void ws_flush_stage(struct hub_ws *ws)
+{
+    const uint8_t *p = (const uint8_t *)ws->stage.data;
+    size_t len = ws->stage.len, i = 0;
+    int has_close = 0;
+    /* Server control frames are unmasked with 7-bit lengths. */
+    while (i + 2 <= len) {
+        size_t flen = 2 + (p[i + 1] & 127);
+        if ((p[i] & 15) == WSLAY_CONNECTION_CLOSE) {
+            has_close = 1;
+            hub_metrics_close(flen >= 4 && i + 4 <= len ? (uint16_t)(p[i + 2] << 8 | p[i + 3])
+                                                        : 1005);
+        }
+        i += flen;
+    }
+    if (len > 0) {
+        if (has_close)
+            hub_conn_write_force(ws->conn, p, len);
+        else
+            hub_conn_write_urgent(ws->conn, p, len);
+    }
+    hub_buf_free(&ws->stage);
+}
+
+/* Runs wslay_event_send and queues what it made. Returns its result. */
+static int ws_send_control(struct hub_ws *ws)
+{
+    int rc = wslay_event_send(ws->ctx);
+    ws_flush_stage(ws);
+    return rc;
+}
+
+/* Counts the frames of each incoming message, against fragment floods. */
+static void ws_frame_start_cb(wslay_event_context_ptr ctx,
+                              const struct wslay_event_on_frame_recv_start_arg *arg, void *user)
+{
+    struct hub_ws *ws = user;
+    if (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME)
+        ws->fragments = 1;
+    else if (arg->opcode == WSLAY_CONTINUATION_FRAME && ++ws->fragments > ws->cfg.max_fragments) {
+        ws->fail_code = HUB_WS_POLICY;
+        wslay_event_shutdown_read(ctx); /* stop parsing after this frame */
+    }
 }
 
 static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
@@ -75,7 +128,7 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
     if (arg->opcode == WSLAY_PING) {
         /* wslay has queued the pong: send it now, so that it goes out
          * before whatever the messages after this ping produce. */
-        wslay_event_send(ctx);
+        ws_send_control(ws);
         return;
     }
     if (arg->opcode == WSLAY_CONNECTION_CLOSE && arg->msg_length == 1) {
@@ -93,8 +146,9 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
     }
     if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
         return; /* pong and close are handled by wslay itself */
-    if (ws->close_sent)
+    if (ws->close_sent || ws->fail_code != 0)
         return; /* we are closing: what the peer says now has no audience */
+    hub_metrics.messages_in++;
     ws->on_message(ws, arg->opcode == WSLAY_TEXT_FRAME ? HUB_WS_TEXT : HUB_WS_BINARY,
                    (const char *)arg->msg, arg->msg_length, ws->user);
 }
@@ -109,6 +163,7 @@ struct hub_ws *hub_ws_new(struct hub_conn *conn, const struct hub_ws_config *cfg
         .recv_callback = ws_recv_cb,
         .send_callback = ws_send_cb,
         .on_msg_recv_callback = ws_msg_cb,
+        .on_frame_recv_start_callback = ws_frame_start_cb,
     };
     if (wslay_event_context_server_init(&ws->ctx, &cbs, ws) != 0) {
         free(ws);
@@ -127,6 +182,7 @@ void hub_ws_free(struct hub_ws *ws)
     if (ws == NULL)
         return;
     wslay_event_context_free(ws->ctx);
+    hub_buf_free(&ws->stage);
     free(ws);
 }
 
@@ -135,8 +191,10 @@ void hub_ws_free(struct hub_ws *ws)
 static void ws_fail(struct hub_ws *ws, uint16_t code)
 {
     uint8_t frame[4] = {0x88, 2, (uint8_t)(code >> 8), (uint8_t)code};
-    if (!ws->close_sent)
+    if (!ws->close_sent) {
         hub_conn_write_force(ws->conn, frame, sizeof(frame));
+        hub_metrics_close(code);
+    }
     ws->close_sent = 1;
     ws->finished = 1;
     wslay_event_shutdown_read(ws->ctx);
@@ -148,7 +206,7 @@ static void ws_fail(struct hub_ws *ws, uint16_t code)
  * if the WebSocket is over: both close frames exchanged, or wslay gave up. */
 static void ws_pump(struct hub_ws *ws)
 {
-    if (wslay_event_want_write(ws->ctx) && wslay_event_send(ws->ctx) != 0) {
+    if (wslay_event_want_write(ws->ctx) && ws_send_control(ws) != 0) {
         ws->finished = 1;
         hub_conn_close(ws->conn);
         return;
@@ -160,6 +218,9 @@ static void ws_pump(struct hub_ws *ws)
     if (over && !ws->finished) {
         ws->finished = 1;
         hub_conn_close_after_flush(ws->conn);
+    } else if (ws->close_sent && !ws->finished) {
+        /* Our close is out; the peer gets a while to answer it. */
+        hub_conn_set_timeout(ws->conn, CLOSE_TIMEOUT_MS);
     }
 }
 
@@ -230,15 +291,18 @@ int hub_ws_send_frame(struct hub_ws *ws, struct hub_shared *frame)
     if (ws->close_sent || ws->finished)
         return HUB_ECLOSED;
     int rc = hub_conn_send(ws->conn, frame);
-    if (rc == HUB_ENOBUFS) {
+    if (rc == 0) {
+        hub_metrics.messages_out++;
+    } else if (rc == HUB_ENOBUFS) {
         /* The client does not read fast enough for what its rooms produce.
-         * Its queue cannot drain in useful time, so drop it now; 4008 tells
-         * a well-behaved client that a reconnect is fine. */
+         * Its backlog is dropped and 4008 tells it that a reconnect (and a
+         * resume from its last offset) is fine; if it does not even read the
+         * close frame, the close timeout cuts it. */
         hub_log_info("closing slow client %s (%zu bytes queued)", ws->conn->peer,
                      ws->conn->out.bytes);
+        hub_metrics.slow_closes++;
+        hub_conn_drop_backlog(ws->conn);
         hub_ws_close(ws, HUB_WS_SLOW_CLIENT, "slow client");
-        ws->finished = 1;
-        hub_conn_close(ws->conn);
     }
     return rc;
 }

@@ -19,6 +19,14 @@
  *   the owner may free the memory. on_close fires exactly once.
  * - A conn with io == NULL is "detached": sends queue into out and nothing is
  *   ever written or read. Unit tests use this to drive upper layers sans-I/O.
+ * - Timeouts: each connection has at most one deadline, kept in the io's
+ *   timer wheel (one uv_timer for all connections, half-second resolution).
+ *   When it passes, on_timeout fires once; the owner decides what it meant
+ *   (handshake deadline, heartbeat, close handshake) and sets the next one.
+ * - Output limits: past the hard limit sends fail at once; past the soft
+ *   limit they fail once the queue has stayed above it for soft_hold_ms.
+ *   Control frames use hub_conn_write_urgent and go ahead of queued output
+ *   that has not started, so a backlog never delays a pong.
  */
 #ifndef HUB_CONN_H
 #define HUB_CONN_H
@@ -36,6 +44,15 @@ typedef void (*hub_conn_read_cb)(struct hub_conn *c, const char *data, size_t le
 /* The connection is fully closed (libuv close callback). The owner may free
  * the struct that embeds c from here on, but not before. */
 typedef void (*hub_conn_close_cb)(struct hub_conn *c);
+
+/* The connection's deadline passed (see hub_conn_set_timeout). */
+typedef void (*hub_conn_timeout_cb)(struct hub_conn *c);
+
+/* Links a connection into a timer-wheel slot. */
+struct hub_conn_link {
+    struct hub_conn_link *prev; /* previous in the slot, or the slot head */
+    struct hub_conn_link *next; /* next in the slot, or the slot head */
+};
 
 /* The peer half-closed or the socket failed (EOF, reset). The connection is
  * already closing; this is informational (for metrics and logs). err is a
@@ -62,6 +79,13 @@ struct hub_conn {
     hub_conn_read_cb on_read;  /* set by the owner */
     hub_conn_close_cb on_close; /* set by the owner; required */
     hub_conn_end_cb on_end;    /* optional */
+    hub_conn_timeout_cb on_timeout; /* required once a timeout is set */
+    struct hub_conn_link wheel; /* link in io's timer wheel while due != 0 */
+    uint64_t due;              /* loop time (ms) of the deadline, 0 = none */
+    uint64_t last_rx;          /* loop time (ms) of the last bytes read */
+    uint64_t over_soft_since;  /* loop time the queue passed soft_limit, 0 = below */
+    size_t soft_limit;         /* queue bytes tolerated for soft_hold_ms (0 = off) */
+    uint32_t soft_hold_ms;     /* how long the queue may stay above soft_limit */
     void *data;                /* owner's pointer, untouched by conn */
     char peer[48];             /* peer address as text, for logs and per-IP limits */
 };
@@ -98,6 +122,25 @@ int hub_conn_send(struct hub_conn *c, struct hub_shared *chunk);
 
 /* Queues a copy of len bytes. Same returns as hub_conn_send. */
 int hub_conn_write(struct hub_conn *c, const void *data, size_t len);
+
+/* Queues a copy of len bytes ahead of every queued chunk that has not
+ * started going out (control frames: pong, ping). Ignores the limits.
+ * Returns 0, HUB_ECLOSED, HUB_ENOMEM. */
+int hub_conn_write_urgent(struct hub_conn *c, const void *data, size_t len);
+
+/* Drops queued output that has not started going out (a slow client's
+ * backlog, before its close frame is queued). */
+void hub_conn_drop_backlog(struct hub_conn *c);
+
+/* Sets the connection's only deadline to ms from now (0 cancels it). */
+void hub_conn_set_timeout(struct hub_conn *c, uint64_t ms);
+
+/* The loop's current time in ms (0 for a detached conn). */
+uint64_t hub_conn_now(const struct hub_conn *c);
+
+/* Sets the soft output limit: sends fail with HUB_ENOBUFS once the queue has
+ * held more than bytes for hold_ms. */
+void hub_conn_set_soft_limit(struct hub_conn *c, size_t bytes, uint32_t hold_ms);
 
 /* Queues a copy of len bytes even past the output limit (for the few bytes
  * of a close frame or an error response). Returns 0, HUB_ECLOSED, HUB_ENOMEM. */

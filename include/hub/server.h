@@ -2,9 +2,10 @@
  * server.h: the listener and the wiring of every module.
  *
  * A hub_server accepts TCP connections, gives each an HTTP front end
- * (static files, health) and, on a valid upgrade, a WebSocket and a chat
- * client. It handles SIGINT and SIGTERM itself: stop accepting, close every
- * WebSocket with 1001, and let the loop run dry.
+ * (static files, health, metrics) and, on a valid upgrade, a WebSocket and
+ * a chat client, and enforces the connection policies (limits, Origin,
+ * deadlines, heartbeat). It handles SIGINT and SIGTERM itself: stop
+ * accepting, drain every client, and let the loop run dry.
  */
 #ifndef HUB_SERVER_H
 #define HUB_SERVER_H
@@ -19,10 +20,25 @@ struct hub_server_config {
     const char *host;       /* address to bind ("0.0.0.0", "::", "127.0.0.1", a name) */
     int port;               /* TCP port; 0 picks a free one */
     const char *public_dir; /* serve this directory instead of the embedded page, or NULL */
-    const char *welcome;    /* greeting for raw clients, or NULL */
+    const char *welcome;    /* greeting for raw clients / motd for JSON clients, or NULL */
+    const char *const *allow_origins; /* extra allowed Origin patterns (borrowed) */
+    size_t nallow_origins;  /* number of patterns */
     size_t max_message;     /* largest WebSocket message (65536) */
-    size_t max_output;      /* output queue limit per client (1 MiB) */
-    unsigned drain_ms;      /* how long shutdown waits for close handshakes (5000) */
+    uint32_t max_fragments; /* frames per WebSocket message (128) */
+    size_t max_header_bytes; /* HTTP request head limit (8192) */
+    uint32_t max_headers;   /* HTTP header lines (100) */
+    size_t max_output;      /* hard output queue limit per client (1 MiB) */
+    size_t soft_output;     /* soft output queue limit per client (256 KiB) */
+    uint32_t soft_hold_ms;  /* how long the soft limit may be exceeded (10 s) */
+    uint32_t handshake_ms;  /* time to complete each HTTP request (10 s) */
+    uint32_t ping_interval_ms; /* WebSocket ping period (25 s) */
+    uint32_t pong_timeout_ms;  /* silence tolerated after a ping (10 s) */
+    uint32_t drain_ms;      /* how long shutdown waits for clients (10 s) */
+    uint32_t max_conns;     /* connections in total (100000; 0 = no limit) */
+    uint32_t max_conns_per_ip; /* connections per peer address (64; 0 = no limit) */
+    uint32_t max_rooms;     /* rooms per connection (64) */
+    uint32_t rate;          /* messages per second per connection (20; 0 = no limit) */
+    uint32_t burst;         /* messages per connection at once (40) */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);

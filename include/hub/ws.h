@@ -44,7 +44,8 @@ enum hub_ws_close_code {
 };
 
 struct hub_ws_config {
-    size_t max_message; /* largest message accepted; larger ones close 1009 (65536) */
+    size_t max_message;      /* largest message accepted; larger ones close 1009 (65536) */
+    uint32_t max_fragments;  /* frames per message; more close 1008 (128) */
 };
 
 /* A complete text or binary message arrived. data is borrowed for the call.
@@ -81,7 +82,8 @@ struct hub_shared *hub_ws_frame_alloc(int opcode, size_t len, char **payload);
 /* Queues a frame made by hub_ws_frame (the queue takes its own reference).
  * Returns 0; HUB_ECLOSED if a close frame was already sent or received;
  * HUB_ENOBUFS if the connection's output limit is reached, in which case
- * the client is too slow and its connection is being closed (4008). */
+ * the client is too slow: its unsent backlog is dropped and the close
+ * handshake starts with 4008. */
 int hub_ws_send_frame(struct hub_ws *ws, struct hub_shared *frame);
 
 /* Encodes and queues one message. Returns as hub_ws_send_frame, or HUB_ENOMEM. */
@@ -89,7 +91,9 @@ int hub_ws_send(struct hub_ws *ws, int opcode, const void *data, size_t len);
 
 /* Starts the close handshake with code and reason (NUL-terminated, at most
  * 123 bytes, borrowed). Nothing more is sent afterwards and incoming
- * messages are ignored; the connection closes once the peer answers.
+ * messages are ignored; the connection closes once the peer answers. The
+ * connection's timeout is set to 5 s meanwhile: when it fires the owner
+ * should cut the connection (hub_ws_close_sent tells it apart).
  * Returns 0, or HUB_ECLOSED if a close was already sent. */
 int hub_ws_close(struct hub_ws *ws, uint16_t code, const char *reason);
 

@@ -121,11 +121,12 @@ static void test_messages_and_echo(void)
     struct run whole;
     check_splits(&s, 1, &whole);
     CHECK(log_is(&whole, "T:hello|T:fragmented|B:300|T:|"));
-    /* The peer got the echoes and the pong, in order, unmasked. */
+    /* The pong went ahead of the queued echoes (nothing had started going
+     * out on a detached conn); the echoes follow in order, unmasked. */
     size_t off = 0;
     struct server_frame f;
-    CHECK(next_server_frame(&whole.out, &off, &f) && f.opcode == 1 && f.len == 5 && !f.masked);
     CHECK(next_server_frame(&whole.out, &off, &f) && f.opcode == 10 && f.len == 2);
+    CHECK(next_server_frame(&whole.out, &off, &f) && f.opcode == 1 && f.len == 5 && !f.masked);
     CHECK(next_server_frame(&whole.out, &off, &f) && f.opcode == 1 && f.len == 10 &&
           memcmp(f.payload, "fragmented", 10) == 0);
     CHECK(next_server_frame(&whole.out, &off, &f) && f.opcode == 2 && f.len == 300 &&
@@ -273,15 +274,47 @@ static void test_frames_and_close(void)
     hub_ws_free(ws);
     hub_outq_free(&c.out);
 
-    /* A full output queue closes the slow client with 4008. */
+    /* A full output queue: the backlog is dropped and 4008 goes out. */
     hub_conn_init_detached(&c, 100);
     ws = hub_ws_new(&c, &cfg, on_msg, &r);
     char chunk[60] = {0};
     CHECK_EQ(hub_ws_send(ws, HUB_WS_BINARY, chunk, sizeof(chunk)), 0);
     CHECK_EQ(hub_ws_send(ws, HUB_WS_BINARY, chunk, sizeof(chunk)), HUB_ENOBUFS);
-    CHECK(c.flags & HUB_CONN_CLOSING);
+    CHECK(hub_ws_close_sent(ws));
+    CHECK_EQ(hub_ws_send(ws, HUB_WS_BINARY, chunk, 1), HUB_ECLOSED);
+    drain_conn(&c, &out);
+    off = 0;
+    CHECK(next_server_frame(&out, &off, &sf) && sf.opcode == 8 && sf.len == 13 &&
+          sf.payload[0] == 0x0f && sf.payload[1] == 0xa8 && memcmp(sf.payload + 2, "slow client", 11) == 0);
+    CHECK(!next_server_frame(&out, &off, &sf));
+    hub_buf_free(&out);
     hub_ws_free(ws);
     hub_outq_free(&c.out);
+}
+
+static void test_fragment_limit(void)
+{
+    struct hub_buf s = {0};
+    client_frame(&s, 0, 1, "a", 1, 1);
+    for (int i = 0; i < 127; i++)
+        client_frame(&s, 0, 0, "b", 1, 1);
+    client_frame(&s, 1, 0, "c", 1, 1); /* the 129th frame of one message */
+    struct run whole;
+    run_script(&s, NULL, 0, 0, &whole);
+    CHECK(log_is(&whole, ""));
+    CHECK_EQ(last_close_code(&whole), 1008);
+    run_free(&whole);
+    hub_buf_free(&s);
+    /* 128 frames are fine. */
+    client_frame(&s, 0, 1, "a", 1, 1);
+    for (int i = 0; i < 126; i++)
+        client_frame(&s, 0, 0, "b", 1, 1);
+    client_frame(&s, 1, 0, "c", 1, 1);
+    run_script(&s, NULL, 0, 0, &whole);
+    CHECK_EQ(whole.log.len, 2 + 128 + 1);
+    CHECK_EQ(last_close_code(&whole), -1);
+    run_free(&whole);
+    hub_buf_free(&s);
 }
 
 int main(void)
@@ -291,5 +324,6 @@ int main(void)
     test_protocol_errors();
     test_too_big();
     test_frames_and_close();
+    test_fragment_limit();
     return CHECK_DONE();
 }

@@ -1,0 +1,100 @@
+/*
+ * origin.c: the Origin policy (see origin.h). Everything compares ASCII
+ * case-insensitively, as host names and schemes do.
+ */
+#include "hub/origin.h"
+
+#include <string.h>
+
+static int lower(int c)
+{
+    return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+}
+
+static int eq_ci(const char *a, size_t alen, const char *b, size_t blen)
+{
+    if (alen != blen)
+        return 0;
+    for (size_t i = 0; i < alen; i++)
+        if (lower((unsigned char)a[i]) != lower((unsigned char)b[i]))
+            return 0;
+    return 1;
+}
+
+/* Splits "scheme://hostport" (no path allowed). Returns 0 or -1. */
+static int split_origin(struct hub_iov o, struct hub_iov *scheme, struct hub_iov *hostport)
+{
+    for (size_t i = 0; i + 2 < o.len; i++)
+        if (o.base[i] == ':' && o.base[i + 1] == '/' && o.base[i + 2] == '/') {
+            scheme->base = o.base;
+            scheme->len = i;
+            hostport->base = o.base + i + 3;
+            hostport->len = o.len - i - 3;
+            if (i == 0 || hostport->len == 0 || memchr(hostport->base, '/', hostport->len))
+                return -1;
+            return 0;
+        }
+    return -1;
+}
+
+/* The host part of "host[:port]" or "[v6]:port". */
+static struct hub_iov host_only(struct hub_iov hp)
+{
+    size_t end = hp.len;
+    if (hp.len > 0 && hp.base[0] == '[') {
+        const char *close = memchr(hp.base, ']', hp.len);
+        if (close != NULL)
+            end = (size_t)(close - hp.base) + 1;
+    } else {
+        const char *colon = memchr(hp.base, ':', hp.len);
+        if (colon != NULL)
+            end = (size_t)(colon - hp.base);
+    }
+    struct hub_iov h = {hp.base, end};
+    return h;
+}
+
+/* Matches a host[:port] pattern, possibly "*.suffix", against hostport. */
+static int host_matches(const char *pat, size_t plen, struct hub_iov hostport)
+{
+    int has_port = memchr(pat, ':', plen) != NULL && pat[0] != '[';
+    struct hub_iov subject = has_port ? hostport : host_only(hostport);
+    if (plen >= 2 && pat[0] == '*' && pat[1] == '.') {
+        size_t slen = plen - 1; /* ".suffix" */
+        return subject.len > slen &&
+               eq_ci(subject.base + subject.len - slen, slen, pat + 1, slen);
+    }
+    return eq_ci(subject.base, subject.len, pat, plen);
+}
+
+static int pattern_matches(const char *pat, struct hub_iov scheme, struct hub_iov hostport)
+{
+    size_t plen = strlen(pat);
+    const char *sep = strstr(pat, "://");
+    if (sep == NULL)
+        return host_matches(pat, plen, hostport);
+    size_t slen = (size_t)(sep - pat);
+    if (!eq_ci(pat, slen, scheme.base, scheme.len))
+        return 0;
+    return host_matches(sep + 3, plen - slen - 3, hostport);
+}
+
+int hub_origin_allowed(const struct hub_origin_policy *p, struct hub_iov origin,
+                       struct hub_iov host)
+{
+    if (origin.len == 0)
+        return 1;
+    for (size_t i = 0; i < p->n; i++)
+        if (strcmp(p->allow[i], "*") == 0)
+            return 1;
+    struct hub_iov scheme, hostport;
+    if (split_origin(origin, &scheme, &hostport) != 0)
+        return 0; /* "null" (sandboxed pages, files) and anything malformed */
+    /* Same origin: the page came from this very server. */
+    if (host.len > 0 && eq_ci(hostport.base, hostport.len, host.base, host.len))
+        return 1;
+    for (size_t i = 0; i < p->n; i++)
+        if (pattern_matches(p->allow[i], scheme, hostport))
+            return 1;
+    return 0;
+}
