@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
+#ifndef _WIN32
+#include <sys/resource.h>
+#endif
 
 #ifndef HUB_VERSION
 #define HUB_VERSION "0.0.0"
@@ -115,6 +118,20 @@ static const char *option_value(int argc, char **argv, int *i, const char *name,
     return argv[++*i];
 }
 
+/* Every connection is a file descriptor: lift the soft limit to the hard
+ * one, so that the default 1024 does not cap the hub. */
+static void raise_fd_limit(void)
+{
+#ifndef _WIN32
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            hub_log_warn("cannot raise the file descriptor limit");
+    }
+#endif
+}
+
 int main(int argc, char **argv)
 {
     struct hub_server_config cfg;
@@ -204,6 +221,7 @@ int main(int argc, char **argv)
     cfg.allow_origins = origins;
     cfg.nallow_origins = norigins;
 
+    raise_fd_limit();
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) {
         fprintf(stderr, "chathub: cannot initialise the event loop\n");
