@@ -14,7 +14,14 @@
  * - Nicks are unique hub-wide under ASCII case folding; the nick table holds
  *   JSON clients that said hello. Raw clients use reserved guest-<n> nicks.
  * - A message is sequenced into history before anyone sees it, so offsets in
- *   pushes, replies and history always agree.
+ *   pushes, replies and history always agree. History completes requests in
+ *   the order they were made (history.h), so messages are delivered and
+ *   acknowledged in the order they were received, whatever the store.
+ * - A join answers with the history read that follows it in that order;
+ *   until the read completes, the room's msg pushes are held back from the
+ *   joiner (they are in the read), so each message reaches it exactly once.
+ * - A client outlives its connection while history requests it made are in
+ *   flight (a reference each); once the connection is gone it sends nothing.
  */
 #include "hub/chat.h"
 #include "hub/buf.h"
@@ -79,6 +86,10 @@ struct hub_chat_client {
     double tokens;                      /* rate limit: messages it may send now */
     int64_t refilled;                   /* rate limit: when tokens was last topped up */
     uint32_t strikes;                   /* messages refused in a row */
+    uint32_t refs;                      /* the connection's plus one per request in flight */
+    int dead;                           /* the connection is gone: send nothing */
+    struct hub_room **joining;          /* owned: rooms whose join read is in flight */
+    uint32_t njoining;                  /* entries in joining */
 };
 
 enum event_kind {
@@ -98,6 +109,7 @@ struct hub_room_event {
     int opcode;                  /* EV_MSG: HUB_WS_TEXT or HUB_WS_BINARY */
     struct hub_iov text;         /* EV_MSG: the payload, borrowed */
     struct hub_iov cmid;         /* EV_MSG: client message id, borrowed */
+    struct hub_iov from;         /* EV_MSG: the sender's nick when it was sent, borrowed */
     uint64_t offset;             /* EV_MSG: position in history (0 for binary) */
     int64_t ts;                  /* EV_MSG: when it was sequenced */
     struct hub_iov old_nick;     /* EV_NICK: the previous nick, borrowed */
@@ -192,8 +204,8 @@ static void jw_kint(struct hub_buf *b, const char *key, long long v)
 /* Sends a finished JSON text to one client. */
 static void send_buf(struct hub_chat_client *cl, struct hub_buf *b)
 {
-    if (b->len == 0)
-        return; /* an allocation failed while building */
+    if (b->len == 0 || cl->dead)
+        return; /* an allocation failed while building, or nobody to send to */
     hub_ws_send(cl->ws, HUB_WS_TEXT, b->data, b->len);
 }
 
@@ -358,7 +370,7 @@ static struct hub_shared *encode_json(struct hub_room_event *ev)
         jw_kstr(&b, "room", room, room_len);
         jw_kint(&b, "offset", (long long)ev->offset);
         jw_kint(&b, "ts", ev->ts);
-        jw_kstr(&b, "from", ev->who->nick, ev->who->nick_len);
+        jw_kstr(&b, "from", ev->from.base, ev->from.len);
         jw_kstr(&b, "text", ev->text.base, ev->text.len);
         if (ev->cmid.len > 0)
             jw_kstr(&b, "cmid", ev->cmid.base, ev->cmid.len);
@@ -398,6 +410,10 @@ static void deliver(struct room_member *m, struct hub_room *room, struct hub_roo
 {
     struct hub_chat_client *cl = HUB_CONTAINER_OF(m, struct hub_chat_client, member);
     struct hub_shared **slot;
+    if (ev->kind == EV_MSG && cl->njoining > 0)
+        for (uint32_t i = 0; i < cl->njoining; i++)
+            if (cl->joining[i] == room)
+                return; /* the pending join reply carries this message */
     if (cl->mode == HUB_CHAT_RAW) {
         if (ev->kind != EV_MSG)
             return; /* raw clients see messages only */
@@ -584,8 +600,28 @@ static int join_room(struct hub_chat_client *cl, struct hub_iov name, struct hub
 }
 
 /* Tells the others cl is leaving, then removes it. */
+static void unmark_joining(struct hub_chat_client *cl, struct hub_room *room)
+{
+    for (uint32_t i = 0; i < cl->njoining; i++)
+        if (cl->joining[i] == room) {
+            cl->joining[i] = cl->joining[--cl->njoining];
+            return;
+        }
+}
+
+static int mark_joining(struct hub_chat_client *cl, struct hub_room *room)
+{
+    struct hub_room **a = realloc(cl->joining, (cl->njoining + 1) * sizeof(*a));
+    if (a == NULL)
+        return HUB_ENOMEM;
+    cl->joining = a;
+    a[cl->njoining++] = room;
+    return 0;
+}
+
 static void leave_room(struct hub_chat_client *cl, struct hub_room *room)
 {
+    unmark_joining(cl, room);
     for (uint32_t i = 0; i < cl->ntyping; i++)
         if (cl->typing[i].room == room) {
             cl->typing[i] = cl->typing[--cl->ntyping];
@@ -608,6 +644,7 @@ struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws
     cl->member.deliver = deliver;
     cl->tokens = chat->cfg.burst;
     cl->refilled = chat_now(chat);
+    cl->refs = 1;
     snprintf(cl->id, sizeof(cl->id), "c-%llu", (unsigned long long)++chat->client_seq);
     chat->nclients++;
     if (mode == HUB_CHAT_RAW) {
@@ -633,6 +670,20 @@ struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws
     return cl;
 }
 
+static void client_ref(struct hub_chat_client *cl)
+{
+    cl->refs++;
+}
+
+static void client_unref(struct hub_chat_client *cl)
+{
+    if (--cl->refs > 0)
+        return;
+    free(cl->typing);
+    free(cl->joining);
+    free(cl);
+}
+
 void hub_chat_client_free(struct hub_chat_client *cl)
 {
     if (cl == NULL)
@@ -643,9 +694,10 @@ void hub_chat_client_free(struct hub_chat_client *cl)
     hub_rooms_leave_all(chat->rooms, &cl->member);
     if (cl->hello)
         nick_unlink(chat, cl);
-    free(cl->typing);
     chat->nclients--;
-    free(cl);
+    cl->dead = 1;
+    cl->ws = NULL;
+    client_unref(cl);
 }
 
 size_t hub_chat_room_count(const struct hub_chat *chat)
@@ -655,30 +707,123 @@ size_t hub_chat_room_count(const struct hub_chat *chat)
 
 /* ---- sequencing ------------------------------------------------------ */
 
-/* Sequences text from cl into room and broadcasts it. Raw senders get their
- * own message back (the tutorial relay); JSON senders get the reply instead.
- * On success fills *offset and *ts. Returns 0 or HUB_ENOMEM. */
-static int publish(struct hub_chat_client *cl, struct hub_room *room, int opcode,
-                   struct hub_iov text, struct hub_iov cmid, uint64_t *offset, int64_t *ts)
+/* A message on its way through history: everything the completion needs,
+ * copied, because the request that carried it is gone by then. */
+struct pending_msg {
+    struct hub_chat_client *cl; /* the sender (a reference) */
+    struct req_id id;           /* the send request's id, for the ack */
+    int opcode;                 /* HUB_WS_TEXT or HUB_WS_BINARY */
+    size_t room_len, from_len, text_len, cmid_len; /* lengths in bytes[] */
+    char bytes[];               /* room, from, text, cmid */
+};
+
+static struct hub_iov pm_part(const struct pending_msg *pm, int k)
+{
+    size_t lens[4] = {pm->room_len, pm->from_len, pm->text_len, pm->cmid_len};
+    size_t off = 0;
+    for (int i = 0; i < k; i++)
+        off += lens[i];
+    struct hub_iov v = {pm->bytes + off, lens[k]};
+    return v;
+}
+
+/* Delivers a sequenced message to the room it was sent to (if anyone is
+ * still there). Raw senders get their own message back (the tutorial relay);
+ * JSON senders get the ack instead. */
+static void pm_broadcast(struct pending_msg *pm, uint64_t offset, int64_t ts)
+{
+    struct hub_chat_client *cl = pm->cl;
+    struct hub_iov room = pm_part(pm, 0);
+    struct hub_room *r = hub_rooms_find(cl->chat->rooms, room.base, room.len);
+    if (r == NULL)
+        return;
+    struct hub_room_event ev = {.kind = EV_MSG, .room = r, .who = cl, .opcode = pm->opcode};
+    ev.from = pm_part(pm, 1);
+    ev.text = pm_part(pm, 2);
+    ev.cmid = pm_part(pm, 3);
+    ev.offset = offset;
+    ev.ts = ts;
+    broadcast(&ev, cl->mode == HUB_CHAT_RAW ? NULL : cl);
+}
+
+static void pm_appended(void *data, int err, uint64_t offset, int64_t ts, int duplicate)
+{
+    struct pending_msg *pm = data;
+    struct hub_chat_client *cl = pm->cl;
+    if (err != 0) {
+        send_error(cl, pm->id, err == HUB_EIO ? "storage" : "internal",
+                   "the message could not be stored; try again");
+    } else {
+        if (!duplicate) {
+            hub_metrics.published++;
+            pm_broadcast(pm, offset, ts);
+        }
+        if (pm->id.has && !cl->dead) {
+            struct hub_iov room = pm_part(pm, 0);
+            struct hub_buf b = {0};
+            begin_reply(&b, pm->id);
+            jw_kstr(&b, "room", room.base, room.len);
+            jw_kint(&b, "offset", (long long)offset);
+            jw_kint(&b, "ts", ts);
+            if (duplicate) {
+                /* A resend after a reconnect: the original stands. */
+                jw_key(&b, "duplicate");
+                hub_buf_puts(&b, "true");
+            }
+            hub_buf_puts(&b, "}");
+            send_buf(cl, &b);
+            hub_buf_free(&b);
+        }
+    }
+    free(pm);
+    client_unref(cl);
+}
+
+/* Binary relays are not stored; a barrier keeps them in order with the
+ * text messages around them. */
+static void pm_relay(void *data)
+{
+    struct pending_msg *pm = data;
+    struct hub_chat_client *cl = pm->cl;
+    pm_broadcast(pm, 0, 0);
+    free(pm);
+    client_unref(cl);
+}
+
+/* Sends text (or a raw binary message) from cl into room through history.
+ * The ack (for requests with an id) and the pushes follow its completion. */
+static void publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov room, int opcode,
+                    struct hub_iov text, struct hub_iov cmid)
 {
     struct hub_chat *chat = cl->chat;
-    struct hub_room_event ev = {.kind = EV_MSG, .room = room, .who = cl, .opcode = opcode,
-                                .text = text, .cmid = cmid};
-    ev.ts = chat_now(chat);
-    if (opcode == HUB_WS_TEXT) {
-        struct hub_iov name = {hub_room_name(room), hub_room_name_len(room)};
-        struct hub_iov from = {cl->nick, cl->nick_len};
-        int rc = hub_history_append(chat->cfg.history, name, from, text, cmid, ev.ts, &ev.offset);
-        if (rc != 0)
-            return rc;
+    struct pending_msg *pm =
+        malloc(sizeof(*pm) + room.len + cl->nick_len + text.len + cmid.len);
+    if (pm == NULL) {
+        send_error(cl, id, "internal", "out of memory");
+        return;
     }
-    hub_metrics.published++;
-    broadcast(&ev, cl->mode == HUB_CHAT_RAW ? NULL : cl);
-    if (offset != NULL)
-        *offset = ev.offset;
-    if (ts != NULL)
-        *ts = ev.ts;
-    return 0;
+    pm->cl = cl;
+    pm->id = id;
+    pm->opcode = opcode;
+    pm->room_len = room.len;
+    pm->from_len = cl->nick_len;
+    pm->text_len = text.len;
+    pm->cmid_len = cmid.len;
+    char *p = pm->bytes;
+    memcpy(p, room.base, room.len);
+    memcpy(p += room.len, cl->nick, cl->nick_len);
+    memcpy(p += cl->nick_len, text.base, text.len);
+    memcpy(p + text.len, cmid.base, cmid.len);
+    client_ref(cl);
+    int rc = opcode == HUB_WS_TEXT
+                 ? hub_history_append(chat->cfg.history, room, pm_part(pm, 1), pm_part(pm, 2),
+                                      pm_part(pm, 3), chat_now(chat), pm_appended, pm)
+                 : hub_history_barrier(chat->cfg.history, pm_relay, pm);
+    if (rc != 0) {
+        send_error(cl, id, "internal", "the message could not be queued");
+        free(pm);
+        client_unref(cl);
+    }
 }
 
 /* ---- JSON requests --------------------------------------------------- */
@@ -777,22 +922,9 @@ static void jw_messages(struct hub_buf *b, const struct hub_history_msg *msgs, s
     hub_buf_puts(b, "]");
 }
 
-/* Collects a page of history into a reply under construction. */
-struct page {
-    struct hub_buf *b; /* the reply */
-    int complete;      /* set by the callback */
-};
-
-static void page_cb(void *data, const struct hub_history_msg *msgs, size_t n, int complete)
-{
-    struct page *p = data;
-    jw_messages(p->b, msgs, n);
-    p->complete = complete;
-}
-
 static void jw_members(struct hub_buf *b, struct hub_room *room)
 {
-    size_t n = hub_room_size(room);
+    size_t n = room != NULL ? hub_room_size(room) : 0;
     if (n > HUB_CHAT_LIST_MAX) {
         jw_kint(b, "count", (long long)n);
         return;
@@ -808,62 +940,6 @@ static void jw_members(struct hub_buf *b, struct hub_room *room)
         hub_buf_puts(b, "}");
     }
     hub_buf_puts(b, "]");
-}
-
-/* The part of a join reply (and of a resumed room in hello) after the
- * room's name: position, messages, members. since_epoch NULL means no
- * resume. Sends a gap push first when messages cannot all be delivered. */
-static void jw_room_state(struct hub_chat_client *cl, struct hub_buf *b, struct hub_room *room,
-                          unsigned history, const char *since_epoch, size_t since_epoch_len,
-                          uint64_t since)
-{
-    struct hub_chat *chat = cl->chat;
-    struct hub_iov name = {hub_room_name(room), hub_room_name_len(room)};
-    struct hub_history_pos pos;
-    if (hub_history_position(chat->cfg.history, name, &pos) != 0) {
-        memset(&pos, 0, sizeof(pos));
-        pos.first = 1;
-    }
-    jw_kstr(b, "epoch", pos.epoch, strlen(pos.epoch));
-    jw_kint(b, "offset", (long long)pos.last);
-    int dir = HUB_HISTORY_LATEST;
-    unsigned limit = history;
-    if (since_epoch != NULL) {
-        const char *reason = NULL;
-        uint64_t gap_from = 0, gap_to = 0;
-        if (since_epoch_len != strlen(pos.epoch) ||
-            memcmp(since_epoch, pos.epoch, since_epoch_len) != 0) {
-            /* Another incarnation: the old offsets mean nothing here. */
-            reason = "epoch";
-            gap_from = 1;
-            gap_to = pos.first - 1;
-        } else {
-            dir = HUB_HISTORY_AFTER;
-            limit = RESUME_MAX;
-            if (since + 1 < pos.first) {
-                reason = "expired";
-                gap_from = since + 1;
-                gap_to = pos.first - 1;
-            }
-        }
-        if (reason != NULL) {
-            struct hub_buf g = {0};
-            hub_buf_puts(&g, "{");
-            jw_kstr(&g, "t", "gap", 3);
-            jw_kstr(&g, "room", name.base, name.len);
-            jw_kstr(&g, "epoch", pos.epoch, strlen(pos.epoch));
-            jw_kint(&g, "from", (long long)gap_from);
-            jw_kint(&g, "to", (long long)gap_to);
-            jw_kstr(&g, "reason", reason, strlen(reason));
-            hub_buf_puts(&g, "}");
-            send_buf(cl, &g);
-            hub_buf_free(&g);
-        }
-    }
-    struct page p = {b, 1};
-    if (hub_history_read(chat->cfg.history, name, dir, since, limit, page_cb, &p) != 0)
-        jw_messages(b, NULL, 0);
-    jw_members(b, room);
 }
 
 /* Parses a position {"epoch": string, "offset": integer}. Returns 1 if
@@ -883,33 +959,189 @@ static int parse_since(json_t *since, const char **epoch, size_t *elen, uint64_t
     return 1;
 }
 
-/* Joins a room for a join request or a hello resume entry and writes the
- * room's state into b. Returns 0, or -1 after sending nothing (the caller
- * reports *code). */
-static int do_join(struct hub_chat_client *cl, struct hub_buf *b, struct hub_iov name,
-                   unsigned history, const char *since_epoch, size_t elen, uint64_t since,
-                   const char **code, const char **message)
+/* A hello whose reply waits for the history reads of its resumed rooms. */
+struct hello_state {
+    struct hub_chat_client *cl; /* the client (a reference) */
+    struct req_id id;           /* the hello's id */
+    struct hub_buf b;           /* the reply under construction */
+    unsigned outstanding;       /* reads not yet completed */
+    int issued;                 /* every read has been requested */
+};
+
+/* A join, or one resumed room of a hello, waiting for its history read. */
+struct pending_join {
+    struct hub_chat_client *cl;   /* the client (a reference) */
+    struct req_id id;             /* the join's id */
+    struct hello_state *hello;    /* the hello it belongs to, or NULL */
+    int has_since;                /* the client gave a position */
+    uint64_t since;               /* its offset */
+    char epoch[HUB_HISTORY_EPOCH_LEN + 2]; /* its epoch (longer ones cannot match) */
+    unsigned history;             /* messages wanted without a position */
+    size_t room_len;              /* length of room */
+    char room[];                  /* the room's name */
+};
+
+static void hello_finish(struct hello_state *hs)
 {
+    hub_buf_puts(&hs->b, "}}");
+    send_buf(hs->cl, &hs->b);
+    hub_buf_free(&hs->b);
+    client_unref(hs->cl);
+    free(hs);
+}
+
+static void send_gap(struct hub_chat_client *cl, struct hub_iov room, const char *epoch,
+                     uint64_t from, uint64_t to, const char *reason)
+{
+    struct hub_buf g = {0};
+    hub_buf_puts(&g, "{");
+    jw_kstr(&g, "t", "gap", 3);
+    jw_kstr(&g, "room", room.base, room.len);
+    jw_kstr(&g, "epoch", epoch, strlen(epoch));
+    jw_kint(&g, "from", (long long)from);
+    jw_kint(&g, "to", (long long)to);
+    jw_kstr(&g, "reason", reason, strlen(reason));
+    hub_buf_puts(&g, "}");
+    send_buf(cl, &g);
+    hub_buf_free(&g);
+}
+
+/* Writes a joined room's state (after its name): position, messages and
+ * members. With a resume position it keeps only what came after it, and
+ * announces with a gap push what cannot be delivered. */
+static void jw_join_state(struct pending_join *pj, struct hub_buf *b,
+                          const struct hub_history_pos *pos, const struct hub_history_msg *msgs,
+                          size_t n, struct hub_room *room)
+{
+    struct hub_iov name = {pj->room, pj->room_len};
+    jw_kstr(b, "epoch", pos->epoch, strlen(pos->epoch));
+    jw_kint(b, "offset", (long long)pos->last);
+    size_t skip = n > pj->history ? n - pj->history : 0;
+    int complete = 1;
+    if (pj->has_since) {
+        if (strcmp(pj->epoch, pos->epoch) != 0) {
+            /* Another incarnation of the stream: old offsets mean nothing. */
+            send_gap(pj->cl, name, pos->epoch, 1, pos->first - 1, "epoch");
+        } else {
+            if (pj->since + 1 < pos->first)
+                send_gap(pj->cl, name, pos->epoch, pj->since + 1, pos->first - 1, "expired");
+            skip = 0;
+            while (skip < n && msgs[skip].offset <= pj->since)
+                skip++;
+            /* More was missed than one page holds: the client pages back. */
+            complete = !(n > 0 && msgs[0].offset > pj->since + 1 && msgs[0].offset > pos->first);
+        }
+    }
+    jw_messages(b, msgs + skip, n - skip);
+    if (!complete) {
+        jw_key(b, "complete");
+        hub_buf_puts(b, "false");
+    }
+    jw_members(b, room);
+}
+
+static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
+                         const struct hub_history_msg *msgs, size_t n, int complete)
+{
+    struct pending_join *pj = data;
+    struct hub_chat_client *cl = pj->cl;
+    struct hub_room *room = hub_rooms_find(cl->chat->rooms, pj->room, pj->room_len);
+    if (room != NULL && hub_rooms_is_member(&cl->member, room))
+        unmark_joining(cl, room); /* from now on the pushes carry the news */
+    else
+        room = NULL;
+    struct hub_buf own = {0};
+    struct hub_buf *b = pj->hello != NULL ? &pj->hello->b : &own;
+    if (pj->hello != NULL) {
+        jw_key(b, pj->room);
+        hub_buf_puts(b, "{");
+    } else {
+        begin_reply(b, pj->id);
+    }
+    if (err != 0) {
+        if (pj->hello == NULL) {
+            send_error(cl, pj->id, "internal", "history is not available");
+        } else {
+            jw_key(b, "error");
+            hub_buf_puts(b, "{\"code\":\"internal\",\"message\":\"history is not available\"}");
+        }
+    } else {
+        if (pj->hello == NULL)
+            jw_kstr(b, "room", pj->room, pj->room_len);
+        jw_join_state(pj, b, pos, msgs, n, room);
+    }
+    hub_buf_puts(b, "}");
+    if (pj->hello != NULL) {
+        struct hello_state *hs = pj->hello;
+        if (--hs->outstanding == 0 && hs->issued)
+            hello_finish(hs);
+    } else if (err == 0 && pj->id.has) {
+        send_buf(cl, b);
+    }
+    hub_buf_free(&own);
+    free(pj);
+    client_unref(cl);
+}
+
+/* Joins a room for a join request or a hello resume entry and requests its
+ * history; the reply is written when the read completes. Returns 0, or -1
+ * with *code and *message describing why it failed (nothing sent). */
+static int start_join(struct hub_chat_client *cl, struct req_id id, struct hello_state *hello,
+                      struct hub_iov name, unsigned history, const char *since_epoch, size_t elen,
+                      uint64_t since, const char **code, const char **message)
+{
+    struct hub_chat *chat = cl->chat;
+    struct pending_join *pj = calloc(1, sizeof(*pj) + name.len + 1);
+    if (pj == NULL)
+        goto fail_memory;
     struct hub_room *room;
     int rc = join_room(cl, name, &room);
     if (rc == HUB_EEXIST) {
         *code = "already_joined";
         *message = "you are already in this room";
-        return -1;
+        goto fail_free;
     }
     if (rc == HUB_ELIMIT) {
         *code = "too_many_rooms";
-        *message = "you are in 64 rooms already";
-        return -1;
+        *message = "you are in the maximum number of rooms already";
+        goto fail_free;
     }
-    if (rc != 0) {
-        *code = "internal";
-        *message = "out of memory";
+    if (rc != 0 || mark_joining(cl, room) != 0)
+        goto fail_leave;
+    pj->cl = cl;
+    pj->id = id;
+    pj->hello = hello;
+    pj->history = history;
+    pj->has_since = since_epoch != NULL;
+    pj->since = since;
+    if (since_epoch != NULL)
+        snprintf(pj->epoch, sizeof(pj->epoch), "%.*s",
+                 (int)(elen > HUB_HISTORY_EPOCH_LEN + 1 ? HUB_HISTORY_EPOCH_LEN + 1 : elen),
+                 since_epoch);
+    pj->room_len = name.len;
+    memcpy(pj->room, name.base, name.len);
+    client_ref(cl);
+    if (hello != NULL)
+        hello->outstanding++;
+    unsigned limit = since_epoch != NULL ? RESUME_MAX : history;
+    if (hub_history_read(chat->cfg.history, name, HUB_HISTORY_LATEST, 0, limit, join_read_cb,
+                         pj) == 0)
+        return 0;
+    if (hello != NULL)
+        hello->outstanding--;
+    client_unref(cl);
+    unmark_joining(cl, room);
+fail_leave:
+    if (rc == 0)
+        leave_room(cl, room);
+fail_free:
+    free(pj);
+    if (*code != NULL)
         return -1;
-    }
-    jw_kstr(b, "room", name.base, name.len);
-    jw_room_state(cl, b, room, history, since_epoch, elen, since);
-    return 0;
+fail_memory:
+    *code = "internal";
+    *message = "out of memory";
+    return -1;
 }
 
 static void op_join(struct request *rq)
@@ -930,16 +1162,10 @@ static void op_join(struct request *rq)
                    "\"since\" must be {\"epoch\": string, \"offset\": integer}");
         return;
     }
-    struct hub_buf b = {0};
-    begin_reply(&b, rq->id);
-    const char *code, *message;
-    if (do_join(rq->cl, &b, name, (unsigned)history, epoch, elen, since, &code, &message) != 0)
+    const char *code = NULL, *message = NULL;
+    if (start_join(rq->cl, rq->id, NULL, name, (unsigned)history, epoch, elen, since, &code,
+                   &message) != 0)
         send_error(rq->cl, rq->id, code, message);
-    else if (rq->id.has) {
-        hub_buf_puts(&b, "}");
-        send_buf(rq->cl, &b);
-    }
-    hub_buf_free(&b);
 }
 
 static void op_leave(struct request *rq)
@@ -976,41 +1202,6 @@ static int get_text(const struct request *rq, struct hub_iov *text, struct hub_i
     return 0;
 }
 
-/* Sequences and acknowledges a send (or the message of a dm). */
-static void send_to_room(struct request *rq, struct hub_room *room, struct hub_iov text,
-                         struct hub_iov cmid)
-{
-    struct hub_chat_client *cl = rq->cl;
-    struct hub_iov name = {hub_room_name(room), hub_room_name_len(room)};
-    struct hub_history_msg prev;
-    uint64_t offset;
-    int64_t ts;
-    int duplicate = 0;
-    if (hub_history_find_cmid(cl->chat->cfg.history, name, iov_str(cl->nick), cmid, &prev)) {
-        /* A resend after a reconnect: acknowledge the original. */
-        offset = prev.offset;
-        ts = prev.ts;
-        duplicate = 1;
-    } else if (publish(cl, room, HUB_WS_TEXT, text, cmid, &offset, &ts) != 0) {
-        send_error(cl, rq->id, "internal", "the message could not be stored");
-        return;
-    }
-    if (!rq->id.has)
-        return;
-    struct hub_buf b = {0};
-    begin_reply(&b, rq->id);
-    jw_kstr(&b, "room", name.base, name.len);
-    jw_kint(&b, "offset", (long long)offset);
-    jw_kint(&b, "ts", ts);
-    if (duplicate) {
-        jw_key(&b, "duplicate");
-        hub_buf_puts(&b, "true");
-    }
-    hub_buf_puts(&b, "}");
-    send_buf(cl, &b);
-    hub_buf_free(&b);
-}
-
 static void op_send(struct request *rq)
 {
     struct hub_iov name, text, cmid;
@@ -1023,7 +1214,39 @@ static void op_send(struct request *rq)
     }
     if (get_text(rq, &text, &cmid) != 0)
         return;
-    send_to_room(rq, room, text, cmid);
+    publish(rq->cl, rq->id, name, HUB_WS_TEXT, text, cmid);
+}
+
+/* A history request waiting for its read. */
+struct pending_history {
+    struct hub_chat_client *cl; /* the client (a reference) */
+    struct req_id id;           /* the request's id */
+    size_t room_len;            /* length of room */
+    char room[];                /* the room's name */
+};
+
+static void history_read_cb(void *data, int err, const struct hub_history_pos *pos,
+                            const struct hub_history_msg *msgs, size_t n, int complete)
+{
+    struct pending_history *ph = data;
+    struct hub_chat_client *cl = ph->cl;
+    if (err != 0) {
+        send_error(cl, ph->id, "internal", "history is not available");
+    } else if (ph->id.has) {
+        struct hub_buf b = {0};
+        begin_reply(&b, ph->id);
+        jw_kstr(&b, "room", ph->room, ph->room_len);
+        jw_kstr(&b, "epoch", pos->epoch, strlen(pos->epoch));
+        jw_kint(&b, "offset", (long long)pos->last);
+        jw_messages(&b, msgs, n);
+        jw_key(&b, "complete");
+        hub_buf_puts(&b, complete ? "true" : "false");
+        hub_buf_puts(&b, "}");
+        send_buf(cl, &b);
+        hub_buf_free(&b);
+    }
+    free(ph);
+    client_unref(cl);
 }
 
 static void op_history(struct request *rq)
@@ -1040,31 +1263,23 @@ static void op_history(struct request *rq)
                    "use one of \"before\" or \"after\" (integers) and \"limit\" 1-100");
         return;
     }
-    struct hub_chat *chat = rq->cl->chat;
-    struct hub_history_pos pos;
-    if (hub_history_position(chat->cfg.history, name, &pos) != 0) {
+    struct pending_history *ph = malloc(sizeof(*ph) + name.len);
+    if (ph == NULL) {
         send_error(rq->cl, rq->id, "internal", "out of memory");
         return;
     }
-    struct hub_buf b = {0};
-    begin_reply(&b, rq->id);
-    jw_kstr(&b, "room", name.base, name.len);
-    jw_kstr(&b, "epoch", pos.epoch, strlen(pos.epoch));
-    jw_kint(&b, "offset", (long long)pos.last);
+    ph->cl = rq->cl;
+    ph->id = rq->id;
+    ph->room_len = name.len;
+    memcpy(ph->room, name.base, name.len);
+    client_ref(rq->cl);
     int dir = hb > 0 ? HUB_HISTORY_BEFORE : ha > 0 ? HUB_HISTORY_AFTER : HUB_HISTORY_LATEST;
-    struct page p = {&b, 1};
-    if (hub_history_read(chat->cfg.history, name, dir, hb > 0 ? before : after, (unsigned)limit,
-                         page_cb, &p) != 0) {
-        hub_buf_free(&b);
-        send_error(rq->cl, rq->id, "internal", "out of memory");
-        return;
+    if (hub_history_read(rq->cl->chat->cfg.history, name, dir, hb > 0 ? before : after,
+                         (unsigned)limit, history_read_cb, ph) != 0) {
+        send_error(rq->cl, rq->id, "internal", "history is not available");
+        free(ph);
+        client_unref(rq->cl);
     }
-    jw_key(&b, "complete");
-    hub_buf_puts(&b, p.complete ? "true" : "false");
-    hub_buf_puts(&b, "}");
-    if (rq->id.has)
-        send_buf(rq->cl, &b);
-    hub_buf_free(&b);
 }
 
 static void op_typing(struct request *rq)
@@ -1207,7 +1422,7 @@ static void op_dm(struct request *rq)
         send_error(cl, rq->id, "too_many_rooms", "one of you is in 64 rooms already");
         return;
     }
-    send_to_room(rq, room, text, cmid);
+    publish(cl, rq->id, room_name, HUB_WS_TEXT, text, cmid);
 }
 
 struct room_count {
@@ -1300,27 +1515,40 @@ static void op_hello(struct request *rq)
     nick_link(chat, cl);
     cl->hello = 1;
 
-    struct hub_buf b = {0};
-    begin_reply(&b, rq->id);
-    jw_kstr(&b, "client", cl->id, strlen(cl->id));
-    jw_kstr(&b, "nick", cl->nick, cl->nick_len);
-    jw_kstr(&b, "server", chat->cfg.server_name, strlen(chat->cfg.server_name));
-    jw_key(&b, "limits");
-    hub_buf_puts(&b, "{");
-    jw_kint(&b, "max_message", (long long)chat->cfg.max_message);
-    jw_kint(&b, "max_text", (long long)chat->cfg.max_text);
-    jw_kint(&b, "max_rooms", chat->cfg.max_rooms_per_client);
-    jw_kint(&b, "rate", chat->cfg.rate);
-    jw_kint(&b, "burst", chat->cfg.burst);
-    jw_kint(&b, "ping_interval", 25);
-    jw_kint(&b, "history", chat->cfg.history_max_rooms_kept);
-    jw_kint(&b, "history_page", 100);
-    hub_buf_puts(&b, "}");
-    jw_key(&b, "rooms");
-    hub_buf_puts(&b, "{");
+    struct hello_state *hs = calloc(1, sizeof(*hs));
+    if (hs == NULL) {
+        send_error(cl, rq->id, "internal", "out of memory");
+        return;
+    }
+    hs->cl = cl;
+    hs->id = rq->id;
+    client_ref(cl);
+    struct hub_buf *b = &hs->b;
+    begin_reply(b, rq->id);
+    jw_kstr(b, "client", cl->id, strlen(cl->id));
+    jw_kstr(b, "nick", cl->nick, cl->nick_len);
+    jw_kstr(b, "server", chat->cfg.server_name, strlen(chat->cfg.server_name));
+    jw_key(b, "limits");
+    hub_buf_puts(b, "{");
+    jw_kint(b, "max_message", (long long)chat->cfg.max_message);
+    jw_kint(b, "max_text", (long long)chat->cfg.max_text);
+    jw_kint(b, "max_rooms", chat->cfg.max_rooms_per_client);
+    jw_kint(b, "rate", chat->cfg.rate);
+    jw_kint(b, "burst", chat->cfg.burst);
+    jw_kint(b, "ping_interval", 25);
+    jw_kint(b, "history", chat->cfg.history_max_rooms_kept);
+    jw_kint(b, "history_page", 100);
+    hub_buf_puts(b, "}");
+    jw_key(b, "rooms");
+    hub_buf_puts(b, "{");
     const char *key;
     json_t *since;
     size_t nresumed = 0;
+    /* Each resumed room is written into the reply by its read's completion,
+     * and completions come in request order, so the reply assembles in
+     * order whether the store completes at once (memory) or later (SQLite).
+     * An entry refused on the spot is written at once only if no read is
+     * still pending ahead of it. */
     json_object_foreach(resume, key, since)
     {
         if (nresumed++ == chat->cfg.max_rooms_per_client)
@@ -1329,32 +1557,37 @@ static void op_hello(struct request *rq)
         const char *epoch = NULL, *code = "bad_request", *message = NULL;
         size_t elen = 0;
         uint64_t offset = 0;
-        jw_key(&b, key);
-        hub_buf_puts(&b, "{");
-        size_t mark = b.len;
         const char *why = room_problem(cl, name);
         if (why != NULL) {
             code = "bad_room";
             message = why;
         } else if (parse_since(since, &epoch, &elen, &offset) < 0) {
             message = "a resume position must be {\"epoch\": string, \"offset\": integer}";
-        } else if (do_join(cl, &b, name, chat->cfg.history_default, epoch, elen, offset, &code,
-                           &message) == 0) {
-            message = NULL;
+        } else {
+            code = NULL;
+            if (start_join(cl, rq->id, hs, name, chat->cfg.history_default, epoch, elen, offset,
+                           &code, &message) == 0)
+                continue;
         }
-        if (message != NULL) {
-            b.len = mark;
-            jw_key(&b, "error");
-            hub_buf_puts(&b, "{");
-            jw_kstr(&b, "code", code, strlen(code));
-            jw_kstr(&b, "message", message, strlen(message));
-            hub_buf_puts(&b, "}");
+        if (hs->outstanding > 0) {
+            /* Earlier reads are still in flight and will write their entries
+             * first; this refusal would jump the queue, so it is dropped from
+             * the reply and reported as an error push instead. */
+            struct req_id none = {0, 0};
+            send_error(cl, none, code, message);
+            continue;
         }
-        hub_buf_puts(&b, "}");
+        jw_key(b, key);
+        hub_buf_puts(b, "{");
+        jw_key(b, "error");
+        hub_buf_puts(b, "{");
+        jw_kstr(b, "code", code, strlen(code));
+        jw_kstr(b, "message", message, strlen(message));
+        hub_buf_puts(b, "}}");
     }
-    hub_buf_puts(&b, "}}");
-    send_buf(cl, &b);
-    hub_buf_free(&b);
+    hs->issued = 1;
+    if (hs->outstanding == 0)
+        hello_finish(hs);
 }
 
 /* ---- dispatch ------------------------------------------------------- */
@@ -1469,7 +1702,10 @@ void hub_chat_client_message(struct hub_chat_client *cl, int opcode, const char 
     /* A raw client is in exactly one room: the one its path named. */
     if (cl->member.nrooms == 0)
         return;
+    struct hub_room *room = cl->member.rooms[0].room;
+    struct hub_iov name = {hub_room_name(room), hub_room_name_len(room)};
     struct hub_iov text = {data, len};
     struct hub_iov none = {"", 0};
-    publish(cl, cl->member.rooms[0].room, opcode, text, none, NULL, NULL);
+    struct req_id no_id = {0, 0};
+    publish(cl, no_id, name, opcode, text, none);
 }

@@ -1,5 +1,8 @@
 /*
- * history.c: the in-memory history store.
+ * history.c: the history interface's dispatch, and the in-memory store.
+ *
+ * The memory store completes every request before returning, which keeps
+ * the interface's ordering promise trivially.
  *
  * Each stream is a ring of message records, one allocation per record
  * holding its strings. Streams live in a chained hash table by room name and
@@ -8,6 +11,7 @@
  * contiguous, so the record for an offset is found by arithmetic.
  */
 #include "hub/history.h"
+#include "history_impl.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +37,8 @@ struct stream {
     char name[];                      /* room name, NUL-terminated */
 };
 
-struct hub_history {
+struct memory_store {
+    struct hub_history base;        /* the interface header; must be first */
     struct hub_history_config cfg;  /* copied */
     struct stream **buckets;        /* chains */
     size_t nbuckets;                /* power of two */
@@ -45,11 +50,43 @@ void hub_history_config_default(struct hub_history_config *cfg)
 {
     cfg->max_per_room = 1000;
     cfg->max_rooms = 10000;
+    cfg->ttl_ms = 0;
 }
+
+int hub_history_append(struct hub_history *h, struct hub_iov room, struct hub_iov from,
+                       struct hub_iov text, struct hub_iov cmid, int64_t ts,
+                       hub_history_append_cb cb, void *data)
+{
+    return h->ops->append(h, room, from, text, cmid, ts, cb, data);
+}
+
+int hub_history_read(struct hub_history *h, struct hub_iov room, int dir, uint64_t pos,
+                     unsigned limit, hub_history_read_cb cb, void *data)
+{
+    return h->ops->read(h, room, dir, pos, limit, cb, data);
+}
+
+int hub_history_barrier(struct hub_history *h, hub_history_barrier_cb cb, void *data)
+{
+    return h->ops->barrier(h, cb, data);
+}
+
+void hub_history_close(struct hub_history *h, hub_history_closed_cb cb, void *data)
+{
+    h->ops->close(h, cb, data);
+}
+
+void hub_history_free(struct hub_history *h)
+{
+    if (h != NULL)
+        h->ops->free(h);
+}
+
+static const struct history_ops memory_ops;
 
 int hub_history_open_memory(struct hub_history **out, const struct hub_history_config *cfg)
 {
-    struct hub_history *h = calloc(1, sizeof(*h));
+    struct memory_store *h = calloc(1, sizeof(*h));
     if (h == NULL)
         return HUB_ENOMEM;
     h->cfg = *cfg;
@@ -61,7 +98,8 @@ int hub_history_open_memory(struct hub_history **out, const struct hub_history_c
         free(h);
         return HUB_ENOMEM;
     }
-    *out = h;
+    h->base.ops = &memory_ops;
+    *out = &h->base;
     return 0;
 }
 
@@ -73,10 +111,9 @@ static void stream_free(struct stream *s, uint32_t cap)
     free(s);
 }
 
-void hub_history_free(struct hub_history *h)
+static void memory_free(struct hub_history *base)
 {
-    if (h == NULL)
-        return;
+    struct memory_store *h = (struct memory_store *)base;
     for (size_t i = 0; i < h->nbuckets; i++) {
         struct stream *s = h->buckets[i];
         while (s != NULL) {
@@ -99,7 +136,7 @@ static uint64_t hash_name(struct hub_iov n)
     return x;
 }
 
-static void lru_unlink(struct hub_history *h, struct stream *s)
+static void lru_unlink(struct memory_store *h, struct stream *s)
 {
     if (s->lru_prev)
         s->lru_prev->lru_next = s->lru_next;
@@ -112,7 +149,7 @@ static void lru_unlink(struct hub_history *h, struct stream *s)
     s->lru_prev = s->lru_next = NULL;
 }
 
-static void lru_push_front(struct hub_history *h, struct stream *s)
+static void lru_push_front(struct memory_store *h, struct stream *s)
 {
     s->lru_next = h->lru_head;
     if (h->lru_head)
@@ -122,7 +159,7 @@ static void lru_push_front(struct hub_history *h, struct stream *s)
         h->lru_tail = s;
 }
 
-static void drop_stream(struct hub_history *h, struct stream *s)
+static void drop_stream(struct memory_store *h, struct stream *s)
 {
     struct stream **pp = &h->buckets[s->hash & (h->nbuckets - 1)];
     while (*pp != s)
@@ -150,7 +187,7 @@ static void new_epoch(char out[HUB_HISTORY_EPOCH_LEN + 1])
 }
 
 /* Finds the stream for room, creating it when create is set. Marks it used. */
-static struct stream *get_stream(struct hub_history *h, struct hub_iov room, int create)
+static struct stream *get_stream(struct memory_store *h, struct hub_iov room, int create)
 {
     uint64_t x = hash_name(room);
     for (struct stream *s = h->buckets[x & (h->nbuckets - 1)]; s; s = s->next)
@@ -204,15 +241,6 @@ static void fill_pos(const struct stream *s, struct hub_history_pos *pos)
     pos->first = s->last - s->count + 1;
 }
 
-int hub_history_position(struct hub_history *h, struct hub_iov room, struct hub_history_pos *pos)
-{
-    struct stream *s = get_stream(h, room, 1);
-    if (s == NULL)
-        return HUB_ENOMEM;
-    fill_pos(s, pos);
-    return 0;
-}
-
 static void record_view(const struct record *r, struct hub_history_msg *m)
 {
     m->offset = r->offset;
@@ -225,33 +253,53 @@ static void record_view(const struct record *r, struct hub_history_msg *m)
     m->cmid.len = r->cmid_len;
 }
 
-int hub_history_find_cmid(struct hub_history *h, struct hub_iov room, struct hub_iov from,
-                          struct hub_iov cmid, struct hub_history_msg *msg)
+/* Drops records older than the TTL from the head of the ring. */
+static void expire(struct memory_store *h, struct stream *s)
 {
-    if (cmid.len == 0)
-        return 0;
-    struct stream *s = get_stream(h, room, 0);
-    if (s == NULL)
-        return 0;
+    if (h->cfg.ttl_ms <= 0)
+        return;
+    uv_timeval64_t tv;
+    if (uv_gettimeofday(&tv) != 0)
+        return;
+    int64_t cutoff = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000 - h->cfg.ttl_ms;
+    while (s->count > 0 && s->ring[s->head]->ts < cutoff) {
+        free(s->ring[s->head]);
+        s->ring[s->head] = NULL;
+        s->head = (s->head + 1) % h->cfg.max_per_room;
+        s->count--;
+    }
+}
+
+/* Finds an earlier message in s from the same sender with the same cmid. */
+static const struct record *find_cmid(const struct memory_store *h, const struct stream *s,
+                                      struct hub_iov from, struct hub_iov cmid)
+{
     /* Newest first: a resend after a reconnect is nearly always recent. */
     for (uint32_t i = s->count; i-- > 0;) {
         const struct record *r = s->ring[(s->head + i) % h->cfg.max_per_room];
         if (r->cmid_len == cmid.len && r->from_len == from.len &&
             memcmp(r->bytes + r->from_len + r->text_len, cmid.base, cmid.len) == 0 &&
-            memcmp(r->bytes, from.base, from.len) == 0) {
-            record_view(r, msg);
-            return 1;
-        }
+            memcmp(r->bytes, from.base, from.len) == 0)
+            return r;
     }
-    return 0;
+    return NULL;
 }
 
-int hub_history_append(struct hub_history *h, struct hub_iov room, struct hub_iov from,
-                       struct hub_iov text, struct hub_iov cmid, int64_t ts, uint64_t *offset)
+static int memory_append(struct hub_history *base, struct hub_iov room, struct hub_iov from,
+                         struct hub_iov text, struct hub_iov cmid, int64_t ts,
+                         hub_history_append_cb cb, void *data)
 {
+    struct memory_store *h = (struct memory_store *)base;
     struct stream *s = get_stream(h, room, 1);
     if (s == NULL)
         return HUB_ENOMEM;
+    if (cmid.len > 0) {
+        const struct record *prev = find_cmid(h, s, from, cmid);
+        if (prev != NULL) {
+            cb(data, 0, prev->offset, prev->ts, 1);
+            return 0;
+        }
+    }
     struct record *r = malloc(sizeof(*r) + from.len + text.len + cmid.len);
     if (r == NULL)
         return HUB_ENOMEM;
@@ -272,19 +320,25 @@ int hub_history_append(struct hub_history *h, struct hub_iov room, struct hub_io
         s->ring[(s->head + s->count) % cap] = r;
         s->count++;
     }
-    *offset = r->offset;
+    cb(data, 0, r->offset, r->ts, 0);
     return 0;
 }
 
-int hub_history_read(struct hub_history *h, struct hub_iov room, int dir, uint64_t pos,
-                     unsigned limit, hub_history_read_cb cb, void *data)
+static int memory_read(struct hub_history *base, struct hub_iov room, int dir, uint64_t pos,
+                       unsigned limit, hub_history_read_cb cb, void *data)
 {
-    struct stream *s = get_stream(h, room, 0);
-    if (s == NULL || s->count == 0 || limit == 0) {
-        cb(data, NULL, 0, 1);
+    struct memory_store *h = (struct memory_store *)base;
+    struct stream *s = get_stream(h, room, 1);
+    if (s == NULL)
+        return HUB_ENOMEM;
+    expire(h, s);
+    struct hub_history_pos p;
+    fill_pos(s, &p);
+    if (s->count == 0 || limit == 0) {
+        cb(data, 0, &p, NULL, 0, 1);
         return 0;
     }
-    uint64_t first = s->last - s->count + 1;
+    uint64_t first = p.first;
     /* Work out the offset range [lo, hi] to hand out. */
     uint64_t lo, hi;
     int complete;
@@ -293,7 +347,7 @@ int hub_history_read(struct hub_history *h, struct hub_iov room, int dir, uint64
         if (hi > s->last)
             hi = s->last;
         if (hi < first) {
-            cb(data, NULL, 0, 1);
+            cb(data, 0, &p, NULL, 0, 1);
             return 0;
         }
         lo = hi - first + 1 > limit ? hi - limit + 1 : first;
@@ -301,7 +355,7 @@ int hub_history_read(struct hub_history *h, struct hub_iov room, int dir, uint64
     } else if (dir == HUB_HISTORY_AFTER) {
         lo = pos + 1 < first ? first : pos + 1;
         if (lo > s->last) {
-            cb(data, NULL, 0, 1);
+            cb(data, 0, &p, NULL, 0, 1);
             return 0;
         }
         hi = s->last - lo + 1 > limit ? lo + limit - 1 : s->last;
@@ -319,7 +373,22 @@ int hub_history_read(struct hub_history *h, struct hub_iov room, int dir, uint64
         uint64_t idx = (lo - first) + i;
         record_view(s->ring[(s->head + idx) % h->cfg.max_per_room], &msgs[i]);
     }
-    cb(data, msgs, n, complete);
+    cb(data, 0, &p, msgs, n, complete);
     free(msgs);
     return 0;
 }
+
+static int memory_barrier(struct hub_history *base, hub_history_barrier_cb cb, void *data)
+{
+    cb(data);
+    return 0;
+}
+
+static void memory_close(struct hub_history *base, hub_history_closed_cb cb, void *data)
+{
+    cb(data);
+}
+
+static const struct history_ops memory_ops = {
+    memory_append, memory_read, memory_barrier, memory_close, memory_free,
+};

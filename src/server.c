@@ -185,7 +185,7 @@ static void server_handle_closed(uv_handle_t *h)
     (void)h;
 }
 
-/* Called when shutdown is under way and the last client has gone. */
+/* Closes the server's own handles so that the loop can end. */
 static void server_close_handles(struct hub_server *s)
 {
     uv_close((uv_handle_t *)&s->drain_timer, server_handle_closed);
@@ -194,6 +194,18 @@ static void server_close_handles(struct hub_server *s)
     uv_close((uv_handle_t *)&s->sigterm, server_handle_closed);
     hub_io_close(s->io);
     s->io = NULL;
+}
+
+static void history_closed(void *data)
+{
+    server_close_handles(data);
+}
+
+/* Shutdown, last client gone: make history durable, then let the loop end. */
+static void server_finish(struct hub_server *s)
+{
+    hub_log_info("flushing history");
+    hub_history_close(s->history, history_closed, s);
 }
 
 static void client_on_close(struct hub_conn *c)
@@ -208,7 +220,7 @@ static void client_on_close(struct hub_conn *c)
     free(cl);
     s->nclients--;
     if (s->stopping && s->nclients == 0)
-        server_close_handles(s);
+        server_finish(s);
 }
 
 /* ---- WebSocket phase -------------------------------------------------- */
@@ -494,7 +506,7 @@ void hub_server_shutdown(struct hub_server *s)
     hub_log_info("shutting down: closing %zu connections", s->nclients);
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
     if (s->nclients == 0) {
-        server_close_handles(s);
+        server_finish(s);
         return;
     }
     s->drain_deadline = uv_now(s->loop) + s->cfg.drain_ms;

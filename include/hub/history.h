@@ -3,21 +3,27 @@
  *
  * Every room that ever had a message has a stream: an epoch string that names
  * this incarnation of the stream, and messages with offsets 1, 2, 3, ... in
- * the order they were sequenced. Only the newest max_per_room messages are
- * kept. The epoch changes only when a stream's history is lost (a memory
- * store restarted), so a client holding {epoch, offset} can tell a gap from
- * a quiet room.
+ * the order they were sequenced. Only the newest max_per_room messages (and,
+ * with a TTL, only recent ones) are kept. The epoch changes only when a
+ * stream's history is lost (a memory store restarted, a database deleted), so
+ * a client holding {epoch, offset} can tell a gap from a quiet room.
  *
- * Sequencing is synchronous and runs on the loop: hub_history_append assigns
- * the offset at once, which fixes the order of delivery. This header is the
- * interface the chat layer uses; this version keeps everything in memory.
- * Strings passed in are copied; records handed out are borrowed for the
- * duration of the callback or call that returns them.
+ * The interface is asynchronous and ordered: every request (append, read,
+ * barrier) completes through its callback on the loop thread, and callbacks
+ * fire in exactly the order the requests were made. An append completes once
+ * the message is durable (committed, for the SQLite store); a read sees every
+ * append requested before it. The memory store completes each request before
+ * the call returns; the SQLite store completes them later, from its writer
+ * thread by way of uv_async. If a call returns an error its callback never
+ * fires. Strings passed in are copied; records handed to callbacks are
+ * borrowed for the duration of the callback.
  */
 #ifndef HUB_HISTORY_H
 #define HUB_HISTORY_H
 
 #include "hub/common.h"
+
+#include <uv.h>
 
 struct hub_history;
 
@@ -41,7 +47,8 @@ struct hub_history_pos {
 
 struct hub_history_config {
     uint32_t max_per_room; /* messages kept per room (1000) */
-    uint32_t max_rooms;    /* streams kept; the least recently used is dropped (10000) */
+    uint32_t max_rooms;    /* memory store: streams kept; the least recently used goes (10000) */
+    int64_t ttl_ms;        /* messages older than this are dropped (0 = no age limit) */
 };
 
 void hub_history_config_default(struct hub_history_config *cfg);
@@ -49,22 +56,31 @@ void hub_history_config_default(struct hub_history_config *cfg);
 /* Opens an in-memory store. Returns 0 or HUB_ENOMEM. */
 int hub_history_open_memory(struct hub_history **out, const struct hub_history_config *cfg);
 
+/* Opens the SQLite store in dir (created if missing) as dir/chathub.db in WAL
+ * mode, with a writer thread that commits appends in batches and answers
+ * reads; completions come back to loop through uv_async. Runs once at start
+ * and may touch the disk. Returns 0, or HUB_EIO with a one-line reason in err
+ * (directory not writable, database locked by another hub, corrupted file). */
+int hub_history_open_sqlite(struct hub_history **out, uv_loop_t *loop, const char *dir,
+                            const struct hub_history_config *cfg, char *err, size_t errsz);
+
+/* Frees the store. Call after hub_history_close has completed (or when no
+ * request was ever made). */
 void hub_history_free(struct hub_history *h);
 
-/* Fills *pos for room (created empty if unknown). Returns 0 or HUB_ENOMEM. */
-int hub_history_position(struct hub_history *h, struct hub_iov room, struct hub_history_pos *pos);
+/* Completion of an append: err is 0 or a HUB_E* code (HUB_EIO when the disk
+ * refused the write: a temporary failure). On success offset and ts are the
+ * message's; duplicate is 1 when an earlier message in the room from the same
+ * sender carried the same non-empty cmid, in which case nothing was stored and
+ * offset/ts are the original's. */
+typedef void (*hub_history_append_cb)(void *data, int err, uint64_t offset, int64_t ts,
+                                      int duplicate);
 
-/* Looks for an earlier message in room from the same sender with the same
- * non-empty cmid that is still kept. Returns 1 and fills *msg (borrowed until
- * the next append) if found, else 0. */
-int hub_history_find_cmid(struct hub_history *h, struct hub_iov room, struct hub_iov from,
-                          struct hub_iov cmid, struct hub_history_msg *msg);
-
-/* Sequences a message into room: copies from, text and cmid, assigns the
- * next offset and stores ts. Drops the oldest message past max_per_room.
- * Returns 0 with *offset set, or HUB_ENOMEM. */
+/* Sequences a message into room after every request made before it. from,
+ * text and cmid are copied. Returns 0 or HUB_ENOMEM/HUB_ECLOSED. */
 int hub_history_append(struct hub_history *h, struct hub_iov room, struct hub_iov from,
-                       struct hub_iov text, struct hub_iov cmid, int64_t ts, uint64_t *offset);
+                       struct hub_iov text, struct hub_iov cmid, int64_t ts,
+                       hub_history_append_cb cb, void *data);
 
 enum hub_history_dir {
     HUB_HISTORY_LATEST = 0, /* the newest messages */
@@ -72,15 +88,28 @@ enum hub_history_dir {
     HUB_HISTORY_AFTER = 2,  /* offsets above pos */
 };
 
-/* Receives a page of messages, oldest first; msgs is borrowed for the call.
- * complete is 1 when no more messages exist in the direction asked. */
-typedef void (*hub_history_read_cb)(void *data, const struct hub_history_msg *msgs, size_t n,
-                                    int complete);
+/* Completion of a read: the room's position when the read ran, and up to
+ * limit messages, oldest first (msgs borrowed for the call). complete is 1
+ * when no more messages exist in the direction asked. err is 0 or a HUB_E*
+ * code (then pos, msgs and n are meaningless). */
+typedef void (*hub_history_read_cb)(void *data, int err, const struct hub_history_pos *pos,
+                                    const struct hub_history_msg *msgs, size_t n, int complete);
 
-/* Reads up to limit messages of room in direction dir relative to pos and
- * hands them to cb. The memory store calls cb before returning. Returns 0,
- * or HUB_ENOMEM (cb not called). */
+/* Reads up to limit messages of room in direction dir relative to pos, after
+ * every request made before it. limit 0 reads only the position. Returns 0
+ * or HUB_ENOMEM/HUB_ECLOSED. */
 int hub_history_read(struct hub_history *h, struct hub_iov room, int dir, uint64_t pos,
                      unsigned limit, hub_history_read_cb cb, void *data);
+
+/* Completes after every request made before it, doing nothing else: it keeps
+ * the order of things that are not stored (binary relays) with the rest. */
+typedef void (*hub_history_barrier_cb)(void *data);
+int hub_history_barrier(struct hub_history *h, hub_history_barrier_cb cb, void *data);
+
+/* Finishes every pending request (their callbacks fire), makes everything
+ * durable, and then calls cb; no request may be made afterwards. The memory
+ * store calls cb before returning. */
+typedef void (*hub_history_closed_cb)(void *data);
+void hub_history_close(struct hub_history *h, hub_history_closed_cb cb, void *data);
 
 #endif
