@@ -6,13 +6,21 @@
  * and then reports WOULDBLOCK. wslay keeps any partial frame itself, so
  * nothing here outlives the feed call.
  *
- * Output: the send callback stages the bytes wslay produces (pongs, pings,
- * close frames; each at most 127 bytes) and accepts every byte, so wslay
- * never holds a partially sent frame. After each wslay_event_send the staged
+ * Output: the send callback stages the bytes wslay produces (pongs, close
+ * replies; each at most 127 bytes) and accepts every byte, so wslay never
+ * holds a partially sent frame. After each wslay_event_send the staged
  * frames go into the connection's queue, ignoring the output limits: pongs
- * and pings jump ahead of queued data that has not started going out (a
- * backlog must not delay them), while a close frame goes behind everything
- * already queued, because nothing may follow it on the wire.
+ * jump ahead of queued data that has not started going out (a backlog must
+ * not delay them), while a close frame goes behind everything already
+ * queued, because nothing may follow it on the wire.
+ *
+ * Memory: a wslay context carries two 4 KiB buffers, too much to keep for
+ * each of many idle connections. A hub_ws therefore creates its context only
+ * when bytes arrive and frees it again once the input ends on a frame
+ * boundary with no fragmented message open, which a small shadow parser of
+ * frame headers tracks (it never touches payload bytes). The frames the hub
+ * starts itself (ping, close) are written here without wslay, so an idle
+ * connection needs no context at all.
  */
 #include "hub/ws.h"
 #include "hub/conn.h"
@@ -37,6 +45,12 @@ struct hub_ws {
     int close_sent;              /* our close frame is queued or sent */
     int finished;                /* the connection is set to close */
     uint16_t fail_code;          /* a protocol error wslay reports without a code */
+    uint16_t close_code_rx;      /* close code the peer sent (1006 until it does) */
+    int close_received;          /* the peer's close frame arrived */
+    uint8_t hdr[14];             /* shadow parser: partial frame header */
+    uint8_t hdr_len;             /* bytes in hdr */
+    int in_message;              /* shadow parser: a fragmented data message is open */
+    uint64_t payload_left;       /* shadow parser: payload bytes of the current frame */
 };
 
 /* How long a peer gets to answer our close frame before the TCP connection
@@ -78,6 +92,12 @@ static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size
 /* Queues the control frames wslay produced (see the file comment). */
 static void ws_flush_stage(struct hub_ws *ws)
 {
+    if (ws->close_sent) {
+        /* Our own close is out: wslay's reply to the peer's close, and
+         * anything else it made, must not follow it. */
+        hub_buf_free(&ws->stage);
+        return;
+    }
     const uint8_t *p = (const uint8_t *)ws->stage.data;
     size_t len = ws->stage.len, i = 0;
     int has_close = 0;
@@ -92,10 +112,12 @@ static void ws_flush_stage(struct hub_ws *ws)
         i += flen;
     }
     if (len > 0) {
-        if (has_close)
+        if (has_close) {
             hub_conn_write_force(ws->conn, p, len);
-        else
+            ws->close_sent = 1;
+        } else {
             hub_conn_write_urgent(ws->conn, p, len);
+        }
     }
     hub_buf_free(&ws->stage);
 }
@@ -153,27 +175,75 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
                    (const char *)arg->msg, arg->msg_length, ws->user);
 }
 
-struct hub_ws *hub_ws_new(struct hub_conn *conn, const struct hub_ws_config *cfg,
-                          hub_ws_message_cb on_message, void *user)
+/* Creates the wslay context when input arrives. Returns 0 or HUB_ENOMEM. */
+static int ws_ctx_open(struct hub_ws *ws)
 {
-    struct hub_ws *ws = calloc(1, sizeof(*ws));
-    if (ws == NULL)
-        return NULL;
+    if (ws->ctx != NULL)
+        return 0;
     struct wslay_event_callbacks cbs = {
         .recv_callback = ws_recv_cb,
         .send_callback = ws_send_cb,
         .on_msg_recv_callback = ws_msg_cb,
         .on_frame_recv_start_callback = ws_frame_start_cb,
     };
-    if (wslay_event_context_server_init(&ws->ctx, &cbs, ws) != 0) {
-        free(ws);
-        return NULL;
+    if (wslay_event_context_server_init(&ws->ctx, &cbs, ws) != 0)
+        return HUB_ENOMEM;
+    wslay_event_config_set_max_recv_msg_length(ws->ctx, ws->cfg.max_message);
+    return 0;
+}
+
+static void ws_ctx_drop(struct hub_ws *ws)
+{
+    wslay_event_context_free(ws->ctx);
+    ws->ctx = NULL;
+}
+
+/* Follows frame headers through len bytes of input, skipping payloads, so
+ * that we know whether wslay holds anything worth keeping when they end. */
+static void ws_shadow(struct hub_ws *ws, const uint8_t *p, size_t len)
+{
+    while (len > 0) {
+        if (ws->payload_left > 0) {
+            size_t n = ws->payload_left < len ? (size_t)ws->payload_left : len;
+            ws->payload_left -= n;
+            p += n;
+            len -= n;
+            continue;
+        }
+        ws->hdr[ws->hdr_len++] = *p++;
+        len--;
+        if (ws->hdr_len < 2)
+            continue;
+        size_t need = 2 + ((ws->hdr[1] & 0x80) ? 4 : 0);
+        uint8_t l7 = ws->hdr[1] & 127;
+        need += l7 == 126 ? 2 : l7 == 127 ? 8 : 0;
+        if (ws->hdr_len < need)
+            continue;
+        uint64_t plen = l7;
+        if (l7 == 126)
+            plen = (uint64_t)ws->hdr[2] << 8 | ws->hdr[3];
+        else if (l7 == 127)
+            for (int i = 0; i < 8; i++)
+                plen = plen << 8 | ws->hdr[2 + i];
+        int opcode = ws->hdr[0] & 15, fin = ws->hdr[0] >> 7;
+        if (opcode < 8)
+            ws->in_message = !fin; /* data and continuation frames */
+        ws->payload_left = plen;
+        ws->hdr_len = 0;
     }
+}
+
+struct hub_ws *hub_ws_new(struct hub_conn *conn, const struct hub_ws_config *cfg,
+                          hub_ws_message_cb on_message, void *user)
+{
+    struct hub_ws *ws = calloc(1, sizeof(*ws));
+    if (ws == NULL)
+        return NULL;
     ws->cfg = *cfg;
-    wslay_event_config_set_max_recv_msg_length(ws->ctx, cfg->max_message);
     ws->conn = conn;
     ws->on_message = on_message;
     ws->user = user;
+    ws->close_code_rx = 1006;
     return ws;
 }
 
@@ -181,46 +251,65 @@ void hub_ws_free(struct hub_ws *ws)
 {
     if (ws == NULL)
         return;
-    wslay_event_context_free(ws->ctx);
+    if (ws->ctx != NULL)
+        ws_ctx_drop(ws);
     hub_buf_free(&ws->stage);
     free(ws);
+}
+
+/* Writes a control frame the hub starts itself (unmasked, FIN set). */
+static void ws_write_control(struct hub_ws *ws, int opcode, const void *payload, size_t len)
+{
+    uint8_t frame[2 + 125];
+    frame[0] = 0x80 | (uint8_t)opcode;
+    frame[1] = (uint8_t)len;
+    if (len > 0)
+        memcpy(frame + 2, payload, len);
+    if (opcode == WSLAY_CONNECTION_CLOSE)
+        hub_conn_write_force(ws->conn, frame, 2 + len); /* behind everything queued */
+    else
+        hub_conn_write_urgent(ws->conn, frame, 2 + len); /* ahead of the backlog */
 }
 
 /* Ends the WebSocket with our own close frame carrying code, bypassing
  * wslay's queue (which may hold a close without a code at this point). */
 static void ws_fail(struct hub_ws *ws, uint16_t code)
 {
-    uint8_t frame[4] = {0x88, 2, (uint8_t)(code >> 8), (uint8_t)code};
+    uint8_t body[2] = {(uint8_t)(code >> 8), (uint8_t)code};
     if (!ws->close_sent) {
-        hub_conn_write_force(ws->conn, frame, sizeof(frame));
+        ws_write_control(ws, WSLAY_CONNECTION_CLOSE, body, sizeof(body));
         hub_metrics_close(code);
     }
     ws->close_sent = 1;
     ws->finished = 1;
-    wslay_event_shutdown_read(ws->ctx);
-    wslay_event_shutdown_write(ws->ctx);
+    if (ws->ctx != NULL)
+        ws_ctx_drop(ws);
     hub_conn_close_after_flush(ws->conn);
 }
 
-/* Writes whatever control frames wslay has queued, then ends the connection
- * if the WebSocket is over: both close frames exchanged, or wslay gave up. */
-static void ws_pump(struct hub_ws *ws)
+/* After wslay has read: writes the control frames it queued, notes a close
+ * from the peer, and ends the connection once the close handshake is over
+ * (or cannot happen). Otherwise drops the context if nothing is in flight. */
+static void ws_after_recv(struct hub_ws *ws)
 {
     if (wslay_event_want_write(ws->ctx) && ws_send_control(ws) != 0) {
         ws->finished = 1;
+        ws_ctx_drop(ws);
         hub_conn_close(ws->conn);
         return;
     }
-    if (wslay_event_get_close_sent(ws->ctx))
-        ws->close_sent = 1;
-    int over = (wslay_event_get_close_sent(ws->ctx) && wslay_event_get_close_received(ws->ctx)) ||
+    if (wslay_event_get_close_received(ws->ctx) && !ws->close_received) {
+        ws->close_received = 1;
+        ws->close_code_rx = wslay_event_get_status_code_received(ws->ctx);
+    }
+    int over = (ws->close_sent && ws->close_received) ||
                (!wslay_event_want_read(ws->ctx) && !wslay_event_want_write(ws->ctx));
-    if (over && !ws->finished) {
+    if (over) {
         ws->finished = 1;
+        ws_ctx_drop(ws);
         hub_conn_close_after_flush(ws->conn);
-    } else if (ws->close_sent && !ws->finished) {
-        /* Our close is out; the peer gets a while to answer it. */
-        hub_conn_set_timeout(ws->conn, CLOSE_TIMEOUT_MS);
+    } else if (ws->hdr_len == 0 && ws->payload_left == 0 && !ws->in_message) {
+        ws_ctx_drop(ws); /* between messages: nothing in wslay worth its memory */
     }
 }
 
@@ -228,6 +317,12 @@ int hub_ws_feed(struct hub_ws *ws, const char *data, size_t len)
 {
     if (ws->finished)
         return HUB_ECLOSED;
+    if (ws_ctx_open(ws) != 0) {
+        ws->finished = 1;
+        hub_conn_close(ws->conn);
+        return HUB_ECLOSED;
+    }
+    ws_shadow(ws, (const uint8_t *)data, len);
     ws->in = data;
     ws->in_len = len;
     int rc = wslay_event_recv(ws->ctx);
@@ -243,6 +338,7 @@ int hub_ws_feed(struct hub_ws *ws, const char *data, size_t len)
     if (rc != 0) {
         hub_log_debug("wslay_event_recv failed: %d", rc);
         ws->finished = 1;
+        ws_ctx_drop(ws);
         hub_conn_close(ws->conn);
         return HUB_ECLOSED;
     }
@@ -250,7 +346,7 @@ int hub_ws_feed(struct hub_ws *ws, const char *data, size_t len)
         ws_fail(ws, ws->fail_code);
         return HUB_ECLOSED;
     }
-    ws_pump(ws);
+    ws_after_recv(ws);
     return ws->finished ? HUB_ECLOSED : 0;
 }
 
@@ -319,16 +415,27 @@ int hub_ws_send(struct hub_ws *ws, int opcode, const void *data, size_t len)
 
 int hub_ws_close(struct hub_ws *ws, uint16_t code, const char *reason)
 {
-    if (ws->close_sent)
+    if (ws->close_sent || ws->finished)
         return HUB_ECLOSED;
+    uint8_t body[125];
     size_t rlen = reason ? strlen(reason) : 0;
     if (rlen > 123)
         rlen = 123;
-    int rc = wslay_event_queue_close(ws->ctx, code, (const uint8_t *)reason, rlen);
+    body[0] = (uint8_t)(code >> 8);
+    body[1] = (uint8_t)code;
+    if (rlen > 0)
+        memcpy(body + 2, reason, rlen);
+    ws_write_control(ws, WSLAY_CONNECTION_CLOSE, body, 2 + rlen);
+    hub_metrics_close(code);
     ws->close_sent = 1;
-    if (rc != 0)
-        return HUB_ECLOSED;
-    ws_pump(ws);
+    if (ws->close_received) {
+        /* This answers the peer's close: the handshake is complete. */
+        ws->finished = 1;
+        hub_conn_close_after_flush(ws->conn);
+    } else {
+        /* The peer gets a while to answer before the connection is cut. */
+        hub_conn_set_timeout(ws->conn, CLOSE_TIMEOUT_MS);
+    }
     return 0;
 }
 
@@ -341,16 +448,13 @@ int hub_ws_ping(struct hub_ws *ws)
 {
     if (ws->close_sent || ws->finished)
         return HUB_ECLOSED;
-    struct wslay_event_msg msg = {WSLAY_PING, NULL, 0};
-    if (wslay_event_queue_msg(ws->ctx, &msg) != 0)
-        return HUB_ECLOSED;
-    ws_pump(ws);
+    ws_write_control(ws, WSLAY_PING, NULL, 0);
     return 0;
 }
 
 uint16_t hub_ws_close_code_received(const struct hub_ws *ws)
 {
-    return wslay_event_get_status_code_received(ws->ctx);
+    return ws->close_code_rx;
 }
 
 struct hub_conn *hub_ws_conn(const struct hub_ws *ws)
