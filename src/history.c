@@ -353,6 +353,10 @@ static int memory_read(struct hub_history *base, struct hub_iov room, int dir, u
         lo = hi - first + 1 > limit ? hi - limit + 1 : first;
         complete = lo == first;
     } else if (dir == HUB_HISTORY_AFTER) {
+        if (pos >= s->last) {
+            cb(data, 0, &p, NULL, 0, 1);
+            return 0;
+        }
         lo = pos + 1 < first ? first : pos + 1;
         if (lo > s->last) {
             cb(data, 0, &p, NULL, 0, 1);

@@ -60,7 +60,13 @@ static void usage(FILE *f)
             "  --burst N             messages per connection at once (default 40)\n"
             "  --ping-interval S     seconds between WebSocket pings (default 25)\n"
             "  --pong-timeout S      seconds of silence after a ping before closing (default 10)\n"
-            "  --drain-timeout S     seconds shutdown waits for clients (default 10)\n");
+            "  --drain-timeout S     seconds shutdown waits for clients (default 10)\n"
+            "\n"
+            "History:\n"
+            "  --data-dir DIR        where the SQLite history lives (default ./chathub-data)\n"
+            "  --history N           messages kept per room (default 1000)\n"
+            "  --history-ttl S       drop messages older than S seconds (default 0: keep)\n"
+            "  --no-persist          keep history in memory only (lost on restart)\n");
 }
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
@@ -156,6 +162,8 @@ int main(int argc, char **argv)
         {"--ping-interval", 2, 3600, 2, &cfg.ping_interval_ms},
         {"--pong-timeout", 1, 3600, 2, &cfg.pong_timeout_ms},
         {"--drain-timeout", 0, 3600, 2, &cfg.drain_ms},
+        {"--history", 1, 1000000, 1, &cfg.history},
+        {"--history-ttl", 0, 100u * 365 * 86400, 1, &cfg.history_ttl_s},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -193,6 +201,12 @@ int main(int argc, char **argv)
             if (*v == '\0')
                 return usage_error("invalid --host '': expected an address");
             cfg.host = v;
+        } else if (strcmp(a, "--no-persist") == 0) {
+            cfg.persist = 0;
+        } else if ((v = option_value(argc, argv, &i, "--data-dir", &missing)) != NULL) {
+            if (*v == '\0')
+                return usage_error("invalid --data-dir '': expected a directory");
+            cfg.data_dir = v;
         } else if ((v = option_value(argc, argv, &i, "--public", &missing)) != NULL) {
             cfg.public_dir = v;
         } else if ((v = option_value(argc, argv, &i, "--welcome", &missing)) != NULL) {

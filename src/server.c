@@ -117,6 +117,9 @@ void hub_server_config_default(struct hub_server_config *cfg)
     cfg->max_rooms = 64;
     cfg->rate = 20;
     cfg->burst = 40;
+    cfg->data_dir = "./chathub-data";
+    cfg->persist = 1;
+    cfg->history = 1000;
 }
 
 static uint64_t *phase_gauge(int phase)
@@ -589,7 +592,12 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     }
     struct hub_history_config hist_cfg;
     hub_history_config_default(&hist_cfg);
-    rc = hub_history_open_memory(&s->history, &hist_cfg);
+    hist_cfg.max_per_room = cfg->history;
+    hist_cfg.ttl_ms = (int64_t)cfg->history_ttl_s * 1000;
+    if (cfg->persist)
+        rc = hub_history_open_sqlite(&s->history, loop, cfg->data_dir, &hist_cfg, err, errsz);
+    else
+        rc = hub_history_open_memory(&s->history, &hist_cfg);
     if (rc != 0)
         goto fail_site;
     struct hub_chat_config chat_cfg;
@@ -639,13 +647,15 @@ fail_handles:
     s->stopping = 1;
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
     server_close_handles(s);
-    uv_run(loop, UV_RUN_DEFAULT); /* lets the close callbacks run */
 fail_chat:
     hub_chat_free(s->chat);
 fail_history:
     hub_history_free(s->history);
 fail_site:
     hub_static_free(s->site);
+    /* Lets the close callbacks of whatever was opened run (handles embedded
+     * in s, the store's thread handle) before s goes. */
+    uv_run(loop, UV_RUN_DEFAULT);
 fail_free:
     free(s);
 fail:

@@ -39,6 +39,10 @@ struct hub_server_config {
     uint32_t max_rooms;     /* rooms per connection (64) */
     uint32_t rate;          /* messages per second per connection (20; 0 = no limit) */
     uint32_t burst;         /* messages per connection at once (40) */
+    const char *data_dir;   /* SQLite history directory ("./chathub-data") */
+    int persist;            /* 1: history in SQLite; 0: in memory only */
+    uint32_t history;       /* messages kept per room (1000) */
+    uint32_t history_ttl_s; /* age limit of history in seconds (0 = none) */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);

@@ -1,0 +1,1360 @@
+/*
+ * history_sqlite.c: the SQLite history store, durable across restarts.
+ *
+ * One writer thread owns the database connection and every piece of state
+ * derived from it (prepared statements, the per-room position cache). The
+ * loop thread never touches the disk once the store is open: it copies each
+ * request into a FIFO guarded by a mutex and signals a condition variable.
+ * The writer takes everything queued at once and runs it as one transaction
+ * (group commit), in request order, so a read sees every append requested
+ * before it. After the commit it moves the batch, completions filled in, to
+ * a done-queue and wakes the loop with uv_async_send; the async callback
+ * fires the user callbacks in the same order. An append is therefore
+ * completed only after the transaction holding it committed.
+ *
+ * Invariants:
+ * - A room's row in rooms holds its epoch and last offset; messages holds
+ *   only kept rows, keyed by (room, offset). The cache mirrors rooms as of
+ *   the open transaction; a rolled-back transaction marks the entries it
+ *   touched stale so that they are read again from the database.
+ * - A room gets its rooms row with its first message. Until then its epoch
+ *   lives only in the cache, which is enough: an empty stream loses nothing
+ *   when its epoch changes.
+ * - If a group transaction fails, nothing of it is reported: it is rolled
+ *   back and the batch runs again with one transaction per append, so only
+ *   the appends the disk refused complete with HUB_EIO.
+ * - The database is opened in exclusive locking mode and a write
+ *   transaction is run at open, so the file lock is held for the life of
+ *   the store and a second hub on the same directory fails at start.
+ */
+#include "hub/history.h"
+#include "history_impl.h"
+
+#include <assert.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+#ifndef _WIN32
+#include <unistd.h>
+#endif
+#ifndef W_OK
+#define W_OK 2
+#endif
+
+#define DB_NAME "chathub.db"
+
+/* The TTL sweep runs at most this often, over 64 rooms a pass (see
+ * ST_SWEEP): bounded work per batch. */
+#define SWEEP_INTERVAL_MS 1000
+
+/* Completions fired per wake-up of the loop: bounded work per iteration. */
+#define FIRE_PER_WAKEUP 1024
+
+enum req_type {
+    REQ_APPEND,
+    REQ_READ,
+    REQ_BARRIER,
+    REQ_CLOSE,
+};
+
+/* One request, allocated by the loop, filled in by the writer, completed
+ * and freed by the loop. Its strings live in bytes[]. */
+struct req {
+    struct req *next; /* FIFO link */
+    int type;         /* enum req_type */
+    union {
+        hub_history_append_cb append;
+        hub_history_read_cb read;
+        hub_history_barrier_cb barrier;
+    } cb;                         /* the user's completion */
+    void *data;                   /* the user's pointer */
+    struct hub_iov room;          /* views into bytes */
+    struct hub_iov from;          /* append only */
+    struct hub_iov text;          /* append only */
+    struct hub_iov cmid;          /* append only */
+    int64_t ts;                   /* append: the message's time */
+    int dir;                      /* read: enum hub_history_dir */
+    uint64_t pos;                 /* read: relative to this offset */
+    unsigned limit;               /* read: at most this many messages */
+    int err;                      /* result: 0 or HUB_E* */
+    uint64_t offset;              /* append result */
+    int64_t out_ts;               /* append result */
+    int duplicate;                /* append result */
+    struct hub_history_pos rp;    /* read result */
+    struct hub_history_msg *msgs; /* read result, owned */
+    size_t n;                     /* read result: messages */
+    int complete;                 /* read result */
+    char *blob;                   /* read result: the messages' strings, owned */
+    char bytes[];                 /* room, from, text, cmid */
+};
+
+/* The writer's cache of one room's position. */
+struct room {
+    struct room *next;                     /* hash chain */
+    struct room *lru_prev, *lru_next;      /* recency list, most recent first */
+    uint64_t hash;                         /* of name */
+    uint64_t last;                         /* newest offset */
+    uint64_t dirty_gen;                    /* transaction that last changed it */
+    int persisted;                         /* the rooms row exists */
+    int stale;                             /* reload from the database before use */
+    char epoch[HUB_HISTORY_EPOCH_LEN + 1]; /* this incarnation */
+    size_t name_len;                       /* length of name */
+    char name[];                           /* NUL-terminated */
+};
+
+enum stmt_id {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_ROOM_GET,
+    ST_ROOM_INS,
+    ST_ROOM_UPD,
+    ST_DEDUPE,
+    ST_INSERT,
+    ST_TRIM,
+    ST_FIRST,
+    ST_READ_DESC,
+    ST_READ_ASC,
+    ST_SWEEP,
+    ST_SWEEP_NEXT,
+    ST_COUNT,
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_ROOM_GET] = "SELECT epoch, last FROM rooms WHERE name = ?1",
+    [ST_ROOM_INS] = "INSERT INTO rooms(name, epoch, last) VALUES(?1, ?2, ?3)",
+    [ST_ROOM_UPD] = "UPDATE rooms SET last = ?2 WHERE name = ?1",
+    /* The cmid <> '' term lets the planner use the partial index. */
+    [ST_DEDUPE] = "SELECT offset, ts FROM messages WHERE room = ?1 AND sender = ?2 AND cmid = ?3 "
+                  "AND cmid <> '' AND offset > ?4 LIMIT 1",
+    [ST_INSERT] = "INSERT INTO messages(room, offset, ts, sender, text, cmid) "
+                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_TRIM] = "DELETE FROM messages WHERE room = ?1 AND offset <= ?2",
+    [ST_FIRST] = "SELECT offset FROM messages WHERE room = ?1 AND offset > ?2 AND ts >= ?3 "
+                 "ORDER BY offset LIMIT 1",
+    [ST_READ_DESC] = "SELECT offset, ts, sender, text, cmid FROM messages WHERE room = ?1 "
+                     "AND offset > ?2 AND offset < ?3 AND ts >= ?4 ORDER BY offset DESC LIMIT ?5",
+    [ST_READ_ASC] = "SELECT offset, ts, sender, text, cmid FROM messages WHERE room = ?1 "
+                    "AND offset > ?2 AND offset < ?3 AND ts >= ?4 ORDER BY offset LIMIT ?5",
+    [ST_SWEEP] = "DELETE FROM messages WHERE room IN (SELECT name FROM rooms WHERE name > ?1 "
+                 "ORDER BY name LIMIT 64) AND ts < ?2",
+    [ST_SWEEP_NEXT] = "SELECT name FROM rooms WHERE name > ?1 ORDER BY name LIMIT 1 OFFSET 63",
+};
+
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS rooms(name TEXT PRIMARY KEY, epoch TEXT NOT NULL,"
+    " last INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS messages(room TEXT, offset INTEGER, ts INTEGER, sender TEXT,"
+    " text TEXT, cmid TEXT, PRIMARY KEY(room, offset)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS messages_cmid ON messages(room, sender, cmid)"
+    " WHERE cmid <> '';";
+
+enum store_state {
+    STATE_RUNNING,       /* requests accepted */
+    STATE_CLOSING,       /* close requested; the writer is finishing */
+    STATE_ASYNC_CLOSING, /* writer joined; the async handle is closing */
+    STATE_CLOSED,        /* everything released but the memory */
+};
+
+struct sqlite_store {
+    struct hub_history base;       /* the interface header; must be first */
+    struct hub_history_config cfg; /* copied */
+    char *path;                    /* dir/chathub.db, owned */
+
+    /* Loop thread only. */
+    uv_async_t async;               /* wakes the loop for completions */
+    int state;                      /* enum store_state */
+    int free_on_close;              /* free was called while the handle closed */
+    unsigned inflight;              /* requests not yet completed; refs async */
+    struct req *ready;              /* taken from the done-queue, not yet fired */
+    uv_thread_t thread;             /* the writer, joined by the loop */
+    hub_history_closed_cb close_cb; /* fired once everything is released */
+    void *close_data;               /* for close_cb */
+
+    /* Shared, under mu. */
+    uv_mutex_t mu;                     /* guards the queues and stop */
+    uv_cond_t cv;                      /* signals the writer: work or stop */
+    struct req *in_head, *in_tail;     /* requests not yet taken by the writer */
+    struct req *done_head, *done_tail; /* completions not yet fired */
+    int stop;                          /* the writer must exit without more work */
+
+    /* Writer thread only (the opening thread until it starts). */
+    sqlite3 *db;                      /* the connection, owned */
+    sqlite3_stmt *st[ST_COUNT];       /* prepared statements, owned */
+    struct room **buckets;            /* position cache chains */
+    size_t nbuckets;                  /* power of two */
+    size_t nrooms;                    /* entries in the cache */
+    struct room *lru_head, *lru_tail; /* cache recency */
+    uint64_t txn_gen;                 /* counts transactions begun */
+    int64_t last_sweep_ms;            /* when the TTL sweep last ran */
+    char *sweep_cursor;               /* the sweep resumes after this room, owned */
+};
+
+static const struct history_ops sqlite_ops;
+
+/* ---- Small helpers ---- */
+
+static int64_t now_ms(void)
+{
+    uv_timeval64_t tv;
+    if (uv_gettimeofday(&tv) != 0)
+        return 0;
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+/* The same epoch format as the memory store: 16 random hex digits. */
+static void new_epoch(char out[HUB_HISTORY_EPOCH_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char r[HUB_HISTORY_EPOCH_LEN / 2];
+    if (uv_random(NULL, NULL, r, sizeof(r), 0, NULL) != 0) {
+        /* No entropy source: the time still differs between runs. */
+        uint64_t t = uv_hrtime();
+        memcpy(r, &t, sizeof(r) < sizeof(t) ? sizeof(r) : sizeof(t));
+    }
+    for (size_t i = 0; i < sizeof(r); i++) {
+        out[2 * i] = hex[r[i] >> 4];
+        out[2 * i + 1] = hex[r[i] & 15];
+    }
+    out[HUB_HISTORY_EPOCH_LEN] = '\0';
+}
+
+static uint64_t hash_name(struct hub_iov n)
+{
+    uint64_t x = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n.len; i++) {
+        x ^= (unsigned char)n.base[i];
+        x *= 0x100000001b3ull;
+    }
+    return x;
+}
+
+/* Translates a SQLite result code at the module edge. */
+static int db_error(int rc)
+{
+    return rc == SQLITE_NOMEM ? HUB_ENOMEM : HUB_EIO;
+}
+
+/* Steps a statement that returns no rows, then resets it. */
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : db_error(rc);
+}
+
+/* Binds a view as text. The view outlives the statement's use. */
+static void bind_iov(sqlite3_stmt *st, int i, struct hub_iov v)
+{
+    sqlite3_bind_text(st, i, v.len > 0 ? v.base : "", (int)v.len, SQLITE_STATIC);
+}
+
+/* ---- The position cache (writer thread) ---- */
+
+static void lru_unlink(struct sqlite_store *h, struct room *e)
+{
+    if (e->lru_prev)
+        e->lru_prev->lru_next = e->lru_next;
+    else
+        h->lru_head = e->lru_next;
+    if (e->lru_next)
+        e->lru_next->lru_prev = e->lru_prev;
+    else
+        h->lru_tail = e->lru_prev;
+    e->lru_prev = e->lru_next = NULL;
+}
+
+static void lru_push_front(struct sqlite_store *h, struct room *e)
+{
+    e->lru_next = h->lru_head;
+    if (h->lru_head)
+        h->lru_head->lru_prev = e;
+    h->lru_head = e;
+    if (h->lru_tail == NULL)
+        h->lru_tail = e;
+}
+
+/* Dropping an entry is always safe: its next use reads the database, which
+ * the same connection sees including the open transaction. Only the epoch
+ * of a room without messages is forgotten, as the memory store forgets it. */
+static void room_evict(struct sqlite_store *h, struct room *e)
+{
+    struct room **pp = &h->buckets[e->hash & (h->nbuckets - 1)];
+    while (*pp != e)
+        pp = &(*pp)->next;
+    *pp = e->next;
+    lru_unlink(h, e);
+    h->nrooms--;
+    free(e);
+}
+
+static void cache_free(struct sqlite_store *h)
+{
+    while (h->lru_head != NULL)
+        room_evict(h, h->lru_head);
+    free(h->buckets);
+    h->buckets = NULL;
+}
+
+/* Reads a room's row into e. With no row the room has no messages yet: it
+ * keeps the epoch it has in memory. */
+static int room_load(struct sqlite_store *h, struct room *e)
+{
+    sqlite3_stmt *st = h->st[ST_ROOM_GET];
+    struct hub_iov name = {e->name, e->name_len};
+    int ret = 0;
+
+    bind_iov(st, 1, name);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *epoch = sqlite3_column_text(st, 0);
+        sqlite3_int64 last = sqlite3_column_int64(st, 1);
+        if (epoch == NULL || sqlite3_column_bytes(st, 0) != HUB_HISTORY_EPOCH_LEN || last < 0) {
+            /* quick_check cannot see a bad value in a valid row. */
+            ret = HUB_EIO;
+        } else {
+            memcpy(e->epoch, epoch, HUB_HISTORY_EPOCH_LEN);
+            e->epoch[HUB_HISTORY_EPOCH_LEN] = '\0';
+            e->last = (uint64_t)last;
+            e->persisted = 1;
+        }
+    } else if (rc == SQLITE_DONE) {
+        e->last = 0;
+        e->persisted = 0;
+    } else {
+        ret = db_error(rc);
+    }
+    sqlite3_reset(st);
+    return ret;
+}
+
+/* Finds room's cache entry, loading it from the database on first use or
+ * after a rollback. */
+static int room_get(struct sqlite_store *h, struct hub_iov room, struct room **out)
+{
+    uint64_t x = hash_name(room);
+    struct room *e;
+    int rc;
+
+    for (e = h->buckets[x & (h->nbuckets - 1)]; e != NULL; e = e->next)
+        if (e->hash == x && e->name_len == room.len && memcmp(e->name, room.base, room.len) == 0)
+            break;
+    if (e != NULL) {
+        lru_unlink(h, e);
+        lru_push_front(h, e);
+        if (e->stale) {
+            rc = room_load(h, e);
+            if (rc != 0)
+                return rc;
+            e->stale = 0;
+        }
+        *out = e;
+        return 0;
+    }
+
+    if (h->nrooms >= h->cfg.max_rooms && h->lru_tail != NULL)
+        room_evict(h, h->lru_tail);
+    if (h->nrooms >= h->nbuckets) {
+        /* A failed doubling only lengthens the chains. */
+        size_t n = h->nbuckets * 2;
+        struct room **b = calloc(n, sizeof(*b));
+        if (b != NULL) {
+            for (size_t i = 0; i < h->nbuckets; i++)
+                for (struct room *r = h->buckets[i], *next; r != NULL; r = next) {
+                    next = r->next;
+                    r->next = b[r->hash & (n - 1)];
+                    b[r->hash & (n - 1)] = r;
+                }
+            free(h->buckets);
+            h->buckets = b;
+            h->nbuckets = n;
+        }
+    }
+    e = calloc(1, sizeof(*e) + room.len + 1);
+    if (e == NULL)
+        return HUB_ENOMEM;
+    if (room.len > 0)
+        memcpy(e->name, room.base, room.len);
+    e->name_len = room.len;
+    e->hash = x;
+    new_epoch(e->epoch);
+    rc = room_load(h, e);
+    if (rc != 0) {
+        free(e);
+        return rc;
+    }
+    e->next = h->buckets[x & (h->nbuckets - 1)];
+    h->buckets[x & (h->nbuckets - 1)] = e;
+    lru_push_front(h, e);
+    h->nrooms++;
+    *out = e;
+    return 0;
+}
+
+/* After a rollback, entries changed by the transaction no longer match the
+ * database. */
+static void cache_mark_stale(struct sqlite_store *h)
+{
+    for (struct room *e = h->lru_head; e != NULL; e = e->lru_next)
+        if (e->dirty_gen == h->txn_gen)
+            e->stale = 1;
+}
+
+/* ---- Requests, run by the writer ---- */
+
+/* Offsets at or below this are beyond max_per_room. */
+static uint64_t kept_floor(const struct sqlite_store *h, uint64_t last)
+{
+    return last > h->cfg.max_per_room ? last - h->cfg.max_per_room : 0;
+}
+
+static int do_append(struct sqlite_store *h, struct req *r)
+{
+    struct room *e;
+    sqlite3_stmt *st;
+    int rc = room_get(h, r->room, &e);
+    if (rc != 0)
+        return rc;
+    e->dirty_gen = h->txn_gen;
+
+    if (r->cmid.len > 0) {
+        st = h->st[ST_DEDUPE];
+        bind_iov(st, 1, r->room);
+        bind_iov(st, 2, r->from);
+        bind_iov(st, 3, r->cmid);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)kept_floor(h, e->last));
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            r->offset = (uint64_t)sqlite3_column_int64(st, 0);
+            r->out_ts = sqlite3_column_int64(st, 1);
+            r->duplicate = 1;
+        }
+        sqlite3_reset(st);
+        if (rc == SQLITE_ROW)
+            return 0;
+        if (rc != SQLITE_DONE)
+            return db_error(rc);
+    }
+
+    uint64_t off = e->last + 1;
+    st = h->st[ST_INSERT];
+    bind_iov(st, 1, r->room);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)off);
+    sqlite3_bind_int64(st, 3, r->ts);
+    bind_iov(st, 4, r->from);
+    bind_iov(st, 5, r->text);
+    bind_iov(st, 6, r->cmid);
+    rc = step_done(st);
+    if (rc != 0)
+        return rc;
+
+    if (e->persisted) {
+        st = h->st[ST_ROOM_UPD];
+        bind_iov(st, 1, r->room);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)off);
+    } else {
+        st = h->st[ST_ROOM_INS];
+        bind_iov(st, 1, r->room);
+        sqlite3_bind_text(st, 2, e->epoch, HUB_HISTORY_EPOCH_LEN, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)off);
+    }
+    rc = step_done(st);
+    if (rc != 0)
+        return rc;
+
+    /* Retention by count is applied as rows arrive, so the table never
+     * holds more than max_per_room rows of a room that is written to. */
+    if (off > h->cfg.max_per_room) {
+        st = h->st[ST_TRIM];
+        bind_iov(st, 1, r->room);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)(off - h->cfg.max_per_room));
+        rc = step_done(st);
+        if (rc != 0)
+            return rc;
+    }
+
+    /* The cache moves only once every statement succeeded; if the
+     * transaction later rolls back, dirty_gen marks the entry stale. */
+    e->last = off;
+    e->persisted = 1;
+    r->offset = off;
+    r->out_ts = r->ts;
+    r->duplicate = 0;
+    return 0;
+}
+
+static void read_reset(struct req *r)
+{
+    free(r->msgs);
+    free(r->blob);
+    r->msgs = NULL;
+    r->blob = NULL;
+    r->n = 0;
+}
+
+/* Appends n bytes to the read's blob. */
+static int blob_put(char **blob, size_t *len, size_t *cap, const void *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (*len + n > *cap) {
+        size_t c = *cap * 2;
+        while (c < *len + n)
+            c *= 2;
+        char *b = realloc(*blob, c);
+        if (b == NULL)
+            return HUB_ENOMEM;
+        *blob = b;
+        *cap = c;
+    }
+    memcpy(*blob + *len, p, n);
+    *len += n;
+    return 0;
+}
+
+/* Copies the rows of a read statement into r. One row beyond the limit
+ * tells whether more exist in the direction asked. */
+static int collect_rows(struct req *r, sqlite3_stmt *st, int desc)
+{
+    size_t len = 0, cap = 256, ncap = 0;
+    int more = 0, rc, ret = 0;
+
+    r->blob = malloc(cap);
+    if (r->blob == NULL)
+        return HUB_ENOMEM;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (r->n == r->limit) {
+            more = 1;
+            break;
+        }
+        if (r->n == ncap) {
+            size_t c = ncap == 0 ? 16 : ncap * 2;
+            if (c > r->limit)
+                c = r->limit;
+            struct hub_history_msg *m = realloc(r->msgs, c * sizeof(*m));
+            if (m == NULL) {
+                ret = HUB_ENOMEM;
+                goto out;
+            }
+            r->msgs = m;
+            ncap = c;
+        }
+        struct hub_history_msg *m = &r->msgs[r->n];
+        m->offset = (uint64_t)sqlite3_column_int64(st, 0);
+        m->ts = sqlite3_column_int64(st, 1);
+        struct hub_iov *cols[3] = {&m->from, &m->text, &m->cmid};
+        for (int i = 0; i < 3; i++) {
+            const unsigned char *p = sqlite3_column_text(st, 2 + i);
+            size_t n = p != NULL ? (size_t)sqlite3_column_bytes(st, 2 + i) : 0;
+            /* Bases are set once the blob stops moving. */
+            cols[i]->base = NULL;
+            cols[i]->len = n;
+            ret = blob_put(&r->blob, &len, &cap, p, n);
+            if (ret != 0)
+                goto out;
+        }
+        r->n++;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        ret = db_error(rc);
+        goto out;
+    }
+    r->complete = !more;
+    /* The strings sit in the blob in the order the rows came. */
+    size_t at = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        struct hub_iov *cols[3] = {&r->msgs[i].from, &r->msgs[i].text, &r->msgs[i].cmid};
+        for (int j = 0; j < 3; j++) {
+            cols[j]->base = r->blob + at;
+            at += cols[j]->len;
+        }
+    }
+    if (desc)
+        for (size_t i = 0; i < r->n / 2; i++) {
+            struct hub_history_msg t = r->msgs[i];
+            r->msgs[i] = r->msgs[r->n - 1 - i];
+            r->msgs[r->n - 1 - i] = t;
+        }
+out:
+    sqlite3_reset(st);
+    if (ret != 0)
+        read_reset(r);
+    return ret;
+}
+
+static int do_read(struct sqlite_store *h, struct req *r)
+{
+    struct room *e;
+    sqlite3_stmt *st;
+    int rc = room_get(h, r->room, &e);
+    if (rc != 0)
+        return rc;
+
+    uint64_t last = e->last;
+    uint64_t floor = kept_floor(h, last);
+    /* Rows past the TTL may wait for the sweep; reads never show them. */
+    int64_t cutoff = h->cfg.ttl_ms > 0 ? now_ms() - h->cfg.ttl_ms : INT64_MIN;
+
+    memcpy(r->rp.epoch, e->epoch, sizeof(r->rp.epoch));
+    r->rp.last = last;
+    r->rp.first = last + 1;
+    r->n = 0;
+    r->complete = 1;
+    if (last == 0)
+        return 0;
+
+    st = h->st[ST_FIRST];
+    bind_iov(st, 1, r->room);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)floor);
+    sqlite3_bind_int64(st, 3, cutoff);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        r->rp.first = (uint64_t)sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return db_error(rc);
+    if (r->limit == 0 || r->rp.first > last)
+        return 0;
+
+    /* Exclusive bounds lo < offset < hi, clamped to [0, last + 1] so that
+     * they fit SQLite's signed integers. */
+    uint64_t lo = floor, hi = last + 1;
+    int desc = 1;
+    if (r->dir == HUB_HISTORY_BEFORE) {
+        if (r->pos < hi)
+            hi = r->pos;
+    } else if (r->dir == HUB_HISTORY_AFTER) {
+        if (r->pos >= last)
+            return 0;
+        if (r->pos > lo)
+            lo = r->pos;
+        desc = 0;
+    }
+    st = h->st[desc ? ST_READ_DESC : ST_READ_ASC];
+    bind_iov(st, 1, r->room);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)lo);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)hi);
+    sqlite3_bind_int64(st, 4, cutoff);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)r->limit + 1);
+    return collect_rows(r, st, desc);
+}
+
+/* Deletes rows past the TTL in the next 64 rooms, at most once a
+ * second, so that a large database never stalls a batch. */
+static int maybe_sweep(struct sqlite_store *h)
+{
+    if (h->cfg.ttl_ms <= 0)
+        return 0;
+    int64_t now = now_ms();
+    if (now - h->last_sweep_ms < SWEEP_INTERVAL_MS)
+        return 0;
+    h->last_sweep_ms = now;
+
+    const char *cursor = h->sweep_cursor != NULL ? h->sweep_cursor : "";
+    sqlite3_stmt *st = h->st[ST_SWEEP];
+    sqlite3_bind_text(st, 1, cursor, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now - h->cfg.ttl_ms);
+    int rc = step_done(st);
+    if (rc != 0)
+        return rc;
+
+    st = h->st[ST_SWEEP_NEXT];
+    sqlite3_bind_text(st, 1, cursor, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    char *next = NULL;
+    if (rc == SQLITE_ROW) {
+        const unsigned char *p = sqlite3_column_text(st, 0);
+        next = strdup(p != NULL ? (const char *)p : "");
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        free(next);
+        return db_error(rc);
+    }
+    /* No next page (or no memory for it): start from the first room again. */
+    free(h->sweep_cursor);
+    h->sweep_cursor = next;
+    return 0;
+}
+
+static void txn_rollback(struct sqlite_store *h)
+{
+    /* Some errors (SQLITE_FULL, SQLITE_IOERR) may already have rolled the
+     * transaction back; then there is nothing to undo in the file. */
+    if (!sqlite3_get_autocommit(h->db))
+        (void)step_done(h->st[ST_ROLLBACK]);
+    cache_mark_stale(h);
+}
+
+static int txn_begin(struct sqlite_store *h)
+{
+    h->txn_gen++;
+    return step_done(h->st[ST_BEGIN]);
+}
+
+/* Runs the whole batch in one transaction. Returns 0 once it committed. */
+static int run_group(struct sqlite_store *h, struct req *batch)
+{
+    int rc = txn_begin(h);
+    if (rc != 0)
+        return rc;
+    for (struct req *r = batch; r != NULL; r = r->next) {
+        if (r->type == REQ_APPEND)
+            rc = do_append(h, r);
+        else if (r->type == REQ_READ)
+            rc = do_read(h, r);
+        if (rc != 0)
+            return rc;
+    }
+    rc = maybe_sweep(h);
+    if (rc != 0)
+        return rc;
+    return step_done(h->st[ST_COMMIT]);
+}
+
+/* Runs the batch again with one transaction per append, so that one write
+ * the disk refuses fails alone. Reads run on their own. */
+static void run_single(struct sqlite_store *h, struct req *batch)
+{
+    for (struct req *r = batch; r != NULL; r = r->next) {
+        int rc = 0;
+        if (r->type == REQ_APPEND) {
+            rc = txn_begin(h);
+            if (rc == 0)
+                rc = do_append(h, r);
+            if (rc == 0)
+                rc = step_done(h->st[ST_COMMIT]);
+            if (rc != 0) {
+                txn_rollback(h);
+                r->offset = 0;
+                r->out_ts = 0;
+                r->duplicate = 0;
+            }
+        } else if (r->type == REQ_READ) {
+            rc = do_read(h, r);
+        }
+        r->err = rc;
+    }
+}
+
+static void run_batch(struct sqlite_store *h, struct req *batch)
+{
+    if (run_group(h, batch) == 0)
+        return;
+    txn_rollback(h);
+    for (struct req *r = batch; r != NULL; r = r->next)
+        if (r->type == REQ_READ)
+            read_reset(r);
+    run_single(h, batch);
+}
+
+static void db_close(struct sqlite_store *h)
+{
+    for (int i = 0; i < ST_COUNT; i++) {
+        sqlite3_finalize(h->st[i]);
+        h->st[i] = NULL;
+    }
+    if (h->db != NULL)
+        sqlite3_close(h->db);
+    h->db = NULL;
+}
+
+static void writer_main(void *arg)
+{
+    struct sqlite_store *h = arg;
+
+    for (;;) {
+        uv_mutex_lock(&h->mu);
+        while (h->in_head == NULL && !h->stop)
+            uv_cond_wait(&h->cv, &h->mu);
+        if (h->stop) {
+            uv_mutex_unlock(&h->mu);
+            return;
+        }
+        struct req *batch = h->in_head, *tail = h->in_tail;
+        h->in_head = h->in_tail = NULL;
+        uv_mutex_unlock(&h->mu);
+
+        run_batch(h, batch);
+        /* The loop refuses requests after close, so close is last. */
+        int closing = tail->type == REQ_CLOSE;
+        if (closing) {
+            /* Leave one self-contained file behind for backups and tools. */
+            (void)sqlite3_exec(h->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+            db_close(h);
+            cache_free(h);
+        }
+
+        uv_mutex_lock(&h->mu);
+        if (h->done_tail != NULL)
+            h->done_tail->next = batch;
+        else
+            h->done_head = batch;
+        h->done_tail = tail;
+        uv_mutex_unlock(&h->mu);
+        uv_async_send(&h->async);
+        if (closing)
+            return;
+    }
+}
+
+/* ---- The loop side ---- */
+
+static void req_free(struct req *r)
+{
+    free(r->msgs);
+    free(r->blob);
+    free(r);
+}
+
+static void free_list(struct req *r)
+{
+    while (r != NULL) {
+        struct req *next = r->next;
+        req_free(r);
+        r = next;
+    }
+}
+
+static void store_release(struct sqlite_store *h)
+{
+    free(h->sweep_cursor);
+    free(h->path);
+    free(h);
+}
+
+static void on_async_closed(uv_handle_t *handle)
+{
+    struct sqlite_store *h = HUB_CONTAINER_OF(handle, struct sqlite_store, async);
+    hub_history_closed_cb cb = h->close_cb;
+    void *data = h->close_data;
+
+    h->state = STATE_CLOSED;
+    if (h->free_on_close) {
+        store_release(h);
+        return;
+    }
+    /* The callback may free the store: nothing touches h after it. */
+    if (cb != NULL)
+        cb(data);
+}
+
+/* Joins the writer (which has exited or been told to) and tears down what
+ * is left; the memory goes in the handle's close callback. */
+static void store_shutdown(struct sqlite_store *h)
+{
+    uv_thread_join(&h->thread);
+    uv_cond_destroy(&h->cv);
+    uv_mutex_destroy(&h->mu);
+    db_close(h);
+    cache_free(h);
+    free_list(h->ready);
+    free_list(h->in_head);
+    free_list(h->done_head);
+    h->ready = NULL;
+    h->in_head = h->in_tail = h->done_head = h->done_tail = NULL;
+    h->state = STATE_ASYNC_CLOSING;
+    uv_close((uv_handle_t *)&h->async, on_async_closed);
+}
+
+static void fire(struct req *r)
+{
+    switch (r->type) {
+    case REQ_APPEND:
+        r->cb.append(r->data, r->err, r->offset, r->out_ts, r->duplicate);
+        break;
+    case REQ_READ:
+        if (r->err != 0)
+            r->cb.read(r->data, r->err, NULL, NULL, 0, 0);
+        else
+            r->cb.read(r->data, 0, &r->rp, r->msgs, r->n, r->complete);
+        break;
+    case REQ_BARRIER:
+        r->cb.barrier(r->data);
+        break;
+    }
+}
+
+static void on_async(uv_async_t *async)
+{
+    struct sqlite_store *h = HUB_CONTAINER_OF(async, struct sqlite_store, async);
+
+    /* New completions are taken only once the earlier ones have fired,
+     * which keeps them in request order across wake-ups. */
+    if (h->ready == NULL) {
+        uv_mutex_lock(&h->mu);
+        h->ready = h->done_head;
+        h->done_head = h->done_tail = NULL;
+        uv_mutex_unlock(&h->mu);
+    }
+
+    for (unsigned fired = 0; h->ready != NULL; fired++) {
+        if (fired == FIRE_PER_WAKEUP) {
+            /* Let the loop serve sockets before the rest of a big batch. */
+            uv_async_send(&h->async);
+            return;
+        }
+        struct req *r = h->ready;
+        h->ready = r->next;
+        if (r->type == REQ_CLOSE) {
+            /* Everything before it has fired; the writer has exited. */
+            assert(h->ready == NULL);
+            req_free(r);
+            store_shutdown(h);
+            return;
+        }
+        fire(r);
+        req_free(r);
+        if (h->state == STATE_ASYNC_CLOSING)
+            return; /* the callback freed the store against the rules */
+        /* Unreferenced while idle, so an idle store never keeps the loop
+         * alive, and referenced while a completion is owed. */
+        if (--h->inflight == 0)
+            uv_unref((uv_handle_t *)&h->async);
+    }
+}
+
+static void enqueue(struct sqlite_store *h, struct req *r)
+{
+    if (h->inflight++ == 0)
+        uv_ref((uv_handle_t *)&h->async);
+    r->next = NULL;
+    uv_mutex_lock(&h->mu);
+    if (h->in_tail != NULL)
+        h->in_tail->next = r;
+    else
+        h->in_head = r;
+    h->in_tail = r;
+    uv_cond_signal(&h->cv);
+    uv_mutex_unlock(&h->mu);
+}
+
+/* Allocates a request with copies of the given views. */
+static struct req *req_new(int type, struct hub_iov room, struct hub_iov from, struct hub_iov text,
+                           struct hub_iov cmid)
+{
+    struct hub_iov in[4] = {room, from, text, cmid};
+    size_t total = 0;
+    for (int i = 0; i < 4; i++) {
+        if (in[i].len > SIZE_MAX / 2 - total || in[i].len > INT32_MAX)
+            return NULL;
+        total += in[i].len;
+    }
+    struct req *r = calloc(1, sizeof(*r) + total + 1);
+    if (r == NULL)
+        return NULL;
+    r->type = type;
+    struct hub_iov *out[4] = {&r->room, &r->from, &r->text, &r->cmid};
+    size_t at = 0;
+    for (int i = 0; i < 4; i++) {
+        if (in[i].len > 0)
+            memcpy(r->bytes + at, in[i].base, in[i].len);
+        out[i]->base = r->bytes + at;
+        out[i]->len = in[i].len;
+        at += in[i].len;
+    }
+    return r;
+}
+
+static const struct hub_iov no_iov = {NULL, 0};
+
+static int sqlite_append(struct hub_history *base, struct hub_iov room, struct hub_iov from,
+                         struct hub_iov text, struct hub_iov cmid, int64_t ts,
+                         hub_history_append_cb cb, void *data)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+    if (h->state != STATE_RUNNING)
+        return HUB_ECLOSED;
+    struct req *r = req_new(REQ_APPEND, room, from, text, cmid);
+    if (r == NULL)
+        return HUB_ENOMEM;
+    r->ts = ts;
+    r->cb.append = cb;
+    r->data = data;
+    enqueue(h, r);
+    return 0;
+}
+
+static int sqlite_read(struct hub_history *base, struct hub_iov room, int dir, uint64_t pos,
+                       unsigned limit, hub_history_read_cb cb, void *data)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+    if (h->state != STATE_RUNNING)
+        return HUB_ECLOSED;
+    struct req *r = req_new(REQ_READ, room, no_iov, no_iov, no_iov);
+    if (r == NULL)
+        return HUB_ENOMEM;
+    r->dir = dir;
+    r->pos = pos;
+    r->limit = limit;
+    r->cb.read = cb;
+    r->data = data;
+    enqueue(h, r);
+    return 0;
+}
+
+static int sqlite_barrier(struct hub_history *base, hub_history_barrier_cb cb, void *data)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+    if (h->state != STATE_RUNNING)
+        return HUB_ECLOSED;
+    struct req *r = req_new(REQ_BARRIER, no_iov, no_iov, no_iov, no_iov);
+    if (r == NULL)
+        return HUB_ENOMEM;
+    r->cb.barrier = cb;
+    r->data = data;
+    enqueue(h, r);
+    return 0;
+}
+
+static void sqlite_close(struct hub_history *base, hub_history_closed_cb cb, void *data)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+    assert(h->state == STATE_RUNNING);
+    h->close_cb = cb;
+    h->close_data = data;
+    h->state = STATE_CLOSING;
+    /* The interface gives close no way to fail. Without memory for the
+     * request the writer is stopped directly: it has committed everything it
+     * reported, and queued requests never complete. */
+    struct req *r = req_new(REQ_CLOSE, no_iov, no_iov, no_iov, no_iov);
+    if (r == NULL) {
+        uv_mutex_lock(&h->mu);
+        h->stop = 1;
+        uv_cond_signal(&h->cv);
+        uv_mutex_unlock(&h->mu);
+        store_shutdown(h);
+        return;
+    }
+    enqueue(h, r);
+}
+
+/* Safe in every state. Without a completed close the writer is stopped
+ * synchronously (requests still queued never complete) and the memory is
+ * released from the async handle's close callback, so the caller must run
+ * the loop once more. */
+static void sqlite_free(struct hub_history *base)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+
+    switch (h->state) {
+    case STATE_CLOSED:
+        store_release(h);
+        return;
+    case STATE_ASYNC_CLOSING:
+        h->free_on_close = 1;
+        return;
+    default:
+        break;
+    }
+    uv_mutex_lock(&h->mu);
+    h->stop = 1;
+    uv_cond_signal(&h->cv);
+    uv_mutex_unlock(&h->mu);
+    h->free_on_close = 1;
+    store_shutdown(h);
+}
+
+static const struct history_ops sqlite_ops = {
+    sqlite_append, sqlite_read, sqlite_barrier, sqlite_close, sqlite_free,
+};
+
+/* ---- Opening ---- */
+
+static int dir_error(const char *dir, int uverr, char *err, size_t errsz)
+{
+    if (uverr == UV_EACCES || uverr == UV_EPERM || uverr == UV_EROFS)
+        snprintf(err, errsz, "cannot open history in %s: directory not writable", dir);
+    else
+        snprintf(err, errsz, "cannot open history in %s: %s", dir, uv_strerror(uverr));
+    return HUB_EIO;
+}
+
+/* Creates path and any missing parents. path is modified and restored. */
+static int mkdir_p(uv_loop_t *loop, char *path)
+{
+    uv_fs_t req;
+    int rc = uv_fs_mkdir(loop, &req, path, 0755, NULL);
+    uv_fs_req_cleanup(&req);
+    if (rc != UV_ENOENT)
+        return rc == UV_EEXIST ? 0 : rc;
+    char *slash = strrchr(path, '/');
+    if (slash == NULL || slash == path)
+        return rc;
+    *slash = '\0';
+    rc = mkdir_p(loop, path);
+    *slash = '/';
+    if (rc != 0)
+        return rc;
+    rc = uv_fs_mkdir(loop, &req, path, 0755, NULL);
+    uv_fs_req_cleanup(&req);
+    return rc == UV_EEXIST ? 0 : rc;
+}
+
+/* Makes sure dir exists, is a directory and can take new files (SQLite
+ * creates the -wal file beside the database). */
+static int prepare_dir(uv_loop_t *loop, const char *dir, char *err, size_t errsz)
+{
+    uv_fs_t req;
+    int rc = uv_fs_stat(loop, &req, dir, NULL);
+    uint64_t mode = rc == 0 ? req.statbuf.st_mode : 0;
+    uv_fs_req_cleanup(&req);
+    if (rc == UV_ENOENT) {
+        char *copy = strdup(dir);
+        if (copy == NULL) {
+            snprintf(err, errsz, "cannot open history in %s: out of memory", dir);
+            return HUB_ENOMEM;
+        }
+        rc = mkdir_p(loop, copy);
+        free(copy);
+        if (rc != 0)
+            return dir_error(dir, rc, err, errsz);
+    } else if (rc != 0) {
+        return dir_error(dir, rc, err, errsz);
+    } else if ((mode & S_IFMT) != S_IFDIR) {
+        return dir_error(dir, UV_ENOTDIR, err, errsz);
+    }
+    rc = uv_fs_access(loop, &req, dir, W_OK, NULL);
+    uv_fs_req_cleanup(&req);
+    if (rc != 0)
+        return dir_error(dir, rc, err, errsz);
+    return 0;
+}
+
+/* Messages from SQLite (quick_check's above all) may span lines; a start-up
+ * error is one line in the log. */
+static void one_line(char *s)
+{
+    for (; *s != '\0'; s++)
+        if (*s == '\n' || *s == '\r' || *s == '\t')
+            *s = ' ';
+}
+
+/* Words a SQLite failure during open as one line naming the cause. */
+static void open_error(struct sqlite_store *h, int rc, char *err, size_t errsz)
+{
+    const char *msg = h->db != NULL ? sqlite3_errmsg(h->db) : sqlite3_errstr(rc);
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        snprintf(err, errsz, "history database %s is locked by another running chathub", h->path);
+        break;
+    case SQLITE_NOTADB:
+    case SQLITE_CORRUPT:
+        snprintf(err, errsz, "history database %s is corrupted: %s", h->path, msg);
+        break;
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+        snprintf(err, errsz, "history database %s is not writable: %s", h->path, msg);
+        break;
+    default:
+        snprintf(err, errsz, "cannot open history database %s: %s", h->path, msg);
+        break;
+    }
+}
+
+/* Runs a statement and copies the first column of its first row. */
+static int query_text(sqlite3 *db, const char *sql, char *out, size_t outsz)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    out[0] = '\0';
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *p = sqlite3_column_text(st, 0);
+        snprintf(out, outsz, "%s", p != NULL ? (const char *)p : "");
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Opens the database, takes its lock for good, checks it and prepares the
+ * statements. On failure h->db is closed again. */
+static int db_open(struct sqlite_store *h, char *err, size_t errsz)
+{
+    char buf[256], sql[64];
+    int rc;
+
+    if (!sqlite3_threadsafe()) {
+        snprintf(err, errsz, "cannot open history database %s: SQLite built without threads",
+                 h->path);
+        return HUB_EIO;
+    }
+    /* The connection is used by one thread at a time (this one, then the
+     * writer), so SQLite's own mutexes are not needed. */
+    rc = sqlite3_open_v2(h->path, &h->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK)
+        goto fail_db;
+    if (sqlite3_db_readonly(h->db, "main") == 1) {
+        rc = SQLITE_READONLY;
+        goto fail_db;
+    }
+    /* Another hub holding the lock is an error at start, not a wait. */
+    sqlite3_busy_timeout(h->db, 0);
+    /* Exclusive before WAL: the WAL index then lives in this process's
+     * heap, and no second process can open the file while we run. */
+    rc = query_text(h->db, "PRAGMA locking_mode=EXCLUSIVE", buf, sizeof(buf));
+    if (rc != SQLITE_OK)
+        goto fail_db;
+    rc = query_text(h->db, "PRAGMA journal_mode=WAL", buf, sizeof(buf));
+    if (rc != SQLITE_OK)
+        goto fail_db;
+    if (strcmp(buf, "wal") != 0) {
+        snprintf(err, errsz, "cannot open history database %s: journal mode is %s, not wal",
+                 h->path, buf);
+        rc = SQLITE_ERROR;
+        goto fail_reported;
+    }
+    /* NORMAL in WAL mode survives a crash of the process, not of the
+     * machine: a power cut may lose the last commits, never corrupt. */
+    rc = sqlite3_exec(h->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail_db;
+    /* A write transaction takes the exclusive lock, which locking_mode
+     * keeps until the connection closes. */
+    rc = sqlite3_exec(h->db, "BEGIN IMMEDIATE; COMMIT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail_db;
+    rc = query_text(h->db, "PRAGMA quick_check", buf, sizeof(buf));
+    if (rc != SQLITE_OK)
+        goto fail_db;
+    if (strcmp(buf, "ok") != 0) {
+        snprintf(err, errsz, "history database %s is corrupted: %s", h->path, buf);
+        goto fail_reported;
+    }
+    rc = sqlite3_exec(h->db, schema_sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail_db;
+
+    /* Test only: CHATHUB_TEST_MAX_PAGES caps the file at that many pages so
+     * that tests can make the disk "full" (SQLITE_FULL) on purpose. */
+    const char *pages = getenv("CHATHUB_TEST_MAX_PAGES");
+    if (pages != NULL && *pages != '\0') {
+        char *end;
+        long n = strtol(pages, &end, 10);
+        if (*end == '\0' && n > 0) {
+            snprintf(sql, sizeof(sql), "PRAGMA max_page_count=%ld", n);
+            rc = query_text(h->db, sql, buf, sizeof(buf));
+            if (rc != SQLITE_OK)
+                goto fail_db;
+        }
+    }
+
+    for (int i = 0; i < ST_COUNT; i++) {
+        rc = sqlite3_prepare_v3(h->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &h->st[i], NULL);
+        if (rc != SQLITE_OK)
+            goto fail_db;
+    }
+    return 0;
+
+fail_db:
+    open_error(h, rc, err, errsz);
+fail_reported:
+    db_close(h);
+    return rc == SQLITE_NOMEM ? HUB_ENOMEM : HUB_EIO;
+}
+
+int hub_history_open_sqlite(struct hub_history **out, uv_loop_t *loop, const char *dir,
+                            const struct hub_history_config *cfg, char *err, size_t errsz)
+{
+    struct sqlite_store *h;
+    int rc;
+    char scratch[1];
+
+    assert(out != NULL && loop != NULL && dir != NULL && cfg != NULL);
+    if (err == NULL || errsz == 0) {
+        err = scratch;
+        errsz = sizeof(scratch);
+    }
+    err[0] = '\0';
+
+    rc = prepare_dir(loop, dir, err, errsz);
+    if (rc != 0)
+        return rc;
+
+    rc = HUB_ENOMEM;
+    h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        goto fail_memory;
+    h->base.ops = &sqlite_ops;
+    h->cfg = *cfg;
+    if (h->cfg.max_per_room == 0)
+        h->cfg.max_per_room = 1;
+    if (h->cfg.max_rooms == 0)
+        h->cfg.max_rooms = 1;
+    size_t dlen = strlen(dir);
+    const char *sep = dlen > 0 && dir[dlen - 1] == '/' ? "" : "/";
+    size_t plen = dlen + strlen(sep) + sizeof(DB_NAME);
+    h->path = malloc(plen);
+    if (h->path == NULL)
+        goto fail_free;
+    snprintf(h->path, plen, "%s%s%s", dir, sep, DB_NAME);
+    h->nbuckets = 64;
+    h->buckets = calloc(h->nbuckets, sizeof(*h->buckets));
+    if (h->buckets == NULL)
+        goto fail_free;
+
+    rc = db_open(h, err, errsz);
+    if (rc != 0)
+        goto fail_free;
+
+    rc = HUB_EIO;
+    if (uv_mutex_init(&h->mu) != 0) {
+        snprintf(err, errsz, "cannot start history writer: mutex");
+        goto fail_db;
+    }
+    if (uv_cond_init(&h->cv) != 0) {
+        snprintf(err, errsz, "cannot start history writer: condition variable");
+        goto fail_mutex;
+    }
+    /* The thread comes before the async handle: a handle, once
+     * initialised, can only go away through the loop, but a thread that has
+     * been given no work can be stopped right here. */
+    if (uv_thread_create(&h->thread, writer_main, h) != 0) {
+        snprintf(err, errsz, "cannot start history writer: thread");
+        goto fail_cond;
+    }
+    if (uv_async_init(loop, &h->async, on_async) != 0) {
+        snprintf(err, errsz, "cannot start history writer: async handle");
+        goto fail_thread;
+    }
+    uv_unref((uv_handle_t *)&h->async);
+    h->state = STATE_RUNNING;
+    *out = &h->base;
+    return 0;
+
+fail_thread:
+    uv_mutex_lock(&h->mu);
+    h->stop = 1;
+    uv_cond_signal(&h->cv);
+    uv_mutex_unlock(&h->mu);
+    uv_thread_join(&h->thread);
+fail_cond:
+    uv_cond_destroy(&h->cv);
+fail_mutex:
+    uv_mutex_destroy(&h->mu);
+fail_db:
+    db_close(h);
+fail_free:
+    free(h->buckets);
+    free(h->path);
+    free(h);
+fail_memory:
+    if (rc == HUB_ENOMEM && err[0] == '\0')
+        snprintf(err, errsz, "cannot open history in %s: out of memory", dir);
+    one_line(err);
+    return rc;
+}
