@@ -138,11 +138,6 @@ static struct hub_iov iov_str(const char *s)
     return v;
 }
 
-static int lower(int c)
-{
-    return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
-}
-
 /* Appends s as a JSON string literal (RFC 8259 section 7). s is valid UTF-8. */
 static void jw_str(struct hub_buf *b, const char *s, size_t len)
 {
@@ -261,22 +256,12 @@ static void send_ok(struct hub_chat_client *cl, struct req_id id)
 
 static uint64_t nick_hash(const char *s, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)lower((unsigned char)s[i]);
-        h *= 0x100000001b3ull;
-    }
-    return h;
+    return hub_hash(s, len, 1);
 }
 
 static int nick_eq(const char *a, size_t alen, const char *b, size_t blen)
 {
-    if (alen != blen)
-        return 0;
-    for (size_t i = 0; i < alen; i++)
-        if (lower((unsigned char)a[i]) != lower((unsigned char)b[i]))
-            return 0;
-    return 1;
+    return hub_eq_ci(a, alen, b, blen);
 }
 
 static struct hub_chat_client *nick_find(const struct hub_chat *chat, const char *s, size_t len)
@@ -1409,9 +1394,9 @@ static void op_dm(struct request *rq)
     /* "@a,b" with both nicks folded and sorted, so both sides name it alike. */
     char a[HUB_CHAT_NICK_BYTES + 1], b[HUB_CHAT_NICK_BYTES + 1];
     for (size_t i = 0; i <= cl->nick_len; i++)
-        a[i] = (char)lower((unsigned char)cl->nick[i]);
+        a[i] = (char)hub_ascii_lower((unsigned char)cl->nick[i]);
     for (size_t i = 0; i <= peer->nick_len; i++)
-        b[i] = (char)lower((unsigned char)peer->nick[i]);
+        b[i] = (char)hub_ascii_lower((unsigned char)peer->nick[i]);
     char name[2 * HUB_CHAT_NICK_BYTES + 3];
     int cmp = strcmp(a, b);
     int n = snprintf(name, sizeof(name), "@%s,%s", cmp < 0 ? a : b, cmp < 0 ? b : a);

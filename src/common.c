@@ -23,20 +23,30 @@ const char *hub_strerror(int err)
     return "unknown error";
 }
 
-static int lower(int c)
+int hub_eq_ci(const char *a, size_t alen, const char *b, size_t blen)
 {
-    return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+    if (alen != blen)
+        return 0;
+    for (size_t i = 0; i < alen; i++)
+        if (hub_ascii_lower((unsigned char)a[i]) != hub_ascii_lower((unsigned char)b[i]))
+            return 0;
+    return 1;
+}
+
+uint64_t hub_hash(const char *s, size_t len, int fold_case)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        h ^= fold_case ? (unsigned char)hub_ascii_lower(c) : c;
+        h *= 0x100000001b3ull;
+    }
+    return h;
 }
 
 int hub_iov_eq_ci(struct hub_iov v, const char *lit)
 {
-    size_t n = strlen(lit);
-    if (v.len != n)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (lower((unsigned char)v.base[i]) != lower((unsigned char)lit[i]))
-            return 0;
-    return 1;
+    return hub_eq_ci(v.base, v.len, lit, strlen(lit));
 }
 
 int hub_iov_has_token(struct hub_iov v, const char *tok)

@@ -128,12 +128,7 @@ static void memory_free(struct hub_history *base)
 
 static uint64_t hash_name(struct hub_iov n)
 {
-    uint64_t x = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n.len; i++) {
-        x ^= (unsigned char)n.base[i];
-        x *= 0x100000001b3ull;
-    }
-    return x;
+    return hub_hash(n.base, n.len, 0);
 }
 
 static void lru_unlink(struct memory_store *h, struct stream *s)
@@ -170,7 +165,7 @@ static void drop_stream(struct memory_store *h, struct stream *s)
     stream_free(s, h->cfg.max_per_room);
 }
 
-static void new_epoch(char out[HUB_HISTORY_EPOCH_LEN + 1])
+void history_new_epoch(char out[HUB_HISTORY_EPOCH_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char r[HUB_HISTORY_EPOCH_LEN / 2];
@@ -226,7 +221,7 @@ static struct stream *get_stream(struct memory_store *h, struct hub_iov room, in
     memcpy(s->name, room.base, room.len);
     s->name_len = room.len;
     s->hash = x;
-    new_epoch(s->epoch);
+    history_new_epoch(s->epoch);
     s->next = h->buckets[x & (h->nbuckets - 1)];
     h->buckets[x & (h->nbuckets - 1)] = s;
     lru_push_front(h, s);

@@ -18,6 +18,10 @@ struct history_ops {
     void (*free)(struct hub_history *h);
 };
 
+/* Writes a fresh random epoch (HUB_HISTORY_EPOCH_LEN hex digits and a NUL),
+ * for a stream whose earlier history, if any, is gone. */
+void history_new_epoch(char out[HUB_HISTORY_EPOCH_LEN + 1]);
+
 /* Every store starts with this header. */
 struct hub_history {
     const struct history_ops *ops; /* the implementation */

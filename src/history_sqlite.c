@@ -209,31 +209,10 @@ static int64_t now_ms(void)
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-/* The same epoch format as the memory store: 16 random hex digits. */
-static void new_epoch(char out[HUB_HISTORY_EPOCH_LEN + 1])
-{
-    static const char hex[] = "0123456789abcdef";
-    unsigned char r[HUB_HISTORY_EPOCH_LEN / 2];
-    if (uv_random(NULL, NULL, r, sizeof(r), 0, NULL) != 0) {
-        /* No entropy source: the time still differs between runs. */
-        uint64_t t = uv_hrtime();
-        memcpy(r, &t, sizeof(r) < sizeof(t) ? sizeof(r) : sizeof(t));
-    }
-    for (size_t i = 0; i < sizeof(r); i++) {
-        out[2 * i] = hex[r[i] >> 4];
-        out[2 * i + 1] = hex[r[i] & 15];
-    }
-    out[HUB_HISTORY_EPOCH_LEN] = '\0';
-}
 
 static uint64_t hash_name(struct hub_iov n)
 {
-    uint64_t x = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n.len; i++) {
-        x ^= (unsigned char)n.base[i];
-        x *= 0x100000001b3ull;
-    }
-    return x;
+    return hub_hash(n.base, n.len, 0);
 }
 
 /* Translates a SQLite result code at the module edge. */
@@ -384,7 +363,7 @@ static int room_get(struct sqlite_store *h, struct hub_iov room, struct room **o
         memcpy(e->name, room.base, room.len);
     e->name_len = room.len;
     e->hash = x;
-    new_epoch(e->epoch);
+    history_new_epoch(e->epoch);
     rc = room_load(h, e);
     if (rc != 0) {
         free(e);

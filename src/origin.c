@@ -6,19 +6,9 @@
 
 #include <string.h>
 
-static int lower(int c)
-{
-    return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
-}
-
 static int eq_ci(const char *a, size_t alen, const char *b, size_t blen)
 {
-    if (alen != blen)
-        return 0;
-    for (size_t i = 0; i < alen; i++)
-        if (lower((unsigned char)a[i]) != lower((unsigned char)b[i]))
-            return 0;
-    return 1;
+    return hub_eq_ci(a, alen, b, blen);
 }
 
 /* Splits "scheme://hostport" (no path allowed). Returns 0 or -1. */

@@ -32,14 +32,9 @@ struct hub_rooms {
 
 static uint64_t name_hash(const char *s, size_t len)
 {
-    /* FNV-1a: names are short and attacker-chosen, but the table only holds
-     * rooms that have members, which the per-connection room limit bounds. */
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
+    /* Names are attacker-chosen, but the table only holds rooms that have
+     * members, which the per-connection room limit bounds. */
+    return hub_hash(s, len, 0);
 }
 
 int hub_rooms_new(struct hub_rooms **out, uint32_t max_rooms_per_member)

@@ -140,9 +140,7 @@ static void set_phase(struct client *cl, int phase)
 
 static struct ip_count **ip_slot(struct hub_server *s, const char *ip)
 {
-    uint32_t h = 2166136261u;
-    for (const char *p = ip; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
+    uint64_t h = hub_hash(ip, strlen(ip), 0);
     struct ip_count **pp = &s->ips[h % HUB_ARRAY_SIZE(s->ips)];
     while (*pp != NULL && strcmp((*pp)->ip, ip) != 0)
         pp = &(*pp)->next;

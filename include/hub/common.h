@@ -40,6 +40,19 @@ struct hub_iov {
 
 #define HUB_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Folds an ASCII upper-case letter to lower case; other bytes are unchanged. */
+static inline int hub_ascii_lower(int c)
+{
+    return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+}
+
+/* Returns 1 if the two byte strings are equal under ASCII case folding. */
+int hub_eq_ci(const char *a, size_t alen, const char *b, size_t blen);
+
+/* FNV-1a over len bytes, optionally ASCII-case-folded: the hash of every
+ * table keyed by names (rooms, nicks, streams, addresses). */
+uint64_t hub_hash(const char *s, size_t len, int fold_case);
+
 /* Case-insensitive ASCII comparison of a view against a NUL-terminated literal. */
 int hub_iov_eq_ci(struct hub_iov v, const char *lit);
 
