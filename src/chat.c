@@ -53,16 +53,16 @@ struct count_entry {
 };
 
 struct hub_chat {
-    struct hub_rooms *rooms;          /* room registry, owned */
-    struct hub_chat_config cfg;       /* copied configuration */
-    struct hub_chat_client **nicks;   /* nick table buckets (chained) */
-    size_t nnick_buckets;             /* power of two */
-    size_t nnicks;                    /* clients in the table */
-    size_t nclients;                  /* live clients */
-    uint64_t client_seq;              /* ids handed out */
-    uint64_t guest_seq;               /* guest nicks handed out */
-    struct count_entry *counts;       /* big rooms, owned */
-    size_t ncounts;                   /* entries in counts */
+    struct hub_rooms *rooms;        /* room registry, owned */
+    struct hub_chat_config cfg;     /* copied configuration */
+    struct hub_chat_client **nicks; /* nick table buckets (chained) */
+    size_t nnick_buckets;           /* power of two */
+    size_t nnicks;                  /* clients in the table */
+    size_t nclients;                /* live clients */
+    uint64_t client_seq;            /* ids handed out */
+    uint64_t guest_seq;             /* guest nicks handed out */
+    struct count_entry *counts;     /* big rooms, owned */
+    size_t ncounts;                 /* entries in counts */
 };
 
 struct typing_mark {
@@ -154,13 +154,27 @@ static void jw_str(struct hub_buf *b, const char *s, size_t len)
         char esc[6] = {'\\', 0, 0, 0, 0, 0};
         size_t n = 2;
         switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
         default:
             esc[1] = 'u';
             esc[2] = '0';
@@ -555,7 +569,8 @@ int hub_chat_room_from_path(struct hub_iov path, struct hub_iov *room)
         return HUB_EINVAL;
     struct hub_iov rest = {path.base + 1, path.len - 1};
     /* "/ws" is the documented endpoint; "/ws/<room>" names a room under it. */
-    if (rest.len >= 2 && memcmp(rest.base, "ws", 2) == 0 && (rest.len == 2 || rest.base[2] == '/')) {
+    if (rest.len >= 2 && memcmp(rest.base, "ws", 2) == 0 &&
+        (rest.len == 2 || rest.base[2] == '/')) {
         size_t skip = rest.len == 2 ? 2 : 3;
         rest.base += skip;
         rest.len -= skip;
@@ -695,11 +710,11 @@ size_t hub_chat_room_count(const struct hub_chat *chat)
 /* A message on its way through history: everything the completion needs,
  * copied, because the request that carried it is gone by then. */
 struct pending_msg {
-    struct hub_chat_client *cl; /* the sender (a reference) */
-    struct req_id id;           /* the send request's id, for the ack */
-    int opcode;                 /* HUB_WS_TEXT or HUB_WS_BINARY */
+    struct hub_chat_client *cl;                    /* the sender (a reference) */
+    struct req_id id;                              /* the send request's id, for the ack */
+    int opcode;                                    /* HUB_WS_TEXT or HUB_WS_BINARY */
     size_t room_len, from_len, text_len, cmid_len; /* lengths in bytes[] */
-    char bytes[];               /* room, from, text, cmid */
+    char bytes[];                                  /* room, from, text, cmid */
 };
 
 static struct hub_iov pm_part(const struct pending_msg *pm, int k)
@@ -781,8 +796,7 @@ static void publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov
                     struct hub_iov text, struct hub_iov cmid)
 {
     struct hub_chat *chat = cl->chat;
-    struct pending_msg *pm =
-        malloc(sizeof(*pm) + room.len + cl->nick_len + text.len + cmid.len);
+    struct pending_msg *pm = malloc(sizeof(*pm) + room.len + cl->nick_len + text.len + cmid.len);
     if (pm == NULL) {
         send_error(cl, id, "internal", "out of memory");
         return;
@@ -839,8 +853,7 @@ static int get_uint(const struct request *rq, const char *key, uint64_t max, uin
     json_t *v = json_object_get(rq->root, key);
     if (v == NULL || json_is_null(v))
         return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-        (uint64_t)json_integer_value(v) > max)
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) > max)
         return -1;
     *out = (uint64_t)json_integer_value(v);
     return 1;
@@ -955,15 +968,15 @@ struct hello_state {
 
 /* A join, or one resumed room of a hello, waiting for its history read. */
 struct pending_join {
-    struct hub_chat_client *cl;   /* the client (a reference) */
-    struct req_id id;             /* the join's id */
-    struct hello_state *hello;    /* the hello it belongs to, or NULL */
-    int has_since;                /* the client gave a position */
-    uint64_t since;               /* its offset */
+    struct hub_chat_client *cl;            /* the client (a reference) */
+    struct req_id id;                      /* the join's id */
+    struct hello_state *hello;             /* the hello it belongs to, or NULL */
+    int has_since;                         /* the client gave a position */
+    uint64_t since;                        /* its offset */
     char epoch[HUB_HISTORY_EPOCH_LEN + 2]; /* its epoch (longer ones cannot match) */
-    unsigned history;             /* messages wanted without a position */
-    size_t room_len;              /* length of room */
-    char room[];                  /* the room's name */
+    unsigned history;                      /* messages wanted without a position */
+    size_t room_len;                       /* length of room */
+    char room[];                           /* the room's name */
 };
 
 static void hello_finish(struct hello_state *hs)
@@ -1109,8 +1122,8 @@ static int start_join(struct hub_chat_client *cl, struct req_id id, struct hello
     if (hello != NULL)
         hello->outstanding++;
     unsigned limit = since_epoch != NULL ? RESUME_MAX : history;
-    if (hub_history_read(chat->cfg.history, name, HUB_HISTORY_LATEST, 0, limit, join_read_cb,
-                         pj) == 0)
+    if (hub_history_read(chat->cfg.history, name, HUB_HISTORY_LATEST, 0, limit, join_read_cb, pj) ==
+        0)
         return 0;
     if (hello != NULL)
         hello->outstanding--;
@@ -1581,9 +1594,9 @@ static const struct {
     const char *name;
     void (*fn)(struct request *rq);
 } ops[] = {
-    {"hello", op_hello}, {"join", op_join},   {"leave", op_leave}, {"send", op_send},
-    {"history", op_history}, {"typing", op_typing}, {"nick", op_nick}, {"dm", op_dm},
-    {"rooms", op_rooms}, {"ping", op_ping},
+    {"hello", op_hello},     {"join", op_join},     {"leave", op_leave}, {"send", op_send},
+    {"history", op_history}, {"typing", op_typing}, {"nick", op_nick},   {"dm", op_dm},
+    {"rooms", op_rooms},     {"ping", op_ping},
 };
 
 static void json_message(struct hub_chat_client *cl, const char *data, size_t len)

@@ -8,17 +8,28 @@
 const char *hub_strerror(int err)
 {
     switch (err) {
-    case HUB_OK: return "success";
-    case HUB_ENOMEM: return "out of memory";
-    case HUB_EINVAL: return "invalid argument or input";
-    case HUB_ENOBUFS: return "buffer limit exceeded";
-    case HUB_ECLOSED: return "connection closed";
-    case HUB_ENOENT: return "not found";
-    case HUB_EEXIST: return "already exists";
-    case HUB_ELIMIT: return "limit reached";
-    case HUB_EPROTO: return "protocol error";
-    case HUB_EIO: return "input/output error";
-    case HUB_EAGAIN: return "try again";
+    case HUB_OK:
+        return "success";
+    case HUB_ENOMEM:
+        return "out of memory";
+    case HUB_EINVAL:
+        return "invalid argument or input";
+    case HUB_ENOBUFS:
+        return "buffer limit exceeded";
+    case HUB_ECLOSED:
+        return "connection closed";
+    case HUB_ENOENT:
+        return "not found";
+    case HUB_EEXIST:
+        return "already exists";
+    case HUB_ELIMIT:
+        return "limit reached";
+    case HUB_EPROTO:
+        return "protocol error";
+    case HUB_EIO:
+        return "input/output error";
+    case HUB_EAGAIN:
+        return "try again";
     }
     return "unknown error";
 }

@@ -29,18 +29,18 @@
 
 #define HUB_IO_READ_SIZE (64 * 1024)
 #define HUB_IO_MAX_IOVS 64
-#define WHEEL_SLOTS 128    /* a power of two */
-#define WHEEL_TICK_MS 500  /* resolution of connection deadlines */
+#define WHEEL_SLOTS 128   /* a power of two */
+#define WHEEL_TICK_MS 500 /* resolution of connection deadlines */
 
 struct hub_io {
-    uv_loop_t *loop;             /* the loop everything runs on */
-    uv_check_t check;            /* flushes corked output once per iteration */
-    uv_timer_t wheel_timer;      /* advances the timer wheel */
-    uint64_t wheel_tick;         /* next tick of the wheel to process */
+    uv_loop_t *loop;                         /* the loop everything runs on */
+    uv_check_t check;                        /* flushes corked output once per iteration */
+    uv_timer_t wheel_timer;                  /* advances the timer wheel */
+    uint64_t wheel_tick;                     /* next tick of the wheel to process */
     struct hub_conn_link slots[WHEEL_SLOTS]; /* deadline lists, by tick */
-    struct hub_conn *flush_head; /* connections with output to write (LIFO) */
-    int handles_open;            /* handles still to be closed by hub_io_close */
-    char rbuf[HUB_IO_READ_SIZE]; /* the read buffer lent to every connection */
+    struct hub_conn *flush_head;             /* connections with output to write (LIFO) */
+    int handles_open;                        /* handles still to be closed by hub_io_close */
+    char rbuf[HUB_IO_READ_SIZE];             /* the read buffer lent to every connection */
 };
 
 static void conn_flush(struct hub_conn *c);

@@ -18,31 +18,31 @@
 #include <uv.h>
 
 struct record {
-    uint64_t offset; /* position in the stream */
-    int64_t ts;      /* milliseconds since the epoch */
+    uint64_t offset;                       /* position in the stream */
+    int64_t ts;                            /* milliseconds since the epoch */
     uint32_t from_len, text_len, cmid_len; /* string lengths */
-    char bytes[];    /* from, then text, then cmid */
+    char bytes[];                          /* from, then text, then cmid */
 };
 
 struct stream {
-    struct stream *next;              /* hash chain */
-    struct stream *lru_prev, *lru_next; /* LRU list, most recent at the head */
-    uint64_t hash;                    /* of name */
+    struct stream *next;                   /* hash chain */
+    struct stream *lru_prev, *lru_next;    /* LRU list, most recent at the head */
+    uint64_t hash;                         /* of name */
     char epoch[HUB_HISTORY_EPOCH_LEN + 1]; /* this incarnation */
-    uint64_t last;                    /* newest offset */
-    struct record **ring;             /* max_per_room slots, owned */
-    uint32_t count;                   /* records held */
-    uint32_t head;                    /* slot of the oldest record */
-    size_t name_len;                  /* length of name */
-    char name[];                      /* room name, NUL-terminated */
+    uint64_t last;                         /* newest offset */
+    struct record **ring;                  /* max_per_room slots, owned */
+    uint32_t count;                        /* records held */
+    uint32_t head;                         /* slot of the oldest record */
+    size_t name_len;                       /* length of name */
+    char name[];                           /* room name, NUL-terminated */
 };
 
 struct memory_store {
-    struct hub_history base;        /* the interface header; must be first */
-    struct hub_history_config cfg;  /* copied */
-    struct stream **buckets;        /* chains */
-    size_t nbuckets;                /* power of two */
-    size_t nstreams;                /* streams held */
+    struct hub_history base;            /* the interface header; must be first */
+    struct hub_history_config cfg;      /* copied */
+    struct stream **buckets;            /* chains */
+    size_t nbuckets;                    /* power of two */
+    size_t nstreams;                    /* streams held */
     struct stream *lru_head, *lru_tail; /* recency list */
 };
 

@@ -209,7 +209,6 @@ static int64_t now_ms(void)
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-
 static uint64_t hash_name(struct hub_iov n)
 {
     return hub_hash(n.base, n.len, 0);

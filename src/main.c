@@ -27,46 +27,47 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "Usage: chathub [options]\n"
-            "\n"
-            "A real-time WebSocket chat hub: open http://localhost:8080/ and chat in rooms.\n"
-            "\n"
-            "Options:\n"
-            "  --port N              TCP port to listen on (default 8080; 0 picks a free one)\n"
-            "  --host ADDR           address to bind (default 0.0.0.0, all interfaces)\n"
-            "  --public DIR          serve files from DIR instead of the built-in page\n"
-            "  --welcome TEXT        greet each raw WebSocket client with TEXT (default: off)\n"
-            "  --allow-origin PAT    also accept WebSockets from pages at PAT: an origin\n"
-            "                        (https://chat.example.com), a wildcard (*.example.com)\n"
-            "                        or * (repeatable; default: same origin only)\n"
-            "  --log-level LEVEL     error, warn, info or debug (default info)\n"
-            "  --help                show this help and exit\n"
-            "  --version             show the version and exit\n"
-            "\n"
-            "Limits (see docs/operations.md):\n"
-            "  --max-message BYTES   largest WebSocket message (default 65536; over: close 1009)\n"
-            "  --max-fragments N     frames per WebSocket message (default 128)\n"
-            "  --max-header-bytes N  HTTP request head size (default 8192; over: 431)\n"
-            "  --max-headers N       HTTP header lines (default 100; over: 431)\n"
-            "  --handshake-timeout S seconds to complete an HTTP request (default 10)\n"
-            "  --max-conns N         connections in total (default 100000; 0 = unlimited)\n"
-            "  --max-conns-per-ip N  connections per client address (default 64; 0 = unlimited)\n"
-            "  --max-rooms N         rooms per connection (default 64)\n"
-            "  --max-output BYTES    output queued per client before it is closed (default 1048576)\n"
-            "  --soft-output BYTES   output a client may hold for --soft-hold (default 262144)\n"
-            "  --soft-hold S         seconds over --soft-output before closing 4008 (default 10)\n"
-            "  --rate N              messages per second per connection (default 20; 0 = off)\n"
-            "  --burst N             messages per connection at once (default 40)\n"
-            "  --ping-interval S     seconds between WebSocket pings (default 25)\n"
-            "  --pong-timeout S      seconds of silence after a ping before closing (default 10)\n"
-            "  --drain-timeout S     seconds shutdown waits for clients (default 10)\n"
-            "\n"
-            "History:\n"
-            "  --data-dir DIR        where the SQLite history lives (default ./chathub-data)\n"
-            "  --history N           messages kept per room (default 1000)\n"
-            "  --history-ttl S       drop messages older than S seconds (default 0: keep)\n"
-            "  --no-persist          keep history in memory only (lost on restart)\n");
+    fprintf(
+        f,
+        "Usage: chathub [options]\n"
+        "\n"
+        "A real-time WebSocket chat hub: open http://localhost:8080/ and chat in rooms.\n"
+        "\n"
+        "Options:\n"
+        "  --port N              TCP port to listen on (default 8080; 0 picks a free one)\n"
+        "  --host ADDR           address to bind (default 0.0.0.0, all interfaces)\n"
+        "  --public DIR          serve files from DIR instead of the built-in page\n"
+        "  --welcome TEXT        greet each raw WebSocket client with TEXT (default: off)\n"
+        "  --allow-origin PAT    also accept WebSockets from pages at PAT: an origin\n"
+        "                        (https://chat.example.com), a wildcard (*.example.com)\n"
+        "                        or * (repeatable; default: same origin only)\n"
+        "  --log-level LEVEL     error, warn, info or debug (default info)\n"
+        "  --help                show this help and exit\n"
+        "  --version             show the version and exit\n"
+        "\n"
+        "Limits (see docs/operations.md):\n"
+        "  --max-message BYTES   largest WebSocket message (default 65536; over: close 1009)\n"
+        "  --max-fragments N     frames per WebSocket message (default 128)\n"
+        "  --max-header-bytes N  HTTP request head size (default 8192; over: 431)\n"
+        "  --max-headers N       HTTP header lines (default 100; over: 431)\n"
+        "  --handshake-timeout S seconds to complete an HTTP request (default 10)\n"
+        "  --max-conns N         connections in total (default 100000; 0 = unlimited)\n"
+        "  --max-conns-per-ip N  connections per client address (default 64; 0 = unlimited)\n"
+        "  --max-rooms N         rooms per connection (default 64)\n"
+        "  --max-output BYTES    output queued per client before it is closed (default 1048576)\n"
+        "  --soft-output BYTES   output a client may hold for --soft-hold (default 262144)\n"
+        "  --soft-hold S         seconds over --soft-output before closing 4008 (default 10)\n"
+        "  --rate N              messages per second per connection (default 20; 0 = off)\n"
+        "  --burst N             messages per connection at once (default 40)\n"
+        "  --ping-interval S     seconds between WebSocket pings (default 25)\n"
+        "  --pong-timeout S      seconds of silence after a ping before closing (default 10)\n"
+        "  --drain-timeout S     seconds shutdown waits for clients (default 10)\n"
+        "\n"
+        "History:\n"
+        "  --data-dir DIR        where the SQLite history lives (default ./chathub-data)\n"
+        "  --history N           messages kept per room (default 1000)\n"
+        "  --history-ttl S       drop messages older than S seconds (default 0: keep)\n"
+        "  --no-persist          keep history in memory only (lost on restart)\n");
 }
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
@@ -98,11 +99,11 @@ static int parse_number(const char *s, unsigned long long min, unsigned long lon
 
 /* A numeric option: where it goes, its range, and its unit. */
 struct num_option {
-    const char *name;          /* "--max-conns" */
-    unsigned long long min;    /* smallest accepted value */
-    unsigned long long max;    /* largest accepted value */
-    int kind;                  /* 0: size_t, 1: uint32_t, 2: seconds into uint32_t ms, 3: int */
-    void *dst;                 /* the config field */
+    const char *name;       /* "--max-conns" */
+    unsigned long long min; /* smallest accepted value */
+    unsigned long long max; /* largest accepted value */
+    int kind;               /* 0: size_t, 1: uint32_t, 2: seconds into uint32_t ms, 3: int */
+    void *dst;              /* the config field */
 };
 
 /* Matches "--name VALUE" and "--name=VALUE". Returns the value, or NULL if
@@ -185,8 +186,8 @@ int main(int argc, char **argv)
             const struct num_option *o = &nums[k];
             unsigned long long n;
             if (parse_number(v, o->min, o->max, &n) != 0)
-                return usage_error("invalid %s '%s': expected a number from %llu to %llu",
-                                   o->name, v, o->min, o->max);
+                return usage_error("invalid %s '%s': expected a number from %llu to %llu", o->name,
+                                   v, o->min, o->max);
             if (o->kind == 0)
                 *(size_t *)o->dst = (size_t)n;
             else if (o->kind == 1)

@@ -8,9 +8,9 @@ struct hub_metrics hub_metrics;
 void hub_metrics_close(uint16_t code)
 {
     switch (code) {
-#define X(c)                                                                             \
-    case c:                                                                              \
-        hub_metrics.close_##c++;                                                         \
+#define X(c)                                                                                       \
+    case c:                                                                                        \
+        hub_metrics.close_##c++;                                                                   \
         return;
         HUB_METRICS_CLOSE_CODES
 #undef X
@@ -33,14 +33,18 @@ int hub_metrics_render(struct hub_buf *b, size_t rooms, int draining)
     const struct hub_metrics *m = &hub_metrics;
     hub_buf_puts(b, "# HELP chathub_connections Open connections by mode.\n"
                     "# TYPE chathub_connections gauge\n");
-    hub_buf_printf(b, "chathub_connections{mode=\"http\"} %llu\n", (unsigned long long)m->conns_http);
+    hub_buf_printf(b, "chathub_connections{mode=\"http\"} %llu\n",
+                   (unsigned long long)m->conns_http);
     hub_buf_printf(b, "chathub_connections{mode=\"raw\"} %llu\n", (unsigned long long)m->conns_raw);
-    hub_buf_printf(b, "chathub_connections{mode=\"json\"} %llu\n", (unsigned long long)m->conns_json);
-    hub_buf_printf(b, "# HELP chathub_rooms Rooms with members.\n# TYPE chathub_rooms gauge\n"
-                      "chathub_rooms %zu\n",
+    hub_buf_printf(b, "chathub_connections{mode=\"json\"} %llu\n",
+                   (unsigned long long)m->conns_json);
+    hub_buf_printf(b,
+                   "# HELP chathub_rooms Rooms with members.\n# TYPE chathub_rooms gauge\n"
+                   "chathub_rooms %zu\n",
                    rooms);
-    hub_buf_printf(b, "# HELP chathub_draining 1 while the hub shuts down.\n"
-                      "# TYPE chathub_draining gauge\nchathub_draining %d\n",
+    hub_buf_printf(b,
+                   "# HELP chathub_draining 1 while the hub shuts down.\n"
+                   "# TYPE chathub_draining gauge\nchathub_draining %d\n",
                    draining);
     counter(b, "chathub_accepted_total", "TCP connections accepted.", m->accepted);
     counter(b, "chathub_http_requests_total", "HTTP requests answered.", m->http_requests);
@@ -63,8 +67,8 @@ int hub_metrics_render(struct hub_buf *b, size_t rooms, int draining)
                        refusal_names[i], (unsigned long long)m->refused[i]);
     hub_buf_puts(b, "# HELP chathub_closes_total WebSocket close frames sent, by code.\n"
                     "# TYPE chathub_closes_total counter\n");
-#define X(c)                                                                             \
-    hub_buf_printf(b, "chathub_closes_total{code=\"%d\"} %llu\n", c,                     \
+#define X(c)                                                                                       \
+    hub_buf_printf(b, "chathub_closes_total{code=\"%d\"} %llu\n", c,                               \
                    (unsigned long long)m->close_##c);
     HUB_METRICS_CLOSE_CODES
 #undef X

@@ -51,8 +51,7 @@ static int host_matches(const char *pat, size_t plen, struct hub_iov hostport)
     struct hub_iov subject = has_port ? hostport : host_only(hostport);
     if (plen >= 2 && pat[0] == '*' && pat[1] == '.') {
         size_t slen = plen - 1; /* ".suffix" */
-        return subject.len > slen &&
-               eq_ci(subject.base + subject.len - slen, slen, pat + 1, slen);
+        return subject.len > slen && eq_ci(subject.base + subject.len - slen, slen, pat + 1, slen);
     }
     return eq_ci(subject.base, subject.len, pat, plen);
 }

@@ -13,14 +13,14 @@
 #include <string.h>
 
 struct hub_room {
-    struct hub_room *next;         /* bucket chain */
-    uint64_t hash;                 /* hash of name */
-    struct room_member **members;  /* owned array of borrowed members */
-    uint32_t nmembers;             /* members in the room */
-    uint32_t cap;                  /* capacity of members */
-    int broadcasting;              /* nonzero while hub_room_broadcast runs */
-    size_t name_len;               /* length of name */
-    char name[];                   /* NUL-terminated name */
+    struct hub_room *next;        /* bucket chain */
+    uint64_t hash;                /* hash of name */
+    struct room_member **members; /* owned array of borrowed members */
+    uint32_t nmembers;            /* members in the room */
+    uint32_t cap;                 /* capacity of members */
+    int broadcasting;             /* nonzero while hub_room_broadcast runs */
+    size_t name_len;              /* length of name */
+    char name[];                  /* NUL-terminated name */
 };
 
 struct hub_rooms {

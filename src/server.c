@@ -43,10 +43,10 @@
 #define HUB_VERSION "0.0.0"
 #endif
 
-#define DRAIN_BATCH 500       /* WebSockets told to go per drain step */
-#define DRAIN_STEP_MS 50      /* time between drain steps */
-#define RETRY_MIN_MS 1000     /* bye: earliest suggested reconnect */
-#define RETRY_SPREAD_MS 4000  /* bye: spread of the suggested reconnects */
+#define DRAIN_BATCH 500      /* WebSockets told to go per drain step */
+#define DRAIN_STEP_MS 50     /* time between drain steps */
+#define RETRY_MIN_MS 1000    /* bye: earliest suggested reconnect */
+#define RETRY_SPREAD_MS 4000 /* bye: spread of the suggested reconnects */
 
 /* Connections per peer address. */
 struct ip_count {
@@ -56,26 +56,26 @@ struct ip_count {
 };
 
 struct hub_server {
-    uv_loop_t *loop;                 /* borrowed */
-    uv_tcp_t listener;               /* the listening socket */
-    uv_signal_t sigint;              /* SIGINT handler */
-    uv_signal_t sigterm;             /* SIGTERM handler */
-    uv_timer_t drain_timer;          /* paces the drain, then bounds it */
-    uv_timer_t tick;                 /* once a second: chat's deferred work */
-    struct hub_io *io;               /* loop-wide connection state, owned */
-    struct hub_static *site;         /* files served, owned */
-    struct hub_history *history;     /* message store, owned */
-    struct hub_chat *chat;           /* chat state, owned */
-    struct hub_http_config http_cfg; /* per-connection HTTP limits */
-    struct hub_ws_config ws_cfg;     /* per-connection WebSocket limits */
+    uv_loop_t *loop;                  /* borrowed */
+    uv_tcp_t listener;                /* the listening socket */
+    uv_signal_t sigint;               /* SIGINT handler */
+    uv_signal_t sigterm;              /* SIGTERM handler */
+    uv_timer_t drain_timer;           /* paces the drain, then bounds it */
+    uv_timer_t tick;                  /* once a second: chat's deferred work */
+    struct hub_io *io;                /* loop-wide connection state, owned */
+    struct hub_static *site;          /* files served, owned */
+    struct hub_history *history;      /* message store, owned */
+    struct hub_chat *chat;            /* chat state, owned */
+    struct hub_http_config http_cfg;  /* per-connection HTTP limits */
+    struct hub_ws_config ws_cfg;      /* per-connection WebSocket limits */
     struct hub_origin_policy origins; /* --allow-origin patterns */
-    struct hub_server_config cfg;    /* copied configuration */
-    struct ip_count *ips[256];       /* connections per address */
-    int port;                        /* bound port */
-    size_t nclients;                 /* connections not yet closed */
-    int stopping;                    /* shutdown has begun */
-    uint64_t drain_deadline;         /* loop time when the drain gives up */
-    uint64_t rng;                    /* jitter for bye retry delays */
+    struct hub_server_config cfg;     /* copied configuration */
+    struct ip_count *ips[256];        /* connections per address */
+    int port;                         /* bound port */
+    size_t nclients;                  /* connections not yet closed */
+    int stopping;                     /* shutdown has begun */
+    uint64_t drain_deadline;          /* loop time when the drain gives up */
+    uint64_t rng;                     /* jitter for bye retry delays */
 };
 
 enum client_phase {
@@ -342,8 +342,7 @@ static int client_on_request(struct hub_http *h, const struct hub_http_request *
     if (hub_iov_eq_ci(req->path, "/metrics")) {
         struct hub_buf b = {0};
         hub_metrics_render(&b, hub_chat_room_count(s->chat), s->stopping);
-        hub_http_respond(h, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data,
-                         b.len);
+        hub_http_respond(h, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
         hub_buf_free(&b);
         return HUB_HTTP_DONE;
     }
@@ -417,8 +416,7 @@ static void server_on_connection(uv_stream_t *listener, int status)
     int rc = ip_acquire(cl);
     if (rc != 0) {
         if (rc == HUB_ELIMIT)
-            hub_log_info("%s: over --max-conns-per-ip %u", cl->conn.peer,
-                         s->cfg.max_conns_per_ip);
+            hub_log_info("%s: over --max-conns-per-ip %u", cl->conn.peer, s->cfg.max_conns_per_ip);
         client_turn_away(cl, HUB_REFUSE_PER_IP);
         return;
     }

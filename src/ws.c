@@ -33,24 +33,24 @@
 #include <wslay/wslay.h>
 
 struct hub_ws {
-    wslay_event_context_ptr ctx; /* owned wslay state */
-    struct hub_conn *conn;       /* borrowed */
+    wslay_event_context_ptr ctx;  /* owned wslay state */
+    struct hub_conn *conn;        /* borrowed */
     hub_ws_message_cb on_message; /* upcall for messages */
-    void *user;                  /* passed to on_message */
-    const char *in;              /* bytes being fed, borrowed during hub_ws_feed */
-    size_t in_len;               /* bytes left at in */
-    struct hub_ws_config cfg;    /* copied limits */
-    struct hub_buf stage;        /* control frames made by wslay, not yet queued */
-    uint32_t fragments;          /* frames of the message being received */
-    int close_sent;              /* our close frame is queued or sent */
-    int finished;                /* the connection is set to close */
-    uint16_t fail_code;          /* a protocol error wslay reports without a code */
-    uint16_t close_code_rx;      /* close code the peer sent (1006 until it does) */
-    int close_received;          /* the peer's close frame arrived */
-    uint8_t hdr[14];             /* shadow parser: partial frame header */
-    uint8_t hdr_len;             /* bytes in hdr */
-    int in_message;              /* shadow parser: a fragmented data message is open */
-    uint64_t payload_left;       /* shadow parser: payload bytes of the current frame */
+    void *user;                   /* passed to on_message */
+    const char *in;               /* bytes being fed, borrowed during hub_ws_feed */
+    size_t in_len;                /* bytes left at in */
+    struct hub_ws_config cfg;     /* copied limits */
+    struct hub_buf stage;         /* control frames made by wslay, not yet queued */
+    uint32_t fragments;           /* frames of the message being received */
+    int close_sent;               /* our close frame is queued or sent */
+    int finished;                 /* the connection is set to close */
+    uint16_t fail_code;           /* a protocol error wslay reports without a code */
+    uint16_t close_code_rx;       /* close code the peer sent (1006 until it does) */
+    int close_received;           /* the peer's close frame arrived */
+    uint8_t hdr[14];              /* shadow parser: partial frame header */
+    uint8_t hdr_len;              /* bytes in hdr */
+    int in_message;               /* shadow parser: a fragmented data message is open */
+    uint64_t payload_left;        /* shadow parser: payload bytes of the current frame */
 };
 
 /* How long a peer gets to answer our close frame before the TCP connection

@@ -41,18 +41,17 @@ int hub_buf_append(struct hub_buf *b, const void *data, size_t len);
 int hub_buf_puts(struct hub_buf *b, const char *s);
 
 /* Appends printf-formatted text. Returns 0, HUB_ENOMEM or HUB_EINVAL (bad format). */
-int hub_buf_printf(struct hub_buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+int hub_buf_printf(struct hub_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Drops the first n bytes (n <= len), moving the rest to the front. */
 void hub_buf_consume(struct hub_buf *b, size_t n);
 
 /* Immutable reference-counted bytes. Fields are read-only for users. */
 struct hub_shared {
-    uint32_t refs;     /* live references; the creator holds the first */
+    uint32_t refs;      /* live references; the creator holds the first */
     uint32_t is_static; /* 1: data points at memory this object does not own */
-    size_t len;        /* payload length */
-    char *data;        /* payload: the inline tail, or static memory */
+    size_t len;         /* payload length */
+    char *data;         /* payload: the inline tail, or static memory */
 };
 
 /* Allocates a chunk of len uninitialised bytes with one reference. The

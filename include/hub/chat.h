@@ -27,11 +27,11 @@ struct hub_chat_client;
 struct hub_history;
 struct hub_ws;
 
-#define HUB_CHAT_ROOM_MAX 64   /* bytes in a public room name */
-#define HUB_CHAT_NICK_MAX 32   /* characters in a nick */
+#define HUB_CHAT_ROOM_MAX 64    /* bytes in a public room name */
+#define HUB_CHAT_NICK_MAX 32    /* characters in a nick */
 #define HUB_CHAT_NICK_BYTES 100 /* bytes in a nick */
-#define HUB_CHAT_CMID_MAX 64   /* bytes in a client message id */
-#define HUB_CHAT_LIST_MAX 200  /* members listed, and presence pushed, up to this size */
+#define HUB_CHAT_CMID_MAX 64    /* bytes in a client message id */
+#define HUB_CHAT_LIST_MAX 200   /* members listed, and presence pushed, up to this size */
 
 enum hub_chat_mode {
     HUB_CHAT_RAW = 0,  /* no subprotocol: verbatim relay */
@@ -39,17 +39,17 @@ enum hub_chat_mode {
 };
 
 struct hub_chat_config {
-    const char *welcome;           /* raw greeting / JSON motd, or NULL (borrowed) */
-    const char *server_name;       /* e.g. "chathub 0.1.0" (borrowed) */
-    struct hub_history *history;   /* the message store, borrowed; required */
-    uint32_t max_rooms_per_client; /* rooms one connection may be in (64) */
-    size_t max_text;               /* characters in a message text (4000) */
-    size_t max_message;            /* WebSocket message limit, announced in hello */
-    unsigned history_default;      /* messages in a join reply (50) */
+    const char *welcome;             /* raw greeting / JSON motd, or NULL (borrowed) */
+    const char *server_name;         /* e.g. "chathub 0.1.0" (borrowed) */
+    struct hub_history *history;     /* the message store, borrowed; required */
+    uint32_t max_rooms_per_client;   /* rooms one connection may be in (64) */
+    size_t max_text;                 /* characters in a message text (4000) */
+    size_t max_message;              /* WebSocket message limit, announced in hello */
+    unsigned history_default;        /* messages in a join reply (50) */
     unsigned history_max_rooms_kept; /* announced "history" limit (1000) */
-    int64_t (*now_ms)(void);       /* wall clock in ms; NULL = the system clock */
-    uint32_t rate;                 /* messages per second per client (20; 0 = no limit) */
-    uint32_t burst;                /* messages a client may send at once (40) */
+    int64_t (*now_ms)(void);         /* wall clock in ms; NULL = the system clock */
+    uint32_t rate;                   /* messages per second per client (20; 0 = no limit) */
+    uint32_t burst;                  /* messages a client may send at once (40) */
 };
 
 void hub_chat_config_default(struct hub_chat_config *cfg);

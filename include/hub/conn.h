@@ -60,34 +60,34 @@ struct hub_conn_link {
 typedef void (*hub_conn_end_cb)(struct hub_conn *c, int err);
 
 enum hub_conn_flags {
-    HUB_CONN_CLOSING = 1u << 0,       /* hub_conn_close was called */
+    HUB_CONN_CLOSING = 1u << 0,           /* hub_conn_close was called */
     HUB_CONN_CLOSE_AFTER_FLUSH = 1u << 1, /* close once the queue drains */
-    HUB_CONN_IN_FLUSH_LIST = 1u << 2, /* linked in io->flush_head */
-    HUB_CONN_WRITING = 1u << 3,       /* a uv_write is in flight */
-    HUB_CONN_READ_STOPPED = 1u << 4,  /* reading paused */
-    HUB_CONN_SHUTDOWN = 1u << 5,      /* output done, TCP shutdown under way */
+    HUB_CONN_IN_FLUSH_LIST = 1u << 2,     /* linked in io->flush_head */
+    HUB_CONN_WRITING = 1u << 3,           /* a uv_write is in flight */
+    HUB_CONN_READ_STOPPED = 1u << 4,      /* reading paused */
+    HUB_CONN_SHUTDOWN = 1u << 5,          /* output done, TCP shutdown under way */
 };
 
 struct hub_conn {
-    uv_tcp_t tcp;              /* the socket; tcp.data points back at this conn */
-    uv_write_t wreq;           /* the one in-flight write request */
-    struct hub_outq out;       /* queued output, owned */
-    size_t inflight;           /* bytes of out handed to the in-flight uv_write */
-    struct hub_io *io;         /* the loop's shared state, or NULL when detached */
-    struct hub_conn *flush_next; /* link in io's flush list */
-    unsigned flags;            /* enum hub_conn_flags */
-    hub_conn_read_cb on_read;  /* set by the owner */
-    hub_conn_close_cb on_close; /* set by the owner; required */
-    hub_conn_end_cb on_end;    /* optional */
+    uv_tcp_t tcp;                   /* the socket; tcp.data points back at this conn */
+    uv_write_t wreq;                /* the one in-flight write request */
+    struct hub_outq out;            /* queued output, owned */
+    size_t inflight;                /* bytes of out handed to the in-flight uv_write */
+    struct hub_io *io;              /* the loop's shared state, or NULL when detached */
+    struct hub_conn *flush_next;    /* link in io's flush list */
+    unsigned flags;                 /* enum hub_conn_flags */
+    hub_conn_read_cb on_read;       /* set by the owner */
+    hub_conn_close_cb on_close;     /* set by the owner; required */
+    hub_conn_end_cb on_end;         /* optional */
     hub_conn_timeout_cb on_timeout; /* required once a timeout is set */
-    struct hub_conn_link wheel; /* link in io's timer wheel while due != 0 */
-    uint64_t due;              /* loop time (ms) of the deadline, 0 = none */
-    uint64_t last_rx;          /* loop time (ms) of the last bytes read */
-    uint64_t over_soft_since;  /* loop time the queue passed soft_limit, 0 = below */
-    size_t soft_limit;         /* queue bytes tolerated for soft_hold_ms (0 = off) */
-    uint32_t soft_hold_ms;     /* how long the queue may stay above soft_limit */
-    void *data;                /* owner's pointer, untouched by conn */
-    char peer[48];             /* peer address as text, for logs and per-IP limits */
+    struct hub_conn_link wheel;     /* link in io's timer wheel while due != 0 */
+    uint64_t due;                   /* loop time (ms) of the deadline, 0 = none */
+    uint64_t last_rx;               /* loop time (ms) of the last bytes read */
+    uint64_t over_soft_since;       /* loop time the queue passed soft_limit, 0 = below */
+    size_t soft_limit;              /* queue bytes tolerated for soft_hold_ms (0 = off) */
+    uint32_t soft_hold_ms;          /* how long the queue may stay above soft_limit */
+    void *data;                     /* owner's pointer, untouched by conn */
+    char peer[48];                  /* peer address as text, for logs and per-IP limits */
 };
 
 /* Creates the loop-wide state: the lent read buffer and the flush handle.

@@ -31,21 +31,21 @@ enum hub_http_method {
  * is valid only during the request callback. Absent headers have len 0. When
  * a header appears more than once, the values are joined with ", ". */
 struct hub_http_request {
-    int method;                 /* enum hub_http_method */
-    struct hub_iov method_name; /* e.g. "GET" */
-    struct hub_iov path;        /* raw path, without the query, e.g. "/ws/lobby" */
-    struct hub_iov query;       /* after '?', without it */
-    unsigned short http_major;  /* 1 */
-    unsigned short http_minor;  /* 0 or 1 */
-    int keep_alive;             /* 1 if the connection persists after the response */
-    int upgrade;                /* 1 if the request asks for a protocol upgrade */
-    struct hub_iov host;        /* Host */
-    struct hub_iov origin;      /* Origin */
-    struct hub_iov upgrade_hdr; /* Upgrade */
-    struct hub_iov connection;  /* Connection */
-    struct hub_iov ws_key;      /* Sec-WebSocket-Key */
-    struct hub_iov ws_version;  /* Sec-WebSocket-Version */
-    struct hub_iov ws_protocol; /* Sec-WebSocket-Protocol */
+    int method;                   /* enum hub_http_method */
+    struct hub_iov method_name;   /* e.g. "GET" */
+    struct hub_iov path;          /* raw path, without the query, e.g. "/ws/lobby" */
+    struct hub_iov query;         /* after '?', without it */
+    unsigned short http_major;    /* 1 */
+    unsigned short http_minor;    /* 0 or 1 */
+    int keep_alive;               /* 1 if the connection persists after the response */
+    int upgrade;                  /* 1 if the request asks for a protocol upgrade */
+    struct hub_iov host;          /* Host */
+    struct hub_iov origin;        /* Origin */
+    struct hub_iov upgrade_hdr;   /* Upgrade */
+    struct hub_iov connection;    /* Connection */
+    struct hub_iov ws_key;        /* Sec-WebSocket-Key */
+    struct hub_iov ws_version;    /* Sec-WebSocket-Version */
+    struct hub_iov ws_protocol;   /* Sec-WebSocket-Protocol */
     struct hub_iov if_none_match; /* If-None-Match */
 };
 
@@ -68,11 +68,11 @@ typedef int (*hub_http_request_cb)(struct hub_http *h, const struct hub_http_req
 
 /* Results of hub_http_feed. */
 enum hub_http_feed_result {
-    HUB_HTTP_MORE = 0,     /* all bytes consumed; feed more when they arrive */
-    HUB_HTTP_SWITCH = 1,   /* upgraded: the bytes after *consumed belong to WebSocket */
-    HUB_HTTP_CLOSE = 2,    /* the connection must end after the queued output
-                              (error response or "Connection: close"); it is already
-                              marked close-after-flush; stop feeding */
+    HUB_HTTP_MORE = 0,   /* all bytes consumed; feed more when they arrive */
+    HUB_HTTP_SWITCH = 1, /* upgraded: the bytes after *consumed belong to WebSocket */
+    HUB_HTTP_CLOSE = 2,  /* the connection must end after the queued output
+                            (error response or "Connection: close"); it is already
+                            marked close-after-flush; stop feeding */
 };
 
 /* Sets cfg to the defaults above (site left NULL). */

@@ -24,29 +24,28 @@ enum hub_refusal {
 };
 
 /* Close codes counted one by one; anything else lands in "other". */
-#define HUB_METRICS_CLOSE_CODES                                                          \
-    X(1000) X(1001) X(1002) X(1003) X(1007) X(1008) X(1009) X(1011) X(1012) X(4008)     \
-        X(4012) X(4013)
+#define HUB_METRICS_CLOSE_CODES                                                                    \
+    X(1000) X(1001) X(1002) X(1003) X(1007) X(1008) X(1009) X(1011) X(1012) X(4008) X(4012) X(4013)
 
 struct hub_metrics {
-    uint64_t conns_http;      /* connections still speaking HTTP (gauge) */
-    uint64_t conns_raw;       /* raw-mode WebSockets (gauge) */
-    uint64_t conns_json;      /* chathub.v1 WebSockets (gauge) */
-    uint64_t accepted;        /* TCP connections accepted */
-    uint64_t http_requests;   /* HTTP requests answered */
-    uint64_t messages_in;     /* WebSocket messages received */
-    uint64_t messages_out;    /* WebSocket messages queued to clients */
-    uint64_t bytes_in;        /* bytes read from sockets */
-    uint64_t bytes_out;       /* bytes written to sockets */
-    uint64_t published;       /* chat messages sequenced into rooms */
-    uint64_t slow_closes;     /* clients closed for not reading (4008) */
-    uint64_t rate_limited;    /* requests refused by the rate limit */
-    uint64_t heartbeat_closes; /* clients dropped for not answering pings */
+    uint64_t conns_http;                /* connections still speaking HTTP (gauge) */
+    uint64_t conns_raw;                 /* raw-mode WebSockets (gauge) */
+    uint64_t conns_json;                /* chathub.v1 WebSockets (gauge) */
+    uint64_t accepted;                  /* TCP connections accepted */
+    uint64_t http_requests;             /* HTTP requests answered */
+    uint64_t messages_in;               /* WebSocket messages received */
+    uint64_t messages_out;              /* WebSocket messages queued to clients */
+    uint64_t bytes_in;                  /* bytes read from sockets */
+    uint64_t bytes_out;                 /* bytes written to sockets */
+    uint64_t published;                 /* chat messages sequenced into rooms */
+    uint64_t slow_closes;               /* clients closed for not reading (4008) */
+    uint64_t rate_limited;              /* requests refused by the rate limit */
+    uint64_t heartbeat_closes;          /* clients dropped for not answering pings */
     uint64_t refused[HUB_REFUSE_COUNT]; /* refused handshakes by reason */
 #define X(code) uint64_t close_##code;
     HUB_METRICS_CLOSE_CODES
 #undef X
-    uint64_t close_other;     /* other close codes sent */
+    uint64_t close_other; /* other close codes sent */
 };
 
 extern struct hub_metrics hub_metrics;

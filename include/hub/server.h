@@ -22,27 +22,27 @@ struct hub_server_config {
     const char *public_dir; /* serve this directory instead of the embedded page, or NULL */
     const char *welcome;    /* greeting for raw clients / motd for JSON clients, or NULL */
     const char *const *allow_origins; /* extra allowed Origin patterns (borrowed) */
-    size_t nallow_origins;  /* number of patterns */
-    size_t max_message;     /* largest WebSocket message (65536) */
-    uint32_t max_fragments; /* frames per WebSocket message (128) */
-    size_t max_header_bytes; /* HTTP request head limit (8192) */
-    uint32_t max_headers;   /* HTTP header lines (100) */
-    size_t max_output;      /* hard output queue limit per client (1 MiB) */
-    size_t soft_output;     /* soft output queue limit per client (256 KiB) */
-    uint32_t soft_hold_ms;  /* how long the soft limit may be exceeded (10 s) */
-    uint32_t handshake_ms;  /* time to complete each HTTP request (10 s) */
-    uint32_t ping_interval_ms; /* WebSocket ping period (25 s) */
-    uint32_t pong_timeout_ms;  /* silence tolerated after a ping (10 s) */
-    uint32_t drain_ms;      /* how long shutdown waits for clients (10 s) */
-    uint32_t max_conns;     /* connections in total (100000; 0 = no limit) */
-    uint32_t max_conns_per_ip; /* connections per peer address (64; 0 = no limit) */
-    uint32_t max_rooms;     /* rooms per connection (64) */
-    uint32_t rate;          /* messages per second per connection (20; 0 = no limit) */
-    uint32_t burst;         /* messages per connection at once (40) */
-    const char *data_dir;   /* SQLite history directory ("./chathub-data") */
-    int persist;            /* 1: history in SQLite; 0: in memory only */
-    uint32_t history;       /* messages kept per room (1000) */
-    uint32_t history_ttl_s; /* age limit of history in seconds (0 = none) */
+    size_t nallow_origins;            /* number of patterns */
+    size_t max_message;               /* largest WebSocket message (65536) */
+    uint32_t max_fragments;           /* frames per WebSocket message (128) */
+    size_t max_header_bytes;          /* HTTP request head limit (8192) */
+    uint32_t max_headers;             /* HTTP header lines (100) */
+    size_t max_output;                /* hard output queue limit per client (1 MiB) */
+    size_t soft_output;               /* soft output queue limit per client (256 KiB) */
+    uint32_t soft_hold_ms;            /* how long the soft limit may be exceeded (10 s) */
+    uint32_t handshake_ms;            /* time to complete each HTTP request (10 s) */
+    uint32_t ping_interval_ms;        /* WebSocket ping period (25 s) */
+    uint32_t pong_timeout_ms;         /* silence tolerated after a ping (10 s) */
+    uint32_t drain_ms;                /* how long shutdown waits for clients (10 s) */
+    uint32_t max_conns;               /* connections in total (100000; 0 = no limit) */
+    uint32_t max_conns_per_ip;        /* connections per peer address (64; 0 = no limit) */
+    uint32_t max_rooms;               /* rooms per connection (64) */
+    uint32_t rate;                    /* messages per second per connection (20; 0 = no limit) */
+    uint32_t burst;                   /* messages per connection at once (40) */
+    const char *data_dir;             /* SQLite history directory ("./chathub-data") */
+    int persist;                      /* 1: history in SQLite; 0: in memory only */
+    uint32_t history;                 /* messages kept per room (1000) */
+    uint32_t history_ttl_s;           /* age limit of history in seconds (0 = none) */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);

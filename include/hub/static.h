@@ -24,11 +24,11 @@ struct hub_static;
 
 /* One file of a site. All fields are owned by the site and live as long as it. */
 struct hub_static_file {
-    const char *path;     /* relative path with '/' separators, e.g. "index.html" */
-    const char *data;     /* contents */
-    size_t len;           /* length of data */
-    const char *mime;     /* Content-Type value, e.g. "text/html; charset=utf-8" */
-    char etag[24];        /* strong ETag including its quotes, NUL-terminated */
+    const char *path; /* relative path with '/' separators, e.g. "index.html" */
+    const char *data; /* contents */
+    size_t len;       /* length of data */
+    const char *mime; /* Content-Type value, e.g. "text/html; charset=utf-8" */
+    char etag[24];    /* strong ETag including its quotes, NUL-terminated */
 };
 
 /* Builds a site from the files embedded at build time (public/). Returns 0 or

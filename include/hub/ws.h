@@ -44,8 +44,8 @@ enum hub_ws_close_code {
 };
 
 struct hub_ws_config {
-    size_t max_message;      /* largest message accepted; larger ones close 1009 (65536) */
-    uint32_t max_fragments;  /* frames per message; more close 1008 (128) */
+    size_t max_message;     /* largest message accepted; larger ones close 1009 (65536) */
+    uint32_t max_fragments; /* frames per message; more close 1008 (128) */
 };
 
 /* A complete text or binary message arrived. data is borrowed for the call.

@@ -109,11 +109,11 @@ static void test_paths(void)
         const char *path;
         const char *room; /* NULL: rejected */
     } rows[] = {
-        {"/", "lobby"},          {"/ws", "lobby"},         {"/ws/", "lobby"},
-        {"/ws/room1", "room1"},  {"/chat", "chat"},        {"/ws/a.b:c-d_e", "a.b:c-d_e"},
-        {"/wsx", "wsx"},         {"/ws/a/b", NULL},        {"/ws/bad%20name", NULL},
-        {"/ws/bad name", NULL},  {"", NULL},               {"ws", NULL},
-        {"/ws/\xc3\xa9", NULL},  {"/a/b", NULL},           {"/ws//", NULL},
+        {"/", "lobby"},         {"/ws", "lobby"},  {"/ws/", "lobby"},
+        {"/ws/room1", "room1"}, {"/chat", "chat"}, {"/ws/a.b:c-d_e", "a.b:c-d_e"},
+        {"/wsx", "wsx"},        {"/ws/a/b", NULL}, {"/ws/bad%20name", NULL},
+        {"/ws/bad name", NULL}, {"", NULL},        {"ws", NULL},
+        {"/ws/\xc3\xa9", NULL}, {"/a/b", NULL},    {"/ws//", NULL},
     };
     for (size_t i = 0; i < HUB_ARRAY_SIZE(rows); i++) {
         struct hub_iov path = {rows[i].path, strlen(rows[i].path)};
@@ -123,7 +123,8 @@ static void test_paths(void)
             CHECK_EQ(rc, HUB_EINVAL);
         } else {
             CHECK_EQ(rc, 0);
-            CHECK(room.len == strlen(rows[i].room) && memcmp(room.base, rows[i].room, room.len) == 0);
+            CHECK(room.len == strlen(rows[i].room) &&
+                  memcmp(room.base, rows[i].room, room.len) == 0);
         }
     }
     char name[66];
@@ -214,10 +215,10 @@ static int read_has(struct peer *p, const char *const *frags, size_t n)
     return ok;
 }
 
-#define HAS(p, ...)                                                                      \
-    do {                                                                                 \
-        const char *const frags_[] = {__VA_ARGS__};                                      \
-        CHECK(read_has(p, frags_, HUB_ARRAY_SIZE(frags_)));                              \
+#define HAS(p, ...)                                                                                \
+    do {                                                                                           \
+        const char *const frags_[] = {__VA_ARGS__};                                                \
+        CHECK(read_has(p, frags_, HUB_ARRAY_SIZE(frags_)));                                        \
     } while (0)
 
 static void test_json(void)
@@ -261,12 +262,15 @@ static void test_json(void)
     HAS(&b, "\"code\":\"bad_room\"");
 
     /* Send: ack with offset, push to the others, bare text to raw members. */
-    peer_json(&a, "{\"op\":\"send\",\"id\":6,\"room\":\"lobby\",\"text\":\"hi \\\"all\\\"\",\"cmid\":\"m1\"}");
+    peer_json(&a, "{\"op\":\"send\",\"id\":6,\"room\":\"lobby\",\"text\":\"hi "
+                  "\\\"all\\\"\",\"cmid\":\"m1\"}");
     HAS(&a, "{\"id\":6,\"ok\":true,\"room\":\"lobby\",\"offset\":1,\"ts\":");
-    HAS(&b, "{\"t\":\"msg\",\"room\":\"lobby\",\"offset\":1,", "\"from\":\"Alice\",\"text\":\"hi \\\"all\\\"\",\"cmid\":\"m1\"}");
+    HAS(&b, "{\"t\":\"msg\",\"room\":\"lobby\",\"offset\":1,",
+        "\"from\":\"Alice\",\"text\":\"hi \\\"all\\\"\",\"cmid\":\"m1\"}");
     CHECK(read_is(&r, "1:hi \"all\"|"));
     /* The same cmid again is acknowledged with the original offset only. */
-    peer_json(&a, "{\"op\":\"send\",\"id\":7,\"room\":\"lobby\",\"text\":\"hi \\\"all\\\"\",\"cmid\":\"m1\"}");
+    peer_json(&a, "{\"op\":\"send\",\"id\":7,\"room\":\"lobby\",\"text\":\"hi "
+                  "\\\"all\\\"\",\"cmid\":\"m1\"}");
     HAS(&a, "{\"id\":7,\"ok\":true,\"room\":\"lobby\",\"offset\":1,", "\"duplicate\":true}");
     CHECK(read_is(&b, ""));
     CHECK(read_is(&r, ""));
@@ -312,7 +316,8 @@ static void test_json(void)
     /* A direct message opens a private room of the two. */
     peer_json(&b, "{\"op\":\"dm\",\"id\":5,\"to\":\"CAROL\",\"text\":\"psst\"}");
     HAS(&b, "\"id\":5,\"ok\":true,\"room\":\"@bob,carol\",\"offset\":1");
-    HAS(&a, "{\"t\":\"dm\",\"room\":\"@bob,carol\",\"from\":\"bob\"}", "\"t\":\"msg\",\"room\":\"@bob,carol\"", "\"text\":\"psst\"");
+    HAS(&a, "{\"t\":\"dm\",\"room\":\"@bob,carol\",\"from\":\"bob\"}",
+        "\"t\":\"msg\",\"room\":\"@bob,carol\"", "\"text\":\"psst\"");
     CHECK(read_is(&r, ""));
     peer_json(&b, "{\"op\":\"dm\",\"id\":6,\"to\":\"nobody\",\"text\":\"x\"}");
     HAS(&b, "\"code\":\"no_such_nick\"");
@@ -329,7 +334,8 @@ static void test_json(void)
     /* Binary in JSON mode closes with 1003. */
     peer_say(&a, 2, "\x00", 1);
     CHECK(hub_ws_close_sent(a.ws));
-    CHECK(read_is(&a, "8:\x03\xeb" "binary frames are not part of chathub.v1|"));
+    CHECK(read_is(&a, "8:\x03\xeb"
+                      "binary frames are not part of chathub.v1|"));
     peer_close(&a);
     peer_close(&b);
     CHECK_EQ(hub_chat_room_count(chat), 0);

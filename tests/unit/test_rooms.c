@@ -8,8 +8,8 @@
 #include <stdio.h>
 
 struct fake {
-    struct room_member member; /* embedded, as the chat layer does */
-    int got;                   /* deliveries received */
+    struct room_member member;   /* embedded, as the chat layer does */
+    int got;                     /* deliveries received */
     struct hub_room_event *last; /* last event seen */
 };
 

@@ -48,9 +48,13 @@ int main(void)
     hex(d, 20, out);
     CHECK_STR(out, "34aa973cd4c4daa4f61eeb2bdbad27316534016f");
 
-    static const char *const vec[][2] = {{"", ""},         {"f", "Zg=="},     {"fo", "Zm8="},
-                                        {"foo", "Zm9v"}, {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="},
-                                        {"foobar", "Zm9vYmFy"}};
+    static const char *const vec[][2] = {{"", ""},
+                                         {"f", "Zg=="},
+                                         {"fo", "Zm8="},
+                                         {"foo", "Zm9v"},
+                                         {"foob", "Zm9vYg=="},
+                                         {"fooba", "Zm9vYmE="},
+                                         {"foobar", "Zm9vYmFy"}};
     for (size_t i = 0; i < HUB_ARRAY_SIZE(vec); i++) {
         char enc[16];
         hub_base64_encode((const uint8_t *)vec[i][0], strlen(vec[i][0]), enc);

@@ -91,7 +91,8 @@ static void check_splits(const struct hub_buf *script, int echo, struct run *who
 
 static int log_is(const struct run *r, const char *expect)
 {
-    return r->log.len == strlen(expect) && (r->log.len == 0 || memcmp(r->log.data, expect, r->log.len) == 0);
+    return r->log.len == strlen(expect) &&
+           (r->log.len == 0 || memcmp(r->log.data, expect, r->log.len) == 0);
 }
 
 /* Returns the close code of the last frame queued to the peer, or -1. */
@@ -110,9 +111,9 @@ static void test_messages_and_echo(void)
 {
     struct hub_buf s = {0};
     client_frame(&s, 1, 1, "hello", 5, 1);
-    client_frame(&s, 0, 1, "frag", 4, 1);      /* fragmented text ... */
-    client_frame(&s, 1, 9, "pp", 2, 1);        /* ... with a ping in between ... */
-    client_frame(&s, 1, 0, "mented", 6, 1);    /* ... completed */
+    client_frame(&s, 0, 1, "frag", 4, 1);   /* fragmented text ... */
+    client_frame(&s, 1, 9, "pp", 2, 1);     /* ... with a ping in between ... */
+    client_frame(&s, 1, 0, "mented", 6, 1); /* ... completed */
     char bin[300];
     for (size_t i = 0; i < sizeof(bin); i++)
         bin[i] = (char)i;
@@ -285,7 +286,8 @@ static void test_frames_and_close(void)
     drain_conn(&c, &out);
     off = 0;
     CHECK(next_server_frame(&out, &off, &sf) && sf.opcode == 8 && sf.len == 13 &&
-          sf.payload[0] == 0x0f && sf.payload[1] == 0xa8 && memcmp(sf.payload + 2, "slow client", 11) == 0);
+          sf.payload[0] == 0x0f && sf.payload[1] == 0xa8 &&
+          memcmp(sf.payload + 2, "slow client", 11) == 0);
     CHECK(!next_server_frame(&out, &off, &sf));
     hub_buf_free(&out);
     hub_ws_free(ws);
