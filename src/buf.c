@@ -174,6 +174,7 @@ int hub_outq_push(struct hub_outq *q, struct hub_shared *chunk)
     struct hub_outq_item *it = &q->items[(q->head + q->count) & (q->cap - 1)];
     it->chunk = hub_shared_ref(chunk);
     it->off = 0;
+    it->urgent = 0;
     q->count++;
     q->bytes += chunk->len;
     return 0;

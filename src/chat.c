@@ -63,6 +63,7 @@ struct hub_chat {
     uint64_t guest_seq;             /* guest nicks handed out */
     struct count_entry *counts;     /* big rooms, owned */
     size_t ncounts;                 /* entries in counts */
+    int64_t storage_warned;         /* when a failed store was last logged */
 };
 
 struct typing_mark {
@@ -237,6 +238,8 @@ static void begin_reply(struct hub_buf *b, struct req_id id)
 static void send_error(struct hub_chat_client *cl, struct req_id id, const char *code,
                        const char *message)
 {
+    if (cl->mode != HUB_CHAT_JSON)
+        return; /* raw mode has no error messages: the line is dropped */
     struct hub_buf b = {0};
     hub_buf_puts(&b, "{");
     if (id.has) {
@@ -670,13 +673,19 @@ struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws
     return cl;
 }
 
+/* A reference for work in flight; while the connection lives it also holds
+ * back any close frame until the work's reply or relay has gone out. */
 static void client_ref(struct hub_chat_client *cl)
 {
     cl->refs++;
+    if (!cl->dead)
+        hub_ws_hold(cl->ws);
 }
 
 static void client_unref(struct hub_chat_client *cl)
 {
+    if (!cl->dead && cl->refs > 1)
+        hub_ws_release(cl->ws);
     if (--cl->refs > 0)
         return;
     free(cl->typing);
@@ -751,6 +760,12 @@ static void pm_appended(void *data, int err, uint64_t offset, int64_t ts, int du
     struct pending_msg *pm = data;
     struct hub_chat_client *cl = pm->cl;
     if (err != 0) {
+        int64_t now = chat_now(cl->chat);
+        if (now - cl->chat->storage_warned >= 10000) {
+            /* Once per 10 s: a full disk fails every send. */
+            cl->chat->storage_warned = now;
+            hub_log_warn("cannot store messages: %s", hub_strerror(err));
+        }
         send_error(cl, pm->id, err == HUB_EIO ? "storage" : "internal",
                    "the message could not be stored; try again");
     } else {

@@ -307,7 +307,11 @@ int hub_conn_write_urgent(struct hub_conn *c, const void *data, size_t len)
 {
     if (hub_conn_closing(c))
         return HUB_ECLOSED;
+    /* Behind the control frames already waiting there, so that pongs keep
+     * the order of their pings. */
     uint32_t at = first_unstarted(c);
+    while (at < c->out.count && c->out.items[(c->out.head + at) & (c->out.cap - 1)].urgent)
+        at++;
     size_t limit = c->out.limit;
     c->out.limit = 0;
     int rc = hub_outq_push_copy(&c->out, data, len);
@@ -320,6 +324,7 @@ int hub_conn_write_urgent(struct hub_conn *c, const void *data, size_t len)
     struct hub_outq_item tmp = q->items[(q->head + q->count - 1) & mask];
     for (uint32_t i = q->count - 1; i > at; i--)
         q->items[(q->head + i) & mask] = q->items[(q->head + i - 1) & mask];
+    tmp.urgent = 1;
     q->items[(q->head + at) & mask] = tmp;
     conn_schedule(c);
     return 0;

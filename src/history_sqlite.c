@@ -691,9 +691,6 @@ static int run_group(struct sqlite_store *h, struct req *batch)
         if (rc != 0)
             return rc;
     }
-    rc = maybe_sweep(h);
-    if (rc != 0)
-        return rc;
     return step_done(h->st[ST_COMMIT]);
 }
 
@@ -724,6 +721,13 @@ static void run_single(struct sqlite_store *h, struct req *batch)
 
 static void run_batch(struct sqlite_store *h, struct req *batch)
 {
+    /* Expired messages go first, in a transaction of their own: on a full
+     * disk the space they free is what lets the appends through, and a
+     * failing append must not roll the sweep back. */
+    if (h->cfg.ttl_ms > 0 && txn_begin(h) == 0) {
+        if (maybe_sweep(h) != 0 || step_done(h->st[ST_COMMIT]) != 0)
+            txn_rollback(h);
+    }
     if (run_group(h, batch) == 0)
         return;
     txn_rollback(h);

@@ -374,7 +374,7 @@ static void client_turn_away(struct client *cl, int reason)
     static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
                                "Server: chathub\r\n"
                                "Content-Type: text/plain; charset=utf-8\r\n"
-                               "Content-Length: 26\r\n"
+                               "Content-Length: 25\r\n"
                                "Retry-After: 5\r\n"
                                "Connection: close\r\n\r\n"
                                "503 too many connections\n";

@@ -21,6 +21,12 @@
  * frame headers tracks (it never touches payload bytes). The frames the hub
  * starts itself (ping, close) are written here without wslay, so an idle
  * connection needs no context at all.
+ *
+ * Closing: nothing may follow a close frame, so a close waits for the work
+ * the layer above still has in flight for this connection (hub_ws_hold):
+ * a message read just before a close is still relayed and acknowledged, and
+ * then the close goes out. Input that arrives once a close is decided is
+ * ignored, except for the peer's answering close.
  */
 #include "hub/ws.h"
 #include "hub/conn.h"
@@ -42,8 +48,13 @@ struct hub_ws {
     struct hub_ws_config cfg;     /* copied limits */
     struct hub_buf stage;         /* control frames made by wslay, not yet queued */
     uint32_t fragments;           /* frames of the message being received */
-    int close_sent;               /* our close frame is queued or sent */
+    int closing;                  /* a close was requested: input is ignored */
+    int close_sent;               /* our close frame is in the connection's queue */
+    int fatal;                    /* end the TCP connection once the close is out */
     int finished;                 /* the connection is set to close */
+    uint32_t holds;               /* work in flight that the close must wait for */
+    uint8_t *pending_close;       /* the close frame waiting for the holds, owned */
+    uint8_t pending_len;          /* its length */
     uint16_t fail_code;           /* a protocol error wslay reports without a code */
     uint16_t close_code_rx;       /* close code the peer sent (1006 until it does) */
     int close_received;           /* the peer's close frame arrived */
@@ -90,34 +101,28 @@ static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size
 }
 
 /* Queues the control frames wslay produced (see the file comment). */
+static void ws_emit_close(struct hub_ws *ws, const uint8_t *frame, size_t len, int fatal);
+
+/* Queues the control frames wslay produced (see the file comment). */
 static void ws_flush_stage(struct hub_ws *ws)
 {
-    if (ws->close_sent) {
-        /* Our own close is out: wslay's reply to the peer's close, and
-         * anything else it made, must not follow it. */
-        hub_buf_free(&ws->stage);
-        return;
-    }
     const uint8_t *p = (const uint8_t *)ws->stage.data;
     size_t len = ws->stage.len, i = 0;
-    int has_close = 0;
     /* Server control frames are unmasked with 7-bit lengths. */
-    while (i + 2 <= len) {
+    while (i + 2 <= len && !ws->close_sent) {
         size_t flen = 2 + (p[i + 1] & 127);
-        if ((p[i] & 15) == WSLAY_CONNECTION_CLOSE) {
-            has_close = 1;
-            hub_metrics_close(flen >= 4 && i + 4 <= len ? (uint16_t)(p[i + 2] << 8 | p[i + 3])
-                                                        : 1005);
+        if (i + flen > len)
+            break;
+        if ((p[i] & 15) != WSLAY_CONNECTION_CLOSE) {
+            hub_conn_write_urgent(ws->conn, p + i, flen);
+        } else if (!ws->closing) {
+            /* wslay answers the peer's close, or gives up on a protocol
+             * error (reading disabled): then the connection ends with it. */
+            ws_emit_close(ws, p + i, flen,
+                          ws->ctx != NULL && !wslay_event_get_read_enabled(ws->ctx) &&
+                              !wslay_event_get_close_received(ws->ctx));
         }
         i += flen;
-    }
-    if (len > 0) {
-        if (has_close) {
-            hub_conn_write_force(ws->conn, p, len);
-            ws->close_sent = 1;
-        } else {
-            hub_conn_write_urgent(ws->conn, p, len);
-        }
     }
     hub_buf_free(&ws->stage);
 }
@@ -168,7 +173,7 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
     }
     if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
         return; /* pong and close are handled by wslay itself */
-    if (ws->close_sent || ws->fail_code != 0)
+    if (ws->closing || ws->fail_code != 0)
         return; /* we are closing: what the peer says now has no audience */
     hub_metrics.messages_in++;
     ws->on_message(ws, arg->opcode == WSLAY_TEXT_FRAME ? HUB_WS_TEXT : HUB_WS_BINARY,
@@ -254,42 +259,87 @@ void hub_ws_free(struct hub_ws *ws)
     if (ws->ctx != NULL)
         ws_ctx_drop(ws);
     hub_buf_free(&ws->stage);
+    free(ws->pending_close);
     free(ws);
 }
 
-/* Writes a control frame the hub starts itself (unmasked, FIN set). */
-static void ws_write_control(struct hub_ws *ws, int opcode, const void *payload, size_t len)
+/* Writes a ping, ahead of any backlog that has not started going out. */
+static void ws_write_ping(struct hub_ws *ws)
 {
-    uint8_t frame[2 + 125];
-    frame[0] = 0x80 | (uint8_t)opcode;
-    frame[1] = (uint8_t)len;
-    if (len > 0)
-        memcpy(frame + 2, payload, len);
-    if (opcode == WSLAY_CONNECTION_CLOSE)
-        hub_conn_write_force(ws->conn, frame, 2 + len); /* behind everything queued */
-    else
-        hub_conn_write_urgent(ws->conn, frame, 2 + len); /* ahead of the backlog */
+    static const uint8_t ping[2] = {0x80 | WSLAY_PING, 0};
+    hub_conn_write_urgent(ws->conn, ping, sizeof(ping));
 }
 
-/* Ends the WebSocket with our own close frame carrying code, bypassing
- * wslay's queue (which may hold a close without a code at this point). */
+/* The close is in the queue: end the connection once it is written if the
+ * close was fatal or answers the peer's, else give the peer a while to
+ * answer before the connection is cut. */
+static void ws_settle(struct hub_ws *ws)
+{
+    if (ws->finished)
+        return;
+    if (ws->fatal || ws->close_received) {
+        ws->finished = 1;
+        hub_conn_close_after_flush(ws->conn);
+    } else {
+        hub_conn_set_timeout(ws->conn, CLOSE_TIMEOUT_MS);
+    }
+}
+
+static void ws_put_close(struct hub_ws *ws, const uint8_t *frame, size_t len)
+{
+    hub_conn_write_force(ws->conn, frame, len);
+    hub_metrics_close(len >= 4 ? (uint16_t)(frame[2] << 8 | frame[3]) : 1005);
+    ws->close_sent = 1;
+    ws_settle(ws);
+}
+
+/* Sends a close frame (at most 127 bytes), now or, while work is in flight
+ * for this connection, once it is done. Only the first close counts. */
+static void ws_emit_close(struct hub_ws *ws, const uint8_t *frame, size_t len, int fatal)
+{
+    if (ws->closing)
+        return;
+    ws->closing = 1;
+    ws->fatal = fatal;
+    if (ws->holds > 0) {
+        ws->pending_close = malloc(len);
+        if (ws->pending_close != NULL) {
+            memcpy(ws->pending_close, frame, len);
+            ws->pending_len = (uint8_t)len;
+            return;
+        }
+    }
+    ws_put_close(ws, frame, len);
+}
+
+void hub_ws_hold(struct hub_ws *ws)
+{
+    ws->holds++;
+}
+
+void hub_ws_release(struct hub_ws *ws)
+{
+    if (--ws->holds > 0 || ws->pending_close == NULL)
+        return;
+    uint8_t *frame = ws->pending_close;
+    ws->pending_close = NULL;
+    ws_put_close(ws, frame, ws->pending_len);
+    free(frame);
+}
+
+/* Ends the WebSocket with our own close frame carrying code: wslay's queue
+ * may hold a close without a code at this point. */
 static void ws_fail(struct hub_ws *ws, uint16_t code)
 {
-    uint8_t body[2] = {(uint8_t)(code >> 8), (uint8_t)code};
-    if (!ws->close_sent) {
-        ws_write_control(ws, WSLAY_CONNECTION_CLOSE, body, sizeof(body));
-        hub_metrics_close(code);
-    }
-    ws->close_sent = 1;
-    ws->finished = 1;
+    uint8_t frame[4] = {0x88, 2, (uint8_t)(code >> 8), (uint8_t)code};
+    ws_emit_close(ws, frame, sizeof(frame), 1);
     if (ws->ctx != NULL)
         ws_ctx_drop(ws);
-    hub_conn_close_after_flush(ws->conn);
 }
 
 /* After wslay has read: writes the control frames it queued, notes a close
- * from the peer, and ends the connection once the close handshake is over
- * (or cannot happen). Otherwise drops the context if nothing is in flight. */
+ * from the peer, and drops the context once the WebSocket is over or the
+ * input stopped between messages. */
 static void ws_after_recv(struct hub_ws *ws)
 {
     if (wslay_event_want_write(ws->ctx) && ws_send_control(ws) != 0) {
@@ -301,21 +351,17 @@ static void ws_after_recv(struct hub_ws *ws)
     if (wslay_event_get_close_received(ws->ctx) && !ws->close_received) {
         ws->close_received = 1;
         ws->close_code_rx = wslay_event_get_status_code_received(ws->ctx);
+        if (ws->close_sent)
+            ws_settle(ws); /* the peer answered our close */
     }
-    int over = (ws->close_sent && ws->close_received) ||
-               (!wslay_event_want_read(ws->ctx) && !wslay_event_want_write(ws->ctx));
-    if (over) {
-        ws->finished = 1;
-        ws_ctx_drop(ws);
-        hub_conn_close_after_flush(ws->conn);
-    } else if (ws->hdr_len == 0 && ws->payload_left == 0 && !ws->in_message) {
-        ws_ctx_drop(ws); /* between messages: nothing in wslay worth its memory */
-    }
+    if (ws->finished || ws->closing ||
+        (ws->hdr_len == 0 && ws->payload_left == 0 && !ws->in_message))
+        ws_ctx_drop(ws); /* over, or between messages: nothing worth its memory */
 }
 
 int hub_ws_feed(struct hub_ws *ws, const char *data, size_t len)
 {
-    if (ws->finished)
+    if (ws->finished || ws->close_received || (ws->closing && ws->fatal))
         return HUB_ECLOSED;
     if (ws_ctx_open(ws) != 0) {
         ws->finished = 1;
@@ -347,7 +393,7 @@ int hub_ws_feed(struct hub_ws *ws, const char *data, size_t len)
         return HUB_ECLOSED;
     }
     ws_after_recv(ws);
-    return ws->finished ? HUB_ECLOSED : 0;
+    return ws->finished || ws->close_received || (ws->closing && ws->fatal) ? HUB_ECLOSED : 0;
 }
 
 struct hub_shared *hub_ws_frame_alloc(int opcode, size_t len, char **payload)
@@ -415,40 +461,32 @@ int hub_ws_send(struct hub_ws *ws, int opcode, const void *data, size_t len)
 
 int hub_ws_close(struct hub_ws *ws, uint16_t code, const char *reason)
 {
-    if (ws->close_sent || ws->finished)
+    if (ws->closing || ws->finished)
         return HUB_ECLOSED;
-    uint8_t body[125];
+    uint8_t frame[2 + 125];
     size_t rlen = reason ? strlen(reason) : 0;
     if (rlen > 123)
         rlen = 123;
-    body[0] = (uint8_t)(code >> 8);
-    body[1] = (uint8_t)code;
+    frame[0] = 0x80 | WSLAY_CONNECTION_CLOSE;
+    frame[1] = (uint8_t)(2 + rlen);
+    frame[2] = (uint8_t)(code >> 8);
+    frame[3] = (uint8_t)code;
     if (rlen > 0)
-        memcpy(body + 2, reason, rlen);
-    ws_write_control(ws, WSLAY_CONNECTION_CLOSE, body, 2 + rlen);
-    hub_metrics_close(code);
-    ws->close_sent = 1;
-    if (ws->close_received) {
-        /* This answers the peer's close: the handshake is complete. */
-        ws->finished = 1;
-        hub_conn_close_after_flush(ws->conn);
-    } else {
-        /* The peer gets a while to answer before the connection is cut. */
-        hub_conn_set_timeout(ws->conn, CLOSE_TIMEOUT_MS);
-    }
+        memcpy(frame + 4, reason, rlen);
+    ws_emit_close(ws, frame, 4 + rlen, 0);
     return 0;
 }
 
 int hub_ws_close_sent(const struct hub_ws *ws)
 {
-    return ws->close_sent;
+    return ws->closing;
 }
 
 int hub_ws_ping(struct hub_ws *ws)
 {
-    if (ws->close_sent || ws->finished)
+    if (ws->closing || ws->finished)
         return HUB_ECLOSED;
-    ws_write_control(ws, WSLAY_PING, NULL, 0);
+    ws_write_ping(ws);
     return 0;
 }
 

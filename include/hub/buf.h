@@ -79,6 +79,7 @@ void hub_shared_unref(struct hub_shared *s);
 struct hub_outq_item {
     struct hub_shared *chunk; /* referenced bytes */
     size_t off;               /* first byte still to send */
+    int urgent;               /* queued ahead of the backlog (a control frame) */
 };
 
 /* A FIFO of chunks waiting to be written to one socket. */

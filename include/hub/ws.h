@@ -90,15 +90,23 @@ int hub_ws_send_frame(struct hub_ws *ws, struct hub_shared *frame);
 int hub_ws_send(struct hub_ws *ws, int opcode, const void *data, size_t len);
 
 /* Starts the close handshake with code and reason (NUL-terminated, at most
- * 123 bytes, borrowed). Nothing more is sent afterwards and incoming
- * messages are ignored; the connection closes once the peer answers. The
- * connection's timeout is set to 5 s meanwhile: when it fires the owner
- * should cut the connection (hub_ws_close_sent tells it apart).
+ * 123 bytes, borrowed), once held work is done (hub_ws_hold). Incoming
+ * messages are ignored from now on and nothing is sent after the close;
+ * the connection closes once the peer answers. The connection's timeout is
+ * set to 5 s when the close goes out: when it fires the owner should cut
+ * the connection (hub_ws_close_sent tells it apart).
  * Returns 0, or HUB_ECLOSED if a close was already sent. */
 int hub_ws_close(struct hub_ws *ws, uint16_t code, const char *reason);
 
-/* Returns 1 once this side has sent (or queued) its close frame. */
+/* Returns 1 once this side has decided to close (its close frame is queued,
+ * or waiting for held work). */
 int hub_ws_close_sent(const struct hub_ws *ws);
+
+/* Holds back any close frame until the matching hub_ws_release: the layer
+ * above has work in flight (a message being stored) whose result must reach
+ * the peer before the close does. Holds nest. */
+void hub_ws_hold(struct hub_ws *ws);
+void hub_ws_release(struct hub_ws *ws);
 
 /* Queues a ping with an empty payload. Returns 0 or HUB_ECLOSED. */
 int hub_ws_ping(struct hub_ws *ws);
