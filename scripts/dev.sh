@@ -165,6 +165,39 @@ run_suite() {
   TOTAL_SKIPPED=$((TOTAL_SKIPPED + s))
 }
 
+# run_fuzz SECONDS: builds the libFuzzer targets with clang (ASan+UBSan) and
+# runs each on a scratch copy of its seed corpus for SECONDS. A target that
+# builds and runs without a crash counts as one passed test.
+run_fuzz() {
+  local secs=$1 dir=build-fuzz
+  say "suite fuzz ($dir, ${secs}s per target)"
+  if ! CC=clang build "$dir" -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false \
+      -Dintegration=disabled; then
+    printf 'dev.sh: suite fuzz: build failed\n' >&2
+    BUILD_FAILED=1
+    TOTAL_FAILED=$((TOTAL_FAILED + 1))
+    return 0
+  fi
+  local t corpus scratch out
+  for t in http ws; do
+    corpus=tests/fuzz/corpus/$t
+    scratch=$(mktemp -d)
+    cp -r "$corpus"/. "$scratch"/
+    out="$dir/fuzz_$t.log"
+    if "./$dir/tests/fuzz/fuzz_$t" -max_total_time="$secs" -print_final_stats=1 \
+        "$scratch" >"$out" 2>&1; then
+      printf 'fuzz_%s: %s executions, no crash\n' "$t" \
+        "$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$out" | grep -o '[0-9]*$')"
+      TOTAL_PASSED=$((TOTAL_PASSED + 1))
+    else
+      printf 'dev.sh: fuzz_%s found a problem:\n' "$t" >&2
+      tail -40 "$out" >&2
+      TOTAL_FAILED=$((TOTAL_FAILED + 1))
+    fi
+    rm -rf "$scratch"
+  done
+}
+
 cmd_run() {
   install_packages
   build build || die "build failed"
@@ -190,9 +223,15 @@ cmd_test() {
   trap summary_on_exit EXIT
   install_packages
   install_node_modules
-  # More suites are added here; their counts are summed into the last line,
-  # e.g. run_suite asan build-asan -Db_sanitize=address,undefined -Db_lundef=false
+  # Every suite's counts are summed into the last line.
   run_suite default build -Dintegration=enabled
+  # The whole suite again under AddressSanitizer and UBSan; UBSan findings
+  # abort, and LeakSanitizer makes a leaking server exit non-zero, which the
+  # integration tests' clean-shutdown checks catch.
+  export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+  run_suite asan build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+    -Dbuildtype=debug -Dintegration=enabled
+  run_fuzz "${FUZZ_SECONDS:-60}"
 
   echo "skipped: $TOTAL_SKIPPED"
   if [ "$BUILD_FAILED" -ne 0 ]; then
