@@ -80,8 +80,8 @@ struct hub_chat_client {
     struct hub_chat_client *nick_next;  /* nick table chain */
     uint64_t nick_hash;                 /* hash of the folded nick */
     size_t nick_len;                    /* bytes in nick */
-    char nick[HUB_CHAT_NICK_BYTES + 1]; /* current nick */
-    char id[24];                        /* "c-<n>" */
+    char *nick;                         /* current nick, NUL-terminated, owned */
+    uint64_t id;                        /* the client id is "c-<id>" */
     struct typing_mark *typing;         /* owned, one per room typed in */
     uint32_t ntyping;                   /* entries in typing */
     double tokens;                      /* rate limit: messages it may send now */
@@ -351,11 +351,25 @@ static const char *nick_problem(const char *s, size_t len)
     return NULL;
 }
 
-static void set_nick(struct hub_chat_client *cl, const char *s, size_t len)
+/* Replaces the nick (copied). Returns 0, or HUB_ENOMEM with the old one kept. */
+static int set_nick(struct hub_chat_client *cl, const char *s, size_t len)
 {
-    memcpy(cl->nick, s, len);
-    cl->nick[len] = '\0';
+    char *n = realloc(cl->nick, len + 1);
+    if (n == NULL)
+        return HUB_ENOMEM;
+    memcpy(n, s, len);
+    n[len] = '\0';
+    cl->nick = n;
     cl->nick_len = len;
+    return 0;
+}
+
+/* Appends ,"client":"c-<id>". */
+static void jw_client_id(struct hub_buf *b, const struct hub_chat_client *cl)
+{
+    char id[24];
+    int n = snprintf(id, sizeof(id), "c-%llu", (unsigned long long)cl->id);
+    jw_kstr(b, "client", id, (size_t)n);
 }
 
 /* ---- events and delivery -------------------------------------------- */
@@ -382,7 +396,7 @@ static struct hub_shared *encode_json(struct hub_room_event *ev)
         jw_kstr(&b, "t", ev->kind == EV_JOIN ? "join" : "leave", ev->kind == EV_JOIN ? 4 : 5);
         jw_kstr(&b, "room", room, room_len);
         jw_kstr(&b, "nick", ev->who->nick, ev->who->nick_len);
-        jw_kstr(&b, "client", ev->who->id, strlen(ev->who->id));
+        jw_client_id(&b, ev->who);
         break;
     case EV_TYPING:
         jw_kstr(&b, "t", "typing", 6);
@@ -520,6 +534,7 @@ void hub_chat_config_default(struct hub_chat_config *cfg)
     cfg->history_max_rooms_kept = 1000;
     cfg->rate = 20;
     cfg->burst = 40;
+    cfg->ping_interval_s = 25;
 }
 
 int hub_chat_new(struct hub_chat **out, const struct hub_chat_config *cfg)
@@ -641,6 +656,10 @@ struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws
     struct hub_chat_client *cl = calloc(1, sizeof(*cl));
     if (cl == NULL)
         return NULL;
+    if (set_nick(cl, "", 0) != 0) {
+        free(cl);
+        return NULL;
+    }
     cl->chat = chat;
     cl->ws = ws;
     cl->mode = mode;
@@ -648,11 +667,15 @@ struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws
     cl->tokens = chat->cfg.burst;
     cl->refilled = chat_now(chat);
     cl->refs = 1;
-    snprintf(cl->id, sizeof(cl->id), "c-%llu", (unsigned long long)++chat->client_seq);
+    cl->id = ++chat->client_seq;
     chat->nclients++;
     if (mode == HUB_CHAT_RAW) {
-        cl->nick_len = (size_t)snprintf(cl->nick, sizeof(cl->nick), "guest-%llu",
-                                        (unsigned long long)++chat->guest_seq);
+        char guest[32];
+        int n = snprintf(guest, sizeof(guest), "guest-%llu", (unsigned long long)++chat->guest_seq);
+        if (set_nick(cl, guest, (size_t)n) != 0) {
+            hub_chat_client_free(cl);
+            return NULL;
+        }
         if (chat->cfg.welcome != NULL)
             hub_ws_send(ws, HUB_WS_TEXT, chat->cfg.welcome, strlen(chat->cfg.welcome));
         if (join_room(cl, room, NULL) != 0) {
@@ -690,6 +713,7 @@ static void client_unref(struct hub_chat_client *cl)
         return;
     free(cl->typing);
     free(cl->joining);
+    free(cl->nick);
     free(cl);
 }
 
@@ -882,6 +906,12 @@ static const char *room_problem(const struct hub_chat_client *cl, struct hub_iov
     if (hub_chat_valid_room(room.base, room.len))
         return NULL;
     if (room.len > 1 && room.base[0] == '@' && room.len <= HUB_ROOM_NAME_MAX) {
+        /* A party stays a party after a rename. */
+        struct hub_room *r = hub_rooms_find(cl->chat->rooms, room.base, room.len);
+        if (r != NULL && hub_rooms_is_member(&cl->member, r))
+            return NULL;
+        if (r != NULL && hub_room_size(r) >= 2)
+            return "this direct-message room already has its two parties";
         const char *comma = memchr(room.base, ',', room.len);
         if (comma != NULL) {
             size_t alen = (size_t)(comma - room.base) - 1;
@@ -949,7 +979,7 @@ static void jw_members(struct hub_buf *b, struct hub_room *room)
             HUB_CONTAINER_OF(hub_room_member(room, i), struct hub_chat_client, member);
         hub_buf_puts(b, i ? ",{" : "{");
         jw_kstr(b, "nick", m->nick, m->nick_len);
-        jw_kstr(b, "client", m->id, strlen(m->id));
+        jw_client_id(b, m);
         hub_buf_puts(b, "}");
     }
     hub_buf_puts(b, "]");
@@ -1003,6 +1033,65 @@ static void hello_finish(struct hello_state *hs)
     free(hs);
 }
 
+/* Announces messages that cannot be delivered: offsets from..to of the
+ * current stream ("expired"), or, with to < from, an unknown part of a
+ * stream that was reset ("epoch", which carries no range). */
+/* A resumed room that was refused on the spot, waiting for its turn in
+ * the reply behind the reads requested before it. */
+struct hello_refusal {
+    struct hello_state *hs; /* the hello */
+    const char *code;       /* error code (a static string) */
+    const char *message;    /* error message (a static string) */
+    char room[];            /* the entry's key */
+};
+
+static void jw_refusal(struct hub_buf *b, const char *room, const char *code, const char *message)
+{
+    jw_key(b, room);
+    hub_buf_puts(b, "{");
+    jw_key(b, "error");
+    hub_buf_puts(b, "{");
+    jw_kstr(b, "code", code, strlen(code));
+    jw_kstr(b, "message", message, strlen(message));
+    hub_buf_puts(b, "}}");
+}
+
+static void hello_finish(struct hello_state *hs);
+
+static void refusal_cb(void *data)
+{
+    struct hello_refusal *r = data;
+    struct hello_state *hs = r->hs;
+    jw_refusal(&hs->b, r->room, r->code, r->message);
+    free(r);
+    if (--hs->outstanding == 0 && hs->issued)
+        hello_finish(hs);
+}
+
+/* Writes a refused entry into the hello reply: at once if nothing is ahead
+ * of it, else in order behind the pending reads, through a barrier. */
+static void hello_refuse(struct hello_state *hs, const char *room, const char *code,
+                         const char *message)
+{
+    if (hs->outstanding > 0) {
+        size_t n = strlen(room);
+        struct hello_refusal *r = malloc(sizeof(*r) + n + 1);
+        if (r != NULL) {
+            r->hs = hs;
+            r->code = code;
+            r->message = message;
+            memcpy(r->room, room, n + 1);
+            hs->outstanding++;
+            if (hub_history_barrier(hs->cl->chat->cfg.history, refusal_cb, r) == 0)
+                return;
+            hs->outstanding--;
+            free(r);
+        }
+        return; /* out of memory: the entry is left out */
+    }
+    jw_refusal(&hs->b, room, code, message);
+}
+
 static void send_gap(struct hub_chat_client *cl, struct hub_iov room, const char *epoch,
                      uint64_t from, uint64_t to, const char *reason)
 {
@@ -1011,8 +1100,10 @@ static void send_gap(struct hub_chat_client *cl, struct hub_iov room, const char
     jw_kstr(&g, "t", "gap", 3);
     jw_kstr(&g, "room", room.base, room.len);
     jw_kstr(&g, "epoch", epoch, strlen(epoch));
-    jw_kint(&g, "from", (long long)from);
-    jw_kint(&g, "to", (long long)to);
+    if (to >= from) {
+        jw_kint(&g, "from", (long long)from);
+        jw_kint(&g, "to", (long long)to);
+    }
     jw_kstr(&g, "reason", reason, strlen(reason));
     hub_buf_puts(&g, "}");
     send_buf(cl, &g);
@@ -1034,7 +1125,7 @@ static void jw_join_state(struct pending_join *pj, struct hub_buf *b,
     if (pj->has_since) {
         if (strcmp(pj->epoch, pos->epoch) != 0) {
             /* Another incarnation of the stream: old offsets mean nothing. */
-            send_gap(pj->cl, name, pos->epoch, 1, pos->first - 1, "epoch");
+            send_gap(pj->cl, name, pos->epoch, 1, 0, "epoch");
         } else {
             if (pj->since + 1 < pos->first)
                 send_gap(pj->cl, name, pos->epoch, pj->since + 1, pos->first - 1, "expired");
@@ -1327,7 +1418,7 @@ static void op_typing(struct request *rq)
         struct hub_room_event ev = {.kind = EV_TYPING, .room = room, .who = cl};
         broadcast(&ev, cl);
     }
-    send_ok(cl, rq->id);
+    /* No success reply: typing is fire-and-forget (docs/protocol.md). */
 }
 
 /* Validates a requested nick. Returns 0, or -1 after an error reply. */
@@ -1360,8 +1451,12 @@ static void op_nick(struct request *rq)
     size_t old_len = cl->nick_len;
     memcpy(old, cl->nick, old_len + 1);
     nick_unlink(cl->chat, cl);
-    set_nick(cl, nick.base, nick.len);
+    int rc = set_nick(cl, nick.base, nick.len);
     nick_link(cl->chat, cl);
+    if (rc != 0) {
+        send_error(cl, rq->id, "internal", "out of memory");
+        return;
+    }
     struct hub_buf b = {0};
     begin_reply(&b, rq->id);
     jw_kstr(&b, "nick", cl->nick, cl->nick_len);
@@ -1429,10 +1524,20 @@ static void op_dm(struct request *rq)
     int cmp = strcmp(a, b);
     int n = snprintf(name, sizeof(name), "@%s,%s", cmp < 0 ? a : b, cmp < 0 ? b : a);
     struct hub_iov room_name = {name, (size_t)n};
-    struct hub_room *room;
+    struct hub_room *room = hub_rooms_find(cl->chat->rooms, name, (size_t)n);
+    uint32_t max = cl->chat->cfg.max_rooms_per_client;
+    int cl_in = room != NULL && hub_rooms_is_member(&cl->member, room);
+    int peer_in = room != NULL && hub_rooms_is_member(&peer->member, room);
+    /* Check both sides first, so that a refused dm joins nobody. */
+    if ((!cl_in && cl->member.nrooms >= max) || (!peer_in && peer->member.nrooms >= max)) {
+        send_error(cl, rq->id, "too_many_rooms",
+                   !cl_in && cl->member.nrooms >= max ? "you are in the maximum number of rooms"
+                                                      : "the recipient is in the maximum number of rooms");
+        return;
+    }
     if (dm_ensure_member(cl, cl, room_name, &room) != 0 ||
         dm_ensure_member(peer, cl, room_name, &room) != 0) {
-        send_error(cl, rq->id, "too_many_rooms", "one of you is in 64 rooms already");
+        send_error(cl, rq->id, "internal", "out of memory");
         return;
     }
     publish(cl, rq->id, room_name, HUB_WS_TEXT, text, cmid);
@@ -1524,7 +1629,10 @@ static void op_hello(struct request *rq)
         send_error(cl, rq->id, "bad_request", "\"resume\" must be an object of room positions");
         return;
     }
-    set_nick(cl, nick.base, nick.len);
+    if (set_nick(cl, nick.base, nick.len) != 0) {
+        send_error(cl, rq->id, "internal", "out of memory");
+        return;
+    }
     nick_link(chat, cl);
     cl->hello = 1;
 
@@ -1538,7 +1646,7 @@ static void op_hello(struct request *rq)
     client_ref(cl);
     struct hub_buf *b = &hs->b;
     begin_reply(b, rq->id);
-    jw_kstr(b, "client", cl->id, strlen(cl->id));
+    jw_client_id(b, cl);
     jw_kstr(b, "nick", cl->nick, cl->nick_len);
     jw_kstr(b, "server", chat->cfg.server_name, strlen(chat->cfg.server_name));
     jw_key(b, "limits");
@@ -1548,7 +1656,7 @@ static void op_hello(struct request *rq)
     jw_kint(b, "max_rooms", chat->cfg.max_rooms_per_client);
     jw_kint(b, "rate", chat->cfg.rate);
     jw_kint(b, "burst", chat->cfg.burst);
-    jw_kint(b, "ping_interval", 25);
+    jw_kint(b, "ping_interval", chat->cfg.ping_interval_s);
     jw_kint(b, "history", chat->cfg.history_max_rooms_kept);
     jw_kint(b, "history_page", 100);
     hub_buf_puts(b, "}");
@@ -1556,7 +1664,6 @@ static void op_hello(struct request *rq)
     hub_buf_puts(b, "{");
     const char *key;
     json_t *since;
-    size_t nresumed = 0;
     /* Each resumed room is written into the reply by its read's completion,
      * and completions come in request order, so the reply assembles in
      * order whether the store completes at once (memory) or later (SQLite).
@@ -1564,8 +1671,6 @@ static void op_hello(struct request *rq)
      * still pending ahead of it. */
     json_object_foreach(resume, key, since)
     {
-        if (nresumed++ == chat->cfg.max_rooms_per_client)
-            break;
         struct hub_iov name = iov_str(key);
         const char *epoch = NULL, *code = "bad_request", *message = NULL;
         size_t elen = 0;
@@ -1582,21 +1687,7 @@ static void op_hello(struct request *rq)
                            &code, &message) == 0)
                 continue;
         }
-        if (hs->outstanding > 0) {
-            /* Earlier reads are still in flight and will write their entries
-             * first; this refusal would jump the queue, so it is dropped from
-             * the reply and reported as an error push instead. */
-            struct req_id none = {0, 0};
-            send_error(cl, none, code, message);
-            continue;
-        }
-        jw_key(b, key);
-        hub_buf_puts(b, "{");
-        jw_key(b, "error");
-        hub_buf_puts(b, "{");
-        jw_kstr(b, "code", code, strlen(code));
-        jw_kstr(b, "message", message, strlen(message));
-        hub_buf_puts(b, "}}");
+        hello_refuse(hs, key, code, message);
     }
     hs->issued = 1;
     if (hs->outstanding == 0)
@@ -1614,26 +1705,40 @@ static const struct {
     {"rooms", op_rooms},     {"ping", op_ping},
 };
 
+/* Reads a request's optional id: an integer 0 <= id < 2^53 (what a
+ * JavaScript number holds exactly). Returns 0 (id filled, has set if
+ * present) or -1 if present but unusable. */
+static int parse_id(json_t *root, struct req_id *id)
+{
+    json_t *v = json_object_get(root, "id");
+    id->has = 0;
+    id->v = 0;
+    if (v == NULL)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        json_integer_value(v) >= (1ll << 53))
+        return -1;
+    id->has = 1;
+    id->v = json_integer_value(v);
+    return 0;
+}
+
 static void json_message(struct hub_chat_client *cl, const char *data, size_t len)
 {
     json_error_t err;
     struct request rq = {cl, NULL, {0, 0}};
-    rq.root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &err);
+    /* JSON allows \u0000 in strings; the nick and room rules refuse it where
+     * it matters, and message text may carry it. */
+    rq.root = json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
     if (rq.root == NULL || !json_is_object(rq.root)) {
         send_error(cl, rq.id, "bad_json", "each frame must hold one JSON object");
         json_decref(rq.root);
         return;
     }
-    json_t *id = json_object_get(rq.root, "id");
-    if (id != NULL) {
-        if (!json_is_integer(id) || json_integer_value(id) < 0 ||
-            json_integer_value(id) > (1ll << 53)) {
-            send_error(cl, rq.id, "bad_request", "\"id\" must be an integer 0 to 2^53");
-            json_decref(rq.root);
-            return;
-        }
-        rq.id.has = 1;
-        rq.id.v = json_integer_value(id);
+    if (parse_id(rq.root, &rq.id) != 0) {
+        send_error(cl, rq.id, "bad_request", "\"id\" must be an integer from 0 to 2^53 - 1");
+        json_decref(rq.root);
+        return;
     }
     const char *op = json_string_value(json_object_get(rq.root, "op"));
     if (op == NULL) {
@@ -1686,12 +1791,9 @@ static void refuse_rate(struct hub_chat_client *cl, const char *data, size_t len
     if (cl->mode != HUB_CHAT_JSON)
         return;
     struct req_id id = {0, 0};
-    json_t *root = json_loadb(data, len, 0, NULL);
-    json_t *v = json_object_get(root, "id");
-    if (json_is_integer(v)) {
-        id.has = 1;
-        id.v = json_integer_value(v);
-    }
+    json_t *root = json_loadb(data, len, JSON_ALLOW_NUL, NULL);
+    if (parse_id(root, &id) != 0)
+        id.has = 0; /* an unusable id gets an error push instead */
     json_decref(root);
     send_error(cl, id, "rate_limited", "too many requests: slow down");
 }

@@ -38,6 +38,7 @@ struct hub_io {
     uv_timer_t wheel_timer;                  /* advances the timer wheel */
     uint64_t wheel_tick;                     /* next tick of the wheel to process */
     struct hub_conn_link slots[WHEEL_SLOTS]; /* deadline lists, by tick */
+    uv_write_t *free_wreqs;      /* pooled write requests, linked through data */
     struct hub_conn *flush_head;             /* connections with output to write (LIFO) */
     int handles_open;                        /* handles still to be closed by hub_io_close */
     char rbuf[HUB_IO_READ_SIZE];             /* the read buffer lent to every connection */
@@ -180,8 +181,31 @@ int hub_io_init(struct hub_io **out, uv_loop_t *loop)
 static void io_handle_closed(uv_handle_t *h)
 {
     struct hub_io *io = h->data;
-    if (--io->handles_open == 0)
-        free(io);
+    if (--io->handles_open > 0)
+        return;
+    while (io->free_wreqs != NULL) {
+        uv_write_t *w = io->free_wreqs;
+        io->free_wreqs = w->data;
+        free(w);
+    }
+    free(io);
+}
+
+/* Lends a write request from the pool (or a new one). NULL when out of memory. */
+static uv_write_t *wreq_get(struct hub_io *io)
+{
+    uv_write_t *w = io->free_wreqs;
+    if (w != NULL) {
+        io->free_wreqs = w->data;
+        return w;
+    }
+    return malloc(sizeof(*w));
+}
+
+static void wreq_put(struct hub_io *io, uv_write_t *w)
+{
+    w->data = io->free_wreqs;
+    io->free_wreqs = w;
 }
 
 void hub_io_close(struct hub_io *io)
@@ -368,7 +392,9 @@ int hub_conn_write_force(struct hub_conn *c, const void *data, size_t len)
 
 static void conn_write_cb(uv_write_t *req, int status)
 {
-    struct hub_conn *c = HUB_CONTAINER_OF(req, struct hub_conn, wreq);
+    struct hub_conn *c = req->data;
+    wreq_put(c->io, req);
+    c->wreq = NULL;
     c->flags &= ~HUB_CONN_WRITING;
     if (c->flags & HUB_CONN_CLOSING)
         return; /* cancelled by uv_close; close_cb releases the queue */
@@ -418,8 +444,16 @@ static void conn_flush(struct hub_conn *c)
             bufs[i] = uv_buf_init((char *)bases[i], (unsigned)lens[i]);
             total += lens[i];
         }
-        int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, n, conn_write_cb);
+        c->wreq = wreq_get(c->io);
+        if (c->wreq == NULL) {
+            hub_conn_close(c);
+            return;
+        }
+        c->wreq->data = c;
+        int rc = uv_write(c->wreq, (uv_stream_t *)&c->tcp, bufs, n, conn_write_cb);
         if (rc != 0) {
+            wreq_put(c->io, c->wreq);
+            c->wreq = NULL;
             hub_conn_close(c);
             return;
         }

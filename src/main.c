@@ -16,6 +16,7 @@
 #include <string.h>
 #include <uv.h>
 #ifndef _WIN32
+#include <signal.h>
 #include <sys/resource.h>
 #endif
 
@@ -237,6 +238,11 @@ int main(int argc, char **argv)
     cfg.nallow_origins = norigins;
 
     raise_fd_limit();
+#ifndef _WIN32
+    /* A write to a socket whose peer has gone must fail with EPIPE, which
+     * the connection layer handles, not kill the process. */
+    signal(SIGPIPE, SIG_IGN);
+#endif
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) {
         fprintf(stderr, "chathub: cannot initialise the event loop\n");

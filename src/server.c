@@ -74,6 +74,7 @@ struct hub_server {
     int port;                         /* bound port */
     size_t nclients;                  /* connections not yet closed */
     int stopping;                     /* shutdown has begun */
+    int listening;                    /* the listener is open */
     uint64_t drain_deadline;          /* loop time when the drain gives up */
     uint64_t rng;                     /* jitter for bye retry delays */
 };
@@ -94,6 +95,7 @@ struct client {
     uint64_t ping_sent;           /* loop time of the unanswered ping, 0 = none */
     int phase;                    /* enum client_phase */
     int told_to_go;               /* drain: close already started */
+    uint32_t requests;            /* HTTP requests answered on this connection */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg)
@@ -202,9 +204,18 @@ static void history_closed(void *data)
     server_close_handles(data);
 }
 
+static void stop_listening(struct hub_server *s)
+{
+    if (!s->listening)
+        return;
+    s->listening = 0;
+    uv_close((uv_handle_t *)&s->listener, server_handle_closed);
+}
+
 /* Shutdown, last client gone: make history durable, then let the loop end. */
 static void server_finish(struct hub_server *s)
 {
+    stop_listening(s);
     hub_log_info("flushing history");
     hub_history_close(s->history, history_closed, s);
 }
@@ -254,7 +265,6 @@ static void client_on_timeout(struct hub_conn *c)
         /* Not a single byte since our ping: the peer or the path is dead. */
         hub_metrics.heartbeat_closes++;
         hub_log_debug("%s: no answer to ping, closing", c->peer);
-        hub_metrics_close(4012);
         hub_conn_close(c);
         return;
     }
@@ -325,6 +335,7 @@ static int client_on_request(struct hub_http *h, const struct hub_http_request *
     struct client *cl = data;
     struct hub_server *s = cl->server;
     hub_metrics.http_requests++;
+    cl->requests++;
     /* The next request on this connection gets a fresh deadline. */
     hub_conn_set_timeout(&cl->conn, s->cfg.handshake_ms);
     if (req->upgrade_hdr.len > 0 || req->upgrade)
@@ -442,11 +453,16 @@ static uint32_t next_random(struct hub_server *s)
 /* Starts the close of one client for the drain. */
 static void tell_to_go(struct hub_server *s, struct client *cl)
 {
-    cl->told_to_go = 1;
     if (cl->ws == NULL) {
+        /* A connection that has not had an answer yet may be a health check
+         * on its way; it is let go once it has had one. */
+        if (cl->requests == 0)
+            return;
+        cl->told_to_go = 1;
         hub_conn_close_after_flush(&cl->conn);
         return;
     }
+    cl->told_to_go = 1;
     if (hub_ws_close_sent(cl->ws))
         return;
     if (cl->phase == PHASE_JSON) {
@@ -483,18 +499,19 @@ static void drain_walk_cb(uv_handle_t *h, void *arg)
 }
 
 /* One drain step: tell the next batch to go, or cut the rest once the
- * deadline has passed. */
+ * deadline has passed. Steps repeat while clients remain, because HTTP
+ * connections become ready to go as they get their answers. */
 static void drain_timer_cb(uv_timer_t *t)
 {
     struct hub_server *s = t->data;
     struct drain_walk w = {s, DRAIN_BATCH, uv_now(s->loop) >= s->drain_deadline};
-    if (w.cut)
+    if (w.cut) {
         hub_log_warn("drain timeout: closing %zu remaining connections", s->nclients);
+        stop_listening(s);
+    }
     uv_walk(s->loop, drain_walk_cb, &w);
-    if (!w.cut && w.budget == 0)
+    if (!w.cut)
         uv_timer_start(&s->drain_timer, drain_timer_cb, DRAIN_STEP_MS, 0);
-    else if (!w.cut)
-        uv_timer_start(&s->drain_timer, drain_timer_cb, s->drain_deadline - uv_now(s->loop), 0);
 }
 
 void hub_server_shutdown(struct hub_server *s)
@@ -503,7 +520,6 @@ void hub_server_shutdown(struct hub_server *s)
         return;
     s->stopping = 1;
     hub_log_info("shutting down: closing %zu connections", s->nclients);
-    uv_close((uv_handle_t *)&s->listener, server_handle_closed);
     if (s->nclients == 0) {
         server_finish(s);
         return;
@@ -524,6 +540,7 @@ static void server_on_signal(uv_signal_t *sig, int signum)
     if (s->stopping) {
         /* A second signal: the operator wants out now. */
         hub_log_warn("second signal: closing every connection now");
+        stop_listening(s);
         struct drain_walk w = {s, 0, 1};
         uv_walk(s->loop, drain_walk_cb, &w);
         return;
@@ -605,6 +622,7 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     chat_cfg.max_rooms_per_client = cfg->max_rooms;
     chat_cfg.history_max_rooms_kept = hist_cfg.max_per_room;
     chat_cfg.rate = cfg->rate;
+    chat_cfg.ping_interval_s = cfg->ping_interval_ms / 1000;
     chat_cfg.burst = cfg->burst;
     rc = hub_chat_new(&s->chat, &chat_cfg);
     if (rc != 0)
@@ -634,6 +652,7 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     rc = server_bind(s, err, errsz);
     if (rc != 0)
         goto fail_handles;
+    s->listening = 1;
     uv_signal_start(&s->sigint, server_on_signal, SIGINT);
     uv_signal_start(&s->sigterm, server_on_signal, SIGTERM);
     *out = s;

@@ -13,7 +13,8 @@
  *   buffer.
  * - Output is corked: sends only queue; the hub_io flushes each connection
  *   that has output once per loop iteration (a uv_check handle), with at most
- *   one uv_write in flight per connection.
+ *   one uv_write in flight per connection. Its request comes from a pool in
+ *   the io, so idle connections do not carry one.
  * - A connection is freed only after libuv's close callback: hub_conn_close
  *   marks it closing, and on_close fires from the close callback, after which
  *   the owner may free the memory. on_close fires exactly once.
@@ -70,7 +71,7 @@ enum hub_conn_flags {
 
 struct hub_conn {
     uv_tcp_t tcp;                   /* the socket; tcp.data points back at this conn */
-    uv_write_t wreq;                /* the one in-flight write request */
+    uv_write_t *wreq;               /* the in-flight write, lent by io, or NULL */
     struct hub_outq out;            /* queued output, owned */
     size_t inflight;                /* bytes of out handed to the in-flight uv_write */
     struct hub_io *io;              /* the loop's shared state, or NULL when detached */
