@@ -1,210 +1,1296 @@
-// chathub browser client, raw mode.
+// chathub browser client: JSON mode (subprotocol chathub.v1, docs/protocol.md).
 //
-// Connects to ws(s)://<host>/ws/<room> with no subprotocol: every text frame
-// sent is relayed verbatim to everyone in the room, the sender included. The
-// page keeps one socket, reconnects with exponential backoff when it drops,
-// and renders every message with textContent only (never as HTML).
+// One page, no framework, no build step. How it keeps its promises:
+//  - Exactly once: a message is identified by (room, offset). Each room keeps a
+//    map offset -> message and the list is drawn from it, so a message that
+//    arrives twice (a push, then again in a resume, join or history reply) is
+//    shown once.
+//  - Resume: room.last is the offset up to which the client holds every
+//    message (or knows it is gone, from a gap push). A reconnect sends it in
+//    hello.resume; holes (a join reply with "complete": false, a push that
+//    skips offsets, a new epoch) are filled with history before=.
+//  - Never lose or duplicate a send: each send has a cmid and stays in the
+//    outbox, drawn as pending, until its ack (or the same cmid seen in
+//    history) settles it; after a reconnect it is resent with the same cmid
+//    and the hub dedupes. While disconnected no new send is accepted.
+//  - User data (text, nicks, room names) reaches the DOM only as text nodes.
 'use strict';
 
-(function () {
+(() => {
+  // --------------------------------------------------------------- constants
+  const PROTOCOL = 'chathub.v1';
   const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
-  const MAX_MESSAGES = 500;          // older list items are dropped past this
-  const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 15000;
-  const MAX_MESSAGE_BYTES = 65536;   // the hub closes with 1009 above this
+  const STORE_KEY = 'chathub.client';
+  const JOIN_HISTORY = 50;        // messages shown when a room is opened
+  const OLDER_PAGE = 50;          // one "load older" click
+  const FILL_PAGE = 100;          // the hub's largest history page
+  const TYPING_EVERY_MS = 3000;   // the hub forwards at most one per 3 s anyway
+  const BACKOFF_BASE_MS = 500;
+  const BACKOFF_CAP_MS = 20000;
+  const PING_EVERY_MS = 25000;    // browsers hide WebSocket pings: ask the hub ourselves
+  const PONG_TIMEOUT_MS = 10000;
+  const ROOMS_REFRESH_MS = 30000;
+  const CONNECT_TIMEOUT_MS = 15000; // from new WebSocket() to a hello reply
+  const GROUP_MS = 5 * 60 * 1000; // a sender's messages this close share one header
+  const NO_RETRY = new Set([1002, 1003, 1007, 1008, 1009]); // our fault: a retry repeats it
+  const TEMPORARY = new Set(['rate_limited', 'storage', 'internal']);
 
+  // ----------------------------------------------------------------- helpers
   const $ = (id) => document.getElementById(id);
-  const roomForm = $('room-form');
-  const roomInput = $('room-input');
-  const sendForm = $('send-form');
-  const input = $('message');
-  const sendButton = $('send');
-  const list = $('messages');
-  const log = $('log');
-  const empty = $('empty');
-  const status = $('status');
-  const statusText = $('status-text');
 
-  let room = roomFromHash() || 'lobby';
-  let ws = null;            // the current socket, or null
-  let attempt = 0;          // consecutive failed connection attempts
-  let retryTimer = null;
-  let countdownTimer = null;
-  let pending = [];         // texts we sent and have not seen echoed back yet
-  let stopped = false;      // the server asked us not to reconnect
-
-  function roomFromHash() {
-    let h = location.hash.replace(/^#/, '');
-    try { h = decodeURIComponent(h); } catch (e) { return null; }
-    return ROOM_RE.test(h) ? h : null;
+  // Builds an element. Children that are strings become text nodes, which is
+  // how every piece of user data gets into the page.
+  function h(tag, attrs, ...kids) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === 'class') e.className = v;
+      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v === true ? '' : String(v));
+    }
+    for (const kid of kids) if (kid !== null && kid !== undefined && kid !== false) e.append(kid);
+    return e;
   }
 
-  function setStatus(state, text) {
-    status.dataset.state = state;
-    statusText.textContent = text;
-    const open = state === 'open';
-    input.disabled = !open;
-    sendButton.disabled = !open;
+  // The hub compares nicks and names DM rooms with ASCII-only case folding.
+  const fold = (s) => String(s).replace(/[A-Z]/g, (c) => c.toLowerCase());
+  const sameNick = (a, b) => fold(a) === fold(b);
+  const dmName = (a, b) => '@' + [fold(a), fold(b)].sort().join(',');
+
+  function nickProblem(n) {
+    if (!n) return 'Pick a nickname.';
+    if ([...n].length > 32 || new TextEncoder().encode(n).length > 100) return 'At most 32 characters.';
+    if (/[\u0000-\u001f\u007f-\u009f]/.test(n)) return 'No control characters.';
+    if (n.includes(',')) return 'No commas.';
+    if (n !== n.trim()) return 'No spaces at the start or the end.';
+    if (/^guest-/i.test(n) || n.startsWith('@')) return 'It cannot start with “guest-” or “@”.';
+    return null;
+  }
+
+  function suggestNick() {
+    const a = ['brave', 'calm', 'eager', 'fuzzy', 'gentle', 'happy', 'jolly', 'lucky', 'mellow', 'quiet', 'sunny', 'witty'];
+    const b = ['otter', 'panda', 'fox', 'heron', 'koala', 'lynx', 'owl', 'puffin', 'quokka', 'seal', 'tapir', 'wren'];
+    const pick = (l) => l[Math.floor(Math.random() * l.length)];
+    return `${pick(a)}-${pick(b)}-${Math.floor(10 + Math.random() * 90)}`;
+  }
+
+  const timeFmt = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
+  const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'short' });
+  const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric' });
+  const dayKey = (ts) => new Date(ts).toDateString();
+  function dayLabel(ts) {
+    const d = new Date(ts);
+    const today = new Date();
+    const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+    if (d.toDateString() === today.toDateString()) return 'Today';
+    if (d.toDateString() === yesterday.toDateString()) return 'Yesterday';
+    return dayFmt.format(d) + (d.getFullYear() !== today.getFullYear() ? ', ' + d.getFullYear() : '');
+  }
+
+  // A stable hue per nick, so people are recognisable at a glance.
+  function hue(nick) {
+    let x = 0;
+    for (const c of fold(nick)) x = (x * 31 + c.codePointAt(0)) % 360;
+    return x;
+  }
+  function avatar(nick, el) {
+    const a = el || h('span', { class: 'avatar', 'aria-hidden': 'true' });
+    a.textContent = ([...String(nick)][0] || '?').toUpperCase();
+    a.style.setProperty('--hue', String(hue(nick)));
+    return a;
+  }
+
+  // --------------------------------------------------------------- the state
+  const saved = (() => {
+    try { return JSON.parse(localStorage.getItem(STORE_KEY)) || {}; } catch { return {}; }
+  })();
+
+  const S = {
+    nick: typeof saved.nick === 'string' && !nickProblem(saved.nick) ? saved.nick : suggestNick(),
+    nickChosen: !!saved.nickChosen,
+    rooms: new Map(),      // name -> room (see newRoom)
+    current: null,         // name of the room on screen
+    publicRooms: [],       // from the `rooms` op
+    outbox: [],            // sends not acknowledged yet, oldest first
+    ws: null,
+    conn: 'connecting',    // connecting | online | reconnecting | offline
+    connDetail: '',
+    everOnline: false,     // a hello has succeeded on this page
+    attempt: 0,            // reconnect attempts since the last good hello
+    retryAt: 0,
+    retryTimer: null,
+    byeRetryMs: null,      // the hub asked for this delay (bye push)
+    hold: false,           // do not reconnect until the user acts (nick dialog)
+    reqs: new Map(),       // request id -> {resolve, reject}
+    nextId: 1,
+    limits: { max_text: 4000 },
+    motd: '',
+    cmidPrefix: Math.random().toString(36).slice(2, 8) + Date.now().toString(36),
+    cmidSeq: 0,
+  };
+
+  function save() {
+    const rooms = [...S.rooms.values()].filter((r) => !r.draft).map((r) => [r.name, r.peer]);
+    try {
+      localStorage.setItem(STORE_KEY, JSON.stringify({
+        nick: S.nick, nickChosen: S.nickChosen, current: S.current, rooms,
+      }));
+    } catch { /* private mode: the page still works, it just forgets */ }
+  }
+
+  function newRoom(name, peer) {
+    return {
+      name,
+      dm: name.startsWith('@'),
+      peer: peer || null,   // a DM's other party, by its real (unfolded) nick
+      draft: false,         // a DM not opened on the hub yet: its first send is a `dm` op
+      epoch: null,
+      last: 0,              // everything up to here is held (or known gone)
+      head: 0,              // the newest offset known to exist
+      msgs: new Map(),      // offset -> {offset, ts, from, text, cmid}
+      gaps: [],             // [from, to] ranges the hub cannot deliver
+      archive: [],          // messages of an earlier epoch, shown above a note
+      noOlder: false,       // nothing older than what we hold exists
+      members: new Map(),   // folded nick -> nick
+      count: null,          // member count, when the hub sends a count instead of a list
+      unread: 0,
+      typing: new Map(),    // folded nick -> {nick, timer}
+      typingSentAt: 0,
+      typingTimer: null,
+      joined: false,
+      joining: false,
+      filling: false,
+      loadingOlder: false,
+      draftText: '',
+    };
+  }
+
+  function getRoom(name, peer) {
+    let r = S.rooms.get(name);
+    if (!r) {
+      r = newRoom(name, peer);
+      S.rooms.set(name, r);
+      save();
+    } else if (peer && !r.peer) {
+      r.peer = peer;
+    }
+    return r;
+  }
+
+  const cur = () => (S.current ? S.rooms.get(S.current) || null : null);
+  const online = () => S.conn === 'online';
+
+  function peerName(r) {
+    if (r.peer) return r.peer;
+    const parts = r.name.slice(1).split(',');
+    return parts.find((p) => p !== fold(S.nick)) || parts[0];
+  }
+  const roomLabel = (r) => (r.dm ? '@' + peerName(r) : '#' + r.name);
+
+  // ------------------------------------------------------------ connection
+  function connect() {
+    clearTimeout(S.retryTimer);
+    S.retryTimer = null;
+    if (S.ws) return;
+    S.hold = false;
+    S.byeRetryMs = null;
+    setConn('connecting');
+    const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws', PROTOCOL);
+    S.ws = ws;
+    ws.onopen = () => { if (S.ws === ws) hello(); };
+    ws.onmessage = (e) => { if (S.ws === ws) onFrame(e.data); };
+    ws.onclose = (e) => { if (S.ws === ws) closed(e.code, e.reason); };
+    // A connection attempt into a black hole can hang for minutes: cut it.
+    clearTimeout(S.connectTimer);
+    S.connectTimer = setTimeout(() => {
+      if (S.ws === ws && S.conn !== 'online') dropSocket(4000, 'connect timeout');
+    }, CONNECT_TIMEOUT_MS);
+  }
+
+  // Gives up on the current socket at once (a dead TCP connection may take
+  // long to report its close) and goes through the normal close path.
+  function dropSocket(code, reason) {
+    const ws = S.ws;
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    try { ws.close(code, reason); } catch { /* already closing */ }
+    closed(code, reason);
+  }
+
+  function closed(code, reason) {
+    S.ws = null;
+    clearTimeout(S.connectTimer);
+    stopTimers();
+    const reqs = [...S.reqs.values()];
+    S.reqs.clear();
+    for (const r of S.rooms.values()) {
+      r.joined = r.joining = false;
+      for (const t of r.typing.values()) clearTimeout(t.timer);
+      r.typing.clear();
+    }
+    for (const item of S.outbox) if (item.status === 'sending') item.status = 'waiting';
+    for (const p of reqs) p.reject({ code: 'disconnected', message: 'connection lost' });
+    renderPending();
+    renderTyping();
+
+    if (S.hold) return setConn('offline', S.connDetail);
+    if ((code >= 4500 && code <= 4999) || NO_RETRY.has(code)) {
+      return setConn('offline', `Disconnected by the server (${code}${reason ? ': ' + reason : ''}).`);
+    }
+    if (navigator.onLine === false) {
+      // The 'online' event reconnects; until then attempts would only fail.
+      return setConn('offline', 'No network connection. Waiting for it to come back…');
+    }
+    // Full jitter spreads a crowd of clients over the whole window; a bye
+    // tells us the hub's own choice, which spreads them already.
+    const delay = S.byeRetryMs !== null ? S.byeRetryMs
+      : Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(S.attempt, 10));
+    S.lastRetry = { code, delay, bye: S.byeRetryMs !== null }; // for tests and debugging
+    S.byeRetryMs = null;
+    S.attempt++;
+    S.retryAt = Date.now() + delay;
+    S.retryTimer = setTimeout(connect, delay);
+    setConn('reconnecting', code === 1012 || code === 1001 ? 'The server is restarting.' : 'Connection lost.');
+  }
+
+  function request(msg) {
+    return new Promise((resolve, reject) => {
+      const ws = S.ws;
+      if (!ws || ws.readyState !== WebSocket.OPEN) {
+        reject({ code: 'disconnected', message: 'not connected' });
+        return;
+      }
+      const id = S.nextId++;
+      S.reqs.set(id, { resolve, reject });
+      ws.send(JSON.stringify({ ...msg, id }));
+    });
+  }
+
+  // Requests without an id: the hub answers only if they fail (error push).
+  function tell(msg) {
+    if (S.ws && S.ws.readyState === WebSocket.OPEN) S.ws.send(JSON.stringify(msg));
+  }
+
+  function onFrame(data) {
+    let m;
+    try { m = JSON.parse(data); } catch { return; }
+    if (!m || typeof m !== 'object') return;
+    if (typeof m.t === 'string') {
+      if (Object.prototype.hasOwnProperty.call(PUSH, m.t)) PUSH[m.t](m);
+      return;
+    }
+    const p = S.reqs.get(m.id);
+    if (!p) return;
+    S.reqs.delete(m.id);
+    if (m.ok) p.resolve(m); else p.reject(m.error || { code: 'internal', message: 'request failed' });
+  }
+
+  async function hello() {
+    const resume = {};
+    for (const r of S.rooms.values()) {
+      if (r.epoch && !r.draft) resume[r.name] = { epoch: r.epoch, offset: r.last };
+    }
+    let rep;
+    try {
+      rep = await request({ op: 'hello', nick: S.nick, resume });
+    } catch (err) {
+      helloFailed(err);
+      return;
+    }
+    S.nick = rep.nick;
+    S.limits = rep.limits || S.limits;
+    S.everOnline = true;
+    S.attempt = 0;
+    save();
+    setConn('online');
+    renderMe();
+    if (!S.nickChosen && !nickDialog.open) openNickDialog(false);
+
+    const got = rep.rooms || {};
+    for (const [name, st] of Object.entries(got)) {
+      const r = S.rooms.get(name);
+      if (!r) continue;
+      if (st && st.error) {
+        if (st.error.code === 'bad_room') removeRoom(r, `Left ${roomLabel(r)}: ${st.error.message}`);
+        continue; // other failures: joined afresh below
+      }
+      applyJoin(r, st, true);
+    }
+    for (const r of S.rooms.values()) if (!r.joined && !r.draft) join(r);
+    flushOutbox();
+    refreshRooms();
+    startTimers();
+    renderAll();
+  }
+
+  function helloFailed(err) {
+    if (err.code === 'disconnected') return;
+    // A taken nick is most likely our own previous connection (a reload, a
+    // drop), which the hub has not noticed is gone yet (it finds out within
+    // ping interval + pong timeout): retry the same nick for a while (after a
+    // drop, ~30 s of backoff: a new nick would also defeat the cmid dedupe of
+    // resent messages), then ask.
+    const patience = S.everOnline ? 6 : S.nickChosen ? 2 : 0;
+    if (err.code === 'nick_taken' && S.attempt < patience) {
+      dropSocket(4000, 'nick in use');
+      S.connDetail = `“${S.nick}” is still in use by your previous connection.`;
+      renderConn();
+      return;
+    }
+    if ((err.code === 'nick_taken' || err.code === 'bad_nick') && !S.nickChosen) {
+      S.nick = suggestNick(); // a suggestion collided: just suggest another
+      dropSocket(4000, 'retry');
+      clearTimeout(S.retryTimer);
+      connect();
+      return;
+    }
+    if (err.code === 'nick_taken' || err.code === 'bad_nick') {
+      S.hold = true;
+      S.connDetail = err.code === 'nick_taken' ? `The nickname “${S.nick}” is taken. Pick another one.` : err.message;
+      dropSocket(1000, 'nick');
+      openNickDialog(true, S.connDetail);
+      return;
+    }
+    dropSocket(4000, err.code || 'hello failed');
+  }
+
+  function startTimers() {
+    stopTimers();
+    S.pingTimer = setInterval(() => {
+      tell({ op: 'ping' });
+      clearTimeout(S.pongTimer);
+      S.pongTimer = setTimeout(() => dropSocket(4000, 'no pong'), PONG_TIMEOUT_MS);
+    }, PING_EVERY_MS);
+    S.roomsTimer = setInterval(refreshRooms, ROOMS_REFRESH_MS);
+  }
+  function stopTimers() {
+    clearInterval(S.pingTimer);
+    clearTimeout(S.pongTimer);
+    clearInterval(S.roomsTimer);
+  }
+
+  // ------------------------------------------------------------------ pushes
+  const PUSH = {
+    welcome(m) {
+      S.motd = typeof m.motd === 'string' ? m.motd : '';
+      const el = $('motd');
+      el.textContent = S.motd;
+      el.hidden = !S.motd;
+    },
+    msg(m) {
+      const r = S.rooms.get(m.room);
+      if (!r) return;
+      stopTyping(r, m.from);
+      addMessages(r, [m], true);
+    },
+    join(m) {
+      const r = S.rooms.get(m.room);
+      if (!r) return;
+      r.members.set(fold(m.nick), m.nick);
+      if (r.count !== null) r.count++;
+      if (r === cur()) renderMembers();
+    },
+    leave(m) {
+      const r = S.rooms.get(m.room);
+      if (!r) return;
+      r.members.delete(fold(m.nick));
+      if (r.count !== null) r.count = Math.max(0, r.count - 1);
+      stopTyping(r, m.nick);
+      if (r === cur()) renderMembers();
+    },
+    count(m) {
+      const r = S.rooms.get(m.room);
+      if (!r) return;
+      r.count = m.members;
+      if (r === cur()) renderMembers();
+    },
+    typing(m) {
+      const r = S.rooms.get(m.room);
+      if (!r || sameNick(m.nick, S.nick)) return;
+      const key = fold(m.nick);
+      const old = r.typing.get(key);
+      if (old) clearTimeout(old.timer);
+      const timer = setTimeout(() => stopTyping(r, m.nick), Number(m.ttl) || 6000);
+      r.typing.set(key, { nick: m.nick, timer });
+      if (r === cur()) renderTyping();
+    },
+    nick(m) {
+      const r = S.rooms.get(m.room);
+      if (!r) return;
+      r.members.delete(fold(m.old));
+      r.members.set(fold(m.new), m.new);
+      if (r.peer && sameNick(r.peer, m.old)) { r.peer = m.new; save(); renderSidebar(); }
+      const t = r.typing.get(fold(m.old));
+      if (t) { r.typing.delete(fold(m.old)); r.typing.set(fold(m.new), { ...t, nick: m.new }); }
+      if (r === cur()) { renderHeader(); renderMembers(); renderTyping(); }
+    },
+    dm(m) {
+      // The hub has joined us to a private room; learn its epoch and recent
+      // messages with history (the msg push that follows dedupes by offset).
+      const r = getRoom(m.room, m.from);
+      r.draft = false;
+      r.joined = true;
+      r.members = new Map([[fold(S.nick), S.nick], [fold(m.from), m.from]]);
+      fetchNewest(r);
+      renderSidebar();
+      if (r !== cur()) toast(`${m.from} sent you a direct message`);
+    },
+    gap(m) {
+      const r = S.rooms.get(m.room);
+      if (!r) return;
+      if (m.reason === 'epoch' || (r.epoch && m.epoch !== r.epoch)) {
+        // The room's history was lost: offsets restart; 1..to are gone too.
+        resetEpoch(r, m.epoch, Math.max(0, Number(m.to) || 0));
+      } else {
+        r.epoch = r.epoch || m.epoch;
+        if (m.to >= m.from) r.gaps.push([m.from, m.to]);
+        advance(r);
+      }
+      if (r === cur()) renderMessages();
+    },
+    error(m) {
+      const e = m.error || {};
+      if (e.code !== 'not_joined') toast(e.message || 'The server reported an error.');
+    },
+    pong() { clearTimeout(S.pongTimer); },
+    bye(m) {
+      // The hub is restarting; its close (1012) follows. Come back when it says.
+      S.byeRetryMs = Math.max(0, Number(m.retry_ms) || 0);
+    },
+  };
+
+  // --------------------------------------------------------------- messages
+  function inGap(r, o) {
+    return r.gaps.find(([from, to]) => o >= from && o <= to) || null;
+  }
+
+  function advance(r) {
+    for (;;) {
+      if (r.msgs.has(r.last + 1)) { r.last++; continue; }
+      const g = inGap(r, r.last + 1);
+      if (g) { r.last = g[1]; continue; }
+      break;
+    }
+    if (r.last > r.head) r.head = r.last;
+  }
+
+  function sorted(r) {
+    if (!r.sorted) r.sorted = [...r.msgs.values()].sort((a, b) => a.offset - b.offset);
+    return r.sorted;
+  }
+  const oldestOffset = (r) => (r.msgs.size ? sorted(r)[0].offset : r.last + 1);
+
+  // Merges messages (from any source) into a room. countUnread: they are news
+  // (live or resumed), not scrollback.
+  function addMessages(r, list, countUnread) {
+    const shown = r === cur();
+    let maxBefore = r.msgs.size ? sorted(r)[sorted(r).length - 1].offset : 0;
+    const appended = [];
+    let inserted = false;
+    for (const m of list || []) {
+      if (!m || !Number.isSafeInteger(m.offset) || m.offset < 1) continue;
+      if (m.cmid) settle(m.cmid);
+      if (r.msgs.has(m.offset)) continue;
+      const msg = { offset: m.offset, ts: Number(m.ts) || Date.now(), from: String(m.from), text: String(m.text), cmid: m.cmid };
+      r.msgs.set(m.offset, msg);
+      r.sorted = null;
+      if (m.offset > r.head) r.head = m.offset;
+      if (m.offset > maxBefore) appended.push(msg); else inserted = true;
+      if (countUnread && !sameNick(msg.from, S.nick) && (!shown || document.hidden)) r.unread++;
+    }
+    advance(r);
+    if (shown) {
+      if (inserted || appended.length > 40) renderMessages(); // one redraw beats many reflows
+      else {
+        appended.sort((a, b) => a.offset - b.offset);
+        for (const msg of appended) appendMessage(r, msg);
+      }
+    }
+    if (countUnread && appended.length) { renderSidebar(); renderTitle(); }
+    fillHoles(r);
+  }
+
+  function checkEpoch(r, epoch) {
+    if (!epoch) return;
+    if (r.epoch && r.epoch !== epoch) resetEpoch(r, epoch, 0);
+    r.epoch = epoch;
+  }
+
+  // Offsets of another epoch mean nothing: keep what was shown, above a note,
+  // and start the new stream from `last`.
+  function resetEpoch(r, epoch, last) {
+    if (r.epoch === epoch) return;
+    if (r.msgs.size) {
+      r.archive.push(...sorted(r), { sys: 'The server lost this room’s history. Messages above are from before.' });
+    }
+    r.epoch = epoch;
+    r.msgs = new Map();
+    r.sorted = null;
+    r.gaps = [];
+    r.last = r.head = last;
+    r.noOlder = false;
+  }
+
+  // Fetches what lies between r.last and the newest offset we know of, newest
+  // page first ("down to what we had"), until nothing is missing.
+  async function fillHoles(r) {
+    if (r.filling || !online() || !r.epoch || r.last >= r.head) return;
+    r.filling = true;
+    try {
+      while (online() && r.joined && r.last < r.head && S.rooms.get(r.name) === r) {
+        let next = r.head + 1; // the lowest offset we hold above the hole
+        for (const m of sorted(r)) if (m.offset > r.last) { next = m.offset; break; }
+        const want = Math.min(FILL_PAGE, next - r.last - 1);
+        const before = [r.last, r.msgs.size, r.epoch];
+        const rep = await request({ op: 'history', room: r.name, before: next, limit: want });
+        checkEpoch(r, rep.epoch);
+        if (r.epoch !== before[2]) continue; // restarted: fill the new stream
+        const got = rep.messages || [];
+        addMessages(r, got, true);
+        const lowest = got.length ? got[0].offset : next;
+        if (r.last < lowest - 1 && (rep.complete || !got.length)) {
+          r.gaps.push([r.last + 1, lowest - 1]); // expired meanwhile
+          advance(r);
+          if (r === cur()) renderMessages();
+        }
+        if (r.last === before[0] && r.msgs.size === before[1]) break; // no progress: stop
+      }
+    } catch { /* disconnected: the resume after the reconnect starts from r.last */ }
+    r.filling = false;
+  }
+
+  async function fetchNewest(r) {
+    try {
+      const rep = await request({ op: 'history', room: r.name, limit: JOIN_HISTORY });
+      checkEpoch(r, rep.epoch);
+      const got = rep.messages || [];
+      // The newest page ends at rep.offset: everything up to it is in hand
+      // (set first, or addMessages would see a hole below the page and fill it).
+      r.last = Math.max(r.last, rep.offset);
+      r.head = Math.max(r.head, r.last);
+      addMessages(r, got, false);
+      r.noOlder = !!rep.complete || !got.length || got[0].offset <= 1;
+      if (r === cur()) renderMessages();
+    } catch { /* retried by the resume after a reconnect */ }
+  }
+
+  async function loadOlder(r) {
+    if (r.loadingOlder || !online() || r.noOlder) return;
+    r.loadingOlder = true;
+    renderOlder();
+    try {
+      const rep = await request({ op: 'history', room: r.name, before: oldestOffset(r), limit: OLDER_PAGE });
+      if (rep.epoch === r.epoch) {
+        const got = rep.messages || [];
+        if (rep.complete || !got.length) r.noOlder = true;
+        addMessages(r, got, false);
+      }
+    } catch (err) {
+      if (err.code !== 'disconnected') toast(err.message || 'Could not load older messages.');
+    }
+    r.loadingOlder = false;
+    renderOlder();
+  }
+
+  function applyJoin(r, st, withSince) {
+    r.joined = true;
+    r.draft = false;
+    if (withSince) checkEpoch(r, st.epoch); else r.epoch = st.epoch;
+    r.members = new Map((st.members || []).map((m) => [fold(m.nick), m.nick]));
+    r.count = typeof st.count === 'number' ? st.count : null;
+    if (r.dm && !r.members.size) r.members.set(fold(S.nick), S.nick);
+    const msgs = st.messages || [];
+    if (withSince) {
+      r.head = Math.max(r.head, st.offset);
+      addMessages(r, msgs, true);
+    } else {
+      // A first join: the newest page is all we want; older is "load older".
+      // (r.last first, or addMessages would take the older ones for a hole.)
+      r.last = r.head = Math.max(r.last, st.offset);
+      addMessages(r, msgs, false);
+      r.noOlder = !msgs.length || msgs[0].offset <= 1;
+    }
+    advance(r);
+    if (r === cur()) renderRoom();
+    fillHoles(r);
+  }
+
+  async function join(r) {
+    if (r.joining || r.joined || r.draft || !online()) return;
+    r.joining = true;
+    const withSince = !!r.epoch;
+    const req = withSince
+      ? { op: 'join', room: r.name, since: { epoch: r.epoch, offset: r.last } }
+      : { op: 'join', room: r.name, history: JOIN_HISTORY };
+    try {
+      const rep = await request(req);
+      r.joining = false;
+      if (S.rooms.get(r.name) !== r) return; // left meanwhile
+      applyJoin(r, rep, withSince);
+      flushOutbox();
+      refreshRooms();
+    } catch (err) {
+      r.joining = false;
+      if (err.code === 'bad_room') removeRoom(r, `Cannot join ${roomLabel(r)}: ${err.message}`);
+      else if (err.code === 'already_joined') { r.joined = true; fetchNewest(r); }
+      else if (err.code !== 'disconnected') toast(`Cannot join ${roomLabel(r)}: ${err.message}`);
+    }
+  }
+
+  // ----------------------------------------------------------------- sending
+  function submitMessage() {
+    const r = cur();
+    const text = input.value;
+    if (!r || !text.trim()) return;
+    if (!online()) { hint('You are offline: sending resumes when the connection is back.'); return; }
+    if ([...text].length > S.limits.max_text) { hint(`Messages are limited to ${S.limits.max_text} characters.`); return; }
+    const item = { cmid: `${S.cmidPrefix}-${++S.cmidSeq}`, room: r.name, text, ts: Date.now(), status: 'sending', error: null };
+    S.outbox.push(item);
+    input.value = '';
+    r.draftText = '';
+    autosize();
+    updateComposer();
+    renderPending();
+    scrollToBottom();
+    transmit(item);
+  }
+
+  function transmit(item) {
+    const r = S.rooms.get(item.room);
+    if (!r || !online() || item.inflight || !S.outbox.includes(item)) return;
+    // A DM goes out as `dm` while the peer is not in the room (or the room is
+    // new): that (re)joins them and tells them with a dm push.
+    const viaDm = r.dm && !item.noDm && (r.draft || !r.members.has(fold(peerName(r))));
+    if (!viaDm && !r.joined) return; // flushed again once the join reply is in
+    item.inflight = true;
+    item.status = 'sending';
+    renderPending();
+    const req = viaDm ? { op: 'dm', to: peerName(r), text: item.text, cmid: item.cmid }
+      : { op: 'send', room: r.name, text: item.text, cmid: item.cmid };
+    request(req).then((rep) => {
+      item.inflight = false;
+      acked(item, rep);
+    }, (err) => {
+      item.inflight = false;
+      if (!S.outbox.includes(item)) return; // settled meanwhile by history
+      if (err.code === 'disconnected') { item.status = 'waiting'; }
+      else if (TEMPORARY.has(err.code)) {
+        item.status = 'waiting';
+        setTimeout(() => transmit(item), 1000 + Math.random() * 2000);
+      } else if (err.code === 'no_such_nick' && viaDm && !r.draft) {
+        item.noDm = true; // the peer is offline: the room still keeps it for them
+        transmit(item);
+      } else if (err.code === 'not_joined') {
+        item.status = 'waiting';
+        r.joined = false;
+        join(r);
+      } else {
+        item.status = 'failed';
+        item.error = err.code === 'no_such_nick' ? `${peerName(r)} is not online.` : (err.message || err.code);
+      }
+      renderPending();
+    });
+  }
+
+  function acked(item, rep) {
+    let r = S.rooms.get(item.room);
+    if (!r) return;
+    if (rep.room && rep.room !== r.name) r = renameRoom(r, rep.room); // the hub names DM rooms
+    const wasDraft = r.draft;
+    r.draft = false;
+    if (wasDraft || (r.dm && !r.joined)) {
+      r.joined = true;
+      r.members.set(fold(S.nick), S.nick);
+      r.members.set(fold(peerName(r)), peerName(r));
+      fetchNewest(r);
+      save();
+      renderSidebar();
+    }
+    settle(item.cmid);
+    addMessages(r, [{ offset: rep.offset, ts: rep.ts, from: S.nick, text: item.text, cmid: item.cmid }], false);
+  }
+
+  // A message with one of our cmids is in the room's history: stop resending.
+  function settle(cmid) {
+    const i = S.outbox.findIndex((o) => o.cmid === cmid);
+    if (i < 0) return;
+    S.outbox.splice(i, 1);
+    renderPending();
+  }
+
+  function flushOutbox() {
+    for (const item of S.outbox) if (item.status !== 'failed') transmit(item);
+  }
+
+  // ------------------------------------------------------------------- rooms
+  function switchTo(name) {
+    const prev = cur();
+    if (prev) prev.draftText = input.value;
+    S.current = name;
+    const r = cur();
+    if (r) {
+      r.unread = 0;
+      input.value = r.draftText;
+      autosize();
+    }
+    save();
+    renderRoom();
+    renderSidebar();
+    renderTitle();
+    closeDrawers();
+    if (r && !r.dm) history.replaceState(null, '', '#' + r.name);
+    if (matchMedia('(min-width: 760px)').matches) input.focus({ preventScroll: true });
+  }
+
+  function openRoom(name) {
+    const r = getRoom(name);
+    switchTo(name);
+    join(r);
+  }
+
+  function startDm(nick) {
+    if (sameNick(nick, S.nick)) return;
+    const existing = [...S.rooms.values()].find((r) => r.dm && r.peer && sameNick(r.peer, nick));
+    const name = existing ? existing.name : dmName(S.nick, nick);
+    let r = S.rooms.get(name);
+    if (!r) {
+      r = getRoom(name, nick);
+      r.draft = true; // until the first `dm` op opens it on the hub
+      r.noOlder = true;
+      r.members = new Map([[fold(S.nick), S.nick], [fold(nick), nick]]);
+    }
+    switchTo(name);
+  }
+
+  function renameRoom(r, name) {
+    const other = S.rooms.get(name);
+    S.rooms.delete(r.name);
+    for (const o of S.outbox) if (o.room === r.name) o.room = name;
+    const wasCurrent = S.current === r.name;
+    const target = other || r;
+    if (!other) { r.name = name; S.rooms.set(name, r); }
+    if (wasCurrent) S.current = name;
+    save();
+    renderAll();
+    return target;
+  }
+
+  function removeRoom(r, why) {
+    S.rooms.delete(r.name);
+    S.outbox = S.outbox.filter((o) => o.room !== r.name);
+    if (S.current === r.name) S.current = S.rooms.size ? S.rooms.keys().next().value : null;
+    if (why) toast(why);
+    save();
+    renderAll();
+  }
+
+  function leaveRoom(r) {
+    if (r.joined) request({ op: 'leave', room: r.name }).catch(() => {});
+    removeRoom(r);
+    refreshRooms();
+  }
+
+  async function refreshRooms() {
+    if (!online()) return;
+    try {
+      const rep = await request({ op: 'rooms' });
+      S.publicRooms = Array.isArray(rep.rooms) ? rep.rooms : [];
+      renderSidebar();
+    } catch { /* shown again on the next refresh */ }
+  }
+
+  function stopTyping(r, nick) {
+    const t = r.typing.get(fold(nick));
+    if (!t) return;
+    clearTimeout(t.timer);
+    r.typing.delete(fold(nick));
+    if (r === cur()) renderTyping();
+  }
+
+  // ----------------------------------------------------------------- drawing
+  const input = $('message');
+  const log = $('log');
+  const list = $('messages');
+  const pendingList = $('pending');
+  const nickDialog = $('nick-dialog');
+
+  function renderAll() {
+    renderMe();
+    renderSidebar();
+    renderRoom();
+    renderConn();
+    renderTitle();
+  }
+
+  function renderRoom() {
+    renderHeader();
+    renderMessages(true);
+    renderMembers();
+    renderTyping();
+    updateComposer();
+  }
+
+  function renderMe() {
+    $('me-nick').textContent = S.nick;
+    avatar(S.nick, $('me-avatar'));
+  }
+
+  function renderHeader() {
+    const r = cur();
+    $('room-title').textContent = r ? roomLabel(r) : 'chathub';
+    input.placeholder = r ? `Message ${roomLabel(r)}` : 'Join a room to chat';
+  }
+
+  function roomItem(r) {
+    const active = r.name === S.current;
+    const sigil = r.dm ? avatar(peerName(r)) : h('span', { class: 'sigil', 'aria-hidden': 'true' }, '#');
+    const label = r.dm ? peerName(r) : r.name;
+    const open = h('button', {
+      type: 'button', class: 'room-btn' + (r.unread ? ' has-unread' : ''),
+      'aria-current': active ? 'page' : null, onclick: () => switchTo(r.name),
+    }, sigil, h('span', { class: 'room-name' }, label),
+    r.unread ? h('span', { class: 'badge', 'aria-label': `${r.unread} unread` }, r.unread > 99 ? '99+' : String(r.unread)) : null);
+    const leave = h('button', {
+      type: 'button', class: 'leave-btn', 'aria-label': `Leave ${roomLabel(r)}`, title: 'Leave',
+      onclick: () => leaveRoom(r),
+    }, '×');
+    return h('li', { class: active ? 'active' : null }, open, leave);
+  }
+
+  function renderSidebar() {
+    const rooms = [...S.rooms.values()];
+    $('room-list').replaceChildren(...rooms.filter((r) => !r.dm).map(roomItem));
+    const dms = rooms.filter((r) => r.dm);
+    $('dm-list').replaceChildren(...dms.map(roomItem));
+    $('dm-empty').hidden = dms.length > 0;
+    const others = S.publicRooms.filter((p) => !S.rooms.has(p.room) && ROOM_RE.test(p.room));
+    $('discover-list').replaceChildren(...others.map((p) => h('li', null, h('button', {
+      type: 'button', class: 'room-btn', onclick: () => openRoom(p.room),
+    }, h('span', { class: 'sigil', 'aria-hidden': 'true' }, '#'), h('span', { class: 'room-name' }, p.room),
+    h('span', { class: 'count', title: `${p.members} online` }, String(p.members))))));
+    $('discover-empty').hidden = others.length > 0;
+    const unreadElsewhere = rooms.some((r) => r.unread && r.name !== S.current);
+    $('menu-badge').hidden = !unreadElsewhere;
+  }
+
+  function renderTitle() {
+    const n = [...S.rooms.values()].reduce((a, r) => a + r.unread, 0);
+    document.title = n ? `(${n}) chathub` : 'chathub';
+  }
+
+  function renderMembers() {
+    const r = cur();
+    const ul = $('member-list');
+    const note = $('members-note');
+    if (!r) { ul.replaceChildren(); $('members-total').textContent = ''; $('member-count').textContent = ''; return; }
+    const nicks = [...r.members.values()].sort((a, b) => fold(a).localeCompare(fold(b)));
+    const total = r.count !== null ? r.count : nicks.length;
+    $('members-total').textContent = String(total);
+    $('member-count').textContent = String(total);
+    $('members-btn').setAttribute('aria-label', `Members (${total})`);
+    note.hidden = r.count === null;
+    note.textContent = r.count !== null ? `${r.count} people are here; the list is not shown for rooms this big.` : '';
+    ul.replaceChildren(...(r.count !== null ? [] : nicks).map((nick) => {
+      const me = sameNick(nick, S.nick);
+      return h('li', { class: 'member' + (me ? ' self' : '') }, avatar(nick),
+        h('span', { class: 'member-nick' }, nick), me ? h('span', { class: 'you' }, 'you') : null,
+        me || r.dm ? null : h('button', {
+          type: 'button', class: 'dm-btn', 'aria-label': `Direct message ${nick}`, title: 'Direct message',
+          onclick: () => startDm(nick),
+        }, 'Message'));
+    }));
+  }
+
+  function renderTyping() {
+    const r = cur();
+    const el = $('typing');
+    const nicks = r ? [...r.typing.values()].map((t) => t.nick) : [];
+    el.replaceChildren();
+    if (!nicks.length) return;
+    const who = nicks.length === 1 ? `${nicks[0]} is typing`
+      : nicks.length === 2 ? `${nicks[0]} and ${nicks[1]} are typing`
+        : `${nicks.length} people are typing`;
+    el.append(h('span', { class: 'dots', 'aria-hidden': 'true' }, h('i'), h('i'), h('i')), `${who}…`);
   }
 
   function nearBottom() {
-    return log.scrollHeight - log.scrollTop - log.clientHeight < 80;
+    return log.scrollHeight - log.scrollTop - log.clientHeight < 120;
+  }
+  function scrollToBottom() {
+    log.scrollTop = log.scrollHeight;
+    $('jump').hidden = true;
   }
 
-  function addLine(text, kind) {
-    const stick = nearBottom();
-    const li = document.createElement('li');
-    li.className = 'msg ' + kind;
-    const time = document.createElement('time');
-    const now = new Date();
-    time.dateTime = now.toISOString();
-    time.textContent = now.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-    const body = document.createElement('span');
-    body.className = 'text';
-    body.textContent = text;
-    li.append(time, body);
-    list.appendChild(li);
-    while (list.children.length > MAX_MESSAGES) list.firstElementChild.remove();
-    empty.hidden = true;
-    if (stick || kind === 'mine') log.scrollTop = log.scrollHeight;
-  }
-
-  function system(text) { addLine(text, 'system'); }
-
-  function clearRetry() {
-    clearTimeout(retryTimer);
-    clearInterval(countdownTimer);
-    retryTimer = countdownTimer = null;
-  }
-
-  function connect() {
-    clearRetry();
-    const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
-    const url = scheme + location.host + '/ws/' + room; // ROOM_RE admits only URL-safe characters
-    setStatus('connecting', 'Connecting to #' + room + '…');
-    let sock;
-    try {
-      sock = new WebSocket(url);
-    } catch (e) {
-      scheduleReconnect();
-      return;
+  // Items in display order: messages and "cannot be delivered" notes.
+  function items(r) {
+    const out = [...r.archive];
+    const gaps = [...r.gaps].sort((a, b) => a[0] - b[0]);
+    let g = 0;
+    for (const m of sorted(r)) {
+      while (g < gaps.length && gaps[g][1] < m.offset) out.push(gapNote(gaps[g++]));
+      out.push(m);
     }
-    sock.binaryType = 'arraybuffer';
-    ws = sock;
-    pending = [];
-
-    sock.onopen = () => {
-      if (ws !== sock) return;
-      attempt = 0;
-      setStatus('open', 'Connected to #' + room);
-      system('Joined #' + room);
-      input.focus({ preventScroll: true });
-    };
-
-    sock.onmessage = (e) => {
-      if (ws !== sock) return;
-      if (typeof e.data === 'string') {
-        const mine = pending.length > 0 && pending[0] === e.data;
-        if (mine) pending.shift();
-        addLine(e.data, mine ? 'mine' : 'other');
-      } else {
-        addLine('[binary message, ' + e.data.byteLength + ' bytes]', 'system');
-      }
-    };
-
-    sock.onclose = (e) => {
-      if (ws !== sock) return;
-      ws = null;
-      if (e.code === 1009) system('The last message was too large for the hub.');
-      else if (e.code === 1001) system('The hub is going away.');
-      else if (e.code !== 1000 && e.code !== 1005 && e.code !== 1006) {
-        system('Disconnected by the hub (' + e.code + (e.reason ? ': ' + e.reason : '') + ').');
-      }
-      if (e.code >= 4500 && e.code <= 4999) {
-        stopped = true;
-        setStatus('closed', 'Disconnected' + (e.reason ? ': ' + e.reason : ''));
-        return;
-      }
-      scheduleReconnect();
-    };
+    while (g < gaps.length) out.push(gapNote(gaps[g++]));
+    return out;
   }
+  const gapNote = ([from, to]) => ({
+    sys: to > from ? `${to - from + 1} messages could not be delivered (no longer kept by the server).`
+      : 'A message could not be delivered (no longer kept by the server).',
+  });
 
-  function scheduleReconnect() {
-    clearRetry();
-    if (stopped) return;
-    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt);
-    const delay = Math.round(base / 2 + Math.random() * base / 2);
-    attempt++;
-    const due = Date.now() + delay;
-    const tick = () => {
-      const s = Math.max(0, Math.ceil((due - Date.now()) / 1000));
-      setStatus('closed', 'Disconnected. Reconnecting in ' + s + ' s…');
-    };
-    tick();
-    countdownTimer = setInterval(tick, 250);
-    retryTimer = setTimeout(connect, delay);
-  }
-
-  function switchRoom(next) {
-    room = next;
-    if (location.hash !== '#' + next) history.replaceState(null, '', '#' + next);
-    document.title = '#' + next + ' · chathub';
+  // Full redraw of the current room, keeping the reader's place: at the
+  // bottom if they were there, else on the same message when older ones are
+  // added above.
+  function renderMessages(toBottom) {
+    const r = cur();
+    const stick = toBottom || nearBottom();
+    const fromBottom = log.scrollHeight - log.scrollTop;
+    list.setAttribute('aria-busy', 'true'); // one redraw is not a flood of news
     list.replaceChildren();
-    empty.hidden = false;
-    stopped = false;
-    attempt = 0;
-    const old = ws;
-    ws = null;
-    if (old) old.close(1000, 'switching room');
-    connect();
+    list.lastItem = null;
+    if (r) for (const it of items(r)) appendItem(it);
+    list.removeAttribute('aria-busy');
+    renderPending();
+    renderOlder();
+    if (stick) scrollToBottom(); else log.scrollTop = log.scrollHeight - fromBottom;
   }
 
-  roomForm.addEventListener('submit', (e) => {
-    e.preventDefault();
-    const next = roomInput.value.trim();
-    if (!ROOM_RE.test(next)) {
-      roomInput.setCustomValidity('1 to 64 letters, digits, or _ . : -');
-      roomInput.reportValidity();
+  function appendMessage(r, msg) {
+    const stick = nearBottom();
+    appendItem(msg);
+    $('empty').hidden = true;
+    if (stick || sameNick(msg.from, S.nick)) scrollToBottom(); else $('jump').hidden = false;
+  }
+
+  function appendItem(it) {
+    const prev = list.lastItem;
+    if (it.sys) {
+      list.append(h('li', { class: 'sys' }, it.sys));
+      list.lastItem = it;
       return;
     }
-    roomInput.setCustomValidity('');
-    if (next !== room || !ws) switchRoom(next);
-  });
-  roomInput.addEventListener('input', () => roomInput.setCustomValidity(''));
+    if (!prev || prev.sys || dayKey(prev.ts) !== dayKey(it.ts)) {
+      list.append(h('li', { class: 'day', role: 'separator' }, h('span', null, dayLabel(it.ts))));
+    }
+    const cont = prev && !prev.sys && prev.from === it.from && it.ts - prev.ts < GROUP_MS && dayKey(prev.ts) === dayKey(it.ts);
+    list.append(messageEl(it, cont, null));
+    list.lastItem = it;
+  }
 
-  sendForm.addEventListener('submit', (e) => {
-    e.preventDefault();
-    const text = input.value;
-    if (!text.trim() || !ws || ws.readyState !== WebSocket.OPEN) return;
-    if (new TextEncoder().encode(text).length > MAX_MESSAGE_BYTES) {
-      system('That message is too long (64 KiB at most).');
+  function messageEl(m, cont, status) {
+    const mine = sameNick(m.from, S.nick);
+    const time = h('time', { datetime: new Date(m.ts).toISOString(), title: fullFmt.format(m.ts) }, timeFmt.format(m.ts));
+    const li = h('li', {
+      class: 'msg' + (cont ? ' cont' : '') + (mine ? ' mine' : '') + (status ? ' pending ' + status : ''),
+      'data-offset': m.offset || null,
+    });
+    if (cont) {
+      li.append(h('span', { class: 'side-time' }, time), h('span', { class: 'sr-only' }, m.from + ': '));
+    } else {
+      li.append(avatar(m.from), h('div', { class: 'meta' }, h('span', { class: 'from' }, m.from), time));
+    }
+    li.append(textEl(m.text));
+    return li;
+  }
+
+  // Text with http(s) links made clickable. Only text nodes and <a> elements
+  // with an http(s) href are created.
+  function textEl(text) {
+    const el = h('div', { class: 'text' });
+    const re = /\bhttps?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]]/g;
+    let at = 0;
+    for (const m of text.matchAll(re)) {
+      if (m.index > at) el.append(text.slice(at, m.index));
+      el.append(h('a', { href: m[0], target: '_blank', rel: 'noopener noreferrer nofollow' }, m[0]));
+      at = m.index + m[0].length;
+    }
+    if (at < text.length) el.append(text.slice(at));
+    return el;
+  }
+
+  function renderPending() {
+    const r = cur();
+    const mine = r ? S.outbox.filter((o) => o.room === r.name) : [];
+    pendingList.replaceChildren(...mine.map((o) => {
+      const li = messageEl({ from: S.nick, ts: o.ts, text: o.text }, false, o.status);
+      const note = o.status === 'failed' ? `Not sent: ${o.error}`
+        : o.status === 'waiting' ? 'Waiting for the connection — it will be sent when you are back online'
+          : 'Sending…';
+      const state = h('div', { class: 'state' }, note);
+      if (o.status === 'failed') {
+        state.append(
+          h('button', { type: 'button', onclick: () => { o.status = 'waiting'; o.noDm = false; transmit(o); renderPending(); } }, 'Retry'),
+          h('button', { type: 'button', onclick: () => { S.outbox.splice(S.outbox.indexOf(o), 1); renderPending(); } }, 'Discard'));
+      }
+      li.append(state);
+      return li;
+    }));
+    $('empty').hidden = !r || r.msgs.size > 0 || r.archive.length > 0 || mine.length > 0 || !r.noOlder;
+  }
+
+  function renderOlder() {
+    const r = cur();
+    const b = $('older');
+    b.hidden = !r || r.noOlder || !r.epoch || oldestOffset(r) <= 1 || !!inGap(r, oldestOffset(r) - 1);
+    b.disabled = !!(r && r.loadingOlder) || !online();
+    b.textContent = r && r.loadingOlder ? 'Loading…' : 'Load older messages';
+  }
+
+  function setConn(kind, detail) {
+    const was = S.conn;
+    S.conn = kind;
+    if (detail !== undefined) S.connDetail = detail;
+    const st = $('status');
+    st.dataset.state = kind === 'online' ? 'open' : kind === 'connecting' ? 'connecting' : 'closed';
+    st.dataset.conn = kind;
+    renderConn();
+    updateComposer();
+    renderOlder();
+    if (was !== kind && (kind === 'online' || was === 'online' || kind === 'offline')) {
+      $('announce').textContent = kind === 'online' ? 'Connected.' : $('conn-text').textContent;
+    }
+  }
+
+  function renderConn() {
+    const secs = Math.ceil((S.retryAt - Date.now()) / 1000);
+    const text = {
+      connecting: 'Connecting…',
+      online: 'Online',
+      reconnecting: secs >= 1 ? `Reconnecting in ${secs} s` : 'Reconnecting…',
+      offline: 'Offline',
+    }[S.conn];
+    $('conn-text').textContent = text;
+    const banner = $('banner');
+    const show = S.conn === 'reconnecting' || S.conn === 'offline';
+    banner.hidden = !show;
+    banner.dataset.conn = S.conn;
+    if (show) $('banner-text').textContent = `${S.connDetail || ''} ${text}`.trim();
+    $('retry').textContent = S.hold ? 'Pick a nickname' : 'Retry now';
+  }
+  setInterval(() => { if (S.conn === 'reconnecting') renderConn(); }, 1000);
+
+  function updateComposer() {
+    const r = cur();
+    $('send').disabled = !(r && online() && input.value.trim());
+    $('send-form').classList.toggle('offline', !online());
+  }
+
+  let hintTimer = null;
+  function hint(text) {
+    const el = $('hint');
+    el.textContent = text;
+    el.classList.add('warn');
+    clearTimeout(hintTimer);
+    hintTimer = setTimeout(() => {
+      el.textContent = 'Enter to send · Shift+Enter for a new line';
+      el.classList.remove('warn');
+    }, 4000);
+  }
+
+  let toastTimer = null;
+  function toast(text) {
+    const el = $('toast');
+    el.textContent = text;
+    el.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { el.hidden = true; }, 5000);
+  }
+
+  function autosize() {
+    input.style.height = 'auto';
+    input.style.height = Math.min(input.scrollHeight, 180) + 'px';
+  }
+
+  // ------------------------------------------------------------ nick dialog
+  function openNickDialog(required, problem) {
+    const first = !S.nickChosen && !required;
+    $('nick-title').textContent = first ? 'Welcome to chathub' : 'Your nickname';
+    $('nick-intro').textContent = first
+      ? `Pick the name others will see. For now you are chatting as “${S.nick}”.`
+      : 'Others see this name next to your messages.';
+    $('nick-input').value = S.nick;
+    $('nick-error').textContent = problem || '';
+    $('nick-cancel').hidden = required;
+    $('nick-save').textContent = first ? 'Start chatting' : 'Save';
+    if (nickDialog.open) nickDialog.close();
+    // A first visit gets a non-blocking card (the page is usable meanwhile);
+    // a change asked for, or a taken nick, gets a modal dialog.
+    if (first) nickDialog.show(); else nickDialog.showModal();
+    $('nick-input').focus();
+    $('nick-input').select();
+  }
+
+  async function submitNick() {
+    const nick = $('nick-input').value.trim();
+    const problem = nickProblem(nick);
+    if (problem) { $('nick-error').textContent = problem; return; }
+    if (nick === S.nick) {
+      S.nickChosen = true;
+      save();
+      nickDialog.close();
+      if (S.hold) connect();
       return;
     }
-    ws.send(text);
-    pending.push(text);
-    if (pending.length > 100) pending.shift();
-    input.value = '';
-  });
+    if (!online()) {
+      // Not connected (or held back by a taken nick): the next hello uses it.
+      S.nick = nick;
+      S.nickChosen = true;
+      save();
+      renderMe();
+      nickDialog.close();
+      if (S.hold || !S.ws) connect();
+      return;
+    }
+    try {
+      const rep = await request({ op: 'nick', nick });
+      const was = S.nick;
+      S.nick = rep.nick;
+      // The hub tells the others with nick pushes, not us: fix our own entries.
+      for (const r of S.rooms.values()) {
+        if (r.members.delete(fold(was))) r.members.set(fold(S.nick), S.nick);
+      }
+      S.nickChosen = true;
+      save();
+      nickDialog.close();
+      renderAll();
+    } catch (err) {
+      $('nick-error').textContent = err.code === 'nick_taken' ? 'That nickname is taken.'
+        : err.code === 'disconnected' ? 'The connection dropped; try again in a moment.' : (err.message || 'Not accepted.');
+    }
+  }
 
-  window.addEventListener('hashchange', () => {
-    const next = roomFromHash();
-    if (next && next !== room) {
-      roomInput.value = next;
-      switchRoom(next);
+  // ------------------------------------------------------------ phone drawers
+  function setDrawer(id, open) {
+    const el = $(id);
+    if (el.classList.contains('open') !== open) {
+      el.classList.add('anim');
+      setTimeout(() => el.classList.remove('anim'), 250);
+    }
+    el.classList.toggle('open', open);
+    const btn = id === 'sidebar' ? $('menu-btn') : $('members-btn');
+    btn.setAttribute('aria-expanded', String(open));
+    const any = $('sidebar').classList.contains('open') || $('members').classList.contains('open');
+    $('scrim').hidden = !any;
+    if (open) { const f = el.querySelector('button'); if (f) f.focus(); }
+    else if (el.contains(document.activeElement) && getComputedStyle(btn).display !== 'none') btn.focus();
+  }
+  function closeDrawers() {
+    setDrawer('sidebar', false);
+    setDrawer('members', false);
+  }
+
+  // ------------------------------------------------------------------ events
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      submitMessage();
     }
   });
+  // Typing: at most one notice per TYPING_EVERY_MS, plus a trailing one when
+  // the window closes while the user is still typing (so others see it again
+  // soon after the previous message ended it).
+  let lastInputAt = 0;
+  function typed() {
+    const r = cur();
+    if (!r || !r.joined || !online() || !input.value.trim()) return;
+    const wait = r.typingSentAt + TYPING_EVERY_MS - Date.now();
+    if (wait <= 0) {
+      r.typingSentAt = Date.now();
+      tell({ op: 'typing', room: r.name });
+    } else if (!r.typingTimer) {
+      r.typingTimer = setTimeout(() => {
+        r.typingTimer = null;
+        if (cur() === r && Date.now() - lastInputAt < TYPING_EVERY_MS) typed();
+      }, wait);
+    }
+  }
+  input.addEventListener('input', () => {
+    autosize();
+    updateComposer();
+    lastInputAt = Date.now();
+    typed();
+  });
+  $('send-form').addEventListener('submit', (e) => { e.preventDefault(); submitMessage(); input.focus(); });
 
-  // Come back at once when the network or the tab returns instead of waiting
-  // out the backoff.
-  const retryNow = () => {
-    if (!ws && !stopped && retryTimer) { attempt = 0; connect(); }
-  };
-  window.addEventListener('online', retryNow);
+  $('room-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const field = $('room-input');
+    const name = field.value.trim().replace(/^#/, '');
+    if (!ROOM_RE.test(name)) {
+      field.setCustomValidity('Room names are 1 to 64 letters, digits or _ . : -');
+      field.reportValidity();
+      return;
+    }
+    field.value = '';
+    openRoom(name);
+  });
+  $('room-input').addEventListener('input', (e) => e.target.setCustomValidity(''));
+
+  $('older').addEventListener('click', () => { const r = cur(); if (r) loadOlder(r); });
+  $('jump').addEventListener('click', scrollToBottom);
+  log.addEventListener('scroll', () => { if (nearBottom()) $('jump').hidden = true; });
+  $('retry').addEventListener('click', () => {
+    if (S.hold) { openNickDialog(true, S.connDetail); return; }
+    S.attempt = 0;
+    connect();
+  });
+  $('refresh-rooms').addEventListener('click', refreshRooms);
+  $('me').addEventListener('click', () => openNickDialog(false));
+  $('nick-form').addEventListener('submit', (e) => { e.preventDefault(); submitNick(); });
+  $('nick-cancel').addEventListener('click', () => {
+    S.nickChosen = true; // "not now" is an answer too: do not ask on every visit
+    save();
+    nickDialog.close();
+  });
+  $('menu-btn').addEventListener('click', () => setDrawer('sidebar', !$('sidebar').classList.contains('open')));
+  $('members-btn').addEventListener('click', () => setDrawer('members', !$('members').classList.contains('open')));
+  $('scrim').addEventListener('click', closeDrawers);
+  document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeDrawers(); });
+
+  window.addEventListener('online', () => {
+    // Only when waiting for the network: a pending retry (maybe the delay a
+    // bye asked for) keeps its time.
+    if (!S.ws && !S.hold && !S.retryTimer) { S.attempt = 0; connect(); }
+  });
+  window.addEventListener('offline', () => {
+    // The socket may look open for a while: a ping tells within PONG_TIMEOUT_MS.
+    if (online()) {
+      tell({ op: 'ping' });
+      clearTimeout(S.pongTimer);
+      S.pongTimer = setTimeout(() => dropSocket(4000, 'no pong'), PONG_TIMEOUT_MS);
+    }
+  });
   document.addEventListener('visibilitychange', () => {
-    if (document.visibilityState === 'visible') retryNow();
+    const r = cur();
+    if (!document.hidden && r && r.unread) { r.unread = 0; renderSidebar(); renderTitle(); }
   });
 
-  roomInput.value = room;
-  document.title = '#' + room + ' · chathub';
+  // ----------------------------------------------------------------- startup
+  for (const entry of Array.isArray(saved.rooms) ? saved.rooms : []) {
+    const [name, peer] = Array.isArray(entry) ? entry : [entry];
+    if (typeof name === 'string' && (ROOM_RE.test(name) || name.startsWith('@'))) getRoom(name, typeof peer === 'string' ? peer : null);
+  }
+  let fromHash = '';
+  try { fromHash = decodeURIComponent(location.hash.slice(1)); } catch { /* ignore a bad hash */ }
+  if (ROOM_RE.test(fromHash)) getRoom(fromHash);
+  if (!S.rooms.size) getRoom('lobby');
+  S.current = ROOM_RE.test(fromHash) ? fromHash
+    : S.rooms.has(saved.current) ? saved.current : S.rooms.keys().next().value;
+  // DM rooms remembered from an earlier visit are resumed only once we know
+  // their epoch; until then they are joined like any room.
+  // The header's room field is narrow on phones: a shorter placeholder fits.
+  const narrow = matchMedia('(max-width: 759px)');
+  const placeholder = () => { $('room-input').placeholder = narrow.matches ? 'room' : 'Join a room'; };
+  narrow.addEventListener('change', placeholder);
+  placeholder();
+  renderAll();
   connect();
+
+  // A handle for tests and the curious: window.__chathub.ws.close(4000) drops
+  // the connection the way a network hiccup would.
+  window.__chathub = {
+    get ws() { return S.ws; },
+    state: S,
+    messages: (room) => sorted(S.rooms.get(room || S.current)).map((m) => ({ ...m })),
+  };
 })();

@@ -1136,7 +1136,7 @@ static void jw_join_state(struct pending_join *pj, struct hub_buf *b,
             complete = !(n > 0 && msgs[0].offset > pj->since + 1 && msgs[0].offset > pos->first);
         }
     }
-    jw_messages(b, msgs + skip, n - skip);
+    jw_messages(b, skip < n ? msgs + skip : NULL, n - skip);
     if (!complete) {
         jw_key(b, "complete");
         hub_buf_puts(b, "false");
@@ -1583,7 +1583,8 @@ static void op_rooms(struct request *rq)
 {
     struct rooms_list l = {0};
     hub_rooms_foreach(rq->cl->chat->rooms, collect_room, &l);
-    qsort(l.items, l.n, sizeof(*l.items), by_size_desc);
+    if (l.n > 1)
+        qsort(l.items, l.n, sizeof(*l.items), by_size_desc);
     struct hub_buf b = {0};
     begin_reply(&b, rq->id);
     jw_key(&b, "rooms");
@@ -1800,6 +1801,8 @@ static void refuse_rate(struct hub_chat_client *cl, const char *data, size_t len
 
 void hub_chat_client_message(struct hub_chat_client *cl, int opcode, const char *data, size_t len)
 {
+    if (data == NULL)
+        data = ""; /* an empty message may come without a buffer */
     if (!take_token(cl)) {
         refuse_rate(cl, data, len);
         return;

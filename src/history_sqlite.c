@@ -1068,15 +1068,25 @@ static int mkdir_p(uv_loop_t *loop, char *path)
     if (rc != UV_ENOENT)
         return rc == UV_EEXIST ? 0 : rc;
     char *slash = strrchr(path, '/');
+#ifdef _WIN32
+    char *bslash = strrchr(path, '\\');
+    if (bslash != NULL && (slash == NULL || bslash > slash))
+        slash = bslash;
+#endif
     if (slash == NULL || slash == path)
         return rc;
+    char sep = *slash;
     *slash = '\0';
     rc = mkdir_p(loop, path);
-    *slash = '/';
+    *slash = sep;
     if (rc != 0)
         return rc;
     rc = uv_fs_mkdir(loop, &req, path, 0755, NULL);
     uv_fs_req_cleanup(&req);
+    /* The parent exists now, so "no such file" means it is not a directory
+     * (Windows reports ERROR_PATH_NOT_FOUND where POSIX says ENOTDIR). */
+    if (rc == UV_ENOENT)
+        rc = UV_ENOTDIR;
     return rc == UV_EEXIST ? 0 : rc;
 }
 

@@ -71,7 +71,7 @@ static void usage(FILE *f)
         "  --no-persist          keep history in memory only (lost on restart)\n");
 }
 
-__attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
+HUB_PRINTF_LIKE(1, 2) static int usage_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);

@@ -41,7 +41,7 @@ int hub_buf_append(struct hub_buf *b, const void *data, size_t len);
 int hub_buf_puts(struct hub_buf *b, const char *s);
 
 /* Appends printf-formatted text. Returns 0, HUB_ENOMEM or HUB_EINVAL (bad format). */
-int hub_buf_printf(struct hub_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int hub_buf_printf(struct hub_buf *b, const char *fmt, ...) HUB_PRINTF_LIKE(2, 3);
 
 /* Drops the first n bytes (n <= len), moving the rest to the front. */
 void hub_buf_consume(struct hub_buf *b, size_t n);

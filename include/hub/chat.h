@@ -48,7 +48,7 @@ struct hub_chat_config {
     unsigned history_default;        /* messages in a join reply (50) */
     unsigned history_max_rooms_kept; /* announced "history" limit (1000) */
     int64_t (*now_ms)(void);         /* wall clock in ms; NULL = the system clock */
-    uint32_t ping_interval_s;      /* WebSocket ping period, announced in hello (25) */
+    uint32_t ping_interval_s;        /* WebSocket ping period, announced in hello (25) */
     uint32_t rate;                   /* messages per second per client (20; 0 = no limit) */
     uint32_t burst;                  /* messages a client may send at once (40) */
 };

@@ -40,6 +40,16 @@ struct hub_iov {
 
 #define HUB_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Marks a printf-like function for format checking. On mingw-w64 the
+ * "printf" archetype is msvcrt's dialect (no %zu, %lld); with mingw's own C99
+ * stdio (__USE_MINGW_ANSI_STDIO, which _POSIX_C_SOURCE turns on) the printf
+ * family really is GNU's, so check against that. */
+#if defined(__MINGW32__) && defined(__USE_MINGW_ANSI_STDIO) && __USE_MINGW_ANSI_STDIO
+#define HUB_PRINTF_LIKE(fmt, first) __attribute__((format(gnu_printf, fmt, first)))
+#else
+#define HUB_PRINTF_LIKE(fmt, first) __attribute__((format(printf, fmt, first)))
+#endif
+
 /* Folds an ASCII upper-case letter to lower case; other bytes are unchanged. */
 static inline int hub_ascii_lower(int c)
 {

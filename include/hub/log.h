@@ -8,6 +8,8 @@
 #ifndef HUB_LOG_H
 #define HUB_LOG_H
 
+#include "hub/common.h"
+
 enum hub_log_level {
     HUB_LOG_ERROR = 0,
     HUB_LOG_WARN = 1,
@@ -25,7 +27,7 @@ int hub_log_get_level(void);
 int hub_log_parse_level(const char *name);
 
 /* Writes one line at level if enabled. fmt is printf-style, no trailing newline. */
-void hub_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void hub_log(int level, const char *fmt, ...) HUB_PRINTF_LIKE(2, 3);
 
 #define hub_log_error(...) hub_log(HUB_LOG_ERROR, __VA_ARGS__)
 #define hub_log_warn(...) hub_log(HUB_LOG_WARN, __VA_ARGS__)

@@ -22,6 +22,10 @@ async function warmBaseline(s) {
   return rssKiB(s.proc.pid);
 }
 
+// Under AddressSanitizer freed memory sits in a quarantine and RSS says
+// nothing about the hub's own memory: the figures are printed, not judged.
+const SANITIZED = !!process.env.CHATHUB_SANITIZED;
+
 async function checkRssAfter(s, baseline, label) {
   // Give closes and frees a moment; then read it a few times.
   let after = rssKiB(s.proc.pid);
@@ -30,6 +34,8 @@ async function checkRssAfter(s, baseline, label) {
     after = rssKiB(s.proc.pid);
   }
   console.log(`# ${label}: VmRSS baseline ${(baseline / MB).toFixed(1)} MB, after ${(after / MB).toFixed(1)} MB`);
+  if (SANITIZED)
+    return;
   assert.ok(after <= baseline + RSS_SLACK_KIB,
     `${label}: VmRSS ${after} KiB after vs baseline ${baseline} KiB (allowed +${RSS_SLACK_KIB} KiB)`);
 }
@@ -187,7 +193,8 @@ testCase('a client that never reads while its room is flooded: bounded memory, c
   assert.deepEqual(counts, all.map(() => M), 'every reading client got exactly every message');
   // Bounded: the sleeper's queue is capped by --max-output (1 MiB), and the
   // history ring (1000 messages) by its size.
-  assert.ok(peak <= baseline + 64 * MB, `peak VmRSS ${peak} KiB vs baseline ${baseline} KiB`);
+  if (!SANITIZED)
+    assert.ok(peak <= baseline + 64 * MB, `peak VmRSS ${peak} KiB vs baseline ${baseline} KiB`);
   const m = await eventually(async () => {
     const x = await metrics(s.port);
     return x.chathub_slow_client_closes_total >= 1 ? x : null;

@@ -48,6 +48,11 @@ static int make_link(const char *target, const char *dir, const char *rel)
     snprintf(path, sizeof(path), "%s/%s", dir, rel);
     int rc = uv_fs_symlink(&loop, &req, target, path, 0, NULL);
     uv_fs_req_cleanup(&req);
+    if (rc != 0)
+        return rc;
+    /* Wine reports success without creating the link: check it is there. */
+    rc = uv_fs_lstat(&loop, &req, path, NULL);
+    uv_fs_req_cleanup(&req);
     return rc;
 }
 
