@@ -205,6 +205,16 @@ unsigned hub_outq_peek(const struct hub_outq *q, const char **bases, size_t *len
     return n;
 }
 
+void hub_outq_trim(struct hub_outq *q)
+{
+    if (q->count > 0)
+        return;
+    free(q->items);
+    q->items = NULL;
+    q->cap = 0;
+    q->head = 0;
+}
+
 void hub_outq_consume(struct hub_outq *q, size_t n)
 {
     assert(n <= q->bytes);

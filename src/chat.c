@@ -72,25 +72,25 @@ struct typing_mark {
 };
 
 struct hub_chat_client {
-    struct room_member member;          /* membership, embedded */
-    struct hub_chat *chat;              /* the hub, borrowed */
-    struct hub_ws *ws;                  /* the client's WebSocket, borrowed */
-    int mode;                           /* enum hub_chat_mode */
-    int hello;                          /* JSON: hello succeeded */
-    struct hub_chat_client *nick_next;  /* nick table chain */
-    uint64_t nick_hash;                 /* hash of the folded nick */
-    size_t nick_len;                    /* bytes in nick */
-    char *nick;                         /* current nick, NUL-terminated, owned */
-    uint64_t id;                        /* the client id is "c-<id>" */
-    struct typing_mark *typing;         /* owned, one per room typed in */
-    uint32_t ntyping;                   /* entries in typing */
-    double tokens;                      /* rate limit: messages it may send now */
-    int64_t refilled;                   /* rate limit: when tokens was last topped up */
-    uint32_t strikes;                   /* messages refused in a row */
-    uint32_t refs;                      /* the connection's plus one per request in flight */
-    int dead;                           /* the connection is gone: send nothing */
-    struct hub_room **joining;          /* owned: rooms whose join read is in flight */
-    uint32_t njoining;                  /* entries in joining */
+    struct room_member member;         /* membership, embedded */
+    struct hub_chat *chat;             /* the hub, borrowed */
+    struct hub_ws *ws;                 /* the client's WebSocket, borrowed */
+    int mode;                          /* enum hub_chat_mode */
+    int hello;                         /* JSON: hello succeeded */
+    struct hub_chat_client *nick_next; /* nick table chain */
+    uint64_t nick_hash;                /* hash of the folded nick */
+    size_t nick_len;                   /* bytes in nick */
+    char *nick;                        /* current nick, NUL-terminated, owned */
+    uint64_t id;                       /* the client id is "c-<id>" */
+    struct typing_mark *typing;        /* owned, one per room typed in */
+    uint32_t ntyping;                  /* entries in typing */
+    double tokens;                     /* rate limit: messages it may send now */
+    int64_t refilled;                  /* rate limit: when tokens was last topped up */
+    uint32_t strikes;                  /* messages refused in a row */
+    uint32_t refs;                     /* the connection's plus one per request in flight */
+    int dead;                          /* the connection is gone: send nothing */
+    struct hub_room **joining;         /* owned: rooms whose join read is in flight */
+    uint32_t njoining;                 /* entries in joining */
 };
 
 enum event_kind {
@@ -623,6 +623,10 @@ static void unmark_joining(struct hub_chat_client *cl, struct hub_room *room)
     for (uint32_t i = 0; i < cl->njoining; i++)
         if (cl->joining[i] == room) {
             cl->joining[i] = cl->joining[--cl->njoining];
+            if (cl->njoining == 0) {
+                free(cl->joining); /* joins are rare: idle clients keep no array */
+                cl->joining = NULL;
+            }
             return;
         }
 }
@@ -1531,8 +1535,9 @@ static void op_dm(struct request *rq)
     /* Check both sides first, so that a refused dm joins nobody. */
     if ((!cl_in && cl->member.nrooms >= max) || (!peer_in && peer->member.nrooms >= max)) {
         send_error(cl, rq->id, "too_many_rooms",
-                   !cl_in && cl->member.nrooms >= max ? "you are in the maximum number of rooms"
-                                                      : "the recipient is in the maximum number of rooms");
+                   !cl_in && cl->member.nrooms >= max
+                       ? "you are in the maximum number of rooms"
+                       : "the recipient is in the maximum number of rooms");
         return;
     }
     if (dm_ensure_member(cl, cl, room_name, &room) != 0 ||
@@ -1716,8 +1721,7 @@ static int parse_id(json_t *root, struct req_id *id)
     id->v = 0;
     if (v == NULL)
         return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-        json_integer_value(v) >= (1ll << 53))
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= (1ll << 53))
         return -1;
     id->has = 1;
     id->v = json_integer_value(v);

@@ -38,7 +38,7 @@ struct hub_io {
     uv_timer_t wheel_timer;                  /* advances the timer wheel */
     uint64_t wheel_tick;                     /* next tick of the wheel to process */
     struct hub_conn_link slots[WHEEL_SLOTS]; /* deadline lists, by tick */
-    uv_write_t *free_wreqs;      /* pooled write requests, linked through data */
+    uv_write_t *free_wreqs;                  /* pooled write requests, linked through data */
     struct hub_conn *flush_head;             /* connections with output to write (LIFO) */
     int handles_open;                        /* handles still to be closed by hub_io_close */
     char rbuf[HUB_IO_READ_SIZE];             /* the read buffer lent to every connection */
@@ -262,8 +262,6 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0)
         return; /* EAGAIN; not an end of stream */
-    if (c->on_end != NULL && !(c->flags & HUB_CONN_CLOSING))
-        c->on_end(c, (int)nread);
     hub_conn_close(c);
 }
 
@@ -272,14 +270,6 @@ int hub_conn_accept(struct hub_conn *c, uv_stream_t *server)
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0)
         return HUB_EIO;
     uv_tcp_nodelay(&c->tcp, 1);
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET6)
-            uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof(c->peer));
-        else
-            uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof(c->peer));
-    }
     if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb) != 0)
         return HUB_EIO;
     return 0;
@@ -399,7 +389,7 @@ static void conn_write_cb(uv_write_t *req, int status)
     if (c->flags & HUB_CONN_CLOSING)
         return; /* cancelled by uv_close; close_cb releases the queue */
     if (status < 0) {
-        hub_log_debug("write to %s failed: %s", c->peer, uv_strerror(status));
+        hub_log_debug("write to %s failed: %s", hub_conn_peer(c), uv_strerror(status));
         hub_conn_close(c);
         return;
     }
@@ -432,7 +422,7 @@ static void conn_flush(struct hub_conn *c)
             if ((size_t)w == total)
                 continue; /* maybe more than HUB_IO_MAX_IOVS slices queued */
         } else if (w != UV_EAGAIN && w != UV_ENOSYS) {
-            hub_log_debug("write to %s failed: %s", c->peer, uv_strerror(w));
+            hub_log_debug("write to %s failed: %s", hub_conn_peer(c), uv_strerror(w));
             hub_conn_close(c);
             return;
         }
@@ -461,6 +451,8 @@ static void conn_flush(struct hub_conn *c)
         c->flags |= HUB_CONN_WRITING;
         return;
     }
+    /* Everything is written: an idle connection keeps no ring. */
+    hub_outq_trim(&c->out);
     if (c->flags & HUB_CONN_CLOSE_AFTER_FLUSH)
         conn_do_close(c);
 }
@@ -519,6 +511,26 @@ void hub_conn_close(struct hub_conn *c)
     if (c->io == NULL)
         return;
     uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
+}
+
+const char *hub_conn_peer(const struct hub_conn *c)
+{
+    /* Asked for only on rare paths (logs, accept), so the address is not
+     * kept in every connection. */
+    static char text[64];
+    if (c->io == NULL)
+        return "detached";
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    text[0] = '?';
+    text[1] = '\0';
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, text, sizeof(text));
+        else
+            uv_ip4_name((struct sockaddr_in *)&ss, text, sizeof(text));
+    }
+    return text;
 }
 
 void hub_conn_pause(struct hub_conn *c, int paused)

@@ -596,7 +596,8 @@ static int status_has_body(int status)
  * already queued. */
 static int respond_failed(struct hub_http *h, int rc)
 {
-    hub_log_debug("http %s: response not queued (%s), closing", h->conn->peer, hub_strerror(rc));
+    hub_log_debug("http %s: response not queued (%s), closing", hub_conn_peer(h->conn),
+                  hub_strerror(rc));
     hub_conn_close_after_flush(h->conn);
     return rc == HUB_ENOMEM ? HUB_ENOMEM : HUB_ECLOSED;
 }

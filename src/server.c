@@ -154,12 +154,14 @@ static struct ip_count **ip_slot(struct hub_server *s, const char *ip)
 static int ip_acquire(struct client *cl)
 {
     struct hub_server *s = cl->server;
-    struct ip_count **pp = ip_slot(s, cl->conn.peer);
+    char peer[48];
+    snprintf(peer, sizeof(peer), "%s", hub_conn_peer(&cl->conn));
+    struct ip_count **pp = ip_slot(s, peer);
     if (*pp == NULL) {
         struct ip_count *e = calloc(1, sizeof(*e));
         if (e == NULL)
             return HUB_ENOMEM;
-        snprintf(e->ip, sizeof(e->ip), "%s", cl->conn.peer);
+        memcpy(e->ip, peer, sizeof(e->ip));
         *pp = e;
     }
     if (s->cfg.max_conns_per_ip != 0 && (*pp)->n >= s->cfg.max_conns_per_ip)
@@ -252,7 +254,7 @@ static void client_on_timeout(struct hub_conn *c)
     struct hub_server *s = cl->server;
     if (cl->ws == NULL) {
         hub_metrics.refused[HUB_REFUSE_TIMEOUT]++;
-        hub_log_debug("%s: request not complete in time", c->peer);
+        hub_log_debug("%s: request not complete in time", hub_conn_peer(c));
         hub_conn_close(c);
         return;
     }
@@ -264,7 +266,7 @@ static void client_on_timeout(struct hub_conn *c)
     if (cl->ping_sent != 0 && c->last_rx < cl->ping_sent) {
         /* Not a single byte since our ping: the peer or the path is dead. */
         hub_metrics.heartbeat_closes++;
-        hub_log_debug("%s: no answer to ping, closing", c->peer);
+        hub_log_debug("%s: no answer to ping, closing", hub_conn_peer(c));
         hub_conn_close(c);
         return;
     }
@@ -296,7 +298,7 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
     if (status != 0)
         return refuse(h, status, HUB_REFUSE_BAD_HANDSHAKE);
     if (!hub_origin_allowed(&s->origins, req->origin, req->host)) {
-        hub_log_info("%s: refused cross-site WebSocket from origin %.*s", cl->conn.peer,
+        hub_log_info("%s: refused cross-site WebSocket from origin %.*s", hub_conn_peer(&cl->conn),
                      (int)(req->origin.len > 200 ? 200 : req->origin.len), req->origin.base);
         return refuse(h, 403, HUB_REFUSE_ORIGIN);
     }
@@ -427,7 +429,8 @@ static void server_on_connection(uv_stream_t *listener, int status)
     int rc = ip_acquire(cl);
     if (rc != 0) {
         if (rc == HUB_ELIMIT)
-            hub_log_info("%s: over --max-conns-per-ip %u", cl->conn.peer, s->cfg.max_conns_per_ip);
+            hub_log_info("%s: over --max-conns-per-ip %u", hub_conn_peer(&cl->conn),
+                         s->cfg.max_conns_per_ip);
         client_turn_away(cl, HUB_REFUSE_PER_IP);
         return;
     }

@@ -39,30 +39,34 @@
 #include <wslay/wslay.h>
 
 struct hub_ws {
-    wslay_event_context_ptr ctx;  /* owned wslay state */
+    wslay_event_context_ptr ctx;  /* owned wslay state, only while input is in flight */
     struct hub_conn *conn;        /* borrowed */
     hub_ws_message_cb on_message; /* upcall for messages */
     void *user;                   /* passed to on_message */
-    const char *in;               /* bytes being fed, borrowed during hub_ws_feed */
-    size_t in_len;                /* bytes left at in */
     struct hub_ws_config cfg;     /* copied limits */
-    struct hub_buf stage;         /* control frames made by wslay, not yet queued */
-    uint32_t fragments;           /* frames of the message being received */
-    int closing;                  /* a close was requested: input is ignored */
-    int close_sent;               /* our close frame is in the connection's queue */
-    int fatal;                    /* end the TCP connection once the close is out */
-    int finished;                 /* the connection is set to close */
-    uint32_t holds;               /* work in flight that the close must wait for */
+    uint64_t payload_left;        /* shadow parser: payload bytes of the current frame */
     uint8_t *pending_close;       /* the close frame waiting for the holds, owned */
-    uint8_t pending_len;          /* its length */
+    uint32_t fragments;           /* frames of the message being received */
+    uint32_t holds;               /* work in flight that the close must wait for */
     uint16_t fail_code;           /* a protocol error wslay reports without a code */
     uint16_t close_code_rx;       /* close code the peer sent (1006 until it does) */
-    int close_received;           /* the peer's close frame arrived */
     uint8_t hdr[14];              /* shadow parser: partial frame header */
     uint8_t hdr_len;              /* bytes in hdr */
-    int in_message;               /* shadow parser: a fragmented data message is open */
-    uint64_t payload_left;        /* shadow parser: payload bytes of the current frame */
+    uint8_t pending_len;          /* length of pending_close */
+    unsigned closing : 1;         /* a close was requested: input is ignored */
+    unsigned close_sent : 1;      /* our close frame is in the connection's queue */
+    unsigned fatal : 1;           /* end the TCP connection once the close is out */
+    unsigned finished : 1;        /* the connection is set to close */
+    unsigned close_received : 1;  /* the peer's close frame arrived */
+    unsigned in_message : 1;      /* shadow parser: a fragmented data message is open */
 };
+
+/* The bytes being fed and the control frames wslay makes are only ever
+ * in use during one call on the loop thread (hub_ws_feed, or one send), so
+ * one buffer of each serves every connection instead of one each. */
+static const char *feed_in;  /* bytes being fed, borrowed during hub_ws_feed */
+static size_t feed_len;      /* bytes left at feed_in */
+static struct hub_buf stage; /* control frames made by wslay, not yet queued */
 
 /* How long a peer gets to answer our close frame before the TCP connection
  * is cut. */
@@ -77,23 +81,21 @@ void hub_ws_config_default(struct hub_ws_config *cfg)
 static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                           void *user)
 {
-    struct hub_ws *ws = user;
-    if (ws->in_len == 0) {
+    if (feed_len == 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    size_t n = len < ws->in_len ? len : ws->in_len;
-    memcpy(buf, ws->in, n);
-    ws->in += n;
-    ws->in_len -= n;
+    size_t n = len < feed_len ? len : feed_len;
+    memcpy(buf, feed_in, n);
+    feed_in += n;
+    feed_len -= n;
     return (ssize_t)n;
 }
 
 static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
                           void *user)
 {
-    struct hub_ws *ws = user;
-    if (hub_buf_append(&ws->stage, data, len) != 0) {
+    if (hub_buf_append(&stage, data, len) != 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
@@ -106,8 +108,8 @@ static void ws_emit_close(struct hub_ws *ws, const uint8_t *frame, size_t len, i
 /* Queues the control frames wslay produced (see the file comment). */
 static void ws_flush_stage(struct hub_ws *ws)
 {
-    const uint8_t *p = (const uint8_t *)ws->stage.data;
-    size_t len = ws->stage.len, i = 0;
+    const uint8_t *p = (const uint8_t *)stage.data;
+    size_t len = stage.len, i = 0;
     /* Server control frames are unmasked with 7-bit lengths. */
     while (i + 2 <= len && !ws->close_sent) {
         size_t flen = 2 + (p[i + 1] & 127);
@@ -124,7 +126,7 @@ static void ws_flush_stage(struct hub_ws *ws)
         }
         i += flen;
     }
-    hub_buf_free(&ws->stage);
+    stage.len = 0; /* keep the capacity for the next one */
 }
 
 /* Runs wslay_event_send and queues what it made. Returns its result. */
@@ -258,7 +260,6 @@ void hub_ws_free(struct hub_ws *ws)
         return;
     if (ws->ctx != NULL)
         ws_ctx_drop(ws);
-    hub_buf_free(&ws->stage);
     free(ws->pending_close);
     free(ws);
 }
@@ -300,7 +301,7 @@ static void ws_emit_close(struct hub_ws *ws, const uint8_t *frame, size_t len, i
     if (ws->closing)
         return;
     ws->closing = 1;
-    ws->fatal = fatal;
+    ws->fatal = fatal != 0;
     if (ws->holds > 0) {
         ws->pending_close = malloc(len);
         if (ws->pending_close != NULL) {
@@ -369,11 +370,11 @@ int hub_ws_feed(struct hub_ws *ws, const char *data, size_t len)
         return HUB_ECLOSED;
     }
     ws_shadow(ws, (const uint8_t *)data, len);
-    ws->in = data;
-    ws->in_len = len;
+    feed_in = data;
+    feed_len = len;
     int rc = wslay_event_recv(ws->ctx);
-    ws->in = NULL;
-    ws->in_len = 0;
+    feed_in = NULL;
+    feed_len = 0;
     if (rc == WSLAY_ERR_CALLBACK_FAILURE) {
         /* Our recv callback never fails, so this is a frame-level protocol
          * error (a control frame over 125 bytes or fragmented); wslay has
@@ -440,7 +441,7 @@ int hub_ws_send_frame(struct hub_ws *ws, struct hub_shared *frame)
          * Its backlog is dropped and 4008 tells it that a reconnect (and a
          * resume from its last offset) is fine; if it does not even read the
          * close frame, the close timeout cuts it. */
-        hub_log_info("closing slow client %s (%zu bytes queued)", ws->conn->peer,
+        hub_log_info("closing slow client %s (%zu bytes queued)", hub_conn_peer(ws->conn),
                      ws->conn->out.bytes);
         hub_metrics.slow_closes++;
         hub_conn_drop_backlog(ws->conn);

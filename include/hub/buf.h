@@ -110,6 +110,10 @@ int hub_outq_push_copy(struct hub_outq *q, const void *data, size_t len);
  * the next consume or free. */
 unsigned hub_outq_peek(const struct hub_outq *q, const char **bases, size_t *lens, unsigned max);
 
+/* Frees the ring storage of an empty queue (a no-op otherwise), so that an
+ * idle connection holds none; the next push allocates it again. */
+void hub_outq_trim(struct hub_outq *q);
+
 /* Marks n leading bytes as sent, releasing chunks that are fully sent. */
 void hub_outq_consume(struct hub_outq *q, size_t n);
 

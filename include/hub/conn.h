@@ -55,11 +55,6 @@ struct hub_conn_link {
     struct hub_conn_link *next; /* next in the slot, or the slot head */
 };
 
-/* The peer half-closed or the socket failed (EOF, reset). The connection is
- * already closing; this is informational (for metrics and logs). err is a
- * libuv code (UV_EOF for an orderly end). Optional. */
-typedef void (*hub_conn_end_cb)(struct hub_conn *c, int err);
-
 enum hub_conn_flags {
     HUB_CONN_CLOSING = 1u << 0,           /* hub_conn_close was called */
     HUB_CONN_CLOSE_AFTER_FLUSH = 1u << 1, /* close once the queue drains */
@@ -79,7 +74,6 @@ struct hub_conn {
     unsigned flags;                 /* enum hub_conn_flags */
     hub_conn_read_cb on_read;       /* set by the owner */
     hub_conn_close_cb on_close;     /* set by the owner; required */
-    hub_conn_end_cb on_end;         /* optional */
     hub_conn_timeout_cb on_timeout; /* required once a timeout is set */
     struct hub_conn_link wheel;     /* link in io's timer wheel while due != 0 */
     uint64_t due;                   /* loop time (ms) of the deadline, 0 = none */
@@ -87,8 +81,6 @@ struct hub_conn {
     uint64_t over_soft_since;       /* loop time the queue passed soft_limit, 0 = below */
     size_t soft_limit;              /* queue bytes tolerated for soft_hold_ms (0 = off) */
     uint32_t soft_hold_ms;          /* how long the queue may stay above soft_limit */
-    void *data;                     /* owner's pointer, untouched by conn */
-    char peer[48];                  /* peer address as text, for logs and per-IP limits */
 };
 
 /* Creates the loop-wide state: the lent read buffer and the flush handle.
@@ -154,6 +146,11 @@ void hub_conn_close_after_flush(struct hub_conn *c);
 /* Closes now, dropping queued output. Safe to call more than once and from
  * any callback; on_close fires later from the loop. */
 void hub_conn_close(struct hub_conn *c);
+
+/* The peer's address as text, for logs and per-address limits. The result
+ * lives in a buffer shared by all connections and is valid until the next
+ * call ("?" when unknown, "detached" for a detached conn). */
+const char *hub_conn_peer(const struct hub_conn *c);
 
 /* Pauses or resumes reading (backpressure on a client that sends too much). */
 void hub_conn_pause(struct hub_conn *c, int paused);
