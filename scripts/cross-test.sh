@@ -40,38 +40,8 @@ usage() {
 }
 
 # --- Packages ----------------------------------------------------------------
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo "$@"
-  else
-    die "need root to run: $* (and sudo is not installed)"
-  fi
-}
-
-pkg_installed() {
-  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'
-}
-
-# install_packages PKG...: installs the Debian packages that are missing;
-# does nothing (not even apt-get update) when all are there.
-install_packages() {
-  command -v dpkg-query >/dev/null 2>&1 || die "this script expects Debian (dpkg not found)"
-  local missing=() p
-  for p in "$@"; do
-    case "$p" in
-      # A Node.js from elsewhere (NodeSource bundles npm) is fine too.
-      nodejs) command -v node >/dev/null 2>&1 && continue ;;
-      npm) command -v npm >/dev/null 2>&1 && continue ;;
-    esac
-    pkg_installed "$p" || missing+=("$p")
-  done
-  [ "${#missing[@]}" -eq 0 ] && return 0
-  say "installing Debian packages: ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Packages scripts/fetch-sources.sh needs (apt-get source, patch, and the
 # native tools that generate the SQLite amalgamation).
@@ -358,7 +328,7 @@ smoke_windows() {
 leg_windows() {
   local t0 t unit_rc=0 build_ok=1
   t0="$(now)"
-  install_packages meson ninja-build python3 gcc-mingw-w64-x86-64 mingw-w64-tools \
+  install_packages --no-recommends meson ninja-build python3 gcc-mingw-w64-x86-64 mingw-w64-tools \
     wine wine64 nodejs npm "${FETCH_PACKAGES[@]}"
 
   t="$(now)"
@@ -506,7 +476,7 @@ macho_arch() {
 leg_macos() {
   local t0 t arch dir got passed=0 failed=0
   t0="$(now)"
-  install_packages meson ninja-build python3 nodejs npm "${FETCH_PACKAGES[@]}"
+  install_packages --no-recommends meson ninja-build python3 nodejs npm "${FETCH_PACKAGES[@]}"
   t="$(now)"
   bash scripts/fetch-sources.sh
   say "sources: $(elapsed "$t")"
@@ -552,7 +522,7 @@ leg_macos() {
 leg_fallback() {
   local t0 dir=build-fallback rc=0 counts
   t0="$(now)"
-  install_packages meson ninja-build python3 "${FETCH_PACKAGES[@]}"
+  install_packages --no-recommends meson ninja-build python3 "${FETCH_PACKAGES[@]}"
   bash scripts/fetch-sources.sh
   STALE=0
   refresh_stale_subprojects && STALE=1

@@ -34,41 +34,13 @@ usage: scripts/dev.sh run [chathub args...]   build and start chathub (default -
 EOF
 }
 
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo "$@"
-  else
-    die "need root to run: $* (and sudo is not installed)"
-  fi
-}
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
-pkg_installed() {
-  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'
-}
-
-# Installs the Debian packages that are not installed yet; does nothing (not
-# even apt-get update) when everything is there.
-install_packages() {
-  command -v dpkg-query >/dev/null 2>&1 || die "this script expects Debian (dpkg not found)"
-  local missing=() p
-  for p in "${APT_PACKAGES[@]}"; do
-    # A Node.js from elsewhere (e.g. NodeSource's nodejs, which bundles npm)
-    # satisfies nodejs and npm; Debian's npm would conflict with it.
-    case "$p" in
-      nodejs) command -v node >/dev/null 2>&1 && continue ;;
-      npm) command -v npm >/dev/null 2>&1 && continue ;;
-    esac
-    pkg_installed "$p" || missing+=("$p")
-  done
-  if [ "${#missing[@]}" -eq 0 ]; then
-    say "system packages: all present"
-    return 0
-  fi
-  say "installing system packages: ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+# Installs the project's Debian packages that are missing.
+install_system_packages() {
+  install_packages "${APT_PACKAGES[@]}"
+  say "system packages: all present"
 }
 
 # Runs `npm ci` in tests/ when node_modules is missing or older than the
@@ -227,7 +199,7 @@ run_windows() {
 }
 
 cmd_run() {
-  install_packages
+  install_system_packages
   build build || die "build failed"
   say "starting build/chathub --port 8080 $*"
   # Flags given later win, so `dev.sh run --port 9000` overrides the default.
@@ -249,7 +221,7 @@ summary_on_exit() {
 
 cmd_test() {
   trap summary_on_exit EXIT
-  install_packages
+  install_system_packages
   install_node_modules
   # Every suite's counts are summed into the last line.
   run_suite default build -Dintegration=enabled
