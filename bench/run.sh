@@ -48,6 +48,7 @@ fi
 SENDERS="${SENDERS:-10}"    # publishers among the fan-out connections
 SIZE="${SIZE:-64}"          # payload bytes
 WINDOW="${WINDOW:-16}"      # saturation: messages per sender still on their way
+MAX_PENDING="${MAX_PENDING:-256}" # handshakes loadgen keeps in flight (idle/handshake runs)
 RATE="${RATE:-2}"           # sustained run: messages per second per sender
 PERSIST="${PERSIST:-1}"     # 1: chathub's default SQLite history (fresh per run); 0: --no-persist
 NICE="${NICE:--15}"        # niceness of server and loadgen (as root), against other work
@@ -160,7 +161,7 @@ run_load() {
         --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN")
       ;;
     idle)
-      args=(--conns "$IDLE_CONNS" --idle --hold "$HOLD" --ramp 0)
+      args=(--conns "$IDLE_CONNS" --idle --hold "$HOLD" --ramp 0 --max-pending "$MAX_PENDING")
       ;;
   esac
   local rc=0
@@ -282,7 +283,7 @@ print_table() {
   echo "Loads: (a) $FANOUT_CONNS connections in one room, $SENDERS of them publishing $SIZE-byte"
   echo "messages as fast as a window of $WINDOW undelivered messages per sender allows, ${d} s"
   echo "measured after ${WARMUP} s warm-up; (b) the same room at $RATE msg/s per sender; (c, d)"
-  echo "$IDLE_CONNS connections opened as fast as loadgen can (64 handshakes in flight), held idle."
+  echo "$IDLE_CONNS connections opened as fast as loadgen can ($MAX_PENDING handshakes in flight), held idle."
   echo "Ratios divide the chathub figure by the ws figure; for rows where lower is better,"
   echo "a ratio below 1 favours chathub. Raw files: $OUT_DIR"
 }
