@@ -10,7 +10,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import {
   assert, RawHttp, buildRequest, upgradeHeaders, wsKey, wsAccept, wsConnect, withTimeout,
-  httpRequest, test,
+  httpRequest, test, decodeFrame,
 } from '../integration/lib.mjs';
 
 export const OP = { CONT: 0x0, TEXT: 0x1, BINARY: 0x2, CLOSE: 0x8, PING: 0x9, PONG: 0xa };
@@ -100,38 +100,9 @@ export function close(code = null, reason = '', opts = {}) {
   return frame(OP.CLOSE, body, opts);
 }
 
-// Decodes one server frame at the start of buf (null if incomplete).
-// Returns {fin, rsv, opcode, masked, payload, length}.
-export function parseFrame(buf) {
-  if (buf.length < 2) return null;
-  const fin = (buf[0] & 0x80) !== 0;
-  const rsv = (buf[0] >> 4) & 7;
-  const opcode = buf[0] & 0x0f;
-  const masked = (buf[1] & 0x80) !== 0;
-  let len = buf[1] & 0x7f;
-  let off = 2;
-  if (len === 126) {
-    if (buf.length < 4) return null;
-    len = buf.readUInt16BE(2);
-    off = 4;
-  } else if (len === 127) {
-    if (buf.length < 10) return null;
-    const big = buf.readBigUInt64BE(2);
-    if (big > BigInt(Number.MAX_SAFE_INTEGER)) throw new Error(`server frame claims length ${big}`);
-    len = Number(big);
-    off = 10;
-  }
-  let key = null;
-  if (masked) {
-    if (buf.length < off + 4) return null;
-    key = buf.subarray(off, off + 4);
-    off += 4;
-  }
-  if (buf.length < off + len) return null;
-  const payload = Buffer.from(buf.subarray(off, off + len));
-  if (key) for (let i = 0; i < len; i++) payload[i] ^= key[i & 3];
-  return { fin, rsv, opcode, masked, payload, length: off + len };
-}
+// Decodes one server frame at the start of buf (null if incomplete): the
+// shared decoder, which also reports the reserved bits.
+export const parseFrame = decodeFrame;
 
 // Checks that a server frame obeys RFC 6455 (section 5): unmasked, no RSV
 // bits (no extension was negotiated), a known opcode, and control frames

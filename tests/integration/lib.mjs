@@ -518,10 +518,12 @@ export function encodeFrame(opcode, payload, { fin = true, mask = true } = {}) {
 }
 
 // Decodes one frame at the start of buf, or returns null if incomplete.
-// Returns {fin, opcode, masked, payload, length (bytes used)}.
+// Returns {fin, rsv, opcode, masked, payload, length (bytes used)}; throws
+// on a length no JavaScript number can hold.
 export function decodeFrame(buf) {
   if (buf.length < 2) return null;
   const fin = (buf[0] & 0x80) !== 0;
+  const rsv = (buf[0] >> 4) & 7;
   const opcode = buf[0] & 0x0f;
   const masked = (buf[1] & 0x80) !== 0;
   let len = buf[1] & 0x7f;
@@ -532,7 +534,9 @@ export function decodeFrame(buf) {
     off = 4;
   } else if (len === 127) {
     if (buf.length < 10) return null;
-    len = Number(buf.readBigUInt64BE(2));
+    const big = buf.readBigUInt64BE(2);
+    if (big > BigInt(Number.MAX_SAFE_INTEGER)) throw new Error(`frame claims length ${big}`);
+    len = Number(big);
     off = 10;
   }
   let key = null;
@@ -542,9 +546,9 @@ export function decodeFrame(buf) {
     off += 4;
   }
   if (buf.length < off + len) return null;
-  let payload = Buffer.from(buf.subarray(off, off + len));
+  const payload = Buffer.from(buf.subarray(off, off + len));
   if (key) for (let i = 0; i < len; i++) payload[i] ^= key[i & 3];
-  return { fin, opcode, masked, payload, length: off + len };
+  return { fin, rsv, opcode, masked, payload, length: off + len };
 }
 
 // ---------------------------------------------------------------------------
