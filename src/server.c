@@ -35,6 +35,7 @@
 #include "hub/static.h"
 #include "hub/ws.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,6 +198,11 @@ static void server_close_handles(struct hub_server *s)
     uv_close((uv_handle_t *)&s->tick, server_handle_closed);
     uv_close((uv_handle_t *)&s->sigint, server_handle_closed);
     uv_close((uv_handle_t *)&s->sigterm, server_handle_closed);
+    /* Closing the handles gives the signals their default action back; the
+     * hub is finishing anyway, and a late SIGTERM must not turn a clean exit
+     * into death by signal. (signal() is standard C, on Windows too.) */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     hub_io_close(s->io);
     s->io = NULL;
 }
