@@ -18,6 +18,7 @@
 #include "hub/history.h"
 
 #include "check.h"
+#include "tmpfs.h"
 
 #include <sqlite3.h>
 #include <uv.h>
@@ -47,46 +48,14 @@ static int dir_seq;
 
 static void make_temp_root(void)
 {
-    const char *tmp = getenv("TMPDIR");
-    char tmpl[512];
-    uv_fs_t req;
-    snprintf(tmpl, sizeof(tmpl), "%s/hub_history_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    int rc = uv_fs_mkdtemp(&loop, &req, tmpl, NULL);
-    CHECK_EQ(rc, 0);
-    snprintf(root, sizeof(root), "%s", rc == 0 ? req.path : "/tmp");
-    uv_fs_req_cleanup(&req);
+    if (tmp_make_dir(&loop, "hub_history", root, sizeof(root)) != 0)
+        snprintf(root, sizeof(root), "/tmp");
 }
 
 /* Names a new, not yet existing, directory under the root. */
 static void fresh_dir(char *out, size_t outsz, const char *what)
 {
     snprintf(out, outsz, "%s/%s-%d", root, what, ++dir_seq);
-}
-
-static void remove_tree(const char *path)
-{
-    uv_fs_t req;
-    uv_dirent_t ent;
-    int rc = uv_fs_lstat(&loop, &req, path, NULL);
-    int is_dir = rc == 0 && (req.statbuf.st_mode & S_IFMT) == S_IFDIR;
-    uv_fs_req_cleanup(&req);
-    if (!is_dir) {
-        uv_fs_unlink(&loop, &req, path, NULL);
-        uv_fs_req_cleanup(&req);
-        return;
-    }
-    uv_fs_chmod(&loop, &req, path, 0700, NULL);
-    uv_fs_req_cleanup(&req);
-    if (uv_fs_scandir(&loop, &req, path, 0, NULL) >= 0) {
-        while (uv_fs_scandir_next(&req, &ent) == 0) {
-            char child[1024];
-            snprintf(child, sizeof(child), "%s/%s", path, ent.name);
-            remove_tree(child);
-        }
-    }
-    uv_fs_req_cleanup(&req);
-    uv_fs_rmdir(&loop, &req, path, NULL);
-    uv_fs_req_cleanup(&req);
 }
 
 static void write_file(const char *path, const void *data, size_t len, long at)
@@ -1127,7 +1096,7 @@ int main(int argc, char **argv)
     test_free_without_close();
     test_throughput();
 
-    remove_tree(root);
+    tmp_remove_tree(&loop, root);
     CHECK_EQ(uv_loop_close(&loop), 0);
     return CHECK_DONE();
 }

@@ -18,6 +18,7 @@
 #include "hub/static.h"
 
 #include "check.h"
+#include "tmpfs.h"
 
 #include <uv.h>
 
@@ -35,48 +36,21 @@ static char big_body[5000];
 static const char index_body[] = "<!doctype html><title>t</title>hello\n";
 static const char style_body[] = "body { color: red }\n";
 
-static void write_file(const char *rel, const char *data, size_t len)
-{
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/%s", site_dir, rel);
-    FILE *f = fopen(path, "wb");
-    CHECK(f != NULL);
-    if (f == NULL)
-        return;
-    CHECK_EQ(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
-
 static void site_create(void)
 {
-    const char *tmp = getenv("TMPDIR");
-    char tmpl[512];
-    uv_fs_t req;
-    snprintf(tmpl, sizeof(tmpl), "%s/hub_http_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    CHECK_EQ(uv_fs_mkdtemp(&loop, &req, tmpl, NULL), 0);
-    snprintf(site_dir, sizeof(site_dir), "%s", req.path);
-    uv_fs_req_cleanup(&req);
+    tmp_make_dir(&loop, "hub_http", site_dir, sizeof(site_dir));
     for (size_t i = 0; i < sizeof(big_body); i++)
         big_body[i] = (char)('a' + i % 26);
-    write_file("index.html", index_body, sizeof(index_body) - 1);
-    write_file("style.css", style_body, sizeof(style_body) - 1);
-    write_file("big.js", big_body, sizeof(big_body));
+    tmp_write_file(site_dir, "index.html", index_body, sizeof(index_body) - 1);
+    tmp_write_file(site_dir, "style.css", style_body, sizeof(style_body) - 1);
+    tmp_write_file(site_dir, "big.js", big_body, sizeof(big_body));
     CHECK_EQ(hub_static_open_dir(&site, site_dir), 0);
 }
 
 static void site_destroy(void)
 {
-    static const char *const names[] = {"index.html", "style.css", "big.js"};
-    uv_fs_t req;
     hub_static_free(site);
-    for (size_t i = 0; i < HUB_ARRAY_SIZE(names); i++) {
-        char path[1024];
-        snprintf(path, sizeof(path), "%s/%s", site_dir, names[i]);
-        uv_fs_unlink(&loop, &req, path, NULL);
-        uv_fs_req_cleanup(&req);
-    }
-    uv_fs_rmdir(&loop, &req, site_dir, NULL);
-    uv_fs_req_cleanup(&req);
+    tmp_remove_tree(&loop, site_dir);
 }
 
 static const char *etag_of(const char *rel)

@@ -9,6 +9,7 @@
 #include "hub/static.h"
 
 #include "check.h"
+#include "tmpfs.h"
 
 #include <uv.h>
 
@@ -19,18 +20,6 @@
 static uv_loop_t loop;
 
 /* ---- Temporary files ---- */
-
-static void write_file(const char *dir, const char *rel, const char *data, size_t len)
-{
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/%s", dir, rel);
-    FILE *f = fopen(path, "wb");
-    CHECK(f != NULL);
-    if (f == NULL)
-        return;
-    CHECK_EQ(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
 
 static void make_dir(const char *dir, const char *rel)
 {
@@ -54,43 +43,6 @@ static int make_link(const char *target, const char *dir, const char *rel)
     rc = uv_fs_lstat(&loop, &req, path, NULL);
     uv_fs_req_cleanup(&req);
     return rc;
-}
-
-static void make_temp_dir(char *out, size_t outsz)
-{
-    const char *tmp = getenv("TMPDIR");
-    char tmpl[512];
-    uv_fs_t req;
-    snprintf(tmpl, sizeof(tmpl), "%s/hub_static_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    int rc = uv_fs_mkdtemp(&loop, &req, tmpl, NULL);
-    CHECK_EQ(rc, 0);
-    snprintf(out, outsz, "%s", rc == 0 ? req.path : "");
-    uv_fs_req_cleanup(&req);
-}
-
-/* Removes a tree without following symlinks. */
-static void remove_tree(const char *path)
-{
-    uv_fs_t req;
-    uv_dirent_t ent;
-    int rc = uv_fs_lstat(&loop, &req, path, NULL);
-    int is_dir = rc == 0 && (req.statbuf.st_mode & S_IFMT) == S_IFDIR;
-    uv_fs_req_cleanup(&req);
-    if (!is_dir) {
-        uv_fs_unlink(&loop, &req, path, NULL);
-        uv_fs_req_cleanup(&req);
-        return;
-    }
-    if (uv_fs_scandir(&loop, &req, path, 0, NULL) >= 0) {
-        while (uv_fs_scandir_next(&req, &ent) == 0) {
-            char child[1024];
-            snprintf(child, sizeof(child), "%s/%s", path, ent.name);
-            remove_tree(child);
-        }
-    }
-    uv_fs_req_cleanup(&req);
-    uv_fs_rmdir(&loop, &req, path, NULL);
-    uv_fs_req_cleanup(&req);
 }
 
 /* ---- hub_static_resolve ---- */
@@ -240,24 +192,24 @@ static void test_mime(void)
 static void test_open_dir(void)
 {
     char dir[512], outside[512], path[1024];
-    make_temp_dir(dir, sizeof(dir));
-    make_temp_dir(outside, sizeof(outside));
+    tmp_make_dir(&loop, "hub_static", dir, sizeof(dir));
+    tmp_make_dir(&loop, "hub_static", outside, sizeof(outside));
 
-    write_file(dir, "index.html", "<h1>hi</h1>\n", 12);
-    write_file(dir, "a.txt", "a", 1);
-    write_file(dir, "empty.txt", "", 0);
-    write_file(dir, "copy.txt", "a", 1);
-    write_file(dir, "b.txt", "b", 1);
-    write_file(dir, ".env", "SECRET=1", 8);
+    tmp_write_file(dir, "index.html", "<h1>hi</h1>\n", 12);
+    tmp_write_file(dir, "a.txt", "a", 1);
+    tmp_write_file(dir, "empty.txt", "", 0);
+    tmp_write_file(dir, "copy.txt", "a", 1);
+    tmp_write_file(dir, "b.txt", "b", 1);
+    tmp_write_file(dir, ".env", "SECRET=1", 8);
     make_dir(dir, "sub");
-    write_file(dir, "sub/style.css", "body{}", 6);
+    tmp_write_file(dir, "sub/style.css", "body{}", 6);
     make_dir(dir, "sub/deeper");
-    write_file(dir, "sub/deeper/index.html", "deep", 4);
+    tmp_write_file(dir, "sub/deeper/index.html", "deep", 4);
     make_dir(dir, ".git");
-    write_file(dir, ".git/config", "[core]", 6);
+    tmp_write_file(dir, ".git/config", "[core]", 6);
     make_dir(dir, "sub/.hidden");
-    write_file(dir, "sub/.hidden/x.js", "x", 1);
-    write_file(outside, "secret.txt", "top secret", 10);
+    tmp_write_file(dir, "sub/.hidden/x.js", "x", 1);
+    tmp_write_file(outside, "secret.txt", "top secret", 10);
 
     snprintf(path, sizeof(path), "%s/index.html", dir);
     int links = make_link(path, dir, "link.html") == 0;
@@ -337,7 +289,7 @@ static void test_open_dir(void)
         }
 
         /* A changed file gets a new ETag. */
-        write_file(dir, "index.html", "<h1>ho</h1>\n", 12);
+        tmp_write_file(dir, "index.html", "<h1>ho</h1>\n", 12);
         CHECK_EQ(hub_static_open_dir(&again, dir), 0);
         if (again != NULL) {
             const struct hub_static_file *x = hub_static_find(site, "index.html");
@@ -356,8 +308,8 @@ static void test_open_dir(void)
     snprintf(path, sizeof(path), "%s/a.txt", dir);
     CHECK_EQ(hub_static_open_dir(&none, path), HUB_ENOENT);
 
-    remove_tree(dir);
-    remove_tree(outside);
+    tmp_remove_tree(&loop, dir);
+    tmp_remove_tree(&loop, outside);
 }
 
 static void test_limits(void)
@@ -366,11 +318,11 @@ static void test_limits(void)
     struct hub_static *site = NULL;
 
     /* One file more than HUB_STATIC_MAX_FILES. */
-    make_temp_dir(dir, sizeof(dir));
+    tmp_make_dir(&loop, "hub_static", dir, sizeof(dir));
     for (int i = 0; i <= HUB_STATIC_MAX_FILES; i++) {
         char name[32];
         snprintf(name, sizeof(name), "f%04d.txt", i);
-        write_file(dir, name, "x", 1);
+        tmp_write_file(dir, name, "x", 1);
     }
     CHECK_EQ(hub_static_open_dir(&site, dir), HUB_ELIMIT);
     CHECK(site == NULL);
@@ -384,11 +336,11 @@ static void test_limits(void)
     CHECK(site != NULL && hub_static_find(site, "f1024.txt") != NULL);
     hub_static_free(site);
     site = NULL;
-    remove_tree(dir);
+    tmp_remove_tree(&loop, dir);
 
     /* One byte more than HUB_STATIC_MAX_BYTES, as a sparse file so the test
      * stays cheap: the size is refused before anything is read. */
-    make_temp_dir(dir, sizeof(dir));
+    tmp_make_dir(&loop, "hub_static", dir, sizeof(dir));
     snprintf(path, sizeof(path), "%s/big.bin", dir);
     FILE *f = fopen(path, "wb");
     CHECK(f != NULL);
@@ -399,7 +351,7 @@ static void test_limits(void)
     }
     CHECK_EQ(hub_static_open_dir(&site, dir), HUB_ELIMIT);
     CHECK(site == NULL);
-    remove_tree(dir);
+    tmp_remove_tree(&loop, dir);
 }
 
 static void test_embedded(void)
