@@ -41,9 +41,14 @@ async function cutConnection(P, sendFirst = null) {
         document.getElementById('message').value = t;
         document.getElementById('send-form').requestSubmit();
       }
-      window.__chathub.ws.close(4000);
+      window.__cutSocket = window.__chathub.ws;
+      window.__cutSocket.close(4000);
     }, text);
-    await P.page.waitForSelector('#status[data-state="closed"]', { timeout: 5000 });
+    // Wait for that socket to be closed, not for the status line to say so:
+    // with full-jitter backoff the page may reconnect at once, and the
+    // "closed" state can be gone before anyone looks (handled below).
+    await P.page.waitForFunction(() => window.__cutSocket.readyState === WebSocket.CLOSED, null,
+      { timeout: 5000 });
     await P.context.setOffline(true);
     if ((await state(P.page)).conn !== 'online') return sent;
     await P.context.setOffline(false); // a reconnect won the race: again
