@@ -175,6 +175,7 @@ struct sqlite_store {
     unsigned inflight;              /* requests not yet completed; refs async */
     struct req *ready;              /* taken from the done-queue, not yet fired */
     uv_thread_t thread;             /* the writer, joined by the loop */
+    struct req *close_req;          /* allocated at open, so close needs no memory */
     hub_history_closed_cb close_cb; /* fired once everything is released */
     void *close_data;               /* for close_cb */
 
@@ -807,6 +808,7 @@ static void free_list(struct req *r)
 
 static void store_release(struct sqlite_store *h)
 {
+    free(h->close_req);
     free(h->sweep_cursor);
     free(h->path);
     free(h);
@@ -868,16 +870,20 @@ static void on_async(uv_async_t *async)
 {
     struct sqlite_store *h = HUB_CONTAINER_OF(async, struct sqlite_store, async);
 
-    /* New completions are taken only once the earlier ones have fired,
-     * which keeps them in request order across wake-ups. */
-    if (h->ready == NULL) {
-        uv_mutex_lock(&h->mu);
-        h->ready = h->done_head;
-        h->done_head = h->done_tail = NULL;
-        uv_mutex_unlock(&h->mu);
-    }
-
-    for (unsigned fired = 0; h->ready != NULL; fired++) {
+    for (unsigned fired = 0;; fired++) {
+        /* New completions are taken only once the earlier ones have fired,
+         * which keeps them in request order across wake-ups, and whenever
+         * the ready list runs dry, also in the middle of a wake-up: the
+         * writer's uv_async_send for them may have been folded into the one
+         * this callback sent itself, so no later wake-up is owed to them. */
+        if (h->ready == NULL) {
+            uv_mutex_lock(&h->mu);
+            h->ready = h->done_head;
+            h->done_head = h->done_tail = NULL;
+            uv_mutex_unlock(&h->mu);
+            if (h->ready == NULL)
+                return;
+        }
         if (fired == FIRE_PER_WAKEUP) {
             /* Let the loop serve sockets before the rest of a big batch. */
             uv_async_send(&h->async);
@@ -1003,18 +1009,11 @@ static void sqlite_close(struct hub_history *base, hub_history_closed_cb cb, voi
     h->close_cb = cb;
     h->close_data = data;
     h->state = STATE_CLOSING;
-    /* The interface gives close no way to fail. Without memory for the
-     * request the writer is stopped directly: it has committed everything it
-     * reported, and queued requests never complete. */
-    struct req *r = req_new(REQ_CLOSE, no_iov, no_iov, no_iov, no_iov);
-    if (r == NULL) {
-        uv_mutex_lock(&h->mu);
-        h->stop = 1;
-        uv_cond_signal(&h->cv);
-        uv_mutex_unlock(&h->mu);
-        store_shutdown(h);
-        return;
-    }
+    /* The interface gives close no way to fail, so its request was
+     * allocated at open: every request queued before it completes, in
+     * order, and then cb fires. */
+    struct req *r = h->close_req;
+    h->close_req = NULL;
     enqueue(h, r);
 }
 
@@ -1298,6 +1297,9 @@ int hub_history_open_sqlite(struct hub_history **out, uv_loop_t *loop, const cha
     h->buckets = calloc(h->nbuckets, sizeof(*h->buckets));
     if (h->buckets == NULL)
         goto fail_free;
+    h->close_req = req_new(REQ_CLOSE, no_iov, no_iov, no_iov, no_iov);
+    if (h->close_req == NULL)
+        goto fail_free;
 
     rc = db_open(h, err, errsz);
     if (rc != 0)
@@ -1341,6 +1343,7 @@ fail_mutex:
 fail_db:
     db_close(h);
 fail_free:
+    free(h->close_req);
     free(h->buckets);
     free(h->path);
     free(h);

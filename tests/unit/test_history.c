@@ -928,6 +928,83 @@ static void test_free_without_close(void)
     close_store(h);
 }
 
+/* More completions than one wake-up fires (1,024), and a barrier queued
+ * from the first of them. The writer finishes the barrier while the loop is
+ * still firing the first wake-up, so its uv_async_send folds into the one the
+ * loop sends itself to continue: the barrier must still fire, from the done
+ * queue, once the ready list runs dry. */
+#define STRAND_N 3000
+
+struct strand {
+    struct hub_history *h; /* the store */
+    unsigned appended;     /* append completions */
+    unsigned errors;       /* failed appends */
+    int barrier_fired;     /* the barrier's completions */
+    int barrier_queued;    /* hub_history_barrier's result, once issued */
+    uv_timer_t watchdog;   /* stops the loop if the barrier never fires */
+};
+
+static void on_strand_barrier(void *data)
+{
+    struct strand *st = data;
+    st->barrier_fired++;
+    if (!uv_is_closing((uv_handle_t *)&st->watchdog))
+        uv_close((uv_handle_t *)&st->watchdog, NULL);
+}
+
+static void on_strand_append(void *data, int err, uint64_t offset, int64_t ts, int dup)
+{
+    struct strand *st = data;
+    (void)offset, (void)ts, (void)dup;
+    if (err != 0)
+        st->errors++;
+    if (st->appended++ == 0) {
+        st->barrier_queued = hub_history_barrier(st->h, on_strand_barrier, st);
+        /* Give the writer the time to commit the barrier while this
+         * wake-up still has more than 1,000 completions to fire. */
+        uv_sleep(200);
+    }
+}
+
+static void on_strand_watchdog(uv_timer_t *t)
+{
+    uv_stop(t->loop);
+}
+
+static void test_stranded(void)
+{
+    struct hub_history_config cfg;
+    struct strand st;
+    char dir[600], err[256];
+
+    hub_history_config_default(&cfg);
+    fresh_dir(dir, sizeof(dir), "strand");
+    memset(&st, 0, sizeof(st));
+    st.barrier_queued = 1;
+    CHECK_EQ(hub_history_open_sqlite(&st.h, &loop, dir, &cfg, err, sizeof(err)), 0);
+    for (unsigned i = 0; i < STRAND_N; i++)
+        CHECK_EQ(hub_history_append(st.h, iov("r"), iov("ann"), iov("x"), iov(""), (int64_t)i,
+                                    on_strand_append, &st),
+                 0);
+    /* Let the writer commit all of them, so that the first wake-up takes
+     * every completion at once. */
+    uv_sleep(500);
+    CHECK_EQ(uv_timer_init(&loop, &st.watchdog), 0);
+    CHECK_EQ(uv_timer_start(&st.watchdog, on_strand_watchdog, 5000, 0), 0);
+    uv_unref((uv_handle_t *)&st.watchdog);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    fprintf(stderr, "stranded: %u of %d appends completed, barrier_fired=%d\n", st.appended,
+            STRAND_N, st.barrier_fired);
+    CHECK_EQ(st.appended, STRAND_N);
+    CHECK_EQ(st.errors, 0);
+    CHECK_EQ(st.barrier_queued, 0);
+    CHECK_EQ(st.barrier_fired, 1);
+    if (st.barrier_fired == 0)
+        uv_close((uv_handle_t *)&st.watchdog, NULL);
+    close_store(st.h);
+    CHECK_EQ(st.barrier_fired, 1);
+}
+
 /* ---- Throughput (printed, never asserted) ---- */
 
 struct bench {
@@ -1094,6 +1171,7 @@ int main(int argc, char **argv)
     test_unwritable();
     test_disk_full();
     test_free_without_close();
+    test_stranded();
     test_throughput();
 
     tmp_remove_tree(&loop, root);
