@@ -4,17 +4,18 @@
  * Members sit in a room's array in no particular order so that a leave is a
  * swap with the last member: the moved member's membership record is found
  * by scanning its (short, bounded) list of rooms and its index fixed. The
- * table doubles when the load passes 1 and never shrinks below 16 buckets.
+ * table is an intrusive hub_hmap (hmap.h): it starts with 16 buckets,
+ * doubles when the load passes 1 and never shrinks.
  */
 #include "hub/rooms.h"
+#include "hub/hmap.h"
 
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct hub_room {
-    struct hub_room *next;        /* bucket chain */
-    uint64_t hash;                /* hash of name */
+    struct hub_hnode node;        /* in hub_rooms.table, keyed by name */
     struct room_member **members; /* owned array of borrowed members */
     uint32_t nmembers;            /* members in the room */
     uint32_t cap;                 /* capacity of members */
@@ -24,10 +25,8 @@ struct hub_room {
 };
 
 struct hub_rooms {
-    struct hub_room **buckets; /* chains, owned */
-    size_t nbuckets;           /* a power of two */
-    size_t nrooms;             /* rooms in the table */
-    uint32_t max_per_member;   /* rooms a member may be in */
+    struct hub_hmap table;   /* rooms by name; the rooms are owned */
+    uint32_t max_per_member; /* rooms a member may be in */
 };
 
 static uint64_t name_hash(const char *s, size_t len)
@@ -42,9 +41,7 @@ int hub_rooms_new(struct hub_rooms **out, uint32_t max_rooms_per_member)
     struct hub_rooms *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return HUB_ENOMEM;
-    r->nbuckets = 16;
-    r->buckets = calloc(r->nbuckets, sizeof(*r->buckets));
-    if (r->buckets == NULL) {
+    if (hub_hmap_init(&r->table, 16) != 0) {
         free(r);
         return HUB_ENOMEM;
     }
@@ -57,38 +54,21 @@ void hub_rooms_free(struct hub_rooms *r)
 {
     if (r == NULL)
         return;
-    assert(r->nrooms == 0);
-    free(r->buckets);
+    assert(r->table.count == 0);
+    hub_hmap_destroy(&r->table);
     free(r);
+}
+
+static int name_eq(const struct hub_hnode *node, const void *key, size_t len)
+{
+    const struct hub_room *room = HUB_CONTAINER_OF(node, struct hub_room, node);
+    return room->name_len == len && memcmp(room->name, key, len) == 0;
 }
 
 struct hub_room *hub_rooms_find(const struct hub_rooms *r, const char *name, size_t len)
 {
-    uint64_t h = name_hash(name, len);
-    for (struct hub_room *room = r->buckets[h & (r->nbuckets - 1)]; room; room = room->next)
-        if (room->hash == h && room->name_len == len && memcmp(room->name, name, len) == 0)
-            return room;
-    return NULL;
-}
-
-static void table_grow(struct hub_rooms *r)
-{
-    size_t n = r->nbuckets * 2;
-    struct hub_room **b = calloc(n, sizeof(*b));
-    if (b == NULL)
-        return; /* keep the longer chains; still correct */
-    for (size_t i = 0; i < r->nbuckets; i++) {
-        struct hub_room *room = r->buckets[i];
-        while (room != NULL) {
-            struct hub_room *next = room->next;
-            room->next = b[room->hash & (n - 1)];
-            b[room->hash & (n - 1)] = room;
-            room = next;
-        }
-    }
-    free(r->buckets);
-    r->buckets = b;
-    r->nbuckets = n;
+    struct hub_hnode *n = hub_hmap_find(&r->table, name_hash(name, len), name, len, name_eq);
+    return n != NULL ? HUB_CONTAINER_OF(n, struct hub_room, node) : NULL;
 }
 
 static struct hub_room *room_create(struct hub_rooms *r, const char *name, size_t len)
@@ -99,23 +79,15 @@ static struct hub_room *room_create(struct hub_rooms *r, const char *name, size_
     memcpy(room->name, name, len);
     room->name[len] = '\0';
     room->name_len = len;
-    room->hash = name_hash(name, len);
-    if (r->nrooms >= r->nbuckets)
-        table_grow(r);
-    size_t b = room->hash & (r->nbuckets - 1);
-    room->next = r->buckets[b];
-    r->buckets[b] = room;
-    r->nrooms++;
+    hub_hmap_insert(&r->table, &room->node, name_hash(name, len));
     return room;
 }
 
 static void room_destroy(struct hub_rooms *r, struct hub_room *room)
 {
-    struct hub_room **pp = &r->buckets[room->hash & (r->nbuckets - 1)];
-    while (*pp != room)
-        pp = &(*pp)->next;
-    *pp = room->next;
-    r->nrooms--;
+    int rc = hub_hmap_remove(&r->table, &room->node);
+    assert(rc == 0);
+    (void)rc;
     free(room->members);
     free(room);
 }
@@ -260,13 +232,15 @@ struct room_member *hub_room_member(const struct hub_room *room, size_t i)
 
 size_t hub_rooms_count(const struct hub_rooms *r)
 {
-    return r->nrooms;
+    return r->table.count;
 }
 
 void hub_rooms_foreach(const struct hub_rooms *r, void (*fn)(struct hub_room *room, void *arg),
                        void *arg)
 {
-    for (size_t i = 0; i < r->nbuckets; i++)
-        for (struct hub_room *room = r->buckets[i]; room; room = room->next)
-            fn(room, arg);
+    struct hub_hnode *n;
+    HUB_HMAP_FOREACH(n, &r->table)
+    {
+        fn(HUB_CONTAINER_OF(n, struct hub_room, node), arg);
+    }
 }

@@ -32,6 +32,12 @@ static int consistent(struct fake *fs, int n)
     return 1;
 }
 
+static void count_room(struct hub_room *room, void *arg)
+{
+    CHECK(hub_room_size(room) > 0);
+    ++*(size_t *)arg;
+}
+
 int main(void)
 {
     struct hub_rooms *r;
@@ -103,6 +109,9 @@ int main(void)
         struct hub_room *room = hub_rooms_find(r, name, strlen(name));
         CHECK(room != NULL && hub_room_size(room) == 1);
     }
+    size_t visited = 0;
+    hub_rooms_foreach(r, count_room, &visited);
+    CHECK_EQ(visited, 302);
     for (int i = 0; i < 300; i++)
         hub_rooms_leave_all(r, &many[i].member);
 
