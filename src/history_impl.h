@@ -16,7 +16,12 @@ struct history_ops {
     int (*barrier)(struct hub_history *h, hub_history_barrier_cb cb, void *data);
     void (*close)(struct hub_history *h, hub_history_closed_cb cb, void *data);
     void (*free)(struct hub_history *h);
+    int (*hold)(struct hub_history *h, struct hub_iov room, int held);         /* NULL: no-op */
+    void (*stats)(const struct hub_history *h, struct hub_history_stats *out); /* NULL: zeros */
 };
+
+/* The configured clock, or the system's. */
+int64_t history_now_ms(const struct hub_history_config *cfg);
 
 /* Writes a fresh random epoch (HUB_HISTORY_EPOCH_LEN hex digits and a NUL),
  * for a stream whose earlier history, if any, is gone. */

@@ -28,6 +28,8 @@
  *   the store and a second hub on the same directory fails at start.
  */
 #include "hub/history.h"
+#include "hub/hmap.h"
+#include "hub/lru.h"
 #include "history_impl.h"
 
 #include <assert.h>
@@ -94,9 +96,8 @@ struct req {
 
 /* The writer's cache of one room's position. */
 struct room {
-    struct room *next;                     /* hash chain */
-    struct room *lru_prev, *lru_next;      /* recency list, most recent first */
-    uint64_t hash;                         /* of name */
+    struct hub_hnode node;                 /* in sqlite_store.rooms, by name */
+    struct hub_lru_node lru;               /* in sqlite_store.lru */
     uint64_t last;                         /* newest offset */
     uint64_t dirty_gen;                    /* transaction that last changed it */
     int persisted;                         /* the rooms row exists */
@@ -187,28 +188,18 @@ struct sqlite_store {
     int stop;                          /* the writer must exit without more work */
 
     /* Writer thread only (the opening thread until it starts). */
-    sqlite3 *db;                      /* the connection, owned */
-    sqlite3_stmt *st[ST_COUNT];       /* prepared statements, owned */
-    struct room **buckets;            /* position cache chains */
-    size_t nbuckets;                  /* power of two */
-    size_t nrooms;                    /* entries in the cache */
-    struct room *lru_head, *lru_tail; /* cache recency */
-    uint64_t txn_gen;                 /* counts transactions begun */
-    int64_t last_sweep_ms;            /* when the TTL sweep last ran */
-    char *sweep_cursor;               /* the sweep resumes after this room, owned */
+    sqlite3 *db;                /* the connection, owned */
+    sqlite3_stmt *st[ST_COUNT]; /* prepared statements, owned */
+    struct hub_hmap rooms;      /* the position cache, by name; entries owned */
+    struct hub_lru lru;         /* the cache's recency */
+    uint64_t txn_gen;           /* counts transactions begun */
+    int64_t last_sweep_ms;      /* when the TTL sweep last ran */
+    char *sweep_cursor;         /* the sweep resumes after this room, owned */
 };
 
 static const struct history_ops sqlite_ops;
 
 /* ---- Small helpers ---- */
-
-static int64_t now_ms(void)
-{
-    uv_timeval64_t tv;
-    if (uv_gettimeofday(&tv) != 0)
-        return 0;
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
 
 static uint64_t hash_name(struct hub_iov n)
 {
@@ -237,27 +228,9 @@ static void bind_iov(sqlite3_stmt *st, int i, struct hub_iov v)
 
 /* ---- The position cache (writer thread) ---- */
 
-static void lru_unlink(struct sqlite_store *h, struct room *e)
+static struct room *room_of_lru(struct hub_lru_node *n)
 {
-    if (e->lru_prev)
-        e->lru_prev->lru_next = e->lru_next;
-    else
-        h->lru_head = e->lru_next;
-    if (e->lru_next)
-        e->lru_next->lru_prev = e->lru_prev;
-    else
-        h->lru_tail = e->lru_prev;
-    e->lru_prev = e->lru_next = NULL;
-}
-
-static void lru_push_front(struct sqlite_store *h, struct room *e)
-{
-    e->lru_next = h->lru_head;
-    if (h->lru_head)
-        h->lru_head->lru_prev = e;
-    h->lru_head = e;
-    if (h->lru_tail == NULL)
-        h->lru_tail = e;
+    return n != NULL ? HUB_CONTAINER_OF(n, struct room, lru) : NULL;
 }
 
 /* Dropping an entry is always safe: its next use reads the database, which
@@ -265,21 +238,17 @@ static void lru_push_front(struct sqlite_store *h, struct room *e)
  * of a room without messages is forgotten, as the memory store forgets it. */
 static void room_evict(struct sqlite_store *h, struct room *e)
 {
-    struct room **pp = &h->buckets[e->hash & (h->nbuckets - 1)];
-    while (*pp != e)
-        pp = &(*pp)->next;
-    *pp = e->next;
-    lru_unlink(h, e);
-    h->nrooms--;
+    hub_hmap_remove(&h->rooms, &e->node);
+    hub_lru_remove(&h->lru, &e->lru);
     free(e);
 }
 
 static void cache_free(struct sqlite_store *h)
 {
-    while (h->lru_head != NULL)
-        room_evict(h, h->lru_head);
-    free(h->buckets);
-    h->buckets = NULL;
+    struct room *e;
+    while ((e = room_of_lru(hub_lru_back(&h->lru))) != NULL)
+        room_evict(h, e);
+    hub_hmap_destroy(&h->rooms);
 }
 
 /* Reads a room's row into e. With no row the room has no messages yet: it
@@ -314,20 +283,24 @@ static int room_load(struct sqlite_store *h, struct room *e)
     return ret;
 }
 
+static int room_name_eq(const struct hub_hnode *n, const void *key, size_t len)
+{
+    const struct room *e = HUB_CONTAINER_OF(n, struct room, node);
+    return e->name_len == len && memcmp(e->name, key, len) == 0;
+}
+
 /* Finds room's cache entry, loading it from the database on first use or
  * after a rollback. */
 static int room_get(struct sqlite_store *h, struct hub_iov room, struct room **out)
 {
     uint64_t x = hash_name(room);
+    struct hub_hnode *n = hub_hmap_find(&h->rooms, x, room.base, room.len, room_name_eq);
     struct room *e;
     int rc;
 
-    for (e = h->buckets[x & (h->nbuckets - 1)]; e != NULL; e = e->next)
-        if (e->hash == x && e->name_len == room.len && memcmp(e->name, room.base, room.len) == 0)
-            break;
-    if (e != NULL) {
-        lru_unlink(h, e);
-        lru_push_front(h, e);
+    if (n != NULL) {
+        e = HUB_CONTAINER_OF(n, struct room, node);
+        hub_lru_touch(&h->lru, &e->lru);
         if (e->stale) {
             rc = room_load(h, e);
             if (rc != 0)
@@ -338,41 +311,23 @@ static int room_get(struct sqlite_store *h, struct hub_iov room, struct room **o
         return 0;
     }
 
-    if (h->nrooms >= h->cfg.max_rooms && h->lru_tail != NULL)
-        room_evict(h, h->lru_tail);
-    if (h->nrooms >= h->nbuckets) {
-        /* A failed doubling only lengthens the chains. */
-        size_t n = h->nbuckets * 2;
-        struct room **b = calloc(n, sizeof(*b));
-        if (b != NULL) {
-            for (size_t i = 0; i < h->nbuckets; i++)
-                for (struct room *r = h->buckets[i], *next; r != NULL; r = next) {
-                    next = r->next;
-                    r->next = b[r->hash & (n - 1)];
-                    b[r->hash & (n - 1)] = r;
-                }
-            free(h->buckets);
-            h->buckets = b;
-            h->nbuckets = n;
-        }
-    }
+    if (h->rooms.count >= h->cfg.max_rooms && !hub_lru_empty(&h->lru))
+        room_evict(h, room_of_lru(hub_lru_back(&h->lru)));
     e = calloc(1, sizeof(*e) + room.len + 1);
     if (e == NULL)
         return HUB_ENOMEM;
     if (room.len > 0)
         memcpy(e->name, room.base, room.len);
     e->name_len = room.len;
-    e->hash = x;
     history_new_epoch(e->epoch);
     rc = room_load(h, e);
     if (rc != 0) {
         free(e);
         return rc;
     }
-    e->next = h->buckets[x & (h->nbuckets - 1)];
-    h->buckets[x & (h->nbuckets - 1)] = e;
-    lru_push_front(h, e);
-    h->nrooms++;
+    hub_hmap_insert(&h->rooms, &e->node, x);
+    hub_lru_node_init(&e->lru);
+    hub_lru_push_front(&h->lru, &e->lru);
     *out = e;
     return 0;
 }
@@ -381,9 +336,9 @@ static int room_get(struct sqlite_store *h, struct hub_iov room, struct room **o
  * database. */
 static void cache_mark_stale(struct sqlite_store *h)
 {
-    for (struct room *e = h->lru_head; e != NULL; e = e->lru_next)
-        if (e->dirty_gen == h->txn_gen)
-            e->stale = 1;
+    for (struct hub_lru_node *n = hub_lru_front(&h->lru); n != NULL; n = hub_lru_older(&h->lru, n))
+        if (room_of_lru(n)->dirty_gen == h->txn_gen)
+            room_of_lru(n)->stale = 1;
 }
 
 /* ---- Requests, run by the writer ---- */
@@ -579,7 +534,7 @@ static int do_read(struct sqlite_store *h, struct req *r)
     uint64_t last = e->last;
     uint64_t floor = kept_floor(h, last);
     /* Rows past the TTL may wait for the sweep; reads never show them. */
-    int64_t cutoff = h->cfg.ttl_ms > 0 ? now_ms() - h->cfg.ttl_ms : INT64_MIN;
+    int64_t cutoff = h->cfg.ttl_ms > 0 ? history_now_ms(&h->cfg) - h->cfg.ttl_ms : INT64_MIN;
 
     memcpy(r->rp.epoch, e->epoch, sizeof(r->rp.epoch));
     r->rp.last = last;
@@ -631,7 +586,7 @@ static int maybe_sweep(struct sqlite_store *h)
 {
     if (h->cfg.ttl_ms <= 0)
         return 0;
-    int64_t now = now_ms();
+    int64_t now = history_now_ms(&h->cfg);
     if (now - h->last_sweep_ms < SWEEP_INTERVAL_MS)
         return 0;
     h->last_sweep_ms = now;
@@ -1044,7 +999,7 @@ static void sqlite_free(struct hub_history *base)
 }
 
 static const struct history_ops sqlite_ops = {
-    sqlite_append, sqlite_read, sqlite_barrier, sqlite_close, sqlite_free,
+    sqlite_append, sqlite_read, sqlite_barrier, sqlite_close, sqlite_free, NULL, NULL,
 };
 
 /* ---- Opening ---- */
@@ -1293,9 +1248,8 @@ int hub_history_open_sqlite(struct hub_history **out, uv_loop_t *loop, const cha
     if (h->path == NULL)
         goto fail_free;
     snprintf(h->path, plen, "%s%s%s", dir, sep, DB_NAME);
-    h->nbuckets = 64;
-    h->buckets = calloc(h->nbuckets, sizeof(*h->buckets));
-    if (h->buckets == NULL)
+    hub_lru_init(&h->lru);
+    if (hub_hmap_init(&h->rooms, 64) != 0)
         goto fail_free;
     h->close_req = req_new(REQ_CLOSE, no_iov, no_iov, no_iov, no_iov);
     if (h->close_req == NULL)
@@ -1344,7 +1298,7 @@ fail_db:
     db_close(h);
 fail_free:
     free(h->close_req);
-    free(h->buckets);
+    hub_hmap_destroy(&h->rooms);
     free(h->path);
     free(h);
 fail_memory:

@@ -17,6 +17,25 @@
  * thread by way of uv_async. If a call returns an error its callback never
  * fires. Strings passed in are copied; records handed to callbacks are
  * borrowed for the duration of the callback.
+ *
+ * Memory bounds (the memory store, --no-persist). A read never creates
+ * state: a room the store holds nothing for reads as empty, with an epoch
+ * derived from the room's name and the store's secret (stable until some
+ * stream that had messages is dropped, which changes it, so a dropped
+ * stream's clients see a new epoch, never an old one with offsets reused).
+ * The store keeps at most max_per_room messages per room, at most max_rooms
+ * streams of rooms without members, and at most max_bytes in all, counted
+ * honestly (records, strings, rings, stream headers, the table, and the
+ * allocator's per-block cost). Rooms with members are "held"
+ * (hub_history_hold) and never dropped. Past the byte budget, in this
+ * order: rooms without members lose their whole ring, least recently used
+ * first (their position stays, so a resume sees a gap); then the streams of
+ * rooms without members go, least recently used first; then, if the held
+ * rooms alone are over the budget, the largest of them loses its oldest
+ * message, one at a time. The newest message of a held room is never
+ * dropped, so the budget can be passed only by one message per held room.
+ * Any message dropped this way moves the room's pos.first up, which a
+ * resume across it reports as a gap.
  */
 #ifndef HUB_HISTORY_H
 #define HUB_HISTORY_H
@@ -45,10 +64,18 @@ struct hub_history_pos {
     uint64_t first;                        /* oldest offset still kept (last + 1 if none) */
 };
 
+#define HUB_HISTORY_MAX_BYTES_DEFAULT (64u << 20) /* 64 MiB */
+
 struct hub_history_config {
-    uint32_t max_per_room; /* messages kept per room (1000) */
-    uint32_t max_rooms;    /* memory store: streams kept; the least recently used goes (10000) */
-    int64_t ttl_ms;        /* messages older than this are dropped (0 = no age limit) */
+    uint32_t max_per_room;   /* messages kept per room (1000) */
+    uint32_t max_rooms;      /* memory store: streams of rooms without members kept, the least
+                                recently used goes; SQLite: rooms in the position cache (10000) */
+    int64_t ttl_ms;          /* messages older than this are dropped (0 = no age limit) */
+    uint64_t max_bytes;      /* memory store: byte budget for everything it holds
+                                (HUB_HISTORY_MAX_BYTES_DEFAULT; 0 = no byte limit) */
+    int64_t (*now_ms)(void); /* wall clock in ms since the Unix epoch, for the TTL; NULL = the
+                                system clock. The SQLite store calls it from its writer
+                                thread, so it must be safe to call from any thread. */
 };
 
 void hub_history_config_default(struct hub_history_config *cfg);
@@ -100,6 +127,29 @@ typedef void (*hub_history_read_cb)(void *data, int err, const struct hub_histor
  * or HUB_ENOMEM/HUB_ECLOSED. */
 int hub_history_read(struct hub_history *h, struct hub_iov room, int dir, uint64_t pos,
                      unsigned limit, hub_history_read_cb cb, void *data);
+
+/* Tells the store whether room has local members (held = 1: the first
+ * member joined; held = 0: the last one left). A held room's stream is never
+ * dropped and its newest message never trimmed (see the memory bounds
+ * above); a room that is let go keeps its messages until the bounds want
+ * the space. Setting the same state twice is harmless. It takes effect at
+ * once, outside the request order, and has no callback. room is copied.
+ * Returns 0, or HUB_ENOMEM when holding a room the store had no state for
+ * (the room still works, unprotected). The SQLite store keeps everything
+ * on disk anyway and returns 0. */
+int hub_history_hold(struct hub_history *h, struct hub_iov room, int held);
+
+/* What the store holds, for /metrics and tests. */
+struct hub_history_stats {
+    uint64_t bytes;    /* memory store: bytes held, as counted against max_bytes */
+    uint64_t rooms;    /* memory store: streams held */
+    uint64_t held;     /* memory store: streams of rooms with members */
+    uint64_t messages; /* memory store: messages held */
+    uint64_t dropped;  /* memory store: messages dropped to keep max_bytes / max_rooms */
+};
+
+/* Fills *out (every field 0 where a store does not count it). */
+void hub_history_stats(const struct hub_history *h, struct hub_history_stats *out);
 
 /* Completes after every request made before it, doing nothing else: it keeps
  * the order of things that are not stored (binary relays) with the rest. */
