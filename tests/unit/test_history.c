@@ -18,6 +18,7 @@
 #include "hub/history.h"
 
 #include "check.h"
+#include "history_manual.h"
 #include "tmpfs.h"
 
 #include <sqlite3.h>
@@ -890,6 +891,124 @@ static void test_byte_accounting(void)
     close_store(h);
 }
 
+/* ---- The test store whose completions the test releases ---- */
+
+struct chained {
+    struct hub_history *h; /* the store */
+    int left;              /* appends still to make from callbacks */
+    int done;              /* completions seen */
+    uint64_t last;         /* newest offset seen */
+};
+
+/* Each completion queues the next append, as a join reply that starts a
+ * resend would. */
+static void on_chained(void *data, int err, uint64_t offset, int64_t ts, int dup)
+{
+    struct chained *c = data;
+    (void)ts, (void)dup;
+    CHECK_EQ(err, 0);
+    CHECK_EQ(offset, c->last + 1);
+    c->last = offset;
+    c->done++;
+    if (c->left-- > 0)
+        CHECK_EQ(
+            hub_history_append(c->h, iov("c"), iov("ann"), iov("x"), iov(""), 1, on_chained, c), 0);
+}
+
+static void test_manual(void)
+{
+    struct hub_history_config cfg;
+    struct hub_history *h;
+    struct op ops[8];
+    int closed = 0;
+
+    hub_history_config_default(&cfg);
+    CHECK_EQ(history_manual_open(&h, &cfg), 0);
+    memset(ops, 0, sizeof(ops));
+    order_n = 0;
+    for (int i = 0; i < 8; i++)
+        ops[i].seq = i;
+    CHECK_EQ(
+        hub_history_append(h, iov("r"), iov("ann"), iov("one"), iov("c1"), 10, on_append, &ops[0]),
+        0);
+    CHECK_EQ(hub_history_read(h, iov("r"), HUB_HISTORY_LATEST, 0, 10, on_read, &ops[1]), 0);
+    CHECK_EQ(
+        hub_history_append(h, iov("r"), iov("ann"), iov("two"), iov(""), 11, on_append, &ops[2]),
+        0);
+    CHECK_EQ(hub_history_barrier(h, on_barrier, &ops[3]), 0);
+    CHECK_EQ(hub_history_append(h, iov("r"), iov("ann"), iov("one again"), iov("c1"), 12, on_append,
+                                &ops[4]),
+             0);
+    /* Nothing completes until released. */
+    CHECK_EQ(history_manual_pending(h), 5);
+    CHECK_EQ(order_n, 0);
+    CHECK_EQ(history_manual_release(h, 1), 1);
+    CHECK_EQ(ops[0].done, 1);
+    CHECK_EQ(ops[0].offset, 1);
+    CHECK_EQ(ops[1].done, 0);
+    /* The read sees the append made before it and not the one made after
+     * it, which is still queued behind it. */
+    CHECK_EQ(history_manual_release(h, 1), 1);
+    check_range(&ops[1], 1, 1, 1);
+    CHECK_EQ(ops[2].done, 0);
+    CHECK_EQ(history_manual_release(h, 2), 2);
+    CHECK_EQ(ops[2].offset, 2);
+    CHECK_EQ(ops[3].done, 1);
+    /* A storage failure on purpose, then a real duplicate. */
+    CHECK_EQ(
+        hub_history_append(h, iov("r"), iov("bob"), iov("fails"), iov(""), 13, on_append, &ops[5]),
+        0);
+    history_manual_fail_next(h, HUB_EIO);
+    CHECK_EQ(history_manual_release(h, 1), 1);
+    CHECK_EQ(ops[4].err, HUB_EIO); /* the next one released was ops[4] */
+    CHECK_EQ(ops[4].offset, 0);
+    CHECK_EQ(history_manual_release_all(h), 1);
+    CHECK_EQ(ops[5].err, 0);
+    CHECK_EQ(ops[5].offset, 3);
+    CHECK_EQ(
+        hub_history_append(h, iov("r"), iov("ann"), iov("dup"), iov("c1"), 14, on_append, &ops[6]),
+        0);
+    CHECK_EQ(history_manual_release_all(h), 1);
+    CHECK_EQ(ops[6].dup, 1);
+    CHECK_EQ(ops[6].offset, 1);
+    CHECK_EQ(ops[6].ts, 10);
+    /* Hold and stats reach the backing store at once. */
+    CHECK_EQ(hub_history_hold(h, iov("r"), 1), 0);
+    struct hub_history_stats st;
+    hub_history_stats(h, &st);
+    CHECK_EQ(st.held, 1);
+    CHECK_EQ(st.messages, 3);
+    /* Close is queued behind the rest; nothing is accepted after it. */
+    CHECK_EQ(hub_history_read(h, iov("r"), HUB_HISTORY_LATEST, 0, 10, on_read, &ops[7]), 0);
+    hub_history_close(h, on_closed, &closed);
+    CHECK_EQ(hub_history_barrier(h, on_barrier, &ops[7]), HUB_ECLOSED);
+    CHECK_EQ(history_manual_pending(h), 2);
+    CHECK_EQ(history_manual_release(h, 1), 1);
+    check_range(&ops[7], 1, 3, 1);
+    CHECK_EQ(closed, 0);
+    CHECK_EQ(history_manual_release(h, 5), 1);
+    CHECK_EQ(closed, 1);
+    CHECK_EQ(history_manual_pending(h), 0);
+    for (int i = 1; i < order_n; i++)
+        CHECK(order_log[i] > order_log[i - 1]);
+    CHECK_EQ(order_n, 8);
+    hub_history_free(h);
+
+    /* Requests made from callbacks queue behind the rest, and
+     * release_all runs them too. */
+    struct chained c = {NULL, 4, 0, 0};
+    CHECK_EQ(history_manual_open(&c.h, &cfg), 0);
+    CHECK_EQ(hub_history_append(c.h, iov("c"), iov("ann"), iov("x"), iov(""), 1, on_chained, &c),
+             0);
+    CHECK_EQ(history_manual_release(c.h, 2), 2);
+    CHECK_EQ(c.done, 2);
+    CHECK_EQ(history_manual_pending(c.h), 1);
+    CHECK_EQ(history_manual_release_all(c.h), 3);
+    CHECK_EQ(c.done, 5);
+    CHECK_EQ(history_manual_pending(c.h), 0);
+    hub_history_free(c.h);
+}
+
 /* ---- SQLite only ---- */
 
 /* Positions survive a restart; a lost file means new epochs. */
@@ -1480,6 +1599,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s store: common tests %s\n", kind_name[kind],
                 check_failures == before ? "passed" : "FAILED");
     }
+    test_manual();
     test_read_creates_nothing();
     test_hold_and_room_cap();
     test_byte_budget_unheld();
