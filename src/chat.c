@@ -5,7 +5,7 @@
  * struct hub_room_event; the rooms module hands it to every member, and the
  * first recipient of each wire format encodes the frame that the others of
  * that format then share. Requests are parsed with jansson; replies and
- * pushes are written by hand into a hub_buf, which keeps the per-message
+ * pushes are written by hand with the jsonw writer, which keeps the per-message
  * path to one encode and one copy into the frame.
  *
  * Invariants:
@@ -26,6 +26,7 @@
 #include "hub/chat.h"
 #include "hub/buf.h"
 #include "hub/history.h"
+#include "hub/jsonw.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
 #include "hub/rooms.h"
@@ -139,98 +140,38 @@ static struct hub_iov iov_str(const char *s)
     return v;
 }
 
-/* Appends s as a JSON string literal (RFC 8259 section 7). s is valid UTF-8. */
-static void jw_str(struct hub_buf *b, const char *s, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    hub_buf_reserve(b, len + 2);
-    hub_buf_append(b, "\"", 1);
-    size_t run = 0; /* bytes copied in one go when nothing needs escaping */
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        hub_buf_append(b, s + run, i - run);
-        run = i + 1;
-        char esc[6] = {'\\', 0, 0, 0, 0, 0};
-        size_t n = 2;
-        switch (c) {
-        case '"':
-            esc[1] = '"';
-            break;
-        case '\\':
-            esc[1] = '\\';
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        case '\b':
-            esc[1] = 'b';
-            break;
-        case '\f':
-            esc[1] = 'f';
-            break;
-        default:
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            n = 6;
-        }
-        hub_buf_append(b, esc, n);
-    }
-    hub_buf_append(b, s + run, len - run);
-    hub_buf_append(b, "\"", 1);
-}
-
-/* Appends ,"key": (or "key": right after an opening brace). */
-static void jw_key(struct hub_buf *b, const char *key)
-{
-    if (b->len > 0 && b->data[b->len - 1] != '{' && b->data[b->len - 1] != '[')
-        hub_buf_append(b, ",", 1);
-    jw_str(b, key, strlen(key));
-    hub_buf_append(b, ":", 1);
-}
-
-static void jw_kstr(struct hub_buf *b, const char *key, const char *s, size_t len)
-{
-    jw_key(b, key);
-    jw_str(b, s, len);
-}
-
-static void jw_kint(struct hub_buf *b, const char *key, long long v)
-{
-    jw_key(b, key);
-    hub_buf_printf(b, "%lld", v);
-}
-
-/* Sends a finished JSON text to one client. */
-static void send_buf(struct hub_chat_client *cl, struct hub_buf *b)
-{
-    if (b->len == 0 || cl->dead)
-        return; /* an allocation failed while building, or nobody to send to */
-    hub_ws_send(cl->ws, HUB_WS_TEXT, b->data, b->len);
-}
-
 /* A request's id: present (has) and its value. */
 struct req_id {
     int has;
     long long v;
 };
 
-static void begin_reply(struct hub_buf *b, struct req_id id)
+static const struct req_id NO_ID = {0, 0};
+
+/* Sends a finished JSON text to one client. A writer that failed holds a
+ * truncated text, which is never sent: a reply (id present) becomes an
+ * "internal" error reply instead, a push is lost. */
+static void send_error(struct hub_chat_client *cl, struct req_id id, const char *code,
+                       const char *message);
+static void send_json(struct hub_chat_client *cl, struct hub_jsonw *w, struct req_id id)
 {
-    hub_buf_puts(b, "{");
-    jw_kint(b, "id", id.v);
-    jw_key(b, "ok");
-    hub_buf_puts(b, "true");
+    if (cl->dead)
+        return; /* nobody to send to */
+    if (hub_jsonw_error(w) != 0) {
+        hub_log_warn("a JSON %s could not be written: out of memory", id.has ? "reply" : "push");
+        if (id.has)
+            send_error(cl, id, "internal", "out of memory");
+        return;
+    }
+    hub_ws_send(cl->ws, HUB_WS_TEXT, w->b.data, w->b.len);
+}
+
+static void begin_reply(struct hub_jsonw *b, struct req_id id)
+{
+    hub_jsonw_raw(b, "{");
+    hub_jsonw_kint(b, "id", id.v);
+    hub_jsonw_key(b, "ok");
+    hub_jsonw_raw(b, "true");
 }
 
 /* Answers a failed request: an error reply when it had an id, an error
@@ -240,33 +181,33 @@ static void send_error(struct hub_chat_client *cl, struct req_id id, const char 
 {
     if (cl->mode != HUB_CHAT_JSON)
         return; /* raw mode has no error messages: the line is dropped */
-    struct hub_buf b = {0};
-    hub_buf_puts(&b, "{");
+    struct hub_jsonw b = {0};
+    hub_jsonw_raw(&b, "{");
     if (id.has) {
-        jw_kint(&b, "id", id.v);
-        jw_key(&b, "ok");
-        hub_buf_puts(&b, "false");
+        hub_jsonw_kint(&b, "id", id.v);
+        hub_jsonw_key(&b, "ok");
+        hub_jsonw_raw(&b, "false");
     } else {
-        jw_kstr(&b, "t", "error", 5);
+        hub_jsonw_kstr(&b, "t", "error", 5);
     }
-    jw_key(&b, "error");
-    hub_buf_puts(&b, "{");
-    jw_kstr(&b, "code", code, strlen(code));
-    jw_kstr(&b, "message", message, strlen(message));
-    hub_buf_puts(&b, "}}");
-    send_buf(cl, &b);
-    hub_buf_free(&b);
+    hub_jsonw_key(&b, "error");
+    hub_jsonw_raw(&b, "{");
+    hub_jsonw_kstr(&b, "code", code, strlen(code));
+    hub_jsonw_kstr(&b, "message", message, strlen(message));
+    hub_jsonw_raw(&b, "}}");
+    send_json(cl, &b, NO_ID);
+    hub_jsonw_free(&b);
 }
 
 static void send_ok(struct hub_chat_client *cl, struct req_id id)
 {
     if (!id.has)
         return;
-    struct hub_buf b = {0};
+    struct hub_jsonw b = {0};
     begin_reply(&b, id);
-    hub_buf_puts(&b, "}");
-    send_buf(cl, &b);
-    hub_buf_free(&b);
+    hub_jsonw_raw(&b, "}");
+    send_json(cl, &b, id);
+    hub_jsonw_free(&b);
 }
 
 /* ---- nick table ----------------------------------------------------- */
@@ -365,60 +306,64 @@ static int set_nick(struct hub_chat_client *cl, const char *s, size_t len)
 }
 
 /* Appends ,"client":"c-<id>". */
-static void jw_client_id(struct hub_buf *b, const struct hub_chat_client *cl)
+static void jw_client_id(struct hub_jsonw *b, const struct hub_chat_client *cl)
 {
     char id[24];
     int n = snprintf(id, sizeof(id), "c-%llu", (unsigned long long)cl->id);
-    jw_kstr(b, "client", id, (size_t)n);
+    hub_jsonw_kstr(b, "client", id, (size_t)n);
 }
 
 /* ---- events and delivery -------------------------------------------- */
 
 static struct hub_shared *encode_json(struct hub_room_event *ev)
 {
-    struct hub_buf b = {0};
+    struct hub_jsonw b = {0};
     const char *room = hub_room_name(ev->room);
     size_t room_len = hub_room_name_len(ev->room);
-    hub_buf_puts(&b, "{");
+    hub_jsonw_raw(&b, "{");
     switch (ev->kind) {
     case EV_MSG:
-        jw_kstr(&b, "t", "msg", 3);
-        jw_kstr(&b, "room", room, room_len);
-        jw_kint(&b, "offset", (long long)ev->offset);
-        jw_kint(&b, "ts", ev->ts);
-        jw_kstr(&b, "from", ev->from.base, ev->from.len);
-        jw_kstr(&b, "text", ev->text.base, ev->text.len);
+        hub_jsonw_kstr(&b, "t", "msg", 3);
+        hub_jsonw_kstr(&b, "room", room, room_len);
+        hub_jsonw_kint(&b, "offset", (long long)ev->offset);
+        hub_jsonw_kint(&b, "ts", ev->ts);
+        hub_jsonw_kstr(&b, "from", ev->from.base, ev->from.len);
+        hub_jsonw_kstr(&b, "text", ev->text.base, ev->text.len);
         if (ev->cmid.len > 0)
-            jw_kstr(&b, "cmid", ev->cmid.base, ev->cmid.len);
+            hub_jsonw_kstr(&b, "cmid", ev->cmid.base, ev->cmid.len);
         break;
     case EV_JOIN:
     case EV_LEAVE:
-        jw_kstr(&b, "t", ev->kind == EV_JOIN ? "join" : "leave", ev->kind == EV_JOIN ? 4 : 5);
-        jw_kstr(&b, "room", room, room_len);
-        jw_kstr(&b, "nick", ev->who->nick, ev->who->nick_len);
+        hub_jsonw_kstr(&b, "t", ev->kind == EV_JOIN ? "join" : "leave",
+                       ev->kind == EV_JOIN ? 4 : 5);
+        hub_jsonw_kstr(&b, "room", room, room_len);
+        hub_jsonw_kstr(&b, "nick", ev->who->nick, ev->who->nick_len);
         jw_client_id(&b, ev->who);
         break;
     case EV_TYPING:
-        jw_kstr(&b, "t", "typing", 6);
-        jw_kstr(&b, "room", room, room_len);
-        jw_kstr(&b, "nick", ev->who->nick, ev->who->nick_len);
-        jw_kint(&b, "ttl", TYPING_TTL_MS);
+        hub_jsonw_kstr(&b, "t", "typing", 6);
+        hub_jsonw_kstr(&b, "room", room, room_len);
+        hub_jsonw_kstr(&b, "nick", ev->who->nick, ev->who->nick_len);
+        hub_jsonw_kint(&b, "ttl", TYPING_TTL_MS);
         break;
     case EV_NICK:
-        jw_kstr(&b, "t", "nick", 4);
-        jw_kstr(&b, "room", room, room_len);
-        jw_kstr(&b, "old", ev->old_nick.base, ev->old_nick.len);
-        jw_kstr(&b, "new", ev->who->nick, ev->who->nick_len);
+        hub_jsonw_kstr(&b, "t", "nick", 4);
+        hub_jsonw_kstr(&b, "room", room, room_len);
+        hub_jsonw_kstr(&b, "old", ev->old_nick.base, ev->old_nick.len);
+        hub_jsonw_kstr(&b, "new", ev->who->nick, ev->who->nick_len);
         break;
     case EV_COUNT:
-        jw_kstr(&b, "t", "count", 5);
-        jw_kstr(&b, "room", room, room_len);
-        jw_kint(&b, "members", (long long)hub_room_size(ev->room));
+        hub_jsonw_kstr(&b, "t", "count", 5);
+        hub_jsonw_kstr(&b, "room", room, room_len);
+        hub_jsonw_kint(&b, "members", (long long)hub_room_size(ev->room));
         break;
     }
-    hub_buf_puts(&b, "}");
-    struct hub_shared *f = hub_ws_frame(HUB_WS_TEXT, b.data, b.len);
-    hub_buf_free(&b);
+    hub_jsonw_raw(&b, "}");
+    /* A writer that failed holds a cut-off text: no frame rather than a
+     * broken one. */
+    struct hub_shared *f =
+        hub_jsonw_error(&b) == 0 ? hub_ws_frame(HUB_WS_TEXT, b.b.data, b.b.len) : NULL;
+    hub_jsonw_free(&b);
     return f;
 }
 
@@ -688,15 +633,15 @@ struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws
         }
         return cl;
     }
-    struct hub_buf b = {0};
-    hub_buf_puts(&b, "{");
-    jw_kstr(&b, "t", "welcome", 7);
-    jw_kstr(&b, "server", chat->cfg.server_name, strlen(chat->cfg.server_name));
+    struct hub_jsonw b = {0};
+    hub_jsonw_raw(&b, "{");
+    hub_jsonw_kstr(&b, "t", "welcome", 7);
+    hub_jsonw_kstr(&b, "server", chat->cfg.server_name, strlen(chat->cfg.server_name));
     if (chat->cfg.welcome != NULL)
-        jw_kstr(&b, "motd", chat->cfg.welcome, strlen(chat->cfg.welcome));
-    hub_buf_puts(&b, "}");
-    send_buf(cl, &b);
-    hub_buf_free(&b);
+        hub_jsonw_kstr(&b, "motd", chat->cfg.welcome, strlen(chat->cfg.welcome));
+    hub_jsonw_raw(&b, "}");
+    send_json(cl, &b, NO_ID);
+    hub_jsonw_free(&b);
     return cl;
 }
 
@@ -803,19 +748,19 @@ static void pm_appended(void *data, int err, uint64_t offset, int64_t ts, int du
         }
         if (pm->id.has && !cl->dead) {
             struct hub_iov room = pm_part(pm, 0);
-            struct hub_buf b = {0};
+            struct hub_jsonw b = {0};
             begin_reply(&b, pm->id);
-            jw_kstr(&b, "room", room.base, room.len);
-            jw_kint(&b, "offset", (long long)offset);
-            jw_kint(&b, "ts", ts);
+            hub_jsonw_kstr(&b, "room", room.base, room.len);
+            hub_jsonw_kint(&b, "offset", (long long)offset);
+            hub_jsonw_kint(&b, "ts", ts);
             if (duplicate) {
                 /* A resend after a reconnect: the original stands. */
-                jw_key(&b, "duplicate");
-                hub_buf_puts(&b, "true");
+                hub_jsonw_key(&b, "duplicate");
+                hub_jsonw_raw(&b, "true");
             }
-            hub_buf_puts(&b, "}");
-            send_buf(cl, &b);
-            hub_buf_free(&b);
+            hub_jsonw_raw(&b, "}");
+            send_json(cl, &b, pm->id);
+            hub_jsonw_free(&b);
         }
     }
     free(pm);
@@ -952,41 +897,41 @@ static struct hub_room *joined_room(struct hub_chat_client *cl, struct hub_iov n
     return NULL;
 }
 
-static void jw_messages(struct hub_buf *b, const struct hub_history_msg *msgs, size_t n)
+static void jw_messages(struct hub_jsonw *b, const struct hub_history_msg *msgs, size_t n)
 {
-    jw_key(b, "messages");
-    hub_buf_puts(b, "[");
+    hub_jsonw_key(b, "messages");
+    hub_jsonw_raw(b, "[");
     for (size_t i = 0; i < n; i++) {
-        hub_buf_puts(b, i ? ",{" : "{");
-        jw_kint(b, "offset", (long long)msgs[i].offset);
-        jw_kint(b, "ts", msgs[i].ts);
-        jw_kstr(b, "from", msgs[i].from.base, msgs[i].from.len);
-        jw_kstr(b, "text", msgs[i].text.base, msgs[i].text.len);
+        hub_jsonw_raw(b, i ? ",{" : "{");
+        hub_jsonw_kint(b, "offset", (long long)msgs[i].offset);
+        hub_jsonw_kint(b, "ts", msgs[i].ts);
+        hub_jsonw_kstr(b, "from", msgs[i].from.base, msgs[i].from.len);
+        hub_jsonw_kstr(b, "text", msgs[i].text.base, msgs[i].text.len);
         if (msgs[i].cmid.len > 0)
-            jw_kstr(b, "cmid", msgs[i].cmid.base, msgs[i].cmid.len);
-        hub_buf_puts(b, "}");
+            hub_jsonw_kstr(b, "cmid", msgs[i].cmid.base, msgs[i].cmid.len);
+        hub_jsonw_raw(b, "}");
     }
-    hub_buf_puts(b, "]");
+    hub_jsonw_raw(b, "]");
 }
 
-static void jw_members(struct hub_buf *b, struct hub_room *room)
+static void jw_members(struct hub_jsonw *b, struct hub_room *room)
 {
     size_t n = room != NULL ? hub_room_size(room) : 0;
     if (n > HUB_CHAT_LIST_MAX) {
-        jw_kint(b, "count", (long long)n);
+        hub_jsonw_kint(b, "count", (long long)n);
         return;
     }
-    jw_key(b, "members");
-    hub_buf_puts(b, "[");
+    hub_jsonw_key(b, "members");
+    hub_jsonw_raw(b, "[");
     for (size_t i = 0; i < n; i++) {
         struct hub_chat_client *m =
             HUB_CONTAINER_OF(hub_room_member(room, i), struct hub_chat_client, member);
-        hub_buf_puts(b, i ? ",{" : "{");
-        jw_kstr(b, "nick", m->nick, m->nick_len);
+        hub_jsonw_raw(b, i ? ",{" : "{");
+        hub_jsonw_kstr(b, "nick", m->nick, m->nick_len);
         jw_client_id(b, m);
-        hub_buf_puts(b, "}");
+        hub_jsonw_raw(b, "}");
     }
-    hub_buf_puts(b, "]");
+    hub_jsonw_raw(b, "]");
 }
 
 /* Parses a position {"epoch": string, "offset": integer}. Returns 1 if
@@ -1010,7 +955,7 @@ static int parse_since(json_t *since, const char **epoch, size_t *elen, uint64_t
 struct hello_state {
     struct hub_chat_client *cl; /* the client (a reference) */
     struct req_id id;           /* the hello's id */
-    struct hub_buf b;           /* the reply under construction */
+    struct hub_jsonw b;         /* the reply under construction */
     unsigned outstanding;       /* reads not yet completed */
     int issued;                 /* every read has been requested */
 };
@@ -1030,9 +975,9 @@ struct pending_join {
 
 static void hello_finish(struct hello_state *hs)
 {
-    hub_buf_puts(&hs->b, "}}");
-    send_buf(hs->cl, &hs->b);
-    hub_buf_free(&hs->b);
+    hub_jsonw_raw(&hs->b, "}}");
+    send_json(hs->cl, &hs->b, hs->id);
+    hub_jsonw_free(&hs->b);
     client_unref(hs->cl);
     free(hs);
 }
@@ -1049,15 +994,15 @@ struct hello_refusal {
     char room[];            /* the entry's key */
 };
 
-static void jw_refusal(struct hub_buf *b, const char *room, const char *code, const char *message)
+static void jw_refusal(struct hub_jsonw *b, const char *room, const char *code, const char *message)
 {
-    jw_key(b, room);
-    hub_buf_puts(b, "{");
-    jw_key(b, "error");
-    hub_buf_puts(b, "{");
-    jw_kstr(b, "code", code, strlen(code));
-    jw_kstr(b, "message", message, strlen(message));
-    hub_buf_puts(b, "}}");
+    hub_jsonw_key(b, room);
+    hub_jsonw_raw(b, "{");
+    hub_jsonw_key(b, "error");
+    hub_jsonw_raw(b, "{");
+    hub_jsonw_kstr(b, "code", code, strlen(code));
+    hub_jsonw_kstr(b, "message", message, strlen(message));
+    hub_jsonw_raw(b, "}}");
 }
 
 static void hello_finish(struct hello_state *hs);
@@ -1099,31 +1044,31 @@ static void hello_refuse(struct hello_state *hs, const char *room, const char *c
 static void send_gap(struct hub_chat_client *cl, struct hub_iov room, const char *epoch,
                      uint64_t from, uint64_t to, const char *reason)
 {
-    struct hub_buf g = {0};
-    hub_buf_puts(&g, "{");
-    jw_kstr(&g, "t", "gap", 3);
-    jw_kstr(&g, "room", room.base, room.len);
-    jw_kstr(&g, "epoch", epoch, strlen(epoch));
+    struct hub_jsonw g = {0};
+    hub_jsonw_raw(&g, "{");
+    hub_jsonw_kstr(&g, "t", "gap", 3);
+    hub_jsonw_kstr(&g, "room", room.base, room.len);
+    hub_jsonw_kstr(&g, "epoch", epoch, strlen(epoch));
     if (to >= from) {
-        jw_kint(&g, "from", (long long)from);
-        jw_kint(&g, "to", (long long)to);
+        hub_jsonw_kint(&g, "from", (long long)from);
+        hub_jsonw_kint(&g, "to", (long long)to);
     }
-    jw_kstr(&g, "reason", reason, strlen(reason));
-    hub_buf_puts(&g, "}");
-    send_buf(cl, &g);
-    hub_buf_free(&g);
+    hub_jsonw_kstr(&g, "reason", reason, strlen(reason));
+    hub_jsonw_raw(&g, "}");
+    send_json(cl, &g, NO_ID);
+    hub_jsonw_free(&g);
 }
 
 /* Writes a joined room's state (after its name): position, messages and
  * members. With a resume position it keeps only what came after it, and
  * announces with a gap push what cannot be delivered. */
-static void jw_join_state(struct pending_join *pj, struct hub_buf *b,
+static void jw_join_state(struct pending_join *pj, struct hub_jsonw *b,
                           const struct hub_history_pos *pos, const struct hub_history_msg *msgs,
                           size_t n, struct hub_room *room)
 {
     struct hub_iov name = {pj->room, pj->room_len};
-    jw_kstr(b, "epoch", pos->epoch, strlen(pos->epoch));
-    jw_kint(b, "offset", (long long)pos->last);
+    hub_jsonw_kstr(b, "epoch", pos->epoch, strlen(pos->epoch));
+    hub_jsonw_kint(b, "offset", (long long)pos->last);
     size_t skip = n > pj->history ? n - pj->history : 0;
     int complete = 1;
     if (pj->has_since) {
@@ -1142,8 +1087,8 @@ static void jw_join_state(struct pending_join *pj, struct hub_buf *b,
     }
     jw_messages(b, skip < n ? msgs + skip : NULL, n - skip);
     if (!complete) {
-        jw_key(b, "complete");
-        hub_buf_puts(b, "false");
+        hub_jsonw_key(b, "complete");
+        hub_jsonw_raw(b, "false");
     }
     jw_members(b, room);
 }
@@ -1158,11 +1103,11 @@ static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
         unmark_joining(cl, room); /* from now on the pushes carry the news */
     else
         room = NULL;
-    struct hub_buf own = {0};
-    struct hub_buf *b = pj->hello != NULL ? &pj->hello->b : &own;
+    struct hub_jsonw own = {0};
+    struct hub_jsonw *b = pj->hello != NULL ? &pj->hello->b : &own;
     if (pj->hello != NULL) {
-        jw_key(b, pj->room);
-        hub_buf_puts(b, "{");
+        hub_jsonw_key(b, pj->room);
+        hub_jsonw_raw(b, "{");
     } else {
         begin_reply(b, pj->id);
     }
@@ -1170,23 +1115,23 @@ static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
         if (pj->hello == NULL) {
             send_error(cl, pj->id, "internal", "history is not available");
         } else {
-            jw_key(b, "error");
-            hub_buf_puts(b, "{\"code\":\"internal\",\"message\":\"history is not available\"}");
+            hub_jsonw_key(b, "error");
+            hub_jsonw_raw(b, "{\"code\":\"internal\",\"message\":\"history is not available\"}");
         }
     } else {
         if (pj->hello == NULL)
-            jw_kstr(b, "room", pj->room, pj->room_len);
+            hub_jsonw_kstr(b, "room", pj->room, pj->room_len);
         jw_join_state(pj, b, pos, msgs, n, room);
     }
-    hub_buf_puts(b, "}");
+    hub_jsonw_raw(b, "}");
     if (pj->hello != NULL) {
         struct hello_state *hs = pj->hello;
         if (--hs->outstanding == 0 && hs->issued)
             hello_finish(hs);
     } else if (err == 0 && pj->id.has) {
-        send_buf(cl, b);
+        send_json(cl, b, pj->id);
     }
-    hub_buf_free(&own);
+    hub_jsonw_free(&own);
     free(pj);
     client_unref(cl);
 }
@@ -1341,17 +1286,17 @@ static void history_read_cb(void *data, int err, const struct hub_history_pos *p
     if (err != 0) {
         send_error(cl, ph->id, "internal", "history is not available");
     } else if (ph->id.has) {
-        struct hub_buf b = {0};
+        struct hub_jsonw b = {0};
         begin_reply(&b, ph->id);
-        jw_kstr(&b, "room", ph->room, ph->room_len);
-        jw_kstr(&b, "epoch", pos->epoch, strlen(pos->epoch));
-        jw_kint(&b, "offset", (long long)pos->last);
+        hub_jsonw_kstr(&b, "room", ph->room, ph->room_len);
+        hub_jsonw_kstr(&b, "epoch", pos->epoch, strlen(pos->epoch));
+        hub_jsonw_kint(&b, "offset", (long long)pos->last);
         jw_messages(&b, msgs, n);
-        jw_key(&b, "complete");
-        hub_buf_puts(&b, complete ? "true" : "false");
-        hub_buf_puts(&b, "}");
-        send_buf(cl, &b);
-        hub_buf_free(&b);
+        hub_jsonw_key(&b, "complete");
+        hub_jsonw_raw(&b, complete ? "true" : "false");
+        hub_jsonw_raw(&b, "}");
+        send_json(cl, &b, ph->id);
+        hub_jsonw_free(&b);
     }
     free(ph);
     client_unref(cl);
@@ -1461,13 +1406,13 @@ static void op_nick(struct request *rq)
         send_error(cl, rq->id, "internal", "out of memory");
         return;
     }
-    struct hub_buf b = {0};
+    struct hub_jsonw b = {0};
     begin_reply(&b, rq->id);
-    jw_kstr(&b, "nick", cl->nick, cl->nick_len);
-    hub_buf_puts(&b, "}");
+    hub_jsonw_kstr(&b, "nick", cl->nick, cl->nick_len);
+    hub_jsonw_raw(&b, "}");
     if (rq->id.has)
-        send_buf(cl, &b);
-    hub_buf_free(&b);
+        send_json(cl, &b, rq->id);
+    hub_jsonw_free(&b);
     for (uint32_t i = 0; i < cl->member.nrooms; i++) {
         struct hub_room_event ev = {.kind = EV_NICK, .room = cl->member.rooms[i].room, .who = cl};
         ev.old_nick.base = old;
@@ -1488,14 +1433,14 @@ static int dm_ensure_member(struct hub_chat_client *c, struct hub_chat_client *f
     int rc = join_room(c, name, room);
     if (rc != 0 || c == from)
         return rc;
-    struct hub_buf b = {0};
-    hub_buf_puts(&b, "{");
-    jw_kstr(&b, "t", "dm", 2);
-    jw_kstr(&b, "room", name.base, name.len);
-    jw_kstr(&b, "from", from->nick, from->nick_len);
-    hub_buf_puts(&b, "}");
-    send_buf(c, &b);
-    hub_buf_free(&b);
+    struct hub_jsonw b = {0};
+    hub_jsonw_raw(&b, "{");
+    hub_jsonw_kstr(&b, "t", "dm", 2);
+    hub_jsonw_kstr(&b, "room", name.base, name.len);
+    hub_jsonw_kstr(&b, "from", from->nick, from->nick_len);
+    hub_jsonw_raw(&b, "}");
+    send_json(c, &b, NO_ID);
+    hub_jsonw_free(&b);
     return 0;
 }
 
@@ -1590,33 +1535,33 @@ static void op_rooms(struct request *rq)
     hub_rooms_foreach(rq->cl->chat->rooms, collect_room, &l);
     if (l.n > 1)
         qsort(l.items, l.n, sizeof(*l.items), by_size_desc);
-    struct hub_buf b = {0};
+    struct hub_jsonw b = {0};
     begin_reply(&b, rq->id);
-    jw_key(&b, "rooms");
-    hub_buf_puts(&b, "[");
+    hub_jsonw_key(&b, "rooms");
+    hub_jsonw_raw(&b, "[");
     for (size_t i = 0; i < l.n && i < ROOMS_LIST_MAX; i++) {
-        hub_buf_puts(&b, i ? ",{" : "{");
-        jw_kstr(&b, "room", l.items[i].name, strlen(l.items[i].name));
-        jw_kint(&b, "members", (long long)l.items[i].members);
-        hub_buf_puts(&b, "}");
+        hub_jsonw_raw(&b, i ? ",{" : "{");
+        hub_jsonw_kstr(&b, "room", l.items[i].name, strlen(l.items[i].name));
+        hub_jsonw_kint(&b, "members", (long long)l.items[i].members);
+        hub_jsonw_raw(&b, "}");
     }
-    hub_buf_puts(&b, "]}");
+    hub_jsonw_raw(&b, "]}");
     if (rq->id.has)
-        send_buf(rq->cl, &b);
-    hub_buf_free(&b);
+        send_json(rq->cl, &b, rq->id);
+    hub_jsonw_free(&b);
     free(l.items);
 }
 
 static void op_ping(struct request *rq)
 {
     send_ok(rq->cl, rq->id);
-    struct hub_buf b = {0};
-    hub_buf_puts(&b, "{");
-    jw_kstr(&b, "t", "pong", 4);
-    jw_kint(&b, "ts", chat_now(rq->cl->chat));
-    hub_buf_puts(&b, "}");
-    send_buf(rq->cl, &b);
-    hub_buf_free(&b);
+    struct hub_jsonw b = {0};
+    hub_jsonw_raw(&b, "{");
+    hub_jsonw_kstr(&b, "t", "pong", 4);
+    hub_jsonw_kint(&b, "ts", chat_now(rq->cl->chat));
+    hub_jsonw_raw(&b, "}");
+    send_json(rq->cl, &b, NO_ID);
+    hub_jsonw_free(&b);
 }
 
 static void op_hello(struct request *rq)
@@ -1650,24 +1595,24 @@ static void op_hello(struct request *rq)
     hs->cl = cl;
     hs->id = rq->id;
     client_ref(cl);
-    struct hub_buf *b = &hs->b;
+    struct hub_jsonw *b = &hs->b;
     begin_reply(b, rq->id);
     jw_client_id(b, cl);
-    jw_kstr(b, "nick", cl->nick, cl->nick_len);
-    jw_kstr(b, "server", chat->cfg.server_name, strlen(chat->cfg.server_name));
-    jw_key(b, "limits");
-    hub_buf_puts(b, "{");
-    jw_kint(b, "max_message", (long long)chat->cfg.max_message);
-    jw_kint(b, "max_text", (long long)chat->cfg.max_text);
-    jw_kint(b, "max_rooms", chat->cfg.max_rooms_per_client);
-    jw_kint(b, "rate", chat->cfg.rate);
-    jw_kint(b, "burst", chat->cfg.burst);
-    jw_kint(b, "ping_interval", chat->cfg.ping_interval_s);
-    jw_kint(b, "history", chat->cfg.history_max_rooms_kept);
-    jw_kint(b, "history_page", 100);
-    hub_buf_puts(b, "}");
-    jw_key(b, "rooms");
-    hub_buf_puts(b, "{");
+    hub_jsonw_kstr(b, "nick", cl->nick, cl->nick_len);
+    hub_jsonw_kstr(b, "server", chat->cfg.server_name, strlen(chat->cfg.server_name));
+    hub_jsonw_key(b, "limits");
+    hub_jsonw_raw(b, "{");
+    hub_jsonw_kint(b, "max_message", (long long)chat->cfg.max_message);
+    hub_jsonw_kint(b, "max_text", (long long)chat->cfg.max_text);
+    hub_jsonw_kint(b, "max_rooms", chat->cfg.max_rooms_per_client);
+    hub_jsonw_kint(b, "rate", chat->cfg.rate);
+    hub_jsonw_kint(b, "burst", chat->cfg.burst);
+    hub_jsonw_kint(b, "ping_interval", chat->cfg.ping_interval_s);
+    hub_jsonw_kint(b, "history", chat->cfg.history_max_rooms_kept);
+    hub_jsonw_kint(b, "history_page", 100);
+    hub_jsonw_raw(b, "}");
+    hub_jsonw_key(b, "rooms");
+    hub_jsonw_raw(b, "{");
     const char *key;
     json_t *since;
     /* Each resumed room is written into the reply by its read's completion,
