@@ -132,16 +132,10 @@ static void push_count(struct hub_chat *chat, struct hub_room *room, struct coun
     e->dirty = 0;
 }
 
-/* Tells a room that who joined or is leaving: one push per member while the
- * room is small, a coalesced count push once it is big. */
-void chat_announce_presence(struct hub_chat_client *who, struct hub_room *room, int kind)
+/* A big room's membership changed: push its count now, or mark it for the
+ * tick if one went out less than COUNT_INTERVAL_MS ago. */
+static void count_changed(struct hub_chat *chat, struct hub_room *room)
 {
-    struct hub_chat *chat = who->chat;
-    if (hub_room_size(room) <= HUB_CHAT_LIST_MAX) {
-        struct hub_room_event ev = {.kind = kind, .room = room, .who = who};
-        chat_broadcast(&ev, who);
-        return;
-    }
     struct count_entry *e = count_entry(chat, room, 1);
     if (e == NULL)
         return;
@@ -149,6 +143,40 @@ void chat_announce_presence(struct hub_chat_client *who, struct hub_room *room, 
         push_count(chat, room, e);
     else
         e->dirty = 1;
+}
+
+/* Tells a room that who joined: one push per member while the room is
+ * small, a coalesced count push once it is big. */
+void chat_announce_join(struct hub_chat_client *who, struct hub_room *room)
+{
+    if (hub_room_size(room) <= HUB_CHAT_LIST_MAX) {
+        struct hub_room_event ev = {.kind = EV_JOIN, .room = room, .who = who};
+        chat_broadcast(&ev, who);
+        return;
+    }
+    count_changed(who->chat, room);
+}
+
+void chat_remove_member(struct hub_chat_client *who, struct hub_room *room)
+{
+    struct hub_chat *chat = who->chat;
+    size_t n = hub_room_size(room);
+    if (n > 1 && n <= HUB_CHAT_LIST_MAX) {
+        struct hub_room_event ev = {.kind = EV_LEAVE, .room = room, .who = who};
+        chat_broadcast(&ev, who);
+    }
+    /* A big room's count is taken after the leaver is gone, so it is right
+     * and the leaver does not get it. The room outlives the leave (it has
+     * other members) but rooms.h lends it only until then: find it again. */
+    char name[HUB_ROOM_NAME_MAX + 1];
+    size_t len = hub_room_name_len(room);
+    memcpy(name, hub_room_name(room), len + 1);
+    hub_rooms_leave(chat->rooms, &who->member, room);
+    if (n > HUB_CHAT_LIST_MAX) {
+        struct hub_room *r = hub_rooms_find(chat->rooms, name, len);
+        if (r != NULL)
+            count_changed(chat, r);
+    }
 }
 
 void hub_chat_tick(struct hub_chat *chat)

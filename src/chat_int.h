@@ -188,8 +188,14 @@ void chat_deliver(struct room_member *m, struct hub_room *room, struct hub_room_
  * the frames encoded for it. */
 void chat_broadcast(struct hub_room_event *ev, struct hub_chat_client *except);
 
-/* Tells a room that who joined (EV_JOIN) or is leaving (EV_LEAVE). */
-void chat_announce_presence(struct hub_chat_client *who, struct hub_room *room, int kind);
+/* Tells a room that who joined: a join push while it has at most
+ * HUB_CHAT_LIST_MAX members, a coalesced count push above. */
+void chat_announce_join(struct hub_chat_client *who, struct hub_room *room);
+
+/* Removes who from room and tells the others: a leave push while the room
+ * is small, a count push (taken after the removal) when it is big. room must
+ * not be used afterwards. */
+void chat_remove_member(struct hub_chat_client *who, struct hub_room *room);
 
 /* ---- chat_join.c -------------------------------------------------------- */
 
@@ -214,8 +220,25 @@ int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_s
                     struct hub_iov name, unsigned history, const char *since_epoch, size_t elen,
                     uint64_t since, const char **code, const char **message);
 
-/* Writes and, once its reads are done, sends the hello reply. */
-void chat_hello_resume(struct hub_chat_client *cl, struct req_id id, json_t *resume);
+/* The state of a hello reply for cl (borrowed) answering id: allocated
+ * first, so that a hello that cannot be answered commits nothing. Returns
+ * NULL when out of memory. */
+struct hello_state *chat_hello_new(struct hub_chat_client *cl, struct req_id id);
+
+/* Frees a hello state that chat_hello_resume was not given. */
+void chat_hello_discard(struct hello_state *hs);
+
+/* Writes the hello reply of hs (taken) for its client, whose nick is set:
+ * identity, limits, and each room of resume (an object or NULL, borrowed for
+ * the call) answered like a join with since. It goes out once every read is
+ * done. */
+void chat_hello_resume(struct hello_state *hs, json_t *resume);
+
+/* calloc(1, size) for the chat layer's request state. Unit tests set
+ * chat_alloc_fail_in to n > 0 to make the n-th call from then on fail
+ * (fault injection; 0, the default, never fails). */
+extern unsigned chat_alloc_fail_in;
+void *chat_calloc(size_t size);
 
 /* ---- chat_json.c -------------------------------------------------------- */
 

@@ -24,7 +24,7 @@ int chat_join_room(struct hub_chat_client *cl, struct hub_iov name, struct hub_r
     int rc = hub_rooms_join(cl->chat->rooms, &cl->member, name.base, name.len, &room);
     if (rc != 0)
         return rc;
-    chat_announce_presence(cl, room, EV_JOIN);
+    chat_announce_join(cl, room);
     if (out != NULL)
         *out = room;
     return 0;
@@ -62,9 +62,7 @@ void chat_leave_room(struct hub_chat_client *cl, struct hub_room *room)
             cl->typing[i] = cl->typing[--cl->ntyping];
             break;
         }
-    if (hub_room_size(room) > 1)
-        chat_announce_presence(cl, room, EV_LEAVE);
-    hub_rooms_leave(cl->chat->rooms, &cl->member, room);
+    chat_remove_member(cl, room);
 }
 
 void chat_jw_messages(struct hub_jsonw *b, const struct hub_history_msg *msgs, size_t n)
@@ -365,19 +363,35 @@ fail_memory:
     return -1;
 }
 
-/* Writes the hello reply for cl (nick already set): identity, limits, and
- * each room of resume (an object or NULL, borrowed for the call) answered
- * like a join with since. The reply goes out once every read is done. */
-void chat_hello_resume(struct hub_chat_client *cl, struct req_id id, json_t *resume)
+unsigned chat_alloc_fail_in;
+
+void *chat_calloc(size_t size)
 {
-    struct hub_chat *chat = cl->chat;
-    struct hello_state *hs = calloc(1, sizeof(*hs));
-    if (hs == NULL) {
-        chat_send_error(cl, id, "internal", "out of memory");
-        return;
-    }
+    if (chat_alloc_fail_in > 0 && --chat_alloc_fail_in == 0)
+        return NULL;
+    return calloc(1, size);
+}
+
+struct hello_state *chat_hello_new(struct hub_chat_client *cl, struct req_id id)
+{
+    struct hello_state *hs = chat_calloc(sizeof(*hs));
+    if (hs == NULL)
+        return NULL;
     hs->cl = cl;
     hs->id = id;
+    return hs;
+}
+
+void chat_hello_discard(struct hello_state *hs)
+{
+    free(hs);
+}
+
+void chat_hello_resume(struct hello_state *hs, json_t *resume)
+{
+    struct hub_chat_client *cl = hs->cl;
+    struct hub_chat *chat = cl->chat;
+    struct req_id id = hs->id;
     chat_client_ref(cl);
     struct hub_jsonw *b = &hs->b;
     chat_begin_reply(b, id);

@@ -476,13 +476,18 @@ static void op_hello(struct request *rq)
                         "\"resume\" must be an object of room positions");
         return;
     }
-    if (chat_set_nick(cl, nick.base, nick.len) != 0) {
+    /* Everything that can fail comes before the nick is committed, so a
+     * refused hello leaves the client as it was and a retry can succeed. */
+    struct hello_state *hs = chat_hello_new(cl, rq->id);
+    if (hs == NULL || chat_set_nick(cl, nick.base, nick.len) != 0) {
+        if (hs != NULL)
+            chat_hello_discard(hs);
         chat_send_error(cl, rq->id, "internal", "out of memory");
         return;
     }
     chat_nick_link(chat, cl);
     cl->hello = 1;
-    chat_hello_resume(cl, rq->id, resume);
+    chat_hello_resume(hs, resume);
 }
 
 /* ---- dispatch ------------------------------------------------------- */
