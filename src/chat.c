@@ -262,7 +262,8 @@ void chat_client_unref(struct hub_chat_client *cl)
     if (--cl->refs > 0)
         return;
     free(cl->typing);
-    free(cl->joining);
+    while (cl->nsubs > 0)
+        chat_sub_remove(cl, cl->subs[0].room);
     free(cl->nick);
     free(cl);
 }

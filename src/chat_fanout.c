@@ -75,10 +75,20 @@ void chat_deliver(struct room_member *m, struct hub_room *room, struct hub_room_
 {
     struct hub_chat_client *cl = HUB_CONTAINER_OF(m, struct hub_chat_client, member);
     struct hub_shared **slot;
-    if (ev->kind == EV_MSG && cl->njoining > 0)
-        for (uint32_t i = 0; i < cl->njoining; i++)
-            if (cl->joining[i] == room)
-                return; /* the pending join reply carries this message */
+    if (ev->kind == EV_MSG && cl->nsubs > 0) {
+        struct chat_sub *s = chat_sub_find(cl, room);
+        if (s != NULL && ev->offset <= s->delivered_upto)
+            return; /* the join reply carries this message */
+        if (s != NULL && s->pending) {
+            if (ev->opcode == HUB_WS_TEXT && ev->json == NULL)
+                ev->json = encode_json(ev);
+            if (ev->opcode == HUB_WS_TEXT && ev->json != NULL)
+                chat_sub_hold(s, ev->offset, ev->json);
+            return; /* it goes out behind the reply */
+        }
+        if (s != NULL)
+            chat_sub_remove(cl, room); /* past the reply: nothing more to reconcile */
+    }
     if (cl->mode == HUB_CHAT_RAW) {
         if (ev->kind != EV_MSG)
             return; /* raw clients see messages only */

@@ -28,12 +28,14 @@
 struct hub_history_msg;
 struct hello_state;
 
-#define TYPING_INTERVAL_MS 3000 /* forward at most one typing per client and room */
-#define TYPING_TTL_MS 6000      /* how long a receiver shows it */
-#define COUNT_INTERVAL_MS 1000  /* at most one count push per big room */
-#define JOIN_HISTORY_MAX 100    /* messages a join may ask for */
-#define RESUME_MAX 1000         /* messages a resume hands out at once */
-#define ROOMS_LIST_MAX 200      /* rooms in a rooms reply */
+#define TYPING_INTERVAL_MS 3000        /* forward at most one typing per client and room */
+#define TYPING_TTL_MS 6000             /* how long a receiver shows it */
+#define COUNT_INTERVAL_MS 1000         /* at most one count push per big room */
+#define JOIN_HISTORY_MAX 100           /* messages a join may ask for */
+#define RESUME_MAX 100                 /* messages a resume reads at once (one history page) */
+#define CHAT_PAGE_DEFAULT (256 * 1024) /* page bytes without an output limit */
+#define CHAT_PAGE_SLACK 8192           /* output room kept for a reply's other fields */
+#define ROOMS_LIST_MAX 200             /* rooms in a rooms reply */
 
 /* Per-room bookkeeping for presence in big rooms, kept only for rooms that
  * passed HUB_CHAT_LIST_MAX members. */
@@ -62,6 +64,31 @@ struct typing_mark {
     int64_t last;          /* when its last typing was forwarded */
 };
 
+/* A msg push held back while its room's join reply is on its way. */
+struct chat_held {
+    uint64_t offset;          /* the message's offset */
+    struct hub_shared *frame; /* its JSON frame, a reference */
+};
+
+/* A membership whose join read and live pushes are being reconciled by
+ * offset. Pushes arrive in offset order per room, but a read and the pushes
+ * are not ordered against each other in general (another node's engine
+ * answers them on different connections): while the reply is pending,
+ * pushes are held; once it is out, the ones at or below delivered_upto (the
+ * reply's position) are dropped, the rest delivered. The entry goes with
+ * the first push past delivered_upto, after which none can be at or below. */
+struct chat_sub {
+    struct hub_room *room;     /* the room */
+    uint64_t delivered_upto;   /* msg pushes at or below this offset are dropped */
+    struct hello_state *hello; /* the hello whose reply carries the room, or NULL */
+    int pending;               /* the reply has not been sent: hold pushes */
+    struct chat_held *held;    /* owned: pushes held while pending, oldest first */
+    uint32_t nheld;            /* entries in held */
+    uint32_t capheld;          /* capacity of held */
+};
+
+#define CHAT_HELD_MAX 4096 /* pushes held per pending join; later ones are dropped */
+
 struct hub_chat_client {
     struct room_member member;         /* membership, embedded */
     struct hub_chat *chat;             /* the hub, borrowed */
@@ -80,8 +107,8 @@ struct hub_chat_client {
     uint32_t strikes;                  /* messages refused in a row */
     uint32_t refs;                     /* the connection's plus one per request in flight */
     int dead;                          /* the connection is gone: send nothing */
-    struct hub_room **joining;         /* owned: rooms whose join read is in flight */
-    uint32_t njoining;                 /* entries in joining */
+    struct chat_sub *subs;             /* owned: memberships being reconciled with a read */
+    uint32_t nsubs;                    /* entries in subs */
 };
 
 enum event_kind {
@@ -208,6 +235,38 @@ void chat_leave_room(struct hub_chat_client *cl, struct hub_room *room);
 
 /* Appends "messages":[...] (msgs borrowed). */
 void chat_jw_messages(struct hub_jsonw *b, const struct hub_history_msg *msgs, size_t n);
+
+/* Bytes msg takes in a "messages" array (with its separating comma). */
+size_t chat_msg_size(const struct hub_history_msg *m);
+
+/* The page size announced to cl in hello.limits.page_bytes. */
+size_t chat_page_bytes(const struct hub_chat_client *cl);
+
+/* The byte budget for the messages of one reply to cl: cfg.page_bytes, or a
+ * quarter of the connection's output limit (CHAT_PAGE_DEFAULT without one),
+ * and never more than half of what its output queue can still take. Sets
+ * *room_left to what the queue can take (SIZE_MAX: no limit), the most a
+ * single message alone may take. */
+size_t chat_page_budget(const struct hub_chat_client *cl, size_t *room_left);
+
+/* How many of msgs[0..n) (oldest first) one page holds: the newest run
+ * (newest != 0) or the oldest run whose sizes add up to at most budget, or
+ * a first message alone that is bigger, if it takes at most one_max. Sets
+ * *used (may be NULL) to their bytes. The page is msgs[n-k..n) or msgs[0..k). */
+size_t chat_page_fit(const struct hub_history_msg *msgs, size_t n, int newest, size_t budget,
+                     size_t one_max, size_t *used);
+
+/* Appends ,"next":{"<dir>":pos}: where the client continues with history. */
+void chat_jw_next(struct hub_jsonw *b, const char *dir, uint64_t pos);
+
+/* The reconciliation entry of cl in room, or NULL. */
+struct chat_sub *chat_sub_find(const struct hub_chat_client *cl, const struct hub_room *room);
+
+/* Holds a msg push (frame referenced) for a pending sub. */
+void chat_sub_hold(struct chat_sub *s, uint64_t offset, struct hub_shared *frame);
+
+/* Drops cl's reconciliation entry for room (leaving, or done). */
+void chat_sub_remove(struct hub_chat_client *cl, const struct hub_room *room);
 
 /* Parses a position {"epoch": string, "offset": integer}. Returns 1 if
  * present, 0 if absent (NULL or null), -1 if malformed. */

@@ -8,6 +8,7 @@
  * through a barrier.
  */
 #include "chat_int.h"
+#include "hub/conn.h"
 #include "hub/history.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
@@ -31,32 +32,77 @@ int chat_join_room(struct hub_chat_client *cl, struct hub_iov name, struct hub_r
 }
 
 /* Tells the others cl is leaving, then removes it. */
-static void unmark_joining(struct hub_chat_client *cl, struct hub_room *room)
+struct chat_sub *chat_sub_find(const struct hub_chat_client *cl, const struct hub_room *room)
 {
-    for (uint32_t i = 0; i < cl->njoining; i++)
-        if (cl->joining[i] == room) {
-            cl->joining[i] = cl->joining[--cl->njoining];
-            if (cl->njoining == 0) {
-                free(cl->joining); /* joins are rare: idle clients keep no array */
-                cl->joining = NULL;
-            }
-            return;
-        }
+    for (uint32_t i = 0; i < cl->nsubs; i++)
+        if (cl->subs[i].room == room)
+            return &cl->subs[i];
+    return NULL;
 }
 
-static int mark_joining(struct hub_chat_client *cl, struct hub_room *room)
+void chat_sub_hold(struct chat_sub *s, uint64_t offset, struct hub_shared *frame)
 {
-    struct hub_room **a = realloc(cl->joining, (cl->njoining + 1) * sizeof(*a));
+    if (s->nheld == s->capheld) {
+        /* Bounded: with an ordered store everything held is at or below
+         * the reply's position anyway (the reply carries it). */
+        uint32_t cap = s->capheld ? s->capheld * 2 : 8;
+        struct chat_held *a = cap <= CHAT_HELD_MAX ? realloc(s->held, cap * sizeof(*a)) : NULL;
+        if (a == NULL)
+            return;
+        s->held = a;
+        s->capheld = cap;
+    }
+    s->held[s->nheld].offset = offset;
+    s->held[s->nheld].frame = hub_shared_ref(frame);
+    s->nheld++;
+}
+
+void chat_sub_remove(struct hub_chat_client *cl, const struct hub_room *room)
+{
+    struct chat_sub *s = chat_sub_find(cl, room);
+    if (s == NULL)
+        return;
+    for (uint32_t i = 0; i < s->nheld; i++)
+        hub_shared_unref(s->held[i].frame);
+    free(s->held);
+    *s = cl->subs[--cl->nsubs];
+    if (cl->nsubs == 0) {
+        free(cl->subs); /* joins are rare: idle clients keep no array */
+        cl->subs = NULL;
+    }
+}
+
+static int sub_add(struct hub_chat_client *cl, struct hub_room *room, struct hello_state *hello)
+{
+    struct chat_sub *a = realloc(cl->subs, (cl->nsubs + 1) * sizeof(*a));
     if (a == NULL)
         return HUB_ENOMEM;
-    cl->joining = a;
-    a[cl->njoining++] = room;
+    cl->subs = a;
+    memset(&a[cl->nsubs], 0, sizeof(*a));
+    a[cl->nsubs].room = room;
+    a[cl->nsubs].hello = hello;
+    a[cl->nsubs].pending = 1;
+    cl->nsubs++;
     return 0;
+}
+
+/* The reply carrying s's room went out: deliver what was held past it. */
+static void sub_release(struct hub_chat_client *cl, struct chat_sub *s)
+{
+    s->pending = 0;
+    for (uint32_t i = 0; i < s->nheld; i++) {
+        if (s->held[i].offset > s->delivered_upto && !cl->dead)
+            hub_ws_send_frame(cl->ws, s->held[i].frame);
+        hub_shared_unref(s->held[i].frame);
+    }
+    free(s->held);
+    s->held = NULL;
+    s->nheld = s->capheld = 0;
 }
 
 void chat_leave_room(struct hub_chat_client *cl, struct hub_room *room)
 {
-    unmark_joining(cl, room);
+    chat_sub_remove(cl, room);
     for (uint32_t i = 0; i < cl->ntyping; i++)
         if (cl->typing[i].room == room) {
             cl->typing[i] = cl->typing[--cl->ntyping];
@@ -80,6 +126,85 @@ void chat_jw_messages(struct hub_jsonw *b, const struct hub_history_msg *msgs, s
         hub_jsonw_raw(b, "}");
     }
     hub_jsonw_raw(b, "]");
+}
+
+/* Decimal digits of v. */
+static size_t digits(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+size_t chat_msg_size(const struct hub_history_msg *m)
+{
+    /* {"offset":N,"ts":N,"from":S,"text":S[,"cmid":S]} and a comma. */
+    size_t n = sizeof("{\"offset\":,\"ts\":,\"from\":,\"text\":},") - 1;
+    n += digits(m->offset) + (m->ts < 0 ? 1 + digits((uint64_t)-m->ts) : digits((uint64_t)m->ts));
+    n += hub_jsonw_str_size(m->from.base, m->from.len) +
+         hub_jsonw_str_size(m->text.base, m->text.len);
+    if (m->cmid.len > 0)
+        n += sizeof(",\"cmid\":") - 1 + hub_jsonw_str_size(m->cmid.base, m->cmid.len);
+    return n;
+}
+
+size_t chat_page_bytes(const struct hub_chat_client *cl)
+{
+    if (cl->chat->cfg.page_bytes > 0)
+        return cl->chat->cfg.page_bytes;
+    size_t limit = cl->dead ? 0 : hub_ws_conn(cl->ws)->out.limit;
+    return limit > 0 ? limit / 4 : CHAT_PAGE_DEFAULT;
+}
+
+size_t chat_page_budget(const struct hub_chat_client *cl, size_t *room_left)
+{
+    size_t page = chat_page_bytes(cl);
+    size_t limit = 0, queued = 0;
+    if (!cl->dead) {
+        const struct hub_conn *c = hub_ws_conn(cl->ws);
+        limit = c->out.limit;
+        queued = c->out.bytes;
+    }
+    *room_left = SIZE_MAX;
+    if (limit > 0) {
+        /* What the output queue can still take, less room for the reply's
+         * other fields and for pushes: a reply never closes its reader. */
+        size_t space = queued < limit ? limit - queued : 0;
+        *room_left = space > CHAT_PAGE_SLACK ? space - CHAT_PAGE_SLACK : 0;
+        if (page > *room_left / 2)
+            page = *room_left / 2;
+    }
+    return page;
+}
+
+size_t chat_page_fit(const struct hub_history_msg *msgs, size_t n, int newest, size_t budget,
+                     size_t one_max, size_t *used)
+{
+    size_t k = 0, bytes = 0;
+    while (k < n) {
+        const struct hub_history_msg *m = newest ? &msgs[n - 1 - k] : &msgs[k];
+        size_t sz = chat_msg_size(m);
+        /* Past the budget only a first message goes, alone, if the
+         * output queue can take it. */
+        if (bytes + sz > budget && (k > 0 || sz > one_max))
+            break;
+        bytes += sz;
+        k++;
+    }
+    if (used != NULL)
+        *used = bytes;
+    return k;
+}
+
+void chat_jw_next(struct hub_jsonw *b, const char *dir, uint64_t pos)
+{
+    hub_jsonw_key(b, "next");
+    hub_jsonw_raw(b, "{");
+    hub_jsonw_kuint(b, dir, pos);
+    hub_jsonw_raw(b, "}");
 }
 
 static void chat_jw_members(struct hub_jsonw *b, struct hub_room *room)
@@ -125,6 +250,9 @@ struct hello_state {
     struct req_id id;           /* the hello's id */
     struct hub_jsonw b;         /* the reply under construction */
     unsigned outstanding;       /* reads not yet completed */
+    size_t budget;              /* message bytes the reply may still hold */
+    size_t room_left;           /* the most one message alone may take */
+    size_t nmsgs;               /* messages in the reply so far */
     int issued;                 /* every read has been requested */
 };
 
@@ -145,6 +273,11 @@ static void chat_hello_finish(struct hello_state *hs)
 {
     hub_jsonw_raw(&hs->b, "}}");
     chat_send_json(hs->cl, &hs->b, hs->id);
+    for (uint32_t i = 0; i < hs->cl->nsubs; i++)
+        if (hs->cl->subs[i].hello == hs) {
+            hs->cl->subs[i].hello = NULL;
+            sub_release(hs->cl, &hs->cl->subs[i]);
+        }
     hub_jsonw_free(&hs->b);
     chat_client_unref(hs->cl);
     free(hs);
@@ -226,8 +359,13 @@ static void send_gap(struct hub_chat_client *cl, struct hub_iov room, const char
 }
 
 /* Writes a joined room's state (after its name): position, messages and
- * members. With a resume position it keeps only what came after it, and
- * announces with a gap push what cannot be delivered. */
+ * members. Without a resume position the page holds the newest of the
+ * history messages asked for; with one, the newest of those after it. Each
+ * page is bounded in bytes (chat_page_budget, shared by all the rooms of a
+ * hello) and when something is left out the reply says "complete": false
+ * and where to continue ("next": {"before": N}); the client pages the rest
+ * with history. What cannot be delivered at all is announced with a gap
+ * push. */
 static void jw_join_state(struct pending_join *pj, struct hub_jsonw *b,
                           const struct hub_history_pos *pos, const struct hub_history_msg *msgs,
                           size_t n, struct hub_room *room)
@@ -236,7 +374,7 @@ static void jw_join_state(struct pending_join *pj, struct hub_jsonw *b,
     hub_jsonw_kstr(b, "epoch", pos->epoch, strlen(pos->epoch));
     hub_jsonw_kint(b, "offset", (long long)pos->last);
     size_t skip = n > pj->history ? n - pj->history : 0;
-    int complete = 1;
+    int reached = 1; /* the read reached back as far as the reply must */
     if (pj->has_since) {
         if (strcmp(pj->epoch, pos->epoch) != 0) {
             /* Another incarnation of the stream: old offsets mean nothing. */
@@ -247,14 +385,29 @@ static void jw_join_state(struct pending_join *pj, struct hub_jsonw *b,
             skip = 0;
             while (skip < n && msgs[skip].offset <= pj->since)
                 skip++;
-            /* More was missed than one page holds: the client pages back. */
-            complete = !(n > 0 && msgs[0].offset > pj->since + 1 && msgs[0].offset > pos->first);
+            /* More was missed than one read holds: the client pages back. */
+            reached = !(n > 0 && msgs[0].offset > pj->since + 1 && msgs[0].offset > pos->first);
         }
     }
-    chat_jw_messages(b, skip < n ? msgs + skip : NULL, n - skip);
-    if (!complete) {
-        hub_jsonw_key(b, "complete");
-        hub_jsonw_raw(b, "false");
+    struct hello_state *hs = pj->hello;
+    size_t room_left, used;
+    size_t budget = chat_page_budget(pj->cl, &room_left);
+    if (hs != NULL) {
+        budget = hs->budget;
+        room_left = hs->room_left;
+    }
+    /* At least one message per reply, so that paging always progresses. */
+    size_t one_max = hs == NULL || hs->nmsgs == 0 ? room_left : 0;
+    size_t k = chat_page_fit(msgs + skip, n - skip, 1, budget, one_max, &used);
+    if (hs != NULL) {
+        hs->budget = used < hs->budget ? hs->budget - used : 0;
+        hs->nmsgs += k;
+    }
+    chat_jw_messages(b, msgs + (n - k), k);
+    if (k < n - skip || !reached) {
+        /* Resumed or not, what is left out lies below the page. */
+        chat_jw_next(b, "before", k > 0 ? msgs[n - k].offset : pos->last + 1);
+        hub_jsonw_kbool(b, "complete", 0);
     }
     chat_jw_members(b, room);
 }
@@ -265,10 +418,13 @@ static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
     struct pending_join *pj = data;
     struct hub_chat_client *cl = pj->cl;
     struct hub_room *room = hub_rooms_find(cl->chat->rooms, pj->room, pj->room_len);
+    struct chat_sub *sub = NULL;
     if (room != NULL && hub_rooms_is_member(&cl->member, room))
-        unmark_joining(cl, room); /* from now on the pushes carry the news */
+        sub = chat_sub_find(cl, room);
     else
         room = NULL;
+    if (sub != NULL && err == 0)
+        sub->delivered_upto = pos->last; /* the reply carries everything up to here */
     struct hub_jsonw own = {0};
     struct hub_jsonw *b = pj->hello != NULL ? &pj->hello->b : &own;
     if (pj->hello != NULL) {
@@ -297,6 +453,8 @@ static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
     } else if (err == 0 && pj->id.has) {
         chat_send_json(cl, b, pj->id);
     }
+    if (sub != NULL && pj->hello == NULL)
+        sub_release(cl, sub); /* a hello's rooms wait for the whole reply */
     hub_jsonw_free(&own);
     free(pj);
     chat_client_unref(cl);
@@ -325,7 +483,7 @@ int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_s
         *message = "you are in the maximum number of rooms already";
         goto fail_free;
     }
-    if (rc != 0 || mark_joining(cl, room) != 0)
+    if (rc != 0 || sub_add(cl, room, hello) != 0)
         goto fail_leave;
     pj->cl = cl;
     pj->id = id;
@@ -349,7 +507,7 @@ int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_s
     if (hello != NULL)
         hello->outstanding--;
     chat_client_unref(cl);
-    unmark_joining(cl, room);
+    chat_sub_remove(cl, room);
 fail_leave:
     if (rc == 0)
         chat_leave_room(cl, room);
@@ -393,6 +551,9 @@ void chat_hello_resume(struct hello_state *hs, json_t *resume)
     struct hub_chat *chat = cl->chat;
     struct req_id id = hs->id;
     chat_client_ref(cl);
+    /* One budget for the messages of every resumed room: the reply is one
+     * frame. */
+    hs->budget = chat_page_budget(cl, &hs->room_left);
     struct hub_jsonw *b = &hs->b;
     chat_begin_reply(b, id);
     chat_jw_client_id(b, cl);
@@ -407,7 +568,8 @@ void chat_hello_resume(struct hello_state *hs, json_t *resume)
     hub_jsonw_kint(b, "burst", chat->cfg.burst);
     hub_jsonw_kint(b, "ping_interval", chat->cfg.ping_interval_s);
     hub_jsonw_kint(b, "history", chat->cfg.history_max_rooms_kept);
-    hub_jsonw_kint(b, "history_page", 100);
+    hub_jsonw_kint(b, "history_page", RESUME_MAX);
+    hub_jsonw_kuint(b, "page_bytes", chat_page_bytes(cl));
     hub_jsonw_raw(b, "}");
     hub_jsonw_key(b, "rooms");
     hub_jsonw_raw(b, "{");

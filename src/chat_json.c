@@ -169,6 +169,8 @@ static void op_send(struct request *rq)
 struct pending_history {
     struct hub_chat_client *cl; /* the client (a reference) */
     struct req_id id;           /* the request's id */
+    int dir;                    /* enum hub_history_dir */
+    uint64_t anchor;            /* its before or after */
     size_t room_len;            /* length of room */
     char room[];                /* the room's name */
 };
@@ -186,9 +188,26 @@ static void history_read_cb(void *data, int err, const struct hub_history_pos *p
         hub_jsonw_kstr(&b, "room", ph->room, ph->room_len);
         hub_jsonw_kstr(&b, "epoch", pos->epoch, strlen(pos->epoch));
         hub_jsonw_kint(&b, "offset", (long long)pos->last);
-        chat_jw_messages(&b, msgs, n);
-        hub_jsonw_key(&b, "complete");
-        hub_jsonw_raw(&b, complete ? "true" : "false");
+        /* A page bounded in bytes as well: the messages nearest to where
+         * the client stands (the newest, or the oldest after "after"). */
+        size_t room_left;
+        size_t budget = chat_page_budget(cl, &room_left);
+        int newest = ph->dir != HUB_HISTORY_AFTER;
+        size_t k = chat_page_fit(msgs, n, newest, budget, room_left, NULL);
+        const struct hub_history_msg *page = newest ? msgs + (n - k) : msgs;
+        chat_jw_messages(&b, page, k);
+        if (k < n)
+            complete = 0;
+        if (!complete) {
+            if (newest)
+                chat_jw_next(&b, "before",
+                             k > 0                           ? page[0].offset
+                             : ph->dir == HUB_HISTORY_BEFORE ? ph->anchor
+                                                             : pos->last + 1);
+            else
+                chat_jw_next(&b, "after", k > 0 ? page[k - 1].offset : ph->anchor);
+        }
+        hub_jsonw_kbool(&b, "complete", complete);
         hub_jsonw_raw(&b, "}");
         chat_send_json(cl, &b, ph->id);
         hub_jsonw_free(&b);
@@ -222,6 +241,8 @@ static void op_history(struct request *rq)
     memcpy(ph->room, name.base, name.len);
     chat_client_ref(rq->cl);
     int dir = hb > 0 ? HUB_HISTORY_BEFORE : ha > 0 ? HUB_HISTORY_AFTER : HUB_HISTORY_LATEST;
+    ph->dir = dir;
+    ph->anchor = hb > 0 ? before : after;
     if (hub_history_read(rq->cl->chat->cfg.history, name, dir, hb > 0 ? before : after,
                          (unsigned)limit, history_read_cb, ph) != 0) {
         chat_send_error(rq->cl, rq->id, "internal", "history is not available");
