@@ -445,8 +445,59 @@ static void test_hello_alloc_failure(void)
     free_chat(chat);
 }
 
+/* Issue 19: replies carry at most page_bytes of messages, the newest (or,
+ * for "after", the oldest) that fit, at least one, and say where to go on. */
+static void test_paging(void)
+{
+    page_bytes = 200; /* each message below takes ~110 bytes: one fits, not two */
+    struct hub_chat *chat = new_chat(NULL);
+    page_bytes = 0;
+    struct peer a, b;
+    peer_open_mode(&a, chat, "x", HUB_CHAT_JSON);
+    peer_open_mode(&b, chat, "x", HUB_CHAT_JSON);
+    peer_json(&a, "{\"op\":\"hello\",\"id\":1,\"nick\":\"alice\"}");
+    HAS(&a, "\"page_bytes\":200}");
+    peer_json(&a, "{\"op\":\"join\",\"id\":2,\"room\":\"p\"}");
+    char req[200];
+    for (int i = 1; i <= 4; i++) {
+        snprintf(req, sizeof(req), "{\"op\":\"send\",\"room\":\"p\",\"text\":\"%d-%060d\"}", i, 0);
+        peer_json(&a, req);
+    }
+    count_frames(&a, "");
+    struct hub_history_msg m = {.offset = 4, .ts = 1000000, .from = {"alice", 5}};
+    char text[64];
+    snprintf(text, sizeof(text), "4-%060d", 0);
+    m.text.base = text;
+    m.text.len = strlen(text);
+    CHECK(chat_msg_size(&m) > 100 && chat_msg_size(&m) < 200);
+    peer_json(&b, "{\"op\":\"hello\",\"id\":1,\"nick\":\"bob\"}");
+    peer_json(&b, "{\"op\":\"join\",\"id\":2,\"room\":\"p\"}");
+    HAS(&b, "\"id\":2,\"ok\":true", "\"offset\":4,\"messages\":[{\"offset\":4,", "\"text\":\"4-",
+        "\"}],\"next\":{\"before\":4},\"complete\":false,\"members\":");
+    peer_json(&b, "{\"op\":\"history\",\"id\":3,\"room\":\"p\",\"before\":4}");
+    HAS(&b, "\"messages\":[{\"offset\":3,", "\"}],\"next\":{\"before\":3},\"complete\":false}");
+    peer_json(&b, "{\"op\":\"history\",\"id\":4,\"room\":\"p\",\"after\":1}");
+    HAS(&b, "\"messages\":[{\"offset\":2,", "\"}],\"next\":{\"after\":2},\"complete\":false}");
+    peer_json(&b, "{\"op\":\"history\",\"id\":5,\"room\":\"p\",\"before\":2}");
+    HAS(&b, "\"messages\":[{\"offset\":1,", "\"}],\"complete\":true}");
+    /* A hello resume shares one budget over its rooms: one message here. */
+    struct peer c;
+    peer_open_mode(&c, chat, "x", HUB_CHAT_JSON);
+    peer_json(&c, "{\"op\":\"hello\",\"id\":1,\"nick\":\"carol\",\"resume\":{\"p\":{\"epoch\":"
+                  "\"x\",\"offset\":0}}}");
+    /* Another epoch: a gap push, then the newest page. */
+    HAS(&c, "{\"t\":\"gap\",\"room\":\"p\"", "\"reason\":\"epoch\"}",
+        "\"rooms\":{\"p\":{\"epoch\":", "\"messages\":[{\"offset\":4,",
+        "\"next\":{\"before\":4},\"complete\":false");
+    peer_close(&a);
+    peer_close(&b);
+    peer_close(&c);
+    free_chat(chat);
+}
+
 int main(void)
 {
+    test_paging();
     test_big_room_count();
     test_hello_alloc_failure();
     test_json();
