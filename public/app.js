@@ -32,6 +32,8 @@
   const ROOMS_REFRESH_MS = 30000;
   const CONNECT_TIMEOUT_MS = 15000; // from new WebSocket() to a hello reply
   const GROUP_MS = 5 * 60 * 1000; // a sender's messages this close share one header
+  const LONG_CHARS = 1200;        // longer messages are shown collapsed ("Show more")
+  const LONG_LINES = 16;          // and so are ones with more lines than this
   const NO_RETRY = new Set([1002, 1003, 1007, 1008, 1009]); // our fault: a retry repeats it
   const TEMPORARY = new Set(['rate_limited', 'storage', 'internal']);
 
@@ -973,7 +975,14 @@
       list.append(h('li', { class: 'day', role: 'separator' }, h('span', null, dayLabel(it.ts))));
     }
     const cont = prev && !prev.sys && prev.from === it.from && it.ts - prev.ts < GROUP_MS && dayKey(prev.ts) === dayKey(it.ts);
-    list.append(messageEl(it, cont, null));
+    // Each message keeps its element, so a redraw (a page of history landing
+    // in the middle) re-attaches nodes instead of rebuilding 64 KiB texts.
+    const key = (cont ? 'c' : 'f') + fold(S.nick);
+    if (!it.el || it.elKey !== key) {
+      it.el = messageEl(it, cont, null);
+      it.elKey = key;
+    }
+    list.append(it.el);
     list.lastItem = it;
   }
 
@@ -989,9 +998,29 @@
     } else {
       li.append(avatar(m.from), h('div', { class: 'meta' }, h('span', { class: 'from' }, m.from), time));
     }
-    li.append(textEl(m.text));
+    if (isLong(m.text)) {
+      // Raw lines may be 64 KiB (docs/protocol.md): show the start only, and
+      // lay the whole text out only when asked to (that is what costs).
+      const short = textEl(m.text.slice(0, LONG_CHARS).split('\n').slice(0, LONG_LINES).join('\n') + '…');
+      short.classList.add('collapsed');
+      short.fullText = m.text; // for tests and copy tools
+      li.append(short);
+      const more = h('button', { type: 'button', class: 'more', 'aria-expanded': 'false' }, 'Show more');
+      more.addEventListener('click', () => {
+        const open = more.getAttribute('aria-expanded') !== 'true';
+        const t = open ? textEl(m.text) : short;
+        li.querySelector('.text').replaceWith(t);
+        more.textContent = open ? 'Show less' : 'Show more';
+        more.setAttribute('aria-expanded', String(open));
+      });
+      li.append(more);
+    } else {
+      li.append(textEl(m.text));
+    }
     return li;
   }
+
+  const isLong = (text) => text.length > LONG_CHARS || text.split('\n', LONG_LINES + 1).length > LONG_LINES;
 
   // Text with http(s) links made clickable. Only text nodes and <a> elements
   // with an http(s) href are created.

@@ -47,6 +47,8 @@ struct hub_chat_config {
     size_t max_message;              /* WebSocket message limit, announced in hello */
     unsigned history_default;        /* messages in a join reply (50) */
     unsigned history_max_rooms_kept; /* announced "history" limit (1000) */
+    size_t page_bytes;               /* bytes of messages per reply page; 0 = a quarter of
+                                        the connection's output limit (256 KiB if none) */
     int64_t (*now_ms)(void);         /* wall clock in ms; NULL = the system clock */
     uint32_t ping_interval_s;        /* WebSocket ping period, announced in hello (25) */
     uint32_t rate;                   /* messages per second per client (20; 0 = no limit) */

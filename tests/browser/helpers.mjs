@@ -82,7 +82,10 @@ export function waitText(page, text, timeout = 10000) {
 // The texts of every message on screen, delivered or pending, in order.
 export function shownTexts(page) {
   return page.evaluate(() => [...document.querySelectorAll('#messages .msg, #pending .msg')]
-    .map((li) => ({ text: li.querySelector('.text').textContent, offset: li.dataset.offset || null })));
+    .map((li) => {
+      const t = li.querySelector('.text'); // a collapsed long text keeps the whole in fullText
+      return { text: t.fullText ?? t.textContent, offset: li.dataset.offset || null };
+    }));
 }
 
 export async function sendFromPage(page, text) {

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { test, assert, startServer, cleanup } from '../integration/lib.mjs';
+import { test, assert, startServer, cleanup, wsConnect } from '../integration/lib.mjs';
 import { requireChromium, launch, openChat, waitText, shownTexts, waitOnline, Bot } from './helpers.mjs';
 
 requireChromium();
@@ -214,6 +214,42 @@ test('a long absence: more missed than a resume returns ("complete": false), pag
   await assertExactlyOnce(A.page, ['before', ...missed]);
   assert.deepEqual(A.errors, []);
 }, { timeout: 60000 });
+
+test('a room of 64 KiB raw lines resumes through byte-bounded pages, without a reconnect loop', async () => {
+  const s = await startServer(['--rate', '0']);
+  const browser = await launch();
+  const A = await openChat(browser, s.url, 'alice');
+  const bot = await Bot.connect(s, 'bot');
+  await bot.join('lobby');
+  await bot.say('lobby', 'before');
+  await waitText(A.page, 'before');
+  await cutConnection(A);
+  // Each line escapes to ~384 KiB of JSON: a one-frame resume of them all
+  // used to close the page with 4008 on every attempt.
+  const lines = Array.from({ length: 40 }, (_, i) => `big ${i + 1} `.padEnd(64 * 1024, i % 2 ? '\u0001' : 'x'));
+  const raw = await wsConnect(s.wsUrl('/ws/lobby'));
+  for (const l of lines) {
+    await raw.send(l);
+    await raw.next(20000);
+  }
+  await A.context.setOffline(false);
+  await waitOnline(A.page);
+  await A.page.waitForFunction(() => document.querySelectorAll('#messages .msg').length >= 41, null, { timeout: 30000 })
+    .catch(async (e) => {
+      const dbg = await A.page.evaluate(() => {
+        const r = window.__chathub.state.rooms.get('lobby');
+        return { n: document.querySelectorAll('#messages .msg').length, last: r.last, head: r.head, gaps: r.gaps, filling: r.filling, joined: r.joined, conn: window.__chathub.state.conn, lastRetry: window.__chathub.state.lastRetry };
+      });
+      throw new Error(`${e.message}: ${JSON.stringify(dbg)}`);
+    });
+  await assertExactlyOnce(A.page, ['before', ...lines]);
+  const st = await state(A.page);
+  assert.equal(st.conn, 'online');
+  assert.notEqual(st.lastRetry && st.lastRetry.code, 4008, 'no slow-client close on the way');
+  // Long messages are collapsed behind "Show more".
+  assert.equal(await A.page.locator('#messages .text.collapsed').count(), 40);
+  assert.deepEqual(A.errors, []);
+}, { timeout: 90000 });
 
 test('messages expired while away: a note says how many, the rest show once', async () => {
   const s = await startServer(['--no-persist', '--rate', '0', '--history', '10']);

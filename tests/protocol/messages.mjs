@@ -179,7 +179,13 @@ test('history: latest, before, after, limit, complete; oldest first; works witho
   const c = await JClient.open(s, { nick: 'carol' }); // not in the room
   const hist = async (f) => {
     const r = await c.req('history', { room: 'h', ...f });
-    keys(r, HISTORY_KEYS, `history reply ${JSON.stringify(f)}`);
+    // An incomplete page says where to continue: before its oldest message
+    // (after its newest, for "after").
+    keys(r, r.complete ? HISTORY_KEYS : [...HISTORY_KEYS, 'next'], `history reply ${JSON.stringify(f)}`);
+    if (!r.complete) {
+      const m = r.messages;
+      assert.deepEqual(r.next, f.after !== undefined ? { after: m[m.length - 1].offset } : { before: m[0].offset });
+    }
     assert.equal(r.ok, true);
     assert.equal(r.room, 'h');
     assert.equal(r.offset, 10);

@@ -39,7 +39,7 @@ test('hello reply: client, nick, server, limits (defaults), rooms', async () => 
   assert.equal(r.server, c.welcome.server);
   assert.deepEqual(r.limits, {
     max_message: 65536, max_text: 4000, max_rooms: 64, rate: 20, burst: 40,
-    ping_interval: 25, history: 1000, history_page: 100,
+    ping_interval: 25, history: 1000, history_page: 100, page_bytes: 262144,
   });
   assert.deepEqual(r.rooms, {});
   // Client ids are distinct.
@@ -50,11 +50,11 @@ test('hello reply: client, nick, server, limits (defaults), rooms', async () => 
 
 test('hello limits reflect the configured limits (--max-rooms --rate --burst --max-message --history)', async () => {
   const s = await startServer(['--max-rooms', '3', '--rate', '7', '--burst', '9', '--max-message', '32768',
-    '--history', '123']);
+    '--history', '123', '--max-output', '400000']);
   const c = await JClient.open(s, { nick: 'alice' });
   assert.deepEqual(c.hello.limits, {
     max_message: 32768, max_text: 4000, max_rooms: 3, rate: 7, burst: 9,
-    ping_interval: 25, history: 123, history_page: 100,
+    ping_interval: 25, history: 123, history_page: 100, page_bytes: 100000,
   });
 });
 

@@ -1,8 +1,11 @@
 /*
- * test_chat.c: raw-mode relay over detached connections: room paths, the
+ * test_chat.c: the chat layer over detached connections: room paths, the raw
  * relay to every member (sender included), isolation between rooms, one
- * shared frame per broadcast, and the welcome line.
+ * shared frame per broadcast, the welcome line, the JSON operations, big-room
+ * counts taken after the leaver is gone, a hello that fails to allocate
+ * committing nothing, and replies paged by bytes.
  */
+#include "../../src/chat_int.h"
 #include "check.h"
 #include "hub/chat.h"
 #include "hub/history.h"
@@ -22,6 +25,13 @@ static void on_msg(struct hub_ws *ws, int opcode, const char *data, size_t len, 
 }
 
 static struct hub_history *history;
+static int64_t fake_now = 1000000; /* the injected clock (ms) */
+static size_t page_bytes;          /* cfg.page_bytes of the next new_chat (0 = derived) */
+
+static int64_t clock_now(void)
+{
+    return fake_now;
+}
 
 /* A hub with a fresh in-memory history and the given welcome line. */
 static struct hub_chat *new_chat(const char *welcome)
@@ -34,6 +44,8 @@ static struct hub_chat *new_chat(const char *welcome)
     hub_chat_config_default(&cfg);
     cfg.history = history;
     cfg.welcome = welcome;
+    cfg.now_ms = clock_now;
+    cfg.page_bytes = page_bytes;
     struct hub_chat *chat = NULL;
     CHECK_EQ(hub_chat_new(&chat, &cfg), 0);
     return chat;
@@ -342,8 +354,152 @@ static void test_json(void)
     free_chat(chat);
 }
 
+/* Counts the frames queued for p that contain frag, and empties the queue. */
+static int count_frames(struct peer *p, const char *frag)
+{
+    struct hub_buf out = {0};
+    drain_conn(&p->conn, &out);
+    size_t off = 0;
+    struct server_frame f;
+    int n = 0;
+    while (next_server_frame(&out, &off, &f)) {
+        struct hub_buf one = {0};
+        hub_buf_append(&one, f.payload, f.len);
+        hub_buf_append(&one, "", 1);
+        if (strstr(one.data, frag) != NULL)
+            n++;
+        hub_buf_free(&one);
+    }
+    hub_buf_free(&out);
+    return n;
+}
+
+/* Issue 17 item 6: in a room over HUB_CHAT_LIST_MAX members the count push
+ * of a leave is taken after the leaver is gone, and the leaver gets none. */
+static void test_big_room_count(void)
+{
+    enum { N = HUB_CHAT_LIST_MAX + 2 };
+    struct hub_chat *chat = new_chat(NULL);
+    static struct peer p[N];
+    char req[128];
+    for (int i = 0; i < N; i++) {
+        peer_open_mode(&p[i], chat, "x", HUB_CHAT_JSON);
+        snprintf(req, sizeof(req), "{\"op\":\"hello\",\"id\":1,\"nick\":\"u%d\"}", i);
+        peer_json(&p[i], req);
+        peer_json(&p[i], "{\"op\":\"join\",\"id\":2,\"room\":\"big\"}");
+    }
+    for (int i = 0; i < N; i++)
+        count_frames(&p[i], "");
+    /* A leave: N - 1 remain, and each of them (not the leaver) hears so. */
+    fake_now += COUNT_INTERVAL_MS;
+    peer_json(&p[0], "{\"op\":\"leave\",\"id\":3,\"room\":\"big\"}");
+    CHECK_EQ(count_frames(&p[0], "\"t\":\"count\""), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "{\"t\":\"count\",\"room\":\"big\",\"members\":%d}", N - 1);
+    int heard = 0;
+    for (int i = 1; i < N; i++)
+        heard += count_frames(&p[i], want);
+    CHECK_EQ(heard, N - 1);
+    /* A disconnect right after is coalesced: nothing until the tick, which
+     * pushes the new count (N - 2 = HUB_CHAT_LIST_MAX: small again, so at
+     * once, and per-member pushes take over). */
+    peer_close(&p[1]);
+    CHECK_EQ(count_frames(&p[2], "\"t\":\"count\""), 0);
+    hub_chat_tick(chat);
+    snprintf(want, sizeof(want), "{\"t\":\"count\",\"room\":\"big\",\"members\":%d}", N - 2);
+    CHECK_EQ(count_frames(&p[2], want), 1);
+    CHECK_EQ(count_frames(&p[N - 1], want), 1);
+    /* Small again: per-member leave pushes. */
+    peer_close(&p[2]);
+    CHECK_EQ(count_frames(&p[3], "{\"t\":\"leave\",\"room\":\"big\",\"nick\":\"u2\""), 1);
+    peer_close(&p[0]);
+    for (int i = 3; i < N; i++)
+        peer_close(&p[i]);
+    CHECK_EQ(hub_chat_room_count(chat), 0);
+    free_chat(chat);
+}
+
+/* Issue 17 item 9: a hello whose reply state cannot be allocated commits
+ * nothing: the nick stays free and a retry succeeds. */
+static void test_hello_alloc_failure(void)
+{
+    struct hub_chat *chat = new_chat(NULL);
+    struct peer a, b;
+    peer_open_mode(&a, chat, "x", HUB_CHAT_JSON);
+    peer_open_mode(&b, chat, "x", HUB_CHAT_JSON);
+    count_frames(&a, "");
+    count_frames(&b, "");
+    chat_alloc_fail_in = 1;
+    peer_json(&a, "{\"op\":\"hello\",\"id\":1,\"nick\":\"alice\"}");
+    CHECK_EQ(chat_alloc_fail_in, 0);
+    HAS(&a, "{\"id\":1,\"ok\":false,\"error\":{\"code\":\"internal\"");
+    /* The nick was not taken, and a's hello was not spent. */
+    peer_json(&b, "{\"op\":\"hello\",\"id\":1,\"nick\":\"ALICE\"}");
+    HAS(&b, "{\"id\":1,\"ok\":true,", "\"nick\":\"ALICE\"");
+    peer_json(&a, "{\"op\":\"hello\",\"id\":2,\"nick\":\"alice\"}");
+    HAS(&a, "\"code\":\"nick_taken\"");
+    peer_json(&a, "{\"op\":\"hello\",\"id\":3,\"nick\":\"alice2\"}");
+    HAS(&a, "{\"id\":3,\"ok\":true,", "\"nick\":\"alice2\"");
+    peer_close(&a);
+    peer_close(&b);
+    free_chat(chat);
+}
+
+/* Issue 19: replies carry at most page_bytes of messages, the newest (or,
+ * for "after", the oldest) that fit, at least one, and say where to go on. */
+static void test_paging(void)
+{
+    page_bytes = 200; /* each message below takes ~110 bytes: one fits, not two */
+    struct hub_chat *chat = new_chat(NULL);
+    page_bytes = 0;
+    struct peer a, b;
+    peer_open_mode(&a, chat, "x", HUB_CHAT_JSON);
+    peer_open_mode(&b, chat, "x", HUB_CHAT_JSON);
+    peer_json(&a, "{\"op\":\"hello\",\"id\":1,\"nick\":\"alice\"}");
+    HAS(&a, "\"page_bytes\":200}");
+    peer_json(&a, "{\"op\":\"join\",\"id\":2,\"room\":\"p\"}");
+    char req[200];
+    for (int i = 1; i <= 4; i++) {
+        snprintf(req, sizeof(req), "{\"op\":\"send\",\"room\":\"p\",\"text\":\"%d-%060d\"}", i, 0);
+        peer_json(&a, req);
+    }
+    count_frames(&a, "");
+    struct hub_history_msg m = {.offset = 4, .ts = 1000000, .from = {"alice", 5}};
+    char text[64];
+    snprintf(text, sizeof(text), "4-%060d", 0);
+    m.text.base = text;
+    m.text.len = strlen(text);
+    CHECK(chat_msg_size(&m) > 100 && chat_msg_size(&m) < 200);
+    peer_json(&b, "{\"op\":\"hello\",\"id\":1,\"nick\":\"bob\"}");
+    peer_json(&b, "{\"op\":\"join\",\"id\":2,\"room\":\"p\"}");
+    HAS(&b, "\"id\":2,\"ok\":true", "\"offset\":4,\"messages\":[{\"offset\":4,", "\"text\":\"4-",
+        "\"}],\"next\":{\"before\":4},\"complete\":false,\"members\":");
+    peer_json(&b, "{\"op\":\"history\",\"id\":3,\"room\":\"p\",\"before\":4}");
+    HAS(&b, "\"messages\":[{\"offset\":3,", "\"}],\"next\":{\"before\":3},\"complete\":false}");
+    peer_json(&b, "{\"op\":\"history\",\"id\":4,\"room\":\"p\",\"after\":1}");
+    HAS(&b, "\"messages\":[{\"offset\":2,", "\"}],\"next\":{\"after\":2},\"complete\":false}");
+    peer_json(&b, "{\"op\":\"history\",\"id\":5,\"room\":\"p\",\"before\":2}");
+    HAS(&b, "\"messages\":[{\"offset\":1,", "\"}],\"complete\":true}");
+    /* A hello resume shares one budget over its rooms: one message here. */
+    struct peer c;
+    peer_open_mode(&c, chat, "x", HUB_CHAT_JSON);
+    peer_json(&c, "{\"op\":\"hello\",\"id\":1,\"nick\":\"carol\",\"resume\":{\"p\":{\"epoch\":"
+                  "\"x\",\"offset\":0}}}");
+    /* Another epoch: a gap push, then the newest page. */
+    HAS(&c, "{\"t\":\"gap\",\"room\":\"p\"", "\"reason\":\"epoch\"}",
+        "\"rooms\":{\"p\":{\"epoch\":", "\"messages\":[{\"offset\":4,",
+        "\"next\":{\"before\":4},\"complete\":false");
+    peer_close(&a);
+    peer_close(&b);
+    peer_close(&c);
+    free_chat(chat);
+}
+
 int main(void)
 {
+    test_paging();
+    test_big_room_count();
+    test_hello_alloc_failure();
     test_json();
     test_paths();
     test_relay();

@@ -1,0 +1,313 @@
+/*
+ * chat_int.h: what the chat files share (private to src/chat*.c, nicks.c
+ * and the chat unit test).
+ *
+ * chat.h is the contract with the server; this header holds the real structs
+ * behind it and the calls the chat files make into each other, the way
+ * wslay's wslay_event.h sits next to wslay_event.c. The files (DESIGN.md
+ * section 2):
+ * - chat.c: client lifetime, references, the rate limit, raw relay,
+ *   sequencing through history, and the reply/error writers;
+ * - chat_json.c: the chathub.v1 operations and their dispatch;
+ * - chat_join.c: joining and leaving, and the join/resume state machine that
+ *   assembles join and hello replies from history reads;
+ * - chat_fanout.c: turning an event into frames, delivery, presence pushes;
+ * - nicks.c: the hub-wide nick table and the nick rules.
+ */
+#ifndef HUB_CHAT_INT_H
+#define HUB_CHAT_INT_H
+
+#include "hub/chat.h"
+#include "hub/buf.h"
+#include "hub/jsonw.h"
+#include "hub/rooms.h"
+
+#include <jansson.h>
+#include <string.h>
+
+struct hub_history_msg;
+struct hello_state;
+
+#define TYPING_INTERVAL_MS 3000        /* forward at most one typing per client and room */
+#define TYPING_TTL_MS 6000             /* how long a receiver shows it */
+#define COUNT_INTERVAL_MS 1000         /* at most one count push per big room */
+#define JOIN_HISTORY_MAX 100           /* messages a join may ask for */
+#define RESUME_MAX 100                 /* messages a resume reads at once (one history page) */
+#define CHAT_PAGE_DEFAULT (256 * 1024) /* page bytes without an output limit */
+#define CHAT_PAGE_SLACK 8192           /* output room kept for a reply's other fields */
+#define ROOMS_LIST_MAX 200             /* rooms in a rooms reply */
+
+/* Per-room bookkeeping for presence in big rooms, kept only for rooms that
+ * passed HUB_CHAT_LIST_MAX members. */
+struct count_entry {
+    char name[HUB_ROOM_NAME_MAX + 1]; /* room name */
+    int64_t last_push;                /* when the last count went out */
+    int dirty;                        /* membership changed since */
+};
+
+struct hub_chat {
+    struct hub_rooms *rooms;        /* room registry, owned */
+    struct hub_chat_config cfg;     /* copied configuration */
+    struct hub_chat_client **nicks; /* nick table buckets (chained) */
+    size_t nnick_buckets;           /* power of two */
+    size_t nnicks;                  /* clients in the table */
+    size_t nclients;                /* live clients */
+    uint64_t client_seq;            /* ids handed out */
+    uint64_t guest_seq;             /* guest nicks handed out */
+    struct count_entry *counts;     /* big rooms, owned */
+    size_t ncounts;                 /* entries in counts */
+    int64_t storage_warned;         /* when a failed store was last logged */
+};
+
+struct typing_mark {
+    struct hub_room *room; /* a room the client is in */
+    int64_t last;          /* when its last typing was forwarded */
+};
+
+/* A msg push held back while its room's join reply is on its way. */
+struct chat_held {
+    uint64_t offset;          /* the message's offset */
+    struct hub_shared *frame; /* its JSON frame, a reference */
+};
+
+/* A membership whose join read and live pushes are being reconciled by
+ * offset. Pushes arrive in offset order per room, but a read and the pushes
+ * are not ordered against each other in general (another node's engine
+ * answers them on different connections): while the reply is pending,
+ * pushes are held; once it is out, the ones at or below delivered_upto (the
+ * reply's position) are dropped, the rest delivered. The entry goes with
+ * the first push past delivered_upto, after which none can be at or below. */
+struct chat_sub {
+    struct hub_room *room;     /* the room */
+    uint64_t delivered_upto;   /* msg pushes at or below this offset are dropped */
+    struct hello_state *hello; /* the hello whose reply carries the room, or NULL */
+    int pending;               /* the reply has not been sent: hold pushes */
+    struct chat_held *held;    /* owned: pushes held while pending, oldest first */
+    uint32_t nheld;            /* entries in held */
+    uint32_t capheld;          /* capacity of held */
+};
+
+#define CHAT_HELD_MAX 4096 /* pushes held per pending join; later ones are dropped */
+
+struct hub_chat_client {
+    struct room_member member;         /* membership, embedded */
+    struct hub_chat *chat;             /* the hub, borrowed */
+    struct hub_ws *ws;                 /* the client's WebSocket, borrowed */
+    int mode;                          /* enum hub_chat_mode */
+    int hello;                         /* JSON: hello succeeded */
+    struct hub_chat_client *nick_next; /* nick table chain */
+    uint64_t nick_hash;                /* hash of the folded nick */
+    size_t nick_len;                   /* bytes in nick */
+    char *nick;                        /* current nick, NUL-terminated, owned */
+    uint64_t id;                       /* the client id is "c-<id>" */
+    struct typing_mark *typing;        /* owned, one per room typed in */
+    uint32_t ntyping;                  /* entries in typing */
+    double tokens;                     /* rate limit: messages it may send now */
+    int64_t refilled;                  /* rate limit: when tokens was last topped up */
+    uint32_t strikes;                  /* messages refused in a row */
+    uint32_t refs;                     /* the connection's plus one per request in flight */
+    int dead;                          /* the connection is gone: send nothing */
+    struct chat_sub *subs;             /* owned: memberships being reconciled with a read */
+    uint32_t nsubs;                    /* entries in subs */
+};
+
+enum event_kind {
+    EV_MSG,    /* a message was sequenced */
+    EV_JOIN,   /* a member joined */
+    EV_LEAVE,  /* a member left */
+    EV_TYPING, /* a member is typing */
+    EV_NICK,   /* a member changed nick */
+    EV_COUNT,  /* member count of a big room */
+};
+
+/* One broadcast, with its frames encoded lazily once per wire format. */
+struct hub_room_event {
+    int kind;                    /* enum event_kind */
+    struct hub_room *room;       /* where it happens */
+    struct hub_chat_client *who; /* the actor (NULL for counts) */
+    int opcode;                  /* EV_MSG: HUB_WS_TEXT or HUB_WS_BINARY */
+    struct hub_iov text;         /* EV_MSG: the payload, borrowed */
+    struct hub_iov cmid;         /* EV_MSG: client message id, borrowed */
+    struct hub_iov from;         /* EV_MSG: the sender's nick when it was sent, borrowed */
+    uint64_t offset;             /* EV_MSG: position in history (0 for binary) */
+    int64_t ts;                  /* EV_MSG: when it was sequenced */
+    struct hub_iov old_nick;     /* EV_NICK: the previous nick, borrowed */
+    struct hub_shared *raw;      /* the raw frame once encoded, owned */
+    struct hub_shared *json;     /* the JSON frame once encoded, owned */
+};
+
+/* A request's id: present (has) and its value. */
+struct req_id {
+    int has;
+    long long v;
+};
+
+/* The id of a request that had none (errors become pushes). */
+#define NO_ID ((struct req_id){0, 0})
+
+struct request {
+    struct hub_chat_client *cl; /* who asked */
+    json_t *root;               /* the parsed object, owned by the dispatcher */
+    struct req_id id;           /* its id */
+};
+
+static inline struct hub_iov chat_iov_str(const char *s)
+{
+    struct hub_iov v = {s, strlen(s)};
+    return v;
+}
+
+/* ---- chat.c: helpers, lifetime, sequencing ------------------------------ */
+
+/* The hub's wall clock in ms (the injected one in tests). */
+int64_t chat_now(const struct hub_chat *chat);
+
+/* Sends a finished JSON text (w borrowed) to cl; id is the request the text
+ * answers (NO_ID for a push). A writer in error is never sent: a reply
+ * becomes an "internal" error, a push is lost. */
+void chat_send_json(struct hub_chat_client *cl, struct hub_jsonw *w, struct req_id id);
+
+/* Starts a success reply {"id":N,"ok":true in b. */
+void chat_begin_reply(struct hub_jsonw *b, struct req_id id);
+
+/* Answers a failed request: an error reply when it had an id, an error push
+ * otherwise (code and message are borrowed for the call). */
+void chat_send_error(struct hub_chat_client *cl, struct req_id id, const char *code,
+                     const char *message);
+
+void chat_send_ok(struct hub_chat_client *cl, struct req_id id);
+
+/* Appends ,"client":"c-<id>". */
+void chat_jw_client_id(struct hub_jsonw *b, const struct hub_chat_client *cl);
+
+/* A reference for work in flight, and its release (the last one frees). */
+void chat_client_ref(struct hub_chat_client *cl);
+
+void chat_client_unref(struct hub_chat_client *cl);
+
+/* Sends text (or a raw binary message) from cl into room through history;
+ * the ack (for an id) and the pushes follow its completion. Views borrowed. */
+void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov room, int opcode,
+                  struct hub_iov text, struct hub_iov cmid);
+
+/* ---- nicks.c ------------------------------------------------------------ */
+
+int chat_nick_eq(const char *a, size_t alen, const char *b, size_t blen);
+
+struct hub_chat_client *chat_nick_find(const struct hub_chat *chat, const char *s, size_t len);
+
+void chat_nick_link(struct hub_chat *chat, struct hub_chat_client *cl);
+
+void chat_nick_unlink(struct hub_chat *chat, struct hub_chat_client *cl);
+
+/* Checks the nick rules of docs/protocol.md. Returns NULL or a reason. */
+const char *chat_nick_problem(const char *s, size_t len);
+
+/* Replaces cl's nick (copied). Returns 0, or HUB_ENOMEM with the old one kept. */
+int chat_set_nick(struct hub_chat_client *cl, const char *s, size_t len);
+
+/* ---- chat_fanout.c ------------------------------------------------------ */
+
+/* The room_member deliver callback of every client. */
+void chat_deliver(struct room_member *m, struct hub_room *room, struct hub_room_event *ev);
+
+/* Hands ev to every member of ev->room but except (may be NULL), then frees
+ * the frames encoded for it. */
+void chat_broadcast(struct hub_room_event *ev, struct hub_chat_client *except);
+
+/* Tells a room that who joined: a join push while it has at most
+ * HUB_CHAT_LIST_MAX members, a coalesced count push above. */
+void chat_announce_join(struct hub_chat_client *who, struct hub_room *room);
+
+/* Removes who from room and tells the others: a leave push while the room
+ * is small, a count push (taken after the removal) when it is big. room must
+ * not be used afterwards. */
+void chat_remove_member(struct hub_chat_client *who, struct hub_room *room);
+
+/* ---- chat_join.c -------------------------------------------------------- */
+
+/* Joins cl to a room (name copied) and tells the others. Returns as
+ * hub_rooms_join; *out (may be NULL) receives the room. */
+int chat_join_room(struct hub_chat_client *cl, struct hub_iov name, struct hub_room **out);
+
+/* Tells the others cl is leaving, then removes it from room. */
+void chat_leave_room(struct hub_chat_client *cl, struct hub_room *room);
+
+/* Appends "messages":[...] (msgs borrowed). */
+void chat_jw_messages(struct hub_jsonw *b, const struct hub_history_msg *msgs, size_t n);
+
+/* Bytes msg takes in a "messages" array (with its separating comma). */
+size_t chat_msg_size(const struct hub_history_msg *m);
+
+/* The page size announced to cl in hello.limits.page_bytes. */
+size_t chat_page_bytes(const struct hub_chat_client *cl);
+
+/* The byte budget for the messages of one reply to cl: cfg.page_bytes, or a
+ * quarter of the connection's output limit (CHAT_PAGE_DEFAULT without one),
+ * and never more than half of what its output queue can still take. Sets
+ * *room_left to what the queue can take (SIZE_MAX: no limit), the most a
+ * single message alone may take. */
+size_t chat_page_budget(const struct hub_chat_client *cl, size_t *room_left);
+
+/* How many of msgs[0..n) (oldest first) one page holds: the newest run
+ * (newest != 0) or the oldest run whose sizes add up to at most budget, or
+ * a first message alone that is bigger, if it takes at most one_max. Sets
+ * *used (may be NULL) to their bytes. The page is msgs[n-k..n) or msgs[0..k). */
+size_t chat_page_fit(const struct hub_history_msg *msgs, size_t n, int newest, size_t budget,
+                     size_t one_max, size_t *used);
+
+/* Appends ,"next":{"<dir>":pos}: where the client continues with history. */
+void chat_jw_next(struct hub_jsonw *b, const char *dir, uint64_t pos);
+
+/* The reconciliation entry of cl in room, or NULL. */
+struct chat_sub *chat_sub_find(const struct hub_chat_client *cl, const struct hub_room *room);
+
+/* Holds a msg push (frame referenced) for a pending sub. */
+void chat_sub_hold(struct chat_sub *s, uint64_t offset, struct hub_shared *frame);
+
+/* Drops cl's reconciliation entry for room (leaving, or done). */
+void chat_sub_remove(struct hub_chat_client *cl, const struct hub_room *room);
+
+/* Parses a position {"epoch": string, "offset": integer}. Returns 1 if
+ * present, 0 if absent (NULL or null), -1 if malformed. */
+int chat_parse_since(json_t *since, const char **epoch, size_t *elen, uint64_t *offset);
+
+/* Joins a room for a join request (hello NULL) or a hello resume entry and
+ * requests its history; the reply is written when the read completes.
+ * Returns 0, or -1 with *code and *message saying why (nothing sent). */
+int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_state *hello,
+                    struct hub_iov name, unsigned history, const char *since_epoch, size_t elen,
+                    uint64_t since, const char **code, const char **message);
+
+/* The state of a hello reply for cl (borrowed) answering id: allocated
+ * first, so that a hello that cannot be answered commits nothing. Returns
+ * NULL when out of memory. */
+struct hello_state *chat_hello_new(struct hub_chat_client *cl, struct req_id id);
+
+/* Frees a hello state that chat_hello_resume was not given. */
+void chat_hello_discard(struct hello_state *hs);
+
+/* Writes the hello reply of hs (taken) for its client, whose nick is set:
+ * identity, limits, and each room of resume (an object or NULL, borrowed for
+ * the call) answered like a join with since. It goes out once every read is
+ * done. */
+void chat_hello_resume(struct hello_state *hs, json_t *resume);
+
+/* calloc(1, size) for the chat layer's request state. Unit tests set
+ * chat_alloc_fail_in to n > 0 to make the n-th call from then on fail
+ * (fault injection; 0, the default, never fails). */
+extern unsigned chat_alloc_fail_in;
+void *chat_calloc(size_t size);
+
+/* ---- chat_json.c -------------------------------------------------------- */
+
+/* Checks that cl may use a room of this name. Returns NULL or the reason. */
+const char *chat_room_problem(const struct hub_chat_client *cl, struct hub_iov room);
+
+/* Reads a request's optional id. Returns 0, or -1 if present but unusable. */
+int chat_parse_id(json_t *root, struct req_id *id);
+
+/* Handles one chathub.v1 text frame (data borrowed). */
+void chat_json_message(struct hub_chat_client *cl, const char *data, size_t len);
+
+#endif

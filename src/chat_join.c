@@ -1,0 +1,606 @@
+/*
+ * chat_join.c: joining and leaving rooms, and the join/resume state machine.
+ *
+ * A join (or a hello resume entry) joins the room at once, then reads its
+ * history; the reply is written by the read's completion. History completes
+ * requests in order, so a hello's entries assemble in order whatever the
+ * store, and a refused entry waits its turn behind the reads ahead of it
+ * through a barrier.
+ */
+#include "chat_int.h"
+#include "hub/conn.h"
+#include "hub/history.h"
+#include "hub/log.h"
+#include "hub/metrics.h"
+#include "hub/utf8.h"
+#include "hub/ws.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Joins cl to a room and tells the others. Returns as hub_rooms_join. */
+int chat_join_room(struct hub_chat_client *cl, struct hub_iov name, struct hub_room **out)
+{
+    struct hub_room *room;
+    int rc = hub_rooms_join(cl->chat->rooms, &cl->member, name.base, name.len, &room);
+    if (rc != 0)
+        return rc;
+    chat_announce_join(cl, room);
+    if (out != NULL)
+        *out = room;
+    return 0;
+}
+
+/* Tells the others cl is leaving, then removes it. */
+struct chat_sub *chat_sub_find(const struct hub_chat_client *cl, const struct hub_room *room)
+{
+    for (uint32_t i = 0; i < cl->nsubs; i++)
+        if (cl->subs[i].room == room)
+            return &cl->subs[i];
+    return NULL;
+}
+
+void chat_sub_hold(struct chat_sub *s, uint64_t offset, struct hub_shared *frame)
+{
+    if (s->nheld == s->capheld) {
+        /* Bounded: with an ordered store everything held is at or below
+         * the reply's position anyway (the reply carries it). */
+        uint32_t cap = s->capheld ? s->capheld * 2 : 8;
+        struct chat_held *a = cap <= CHAT_HELD_MAX ? realloc(s->held, cap * sizeof(*a)) : NULL;
+        if (a == NULL)
+            return;
+        s->held = a;
+        s->capheld = cap;
+    }
+    s->held[s->nheld].offset = offset;
+    s->held[s->nheld].frame = hub_shared_ref(frame);
+    s->nheld++;
+}
+
+void chat_sub_remove(struct hub_chat_client *cl, const struct hub_room *room)
+{
+    struct chat_sub *s = chat_sub_find(cl, room);
+    if (s == NULL)
+        return;
+    for (uint32_t i = 0; i < s->nheld; i++)
+        hub_shared_unref(s->held[i].frame);
+    free(s->held);
+    *s = cl->subs[--cl->nsubs];
+    if (cl->nsubs == 0) {
+        free(cl->subs); /* joins are rare: idle clients keep no array */
+        cl->subs = NULL;
+    }
+}
+
+static int sub_add(struct hub_chat_client *cl, struct hub_room *room, struct hello_state *hello)
+{
+    struct chat_sub *a = realloc(cl->subs, (cl->nsubs + 1) * sizeof(*a));
+    if (a == NULL)
+        return HUB_ENOMEM;
+    cl->subs = a;
+    memset(&a[cl->nsubs], 0, sizeof(*a));
+    a[cl->nsubs].room = room;
+    a[cl->nsubs].hello = hello;
+    a[cl->nsubs].pending = 1;
+    cl->nsubs++;
+    return 0;
+}
+
+/* The reply carrying s's room went out: deliver what was held past it. */
+static void sub_release(struct hub_chat_client *cl, struct chat_sub *s)
+{
+    s->pending = 0;
+    for (uint32_t i = 0; i < s->nheld; i++) {
+        if (s->held[i].offset > s->delivered_upto && !cl->dead)
+            hub_ws_send_frame(cl->ws, s->held[i].frame);
+        hub_shared_unref(s->held[i].frame);
+    }
+    free(s->held);
+    s->held = NULL;
+    s->nheld = s->capheld = 0;
+}
+
+void chat_leave_room(struct hub_chat_client *cl, struct hub_room *room)
+{
+    chat_sub_remove(cl, room);
+    for (uint32_t i = 0; i < cl->ntyping; i++)
+        if (cl->typing[i].room == room) {
+            cl->typing[i] = cl->typing[--cl->ntyping];
+            break;
+        }
+    chat_remove_member(cl, room);
+}
+
+void chat_jw_messages(struct hub_jsonw *b, const struct hub_history_msg *msgs, size_t n)
+{
+    hub_jsonw_key(b, "messages");
+    hub_jsonw_raw(b, "[");
+    for (size_t i = 0; i < n; i++) {
+        hub_jsonw_raw(b, i ? ",{" : "{");
+        hub_jsonw_kint(b, "offset", (long long)msgs[i].offset);
+        hub_jsonw_kint(b, "ts", msgs[i].ts);
+        hub_jsonw_kstr(b, "from", msgs[i].from.base, msgs[i].from.len);
+        hub_jsonw_kstr(b, "text", msgs[i].text.base, msgs[i].text.len);
+        if (msgs[i].cmid.len > 0)
+            hub_jsonw_kstr(b, "cmid", msgs[i].cmid.base, msgs[i].cmid.len);
+        hub_jsonw_raw(b, "}");
+    }
+    hub_jsonw_raw(b, "]");
+}
+
+/* Decimal digits of v. */
+static size_t digits(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+size_t chat_msg_size(const struct hub_history_msg *m)
+{
+    /* {"offset":N,"ts":N,"from":S,"text":S[,"cmid":S]} and a comma. */
+    size_t n = sizeof("{\"offset\":,\"ts\":,\"from\":,\"text\":},") - 1;
+    n += digits(m->offset) + (m->ts < 0 ? 1 + digits((uint64_t)-m->ts) : digits((uint64_t)m->ts));
+    n += hub_jsonw_str_size(m->from.base, m->from.len) +
+         hub_jsonw_str_size(m->text.base, m->text.len);
+    if (m->cmid.len > 0)
+        n += sizeof(",\"cmid\":") - 1 + hub_jsonw_str_size(m->cmid.base, m->cmid.len);
+    return n;
+}
+
+size_t chat_page_bytes(const struct hub_chat_client *cl)
+{
+    if (cl->chat->cfg.page_bytes > 0)
+        return cl->chat->cfg.page_bytes;
+    size_t limit = cl->dead ? 0 : hub_ws_conn(cl->ws)->out.limit;
+    return limit > 0 ? limit / 4 : CHAT_PAGE_DEFAULT;
+}
+
+size_t chat_page_budget(const struct hub_chat_client *cl, size_t *room_left)
+{
+    size_t page = chat_page_bytes(cl);
+    size_t limit = 0, queued = 0;
+    if (!cl->dead) {
+        const struct hub_conn *c = hub_ws_conn(cl->ws);
+        limit = c->out.limit;
+        queued = c->out.bytes;
+    }
+    *room_left = SIZE_MAX;
+    if (limit > 0) {
+        /* What the output queue can still take, less room for the reply's
+         * other fields and for pushes: a reply never closes its reader. */
+        size_t space = queued < limit ? limit - queued : 0;
+        *room_left = space > CHAT_PAGE_SLACK ? space - CHAT_PAGE_SLACK : 0;
+        if (page > *room_left / 2)
+            page = *room_left / 2;
+    }
+    return page;
+}
+
+size_t chat_page_fit(const struct hub_history_msg *msgs, size_t n, int newest, size_t budget,
+                     size_t one_max, size_t *used)
+{
+    size_t k = 0, bytes = 0;
+    while (k < n) {
+        const struct hub_history_msg *m = newest ? &msgs[n - 1 - k] : &msgs[k];
+        size_t sz = chat_msg_size(m);
+        /* Past the budget only a first message goes, alone, if the
+         * output queue can take it. */
+        if (bytes + sz > budget && (k > 0 || sz > one_max))
+            break;
+        bytes += sz;
+        k++;
+    }
+    if (used != NULL)
+        *used = bytes;
+    return k;
+}
+
+void chat_jw_next(struct hub_jsonw *b, const char *dir, uint64_t pos)
+{
+    hub_jsonw_key(b, "next");
+    hub_jsonw_raw(b, "{");
+    hub_jsonw_kuint(b, dir, pos);
+    hub_jsonw_raw(b, "}");
+}
+
+static void chat_jw_members(struct hub_jsonw *b, struct hub_room *room)
+{
+    size_t n = room != NULL ? hub_room_size(room) : 0;
+    if (n > HUB_CHAT_LIST_MAX) {
+        hub_jsonw_kint(b, "count", (long long)n);
+        return;
+    }
+    hub_jsonw_key(b, "members");
+    hub_jsonw_raw(b, "[");
+    for (size_t i = 0; i < n; i++) {
+        struct hub_chat_client *m =
+            HUB_CONTAINER_OF(hub_room_member(room, i), struct hub_chat_client, member);
+        hub_jsonw_raw(b, i ? ",{" : "{");
+        hub_jsonw_kstr(b, "nick", m->nick, m->nick_len);
+        chat_jw_client_id(b, m);
+        hub_jsonw_raw(b, "}");
+    }
+    hub_jsonw_raw(b, "]");
+}
+
+/* Parses a position {"epoch": string, "offset": integer}. Returns 1 if
+ * present, 0 if absent (NULL or null), -1 if malformed. */
+int chat_parse_since(json_t *since, const char **epoch, size_t *elen, uint64_t *offset)
+{
+    if (since == NULL || json_is_null(since))
+        return 0;
+    json_t *e = json_object_get(since, "epoch");
+    json_t *o = json_object_get(since, "offset");
+    if (!json_is_object(since) || !json_is_string(e) || !json_is_integer(o) ||
+        json_integer_value(o) < 0)
+        return -1;
+    *epoch = json_string_value(e);
+    *elen = json_string_length(e);
+    *offset = (uint64_t)json_integer_value(o);
+    return 1;
+}
+
+/* A hello whose reply waits for the history reads of its resumed rooms. */
+struct hello_state {
+    struct hub_chat_client *cl; /* the client (a reference) */
+    struct req_id id;           /* the hello's id */
+    struct hub_jsonw b;         /* the reply under construction */
+    unsigned outstanding;       /* reads not yet completed */
+    size_t budget;              /* message bytes the reply may still hold */
+    size_t room_left;           /* the most one message alone may take */
+    size_t nmsgs;               /* messages in the reply so far */
+    int issued;                 /* every read has been requested */
+};
+
+/* A join, or one resumed room of a hello, waiting for its history read. */
+struct pending_join {
+    struct hub_chat_client *cl;            /* the client (a reference) */
+    struct req_id id;                      /* the join's id */
+    struct hello_state *hello;             /* the hello it belongs to, or NULL */
+    int has_since;                         /* the client gave a position */
+    uint64_t since;                        /* its offset */
+    char epoch[HUB_HISTORY_EPOCH_LEN + 2]; /* its epoch (longer ones cannot match) */
+    unsigned history;                      /* messages wanted without a position */
+    size_t room_len;                       /* length of room */
+    char room[];                           /* the room's name */
+};
+
+static void chat_hello_finish(struct hello_state *hs)
+{
+    hub_jsonw_raw(&hs->b, "}}");
+    chat_send_json(hs->cl, &hs->b, hs->id);
+    for (uint32_t i = 0; i < hs->cl->nsubs; i++)
+        if (hs->cl->subs[i].hello == hs) {
+            hs->cl->subs[i].hello = NULL;
+            sub_release(hs->cl, &hs->cl->subs[i]);
+        }
+    hub_jsonw_free(&hs->b);
+    chat_client_unref(hs->cl);
+    free(hs);
+}
+
+/* Announces messages that cannot be delivered: offsets from..to of the
+ * current stream ("expired"), or, with to < from, an unknown part of a
+ * stream that was reset ("epoch", which carries no range). */
+/* A resumed room that was refused on the spot, waiting for its turn in
+ * the reply behind the reads requested before it. */
+struct hello_refusal {
+    struct hello_state *hs; /* the hello */
+    const char *code;       /* error code (a static string) */
+    const char *message;    /* error message (a static string) */
+    char room[];            /* the entry's key */
+};
+
+static void jw_refusal(struct hub_jsonw *b, const char *room, const char *code, const char *message)
+{
+    hub_jsonw_key(b, room);
+    hub_jsonw_raw(b, "{");
+    hub_jsonw_key(b, "error");
+    hub_jsonw_raw(b, "{");
+    hub_jsonw_kstr(b, "code", code, strlen(code));
+    hub_jsonw_kstr(b, "message", message, strlen(message));
+    hub_jsonw_raw(b, "}}");
+}
+
+static void refusal_cb(void *data)
+{
+    struct hello_refusal *r = data;
+    struct hello_state *hs = r->hs;
+    jw_refusal(&hs->b, r->room, r->code, r->message);
+    free(r);
+    if (--hs->outstanding == 0 && hs->issued)
+        chat_hello_finish(hs);
+}
+
+/* Writes a refused entry into the hello reply: at once if nothing is ahead
+ * of it, else in order behind the pending reads, through a barrier. */
+static void chat_hello_refuse(struct hello_state *hs, const char *room, const char *code,
+                              const char *message)
+{
+    if (hs->outstanding > 0) {
+        size_t n = strlen(room);
+        struct hello_refusal *r = malloc(sizeof(*r) + n + 1);
+        if (r != NULL) {
+            r->hs = hs;
+            r->code = code;
+            r->message = message;
+            memcpy(r->room, room, n + 1);
+            hs->outstanding++;
+            if (hub_history_barrier(hs->cl->chat->cfg.history, refusal_cb, r) == 0)
+                return;
+            hs->outstanding--;
+            free(r);
+        }
+        return; /* out of memory: the entry is left out */
+    }
+    jw_refusal(&hs->b, room, code, message);
+}
+
+static void send_gap(struct hub_chat_client *cl, struct hub_iov room, const char *epoch,
+                     uint64_t from, uint64_t to, const char *reason)
+{
+    struct hub_jsonw g = {0};
+    hub_jsonw_raw(&g, "{");
+    hub_jsonw_kstr(&g, "t", "gap", 3);
+    hub_jsonw_kstr(&g, "room", room.base, room.len);
+    hub_jsonw_kstr(&g, "epoch", epoch, strlen(epoch));
+    if (to >= from) {
+        hub_jsonw_kint(&g, "from", (long long)from);
+        hub_jsonw_kint(&g, "to", (long long)to);
+    }
+    hub_jsonw_kstr(&g, "reason", reason, strlen(reason));
+    hub_jsonw_raw(&g, "}");
+    chat_send_json(cl, &g, NO_ID);
+    hub_jsonw_free(&g);
+}
+
+/* Writes a joined room's state (after its name): position, messages and
+ * members. Without a resume position the page holds the newest of the
+ * history messages asked for; with one, the newest of those after it. Each
+ * page is bounded in bytes (chat_page_budget, shared by all the rooms of a
+ * hello) and when something is left out the reply says "complete": false
+ * and where to continue ("next": {"before": N}); the client pages the rest
+ * with history. What cannot be delivered at all is announced with a gap
+ * push. */
+static void jw_join_state(struct pending_join *pj, struct hub_jsonw *b,
+                          const struct hub_history_pos *pos, const struct hub_history_msg *msgs,
+                          size_t n, struct hub_room *room)
+{
+    struct hub_iov name = {pj->room, pj->room_len};
+    hub_jsonw_kstr(b, "epoch", pos->epoch, strlen(pos->epoch));
+    hub_jsonw_kint(b, "offset", (long long)pos->last);
+    size_t skip = n > pj->history ? n - pj->history : 0;
+    int reached = 1; /* the read reached back as far as the reply must */
+    if (pj->has_since) {
+        if (strcmp(pj->epoch, pos->epoch) != 0) {
+            /* Another incarnation of the stream: old offsets mean nothing. */
+            send_gap(pj->cl, name, pos->epoch, 1, 0, "epoch");
+        } else {
+            if (pj->since + 1 < pos->first)
+                send_gap(pj->cl, name, pos->epoch, pj->since + 1, pos->first - 1, "expired");
+            skip = 0;
+            while (skip < n && msgs[skip].offset <= pj->since)
+                skip++;
+            /* More was missed than one read holds: the client pages back. */
+            reached = !(n > 0 && msgs[0].offset > pj->since + 1 && msgs[0].offset > pos->first);
+        }
+    }
+    struct hello_state *hs = pj->hello;
+    size_t room_left, used;
+    size_t budget = chat_page_budget(pj->cl, &room_left);
+    if (hs != NULL) {
+        budget = hs->budget;
+        room_left = hs->room_left;
+    }
+    /* At least one message per reply, so that paging always progresses. */
+    size_t one_max = hs == NULL || hs->nmsgs == 0 ? room_left : 0;
+    size_t k = chat_page_fit(msgs + skip, n - skip, 1, budget, one_max, &used);
+    if (hs != NULL) {
+        hs->budget = used < hs->budget ? hs->budget - used : 0;
+        hs->nmsgs += k;
+    }
+    chat_jw_messages(b, msgs + (n - k), k);
+    if (k < n - skip || !reached) {
+        /* Resumed or not, what is left out lies below the page. */
+        chat_jw_next(b, "before", k > 0 ? msgs[n - k].offset : pos->last + 1);
+        hub_jsonw_kbool(b, "complete", 0);
+    }
+    chat_jw_members(b, room);
+}
+
+static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
+                         const struct hub_history_msg *msgs, size_t n, int complete)
+{
+    struct pending_join *pj = data;
+    struct hub_chat_client *cl = pj->cl;
+    struct hub_room *room = hub_rooms_find(cl->chat->rooms, pj->room, pj->room_len);
+    struct chat_sub *sub = NULL;
+    if (room != NULL && hub_rooms_is_member(&cl->member, room))
+        sub = chat_sub_find(cl, room);
+    else
+        room = NULL;
+    if (sub != NULL && err == 0)
+        sub->delivered_upto = pos->last; /* the reply carries everything up to here */
+    struct hub_jsonw own = {0};
+    struct hub_jsonw *b = pj->hello != NULL ? &pj->hello->b : &own;
+    if (pj->hello != NULL) {
+        hub_jsonw_key(b, pj->room);
+        hub_jsonw_raw(b, "{");
+    } else {
+        chat_begin_reply(b, pj->id);
+    }
+    if (err != 0) {
+        if (pj->hello == NULL) {
+            chat_send_error(cl, pj->id, "internal", "history is not available");
+        } else {
+            hub_jsonw_key(b, "error");
+            hub_jsonw_raw(b, "{\"code\":\"internal\",\"message\":\"history is not available\"}");
+        }
+    } else {
+        if (pj->hello == NULL)
+            hub_jsonw_kstr(b, "room", pj->room, pj->room_len);
+        jw_join_state(pj, b, pos, msgs, n, room);
+    }
+    hub_jsonw_raw(b, "}");
+    if (pj->hello != NULL) {
+        struct hello_state *hs = pj->hello;
+        if (--hs->outstanding == 0 && hs->issued)
+            chat_hello_finish(hs);
+    } else if (err == 0 && pj->id.has) {
+        chat_send_json(cl, b, pj->id);
+    }
+    if (sub != NULL && pj->hello == NULL)
+        sub_release(cl, sub); /* a hello's rooms wait for the whole reply */
+    hub_jsonw_free(&own);
+    free(pj);
+    chat_client_unref(cl);
+}
+
+/* Joins a room for a join request or a hello resume entry and requests its
+ * history; the reply is written when the read completes. Returns 0, or -1
+ * with *code and *message describing why it failed (nothing sent). */
+int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_state *hello,
+                    struct hub_iov name, unsigned history, const char *since_epoch, size_t elen,
+                    uint64_t since, const char **code, const char **message)
+{
+    struct hub_chat *chat = cl->chat;
+    struct pending_join *pj = calloc(1, sizeof(*pj) + name.len + 1);
+    if (pj == NULL)
+        goto fail_memory;
+    struct hub_room *room;
+    int rc = chat_join_room(cl, name, &room);
+    if (rc == HUB_EEXIST) {
+        *code = "already_joined";
+        *message = "you are already in this room";
+        goto fail_free;
+    }
+    if (rc == HUB_ELIMIT) {
+        *code = "too_many_rooms";
+        *message = "you are in the maximum number of rooms already";
+        goto fail_free;
+    }
+    if (rc != 0 || sub_add(cl, room, hello) != 0)
+        goto fail_leave;
+    pj->cl = cl;
+    pj->id = id;
+    pj->hello = hello;
+    pj->history = history;
+    pj->has_since = since_epoch != NULL;
+    pj->since = since;
+    if (since_epoch != NULL)
+        snprintf(pj->epoch, sizeof(pj->epoch), "%.*s",
+                 (int)(elen > HUB_HISTORY_EPOCH_LEN + 1 ? HUB_HISTORY_EPOCH_LEN + 1 : elen),
+                 since_epoch);
+    pj->room_len = name.len;
+    memcpy(pj->room, name.base, name.len);
+    chat_client_ref(cl);
+    if (hello != NULL)
+        hello->outstanding++;
+    unsigned limit = since_epoch != NULL ? RESUME_MAX : history;
+    if (hub_history_read(chat->cfg.history, name, HUB_HISTORY_LATEST, 0, limit, join_read_cb, pj) ==
+        0)
+        return 0;
+    if (hello != NULL)
+        hello->outstanding--;
+    chat_client_unref(cl);
+    chat_sub_remove(cl, room);
+fail_leave:
+    if (rc == 0)
+        chat_leave_room(cl, room);
+fail_free:
+    free(pj);
+    if (*code != NULL)
+        return -1;
+fail_memory:
+    *code = "internal";
+    *message = "out of memory";
+    return -1;
+}
+
+unsigned chat_alloc_fail_in;
+
+void *chat_calloc(size_t size)
+{
+    if (chat_alloc_fail_in > 0 && --chat_alloc_fail_in == 0)
+        return NULL;
+    return calloc(1, size);
+}
+
+struct hello_state *chat_hello_new(struct hub_chat_client *cl, struct req_id id)
+{
+    struct hello_state *hs = chat_calloc(sizeof(*hs));
+    if (hs == NULL)
+        return NULL;
+    hs->cl = cl;
+    hs->id = id;
+    return hs;
+}
+
+void chat_hello_discard(struct hello_state *hs)
+{
+    free(hs);
+}
+
+void chat_hello_resume(struct hello_state *hs, json_t *resume)
+{
+    struct hub_chat_client *cl = hs->cl;
+    struct hub_chat *chat = cl->chat;
+    struct req_id id = hs->id;
+    chat_client_ref(cl);
+    /* One budget for the messages of every resumed room: the reply is one
+     * frame. */
+    hs->budget = chat_page_budget(cl, &hs->room_left);
+    struct hub_jsonw *b = &hs->b;
+    chat_begin_reply(b, id);
+    chat_jw_client_id(b, cl);
+    hub_jsonw_kstr(b, "nick", cl->nick, cl->nick_len);
+    hub_jsonw_kstr(b, "server", chat->cfg.server_name, strlen(chat->cfg.server_name));
+    hub_jsonw_key(b, "limits");
+    hub_jsonw_raw(b, "{");
+    hub_jsonw_kint(b, "max_message", (long long)chat->cfg.max_message);
+    hub_jsonw_kint(b, "max_text", (long long)chat->cfg.max_text);
+    hub_jsonw_kint(b, "max_rooms", chat->cfg.max_rooms_per_client);
+    hub_jsonw_kint(b, "rate", chat->cfg.rate);
+    hub_jsonw_kint(b, "burst", chat->cfg.burst);
+    hub_jsonw_kint(b, "ping_interval", chat->cfg.ping_interval_s);
+    hub_jsonw_kint(b, "history", chat->cfg.history_max_rooms_kept);
+    hub_jsonw_kint(b, "history_page", RESUME_MAX);
+    hub_jsonw_kuint(b, "page_bytes", chat_page_bytes(cl));
+    hub_jsonw_raw(b, "}");
+    hub_jsonw_key(b, "rooms");
+    hub_jsonw_raw(b, "{");
+    const char *key;
+    json_t *since;
+    /* Each resumed room is written into the reply by its read's completion,
+     * and completions come in request order, so the reply assembles in
+     * order whether the store completes at once (memory) or later (SQLite).
+     * An entry refused on the spot is written at once only if no read is
+     * still pending ahead of it. */
+    json_object_foreach(resume, key, since)
+    {
+        struct hub_iov name = chat_iov_str(key);
+        const char *epoch = NULL, *code = "bad_request", *message = NULL;
+        size_t elen = 0;
+        uint64_t offset = 0;
+        const char *why = chat_room_problem(cl, name);
+        if (why != NULL) {
+            code = "bad_room";
+            message = why;
+        } else if (chat_parse_since(since, &epoch, &elen, &offset) < 0) {
+            message = "a resume position must be {\"epoch\": string, \"offset\": integer}";
+        } else {
+            code = NULL;
+            if (chat_start_join(cl, id, hs, name, chat->cfg.history_default, epoch, elen, offset,
+                                &code, &message) == 0)
+                continue;
+        }
+        chat_hello_refuse(hs, key, code, message);
+    }
+    hs->issued = 1;
+    if (hs->outstanding == 0)
+        chat_hello_finish(hs);
+}
