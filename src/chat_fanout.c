@@ -181,6 +181,11 @@ void chat_remove_member(struct hub_chat_client *who, struct hub_room *room)
     char name[HUB_ROOM_NAME_MAX + 1];
     size_t len = hub_room_name_len(room);
     memcpy(name, hub_room_name(room), len + 1);
+    if (n == 1) {
+        /* The last member leaves: the store may evict the room again. */
+        struct hub_iov v = {name, len};
+        hub_history_hold(chat->cfg.history, v, 0);
+    }
     hub_rooms_leave(chat->rooms, &who->member, room);
     if (n > HUB_CHAT_LIST_MAX) {
         struct hub_room *r = hub_rooms_find(chat->rooms, name, len);

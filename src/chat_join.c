@@ -25,6 +25,13 @@ int chat_join_room(struct hub_chat_client *cl, struct hub_iov name, struct hub_r
     int rc = hub_rooms_join(cl->chat->rooms, &cl->member, name.base, name.len, &room);
     if (rc != 0)
         return rc;
+    if (hub_room_size(room) == 1) {
+        /* The room's first member on this hub: its history must not be
+         * evicted while anyone is in it. Failing that only leaves the room
+         * unprotected, so the join goes on. */
+        if (hub_history_hold(cl->chat->cfg.history, name, 1) != 0)
+            hub_log_debug("history: could not hold room %.*s", (int)name.len, name.base);
+    }
     chat_announce_join(cl, room);
     if (out != NULL)
         *out = room;
