@@ -319,9 +319,37 @@ static void test_fragment_limit(void)
     hub_buf_free(&s);
 }
 
+/* A ping flood answered by the latest pong only (RFC 6455 5.5.3): while a
+ * pong waits in the queue, the answer to a newer ping replaces it, so the
+ * queue holds one pong however many pings came, whatever the split. */
+static void test_ping_flood_one_pong(void)
+{
+    struct hub_buf s = {0};
+    client_frame(&s, 1, 9, "a", 1, 1);
+    client_frame(&s, 1, 1, "hi", 2, 1);
+    char big[125];
+    for (int i = 0; i < 200; i++) {
+        memset(big, 'a' + i % 26, sizeof(big));
+        client_frame(&s, 1, 9, big, sizeof(big), 1);
+    }
+    client_frame(&s, 1, 9, "last", 4, 1);
+    struct run whole;
+    check_splits(&s, 1, &whole);
+    CHECK(log_is(&whole, "T:hi|"));
+    size_t off = 0;
+    struct server_frame f;
+    CHECK(next_server_frame(&whole.out, &off, &f) && f.opcode == 10 && f.len == 4 &&
+          memcmp(f.payload, "last", 4) == 0);
+    CHECK(next_server_frame(&whole.out, &off, &f) && f.opcode == 1 && f.len == 2);
+    CHECK(!next_server_frame(&whole.out, &off, &f));
+    run_free(&whole);
+    hub_buf_free(&s);
+}
+
 int main(void)
 {
     test_messages_and_echo();
+    test_ping_flood_one_pong();
     test_close_handshake();
     test_protocol_errors();
     test_too_big();
