@@ -78,7 +78,7 @@ static void on_listen(uv_stream_t *l, int status)
     E.conn.on_close = on_conn_close;
     E.conn.on_timeout = on_conn_timeout;
     /* Small kernel buffers: a few hundred KiB fill the path. */
-    int sz = 4096;
+    int sz = 32768;
     CHECK_EQ(hub_conn_accept(&E.conn, l), 0);
     uv_send_buffer_size((uv_handle_t *)&E.conn.tcp, &sz);
     E.accepted = 1;
@@ -124,7 +124,7 @@ static void peer_connect(void)
 {
     struct sockaddr_in a = listen_addr();
     CHECK_EQ(uv_tcp_init(&E.loop, &E.peer), 0);
-    int sz = 4096;
+    int sz = 32768;
     CHECK_EQ(uv_tcp_connect(&E.creq, &E.peer, (const struct sockaddr *)&a, on_connect), 0);
     run_until(&E.connected);
     uv_recv_buffer_size((uv_handle_t *)&E.peer, &sz);
@@ -304,7 +304,7 @@ static void test_soft_limit_hold(void)
     setup(0);
     hub_conn_set_watermarks(&E.conn, 0, 0);
     hub_conn_set_soft_limit(&E.conn, 64 * 1024, 200);
-    struct hub_shared *a = filled(100 * 1024, 'A');
+    struct hub_shared *a = filled(512 * 1024, 'A');
     CHECK_EQ(hub_conn_send(&E.conn, a), 0);
     uv_run(&E.loop, UV_RUN_NOWAIT); /* flushes; most of it stays queued */
     CHECK(E.conn.out.bytes > 64 * 1024);
@@ -321,7 +321,7 @@ static void test_soft_limit_hold(void)
     CHECK_EQ(hub_conn_send(&E.conn, b), HUB_ENOBUFS); /* held too long */
     /* The peer reads it all: below the limit, the clock is reset. */
     peer_start_reading();
-    peer_read_upto(100 * 1024 + 10);
+    peer_read_upto(512 * 1024 + 10);
     CHECK_EQ(E.conn.over_soft_since, 0);
     CHECK_EQ(hub_conn_send(&E.conn, b), 0);
     uv_close((uv_handle_t *)&t, nop_close);
@@ -369,11 +369,11 @@ static void test_read_watermarks(void)
     setup(0);
     hub_conn_set_watermarks(&E.conn, 64 * 1024, 16 * 1024);
     uint64_t pauses = hub_metrics.read_pauses;
-    struct hub_shared *a = filled(32 * 1024, 'A');
+    struct hub_shared *a = filled(32 * 1024, 'A'), *big = filled(512 * 1024, 'B');
     CHECK_EQ(hub_conn_send(&E.conn, a), 0);
     CHECK(!hub_conn_reading_paused(&E.conn));
     CHECK_EQ(hub_conn_send(&E.conn, a), 0);
-    CHECK_EQ(hub_conn_send(&E.conn, a), 0); /* 96 KiB > 64 KiB */
+    CHECK_EQ(hub_conn_send(&E.conn, big), 0); /* 576 KiB > 64 KiB */
     CHECK(hub_conn_reading_paused(&E.conn));
     CHECK_EQ(hub_metrics.read_pauses, pauses + 1);
     /* The peer writes; nothing reaches on_read while paused. */
@@ -385,7 +385,7 @@ static void test_read_watermarks(void)
     CHECK(hub_conn_reading_paused(&E.conn));
     /* The peer reads: the queue drains, reading resumes, hello arrives. */
     peer_start_reading();
-    peer_read_upto(96 * 1024);
+    peer_read_upto(576 * 1024);
     while (E.conn_rx.len < 5 && !E.timed_out)
         uv_run(&E.loop, UV_RUN_ONCE);
     CHECK(!hub_conn_reading_paused(&E.conn));
@@ -394,16 +394,15 @@ static void test_read_watermarks(void)
     CHECK_EQ(hub_conn_pause(&E.conn, 1), 0);
     CHECK(hub_conn_reading_paused(&E.conn));
     uv_read_stop((uv_stream_t *)&E.peer); /* the peer stops reading again */
-    CHECK_EQ(hub_conn_send(&E.conn, a), 0);
-    CHECK_EQ(hub_conn_send(&E.conn, a), 0);
-    CHECK_EQ(hub_conn_send(&E.conn, a), 0);
+    CHECK_EQ(hub_conn_send(&E.conn, big), 0);
     CHECK(E.conn.flags & HUB_CONN_PAUSED_OUTPUT);
     CHECK_EQ(hub_conn_pause(&E.conn, 0), 0);
     CHECK(hub_conn_reading_paused(&E.conn)); /* output still holds it */
     peer_start_reading();
-    peer_read_upto(2 * 96 * 1024);
+    peer_read_upto(576 * 1024 + 512 * 1024);
     CHECK(!hub_conn_reading_paused(&E.conn));
     hub_shared_unref(a);
+    hub_shared_unref(big);
     teardown();
 }
 
@@ -523,15 +522,29 @@ static void test_addr_key(void)
     CHECK_STR(k, "?");
 }
 
+static void stamp(const char *what)
+{
+    if (getenv("TEST_CONN_TRACE") != NULL)
+        fprintf(stderr, "%llu ms: %s\n", (unsigned long long)(uv_hrtime() / 1000000), what);
+}
+
 int main(void)
 {
+    stamp("start");
     test_urgent_behind_partial_write();
+    stamp("urgent");
     test_urgent_allowance();
+    stamp("test_urgent_allowance");
     test_soft_limit_hold();
+    stamp("test_soft_limit_hold");
     test_wheel_expiry();
+    stamp("test_wheel_expiry");
     test_read_watermarks();
+    stamp("test_read_watermarks");
     test_prepare_flush();
+    stamp("test_prepare_flush");
     test_reject();
+    stamp("test_reject");
     test_addr_key();
     return CHECK_DONE();
 }

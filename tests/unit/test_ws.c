@@ -328,7 +328,7 @@ static void test_ping_flood_one_pong(void)
     client_frame(&s, 1, 9, "a", 1, 1);
     client_frame(&s, 1, 1, "hi", 2, 1);
     char big[125];
-    for (int i = 0; i < 200; i++) {
+    for (int i = 0; i < 12; i++) {
         memset(big, 'a' + i % 26, sizeof(big));
         client_frame(&s, 1, 9, big, sizeof(big), 1);
     }
