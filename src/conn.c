@@ -67,6 +67,7 @@ static void conn_flush(struct hub_conn *c);
 static void io_handle_closed(uv_handle_t *h);
 static void conn_do_close(struct hub_conn *c);
 static int conn_reads_update(struct hub_conn *c);
+static void conn_schedule(struct hub_conn *c);
 
 static void link_init(struct hub_conn_link *l)
 {
@@ -194,8 +195,13 @@ static void io_flush_all(struct hub_io *io)
         io->flush_head = c->flush_next;
         c->flush_next = NULL;
         c->flags &= ~HUB_CONN_IN_FLUSH_LIST;
-        if (!(c->flags & HUB_CONN_CLOSING))
-            conn_flush(c);
+        if (c->flags & HUB_CONN_CLOSING)
+            continue;
+        conn_flush(c);
+        if ((c->flags & HUB_CONN_PAUSED_BATCH) && !(c->flags & HUB_CONN_CLOSING)) {
+            c->flags &= ~HUB_CONN_PAUSED_BATCH;
+            conn_reads_update(c);
+        }
     }
 }
 
@@ -381,6 +387,14 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
          * dropped and nothing it says can matter any more. */
         if (!hub_conn_closing(c) && c->on_read != NULL)
             c->on_read(c, buf->base, (size_t)nread);
+        if ((size_t)nread == sizeof(c->io->rbuf) && !(c->flags & HUB_CONN_CLOSING)) {
+            /* There may be more: libuv would read on, up to 32 buffers in
+             * one go. Take no more from this peer until what this input
+             * produced has been flushed (see conn.h, Backpressure). */
+            c->flags |= HUB_CONN_PAUSED_BATCH;
+            conn_reads_update(c);
+            conn_schedule(c);
+        }
         return;
     }
     if (nread == 0)
@@ -395,7 +409,8 @@ static int conn_reads_update(struct hub_conn *c)
 {
     if (c->io == NULL || !(c->flags & HUB_CONN_ACCEPTED) || (c->flags & HUB_CONN_CLOSING))
         return 0;
-    int want = !(c->flags & (HUB_CONN_PAUSED_OWNER | HUB_CONN_PAUSED_OUTPUT));
+    int want =
+        !(c->flags & (HUB_CONN_PAUSED_OWNER | HUB_CONN_PAUSED_OUTPUT | HUB_CONN_PAUSED_BATCH));
     if (want && (c->flags & HUB_CONN_READ_STOPPED)) {
         int rc = uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb);
         if (rc != 0) {
@@ -480,27 +495,33 @@ static int conn_write_urgent(struct hub_conn *c, const void *data, size_t len, i
     /* Behind the control frames already waiting there, so that pongs keep
      * the order of their pings. */
     uint32_t at = first_unstarted(c);
+    struct hub_outq_item *last = NULL; /* the newest unsent URGENT_LATEST frame */
+    unsigned latest = 0;               /* how many of them wait */
     while (at < q->count && q->items[(q->head + at) & mask].urgent) {
         struct hub_outq_item *it = &q->items[(q->head + at) & mask];
-        if (kind == URGENT_LATEST && it->urgent == URGENT_LATEST) {
-            /* An unsent answer to an older ping: the new one takes its
-             * place, and the queue does not grow. */
-            size_t old = it->chunk->len - it->off;
-            if (q->limit != 0 && len > old &&
-                q->bytes - old + len > q->limit + HUB_CONN_URGENT_ALLOWANCE)
-                return HUB_ENOBUFS;
-            struct hub_shared *s = hub_shared_copy(data, len);
-            if (s == NULL)
-                return HUB_ENOMEM;
-            size_t before = q->bytes;
-            hub_shared_unref(it->chunk);
-            it->chunk = s;
-            it->off = 0;
-            q->bytes = q->bytes - old + len;
-            conn_queued(c, before);
-            return 0;
+        if (it->urgent == URGENT_LATEST) {
+            last = it;
+            latest++;
         }
         at++;
+    }
+    if (kind == URGENT_LATEST && latest >= HUB_CONN_LATEST_KEEP) {
+        /* Enough unsent answers to older pings: the new one takes the
+         * place of the newest, and the queue does not grow. */
+        size_t old = last->chunk->len - last->off;
+        if (q->limit != 0 && len > old &&
+            q->bytes - old + len > q->limit + HUB_CONN_URGENT_ALLOWANCE)
+            return HUB_ENOBUFS;
+        struct hub_shared *s = hub_shared_copy(data, len);
+        if (s == NULL)
+            return HUB_ENOMEM;
+        size_t before = q->bytes;
+        hub_shared_unref(last->chunk);
+        last->chunk = s;
+        last->off = 0;
+        q->bytes = q->bytes - old + len;
+        conn_queued(c, before);
+        return 0;
     }
     if (q->limit != 0 && q->bytes + len > q->limit + HUB_CONN_URGENT_ALLOWANCE)
         return HUB_ENOBUFS;

@@ -39,7 +39,10 @@
  *   A peer that sends requests (HTTP, pings) without reading the answers
  *   therefore stops being read instead of growing the queue. This is
  *   independent of hub_conn_pause: reading runs only when neither asks for
- *   a pause.
+ *   a pause. A read that fills the whole lent buffer also stops reading
+ *   until the io's next flush, so one connection is read at most one buffer
+ *   per loop iteration and what that input produced (a room's fan-out) is
+ *   written before more is read.
  * - Accounting: hub_metrics.output_queued is the sum of out.bytes over
  *   every attached connection (the chathub_output_queued_bytes gauge).
  */
@@ -79,6 +82,7 @@ enum hub_conn_flags {
     HUB_CONN_PAUSED_OWNER = 1u << 6,      /* hub_conn_pause(c, 1) is in force */
     HUB_CONN_PAUSED_OUTPUT = 1u << 7,     /* the queue passed the high watermark */
     HUB_CONN_ACCEPTED = 1u << 8,          /* hub_conn_accept succeeded: reads are managed */
+    HUB_CONN_PAUSED_BATCH = 1u << 9,      /* a full read buffer: more after the next flush */
 };
 
 /* Bytes an urgent frame may queue past the hard output limit: room for a
@@ -160,11 +164,14 @@ int hub_conn_write(struct hub_conn *c, const void *data, size_t len);
  * HUB_ECLOSED, HUB_ENOMEM. data is copied. */
 int hub_conn_write_urgent(struct hub_conn *c, const void *data, size_t len);
 
-/* Like hub_conn_write_urgent, except that when a frame queued by an earlier
- * call of this function has not started going out, it is replaced in place
- * by the new one rather than joined by it. For pongs: RFC 6455 section 5.5.3
- * lets an endpoint answer only the most recent ping, so a peer that floods
- * pings without reading holds at most one unsent pong. Same returns. */
+/* Like hub_conn_write_urgent, except that once HUB_CONN_LATEST_KEEP frames
+ * queued by this function wait unsent, the newest of them is replaced in
+ * place by the new one rather than joined by it. For pongs: RFC 6455 section
+ * 5.5.3 lets an endpoint answer only the most recent ping, so a peer that
+ * floods pings without reading holds at most HUB_CONN_LATEST_KEEP unsent
+ * pongs, while one that sends a few pings at once still gets an answer to
+ * each. Same returns. */
+#define HUB_CONN_LATEST_KEEP 16
 int hub_conn_write_urgent_latest(struct hub_conn *c, const void *data, size_t len);
 
 /* Drops queued output that has not started going out (a slow client's

@@ -252,18 +252,21 @@ static void test_urgent_behind_partial_write(void)
     CHECK(E.conn.inflight > 0);
     CHECK_EQ(hub_conn_send(&E.conn, b), 0);
     CHECK_EQ(hub_conn_write_urgent(&E.conn, "P", 1), 0);
-    CHECK_EQ(hub_conn_write_urgent_latest(&E.conn, "xx", 2), 0);
-    CHECK_EQ(hub_conn_write_urgent_latest(&E.conn, "yyy", 3), 0); /* replaces xx */
+    /* Twenty pongs: the first HUB_CONN_LATEST_KEEP wait, and every newer
+     * one replaces the newest of them. */
+    for (int i = 0; i < 20; i++)
+        CHECK_EQ(hub_conn_write_urgent_latest(&E.conn, &"abcdefghijklmnopqrst"[i], 1), 0);
     CHECK_EQ(hub_conn_write_urgent(&E.conn, "Q", 1), 0);
-    CHECK_EQ(hub_conn_write_urgent_latest(&E.conn, "zzzz", 4), 0); /* replaces yyy */
-    /* Left: the rest of A in flight, B, P, zzzz and Q. */
-    CHECK_EQ(E.conn.out.bytes, E.conn.inflight + 1000 + 1 + 4 + 1);
+    CHECK_EQ(hub_conn_write_urgent_latest(&E.conn, "z", 1), 0); /* replaces t */
+    /* Left: the rest of A in flight, B, P, sixteen pongs and Q. */
+    CHECK_EQ(E.conn.out.bytes, E.conn.inflight + 1000 + 1 + HUB_CONN_LATEST_KEEP + 1);
     CHECK_EQ(hub_metrics.output_queued, E.conn.out.bytes);
     peer_start_reading();
-    peer_read_upto(512 * 1024 + 1000 + 6);
+    peer_read_upto(512 * 1024 + 1000 + 2 + HUB_CONN_LATEST_KEEP);
     char got[256];
     runs(&E.rx, got, sizeof(got));
-    CHECK_STR(got, "Ax524288 Px1 zx4 Qx1 Bx1000");
+    CHECK_STR(got, "Ax524288 Px1 ax1 bx1 cx1 dx1 ex1 fx1 gx1 hx1 ix1 jx1 kx1 lx1 mx1 nx1 ox1 zx1 "
+                   "Qx1 Bx1000");
     CHECK_EQ(E.conn.out.bytes, 0);
     CHECK_EQ(hub_metrics.output_queued, 0);
     hub_shared_unref(a);
