@@ -8,22 +8,36 @@
  * connections hold none.
  *
  * Writing: hub_conn_send only queues a reference and links the connection
- * into io's flush list. A uv_check handle, which runs right after the loop
- * has processed I/O, walks that list once per iteration and writes each
- * connection's whole queue at once: first uv_try_write, then one uv_write for
- * the rest. At most one uv_write is in flight per connection; its bytes stay
+ * into io's flush list. Two loop watchers walk that list and write each
+ * connection's whole queue at once (first uv_try_write, then one uv_write
+ * for the rest): a uv_check handle, which runs right after the loop has
+ * processed I/O, and a uv_prepare handle, which runs just before the loop
+ * blocks in poll. The prepare flush matters for output queued outside the
+ * poll phase: by timer callbacks (heartbeat pings, deferred pushes) and by
+ * close callbacks (the leave pushes of a disconnect), which libuv runs after
+ * the check handles; without it that output would wait for the next wake-up.
+ * At most one uv_write is in flight per connection; its bytes stay
  * referenced in the queue until the write callback consumes them.
  *
+ * Backpressure: every change of a queue goes through conn_queued, which
+ * keeps the output gauge, the soft-limit clock and the read watermarks up to
+ * date. Reading stops when the queue passes high_water and starts again when
+ * it drains to low_water, so a peer that asks (HTTP requests, pings) without
+ * reading the answers is simply no longer read.
+ *
  * Closing: the memory of a connection belongs to its owner and may only be
- * freed from on_close, which fires from libuv's close callback. The flush list
- * is drained completely by every check callback, which libuv runs before the
- * iteration's close callbacks, so a closed connection is never left linked.
+ * freed from on_close, which fires from libuv's close callback. Between a
+ * uv_close and its close callback libuv always runs the check handles (a
+ * handle closed during the closing phase is finished in the next iteration,
+ * after that iteration's prepare and check), and both flushes drain the list
+ * completely, so a closed connection is never left linked.
  */
 #include "hub/conn.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
 
 #include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,18 +48,26 @@
 
 struct hub_io {
     uv_loop_t *loop;                         /* the loop everything runs on */
-    uv_check_t check;                        /* flushes corked output once per iteration */
+    uv_check_t check;                        /* flushes corked output after I/O */
+    uv_prepare_t prepare;                    /* flushes it again before the loop sleeps */
+    uv_tcp_t spare;                          /* accepts and closes what cannot be served */
+    uv_stream_t *reject_wait;                /* listener owed a rejection, or NULL */
+    int spare_busy;                          /* the spare is open or closing */
+    int closed;                              /* hub_io_close was called */
     uv_timer_t wheel_timer;                  /* advances the timer wheel */
     uint64_t wheel_tick;                     /* next tick of the wheel to process */
     struct hub_conn_link slots[WHEEL_SLOTS]; /* deadline lists, by tick */
     uv_write_t *free_wreqs;                  /* pooled write requests, linked through data */
     struct hub_conn *flush_head;             /* connections with output to write (LIFO) */
-    int handles_open;                        /* handles still to be closed by hub_io_close */
+    int handles_open;                        /* handles whose close callback is still due */
     char rbuf[HUB_IO_READ_SIZE];             /* the read buffer lent to every connection */
 };
 
 static void conn_flush(struct hub_conn *c);
+static void io_handle_closed(uv_handle_t *h);
 static void conn_do_close(struct hub_conn *c);
+static int conn_reads_update(struct hub_conn *c);
+static void conn_schedule(struct hub_conn *c);
 
 static void link_init(struct hub_conn_link *l)
 {
@@ -140,19 +162,57 @@ static void conn_track_soft(struct hub_conn *c)
         c->over_soft_since = hub_conn_now(c) + 1; /* + 1: never 0 once set */
 }
 
-static void io_check_cb(uv_check_t *h)
+/* Called after every change of c's queue, with its byte count before the
+ * change: keeps the output gauge, the soft-limit clock and the read
+ * watermarks in step with out.bytes. */
+static void conn_queued(struct hub_conn *c, size_t before)
 {
-    struct hub_io *io = HUB_CONTAINER_OF(h, struct hub_io, check);
-    /* Take the whole list first: flushing may queue nothing new, but a
-     * failed write closes a connection, which must not touch the list. */
+    if (c->io == NULL)
+        return;
+    hub_metrics.output_queued += c->out.bytes;
+    hub_metrics.output_queued -= before;
+    conn_track_soft(c);
+    if (c->high_water == 0 || (c->flags & HUB_CONN_CLOSING))
+        return;
+    if (!(c->flags & HUB_CONN_PAUSED_OUTPUT) && c->out.bytes > c->high_water) {
+        c->flags |= HUB_CONN_PAUSED_OUTPUT;
+        hub_metrics.read_pauses++;
+        conn_reads_update(c);
+    } else if ((c->flags & HUB_CONN_PAUSED_OUTPUT) && c->out.bytes <= c->low_water) {
+        c->flags &= ~HUB_CONN_PAUSED_OUTPUT;
+        conn_reads_update(c);
+    }
+}
+
+/* Writes every connection on the flush list. */
+static void io_flush_all(struct hub_io *io)
+{
+    /* Take each connection off the list before flushing it: a failed write
+     * closes the connection, and a write that completes at once may queue
+     * more (a close after flush), which must find it unlinked. */
     while (io->flush_head != NULL) {
         struct hub_conn *c = io->flush_head;
         io->flush_head = c->flush_next;
         c->flush_next = NULL;
         c->flags &= ~HUB_CONN_IN_FLUSH_LIST;
-        if (!(c->flags & HUB_CONN_CLOSING))
-            conn_flush(c);
+        if (c->flags & HUB_CONN_CLOSING)
+            continue;
+        conn_flush(c);
+        if ((c->flags & HUB_CONN_PAUSED_BATCH) && !(c->flags & HUB_CONN_CLOSING)) {
+            c->flags &= ~HUB_CONN_PAUSED_BATCH;
+            conn_reads_update(c);
+        }
     }
+}
+
+static void io_check_cb(uv_check_t *h)
+{
+    io_flush_all(HUB_CONTAINER_OF(h, struct hub_io, check));
+}
+
+static void io_prepare_cb(uv_prepare_t *h)
+{
+    io_flush_all(HUB_CONTAINER_OF(h, struct hub_io, prepare));
 }
 
 int hub_io_init(struct hub_io **out, uv_loop_t *loop)
@@ -161,27 +221,55 @@ int hub_io_init(struct hub_io **out, uv_loop_t *loop)
     if (io == NULL)
         return HUB_ENOMEM;
     io->loop = loop;
-    if (uv_check_init(loop, &io->check) != 0 || uv_check_start(&io->check, io_check_cb) != 0) {
+    /* Initialising these handles cannot fail on libuv's supported
+     * platforms, but their results are checked like any other. A handle
+     * once initialised must be closed, and io must outlive its close
+     * callback, so a failure after the first one closes what was opened
+     * and lets the last close callback free io (run the loop afterwards). */
+    io->closed = 1;
+    int rc = uv_check_init(loop, &io->check);
+    if (rc != 0) {
         free(io);
         return HUB_EIO;
     }
-    /* The check handle must not keep the loop alive on its own. */
-    uv_unref((uv_handle_t *)&io->check);
+    io->check.data = io->prepare.data = io->wheel_timer.data = io;
+    io->handles_open = 1;
+    rc = uv_prepare_init(loop, &io->prepare);
+    if (rc != 0)
+        goto fail_check;
+    io->handles_open = 2;
+    rc = uv_timer_init(loop, &io->wheel_timer);
+    if (rc != 0)
+        goto fail_prepare;
+    io->handles_open = 3;
+    io->closed = 0;
     for (int i = 0; i < WHEEL_SLOTS; i++)
         link_init(&io->slots[i]);
     io->wheel_tick = uv_now(loop) / WHEEL_TICK_MS;
-    uv_timer_init(loop, &io->wheel_timer);
-    uv_timer_start(&io->wheel_timer, wheel_timer_cb, WHEEL_TICK_MS, WHEEL_TICK_MS);
+    if (uv_check_start(&io->check, io_check_cb) != 0 ||
+        uv_prepare_start(&io->prepare, io_prepare_cb) != 0 ||
+        uv_timer_start(&io->wheel_timer, wheel_timer_cb, WHEEL_TICK_MS, WHEEL_TICK_MS) != 0) {
+        hub_io_close(io);
+        return HUB_EIO;
+    }
+    /* None of them may keep the loop alive on its own. */
+    uv_unref((uv_handle_t *)&io->check);
+    uv_unref((uv_handle_t *)&io->prepare);
     uv_unref((uv_handle_t *)&io->wheel_timer);
-    io->handles_open = 2;
     *out = io;
     return 0;
+
+fail_prepare:
+    uv_close((uv_handle_t *)&io->prepare, io_handle_closed);
+fail_check:
+    uv_close((uv_handle_t *)&io->check, io_handle_closed);
+    return HUB_EIO;
 }
 
 static void io_handle_closed(uv_handle_t *h)
 {
     struct hub_io *io = h->data;
-    if (--io->handles_open > 0)
+    if (--io->handles_open > 0 || !io->closed)
         return;
     while (io->free_wreqs != NULL) {
         uv_write_t *w = io->free_wreqs;
@@ -211,9 +299,42 @@ static void wreq_put(struct hub_io *io, uv_write_t *w)
 void hub_io_close(struct hub_io *io)
 {
     assert(io->flush_head == NULL);
-    io->check.data = io->wheel_timer.data = io;
+    io->closed = 1;
+    io->reject_wait = NULL;
     uv_close((uv_handle_t *)&io->check, io_handle_closed);
+    uv_close((uv_handle_t *)&io->prepare, io_handle_closed);
     uv_close((uv_handle_t *)&io->wheel_timer, io_handle_closed);
+}
+
+static void spare_closed(uv_handle_t *h)
+{
+    struct hub_io *io = h->data;
+    io->spare_busy = 0;
+    uv_stream_t *wait = io->reject_wait;
+    io->reject_wait = NULL;
+    if (wait != NULL && !io->closed && !uv_is_closing((uv_handle_t *)wait))
+        hub_io_reject(io, wait);
+    io_handle_closed(h);
+}
+
+int hub_io_reject(struct hub_io *io, uv_stream_t *server)
+{
+    if (io->closed)
+        return HUB_EIO;
+    if (io->spare_busy) {
+        /* The connection stays pending in libuv (which meanwhile does not
+         * watch the listener) until the spare is free again. */
+        io->reject_wait = server;
+        return 0;
+    }
+    if (uv_tcp_init(io->loop, &io->spare) != 0)
+        return HUB_EIO;
+    io->spare.data = io;
+    io->spare_busy = 1;
+    io->handles_open++;
+    int rc = uv_accept(server, (uv_stream_t *)&io->spare);
+    uv_close((uv_handle_t *)&io->spare, spare_closed);
+    return rc == 0 ? 0 : HUB_EIO;
 }
 
 uv_loop_t *hub_io_loop(struct hub_io *io)
@@ -231,7 +352,15 @@ int hub_conn_init(struct hub_conn *c, struct hub_io *io, size_t out_limit)
     c->last_rx = uv_now(io->loop);
     link_init(&c->wheel);
     hub_outq_init(&c->out, out_limit);
+    c->high_water = out_limit / 2;
+    c->low_water = out_limit / 4;
     return 0;
+}
+
+void hub_conn_set_watermarks(struct hub_conn *c, size_t high, size_t low)
+{
+    c->high_water = high;
+    c->low_water = low <= high ? low : high;
 }
 
 void hub_conn_init_detached(struct hub_conn *c, size_t out_limit)
@@ -258,6 +387,14 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
          * dropped and nothing it says can matter any more. */
         if (!hub_conn_closing(c) && c->on_read != NULL)
             c->on_read(c, buf->base, (size_t)nread);
+        if ((size_t)nread == sizeof(c->io->rbuf) && !(c->flags & HUB_CONN_CLOSING)) {
+            /* There may be more: libuv would read on, up to 32 buffers in
+             * one go. Take no more from this peer until what this input
+             * produced has been flushed (see conn.h, Backpressure). */
+            c->flags |= HUB_CONN_PAUSED_BATCH;
+            conn_reads_update(c);
+            conn_schedule(c);
+        }
         return;
     }
     if (nread == 0)
@@ -265,14 +402,37 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     hub_conn_close(c);
 }
 
+/* Starts or stops reading so that it runs exactly when nobody asks for a
+ * pause. Returns 0, or HUB_EIO when reading cannot start (the connection is
+ * then closed). */
+static int conn_reads_update(struct hub_conn *c)
+{
+    if (c->io == NULL || !(c->flags & HUB_CONN_ACCEPTED) || (c->flags & HUB_CONN_CLOSING))
+        return 0;
+    int want =
+        !(c->flags & (HUB_CONN_PAUSED_OWNER | HUB_CONN_PAUSED_OUTPUT | HUB_CONN_PAUSED_BATCH));
+    if (want && (c->flags & HUB_CONN_READ_STOPPED)) {
+        int rc = uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb);
+        if (rc != 0) {
+            hub_log_debug("cannot read from %s: %s", hub_conn_peer(c), uv_strerror(rc));
+            hub_conn_close(c);
+            return HUB_EIO;
+        }
+        c->flags &= ~HUB_CONN_READ_STOPPED;
+    } else if (!want && !(c->flags & HUB_CONN_READ_STOPPED)) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->flags |= HUB_CONN_READ_STOPPED;
+    }
+    return 0;
+}
+
 int hub_conn_accept(struct hub_conn *c, uv_stream_t *server)
 {
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0)
         return HUB_EIO;
     uv_tcp_nodelay(&c->tcp, 1);
-    if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb) != 0)
-        return HUB_EIO;
-    return 0;
+    c->flags |= HUB_CONN_ACCEPTED | HUB_CONN_READ_STOPPED;
+    return conn_reads_update(c) == 0 || (c->flags & HUB_CONN_CLOSING) ? 0 : HUB_EIO;
 }
 
 static void conn_schedule(struct hub_conn *c)
@@ -290,10 +450,11 @@ int hub_conn_send(struct hub_conn *c, struct hub_shared *chunk)
         return HUB_ECLOSED;
     if (c->over_soft_since != 0 && hub_conn_now(c) + 1 - c->over_soft_since >= c->soft_hold_ms)
         return HUB_ENOBUFS;
+    size_t before = c->out.bytes;
     int rc = hub_outq_push(&c->out, chunk);
     if (rc == 0) {
-        conn_track_soft(c);
         conn_schedule(c);
+        conn_queued(c, before);
     }
     return rc;
 }
@@ -317,36 +478,87 @@ static uint32_t first_unstarted(const struct hub_conn *c)
     return i;
 }
 
-int hub_conn_write_urgent(struct hub_conn *c, const void *data, size_t len)
+/* Values of hub_outq_item.urgent (buf.h only distinguishes zero). */
+enum {
+    URGENT_NONE = 0,   /* ordinary output */
+    URGENT_ORDER = 1,  /* an urgent frame that keeps its place */
+    URGENT_LATEST = 2, /* an urgent frame a newer one replaces (a pong) */
+};
+
+/* Queues an urgent frame of the given kind (see hub_conn_write_urgent). */
+static int conn_write_urgent(struct hub_conn *c, const void *data, size_t len, int kind)
 {
     if (hub_conn_closing(c))
         return HUB_ECLOSED;
+    struct hub_outq *q = &c->out;
+    uint32_t mask = q->cap - 1;
     /* Behind the control frames already waiting there, so that pongs keep
      * the order of their pings. */
     uint32_t at = first_unstarted(c);
-    while (at < c->out.count && c->out.items[(c->out.head + at) & (c->out.cap - 1)].urgent)
+    struct hub_outq_item *last = NULL; /* the newest unsent URGENT_LATEST frame */
+    unsigned latest = 0;               /* how many of them wait */
+    while (at < q->count && q->items[(q->head + at) & mask].urgent) {
+        struct hub_outq_item *it = &q->items[(q->head + at) & mask];
+        if (it->urgent == URGENT_LATEST) {
+            last = it;
+            latest++;
+        }
         at++;
-    size_t limit = c->out.limit;
-    c->out.limit = 0;
-    int rc = hub_outq_push_copy(&c->out, data, len);
-    c->out.limit = limit;
+    }
+    if (kind == URGENT_LATEST && latest >= HUB_CONN_LATEST_KEEP) {
+        /* Enough unsent answers to older pings: the new one takes the
+         * place of the newest, and the queue does not grow. */
+        size_t old = last->chunk->len - last->off;
+        if (q->limit != 0 && len > old &&
+            q->bytes - old + len > q->limit + HUB_CONN_URGENT_ALLOWANCE)
+            return HUB_ENOBUFS;
+        struct hub_shared *s = hub_shared_copy(data, len);
+        if (s == NULL)
+            return HUB_ENOMEM;
+        size_t before = q->bytes;
+        hub_shared_unref(last->chunk);
+        last->chunk = s;
+        last->off = 0;
+        q->bytes = q->bytes - old + len;
+        conn_queued(c, before);
+        return 0;
+    }
+    if (q->limit != 0 && q->bytes + len > q->limit + HUB_CONN_URGENT_ALLOWANCE)
+        return HUB_ENOBUFS;
+    size_t before = q->bytes;
+    size_t limit = q->limit;
+    q->limit = 0;
+    int rc = hub_outq_push_copy(q, data, len);
+    q->limit = limit;
     if (rc != 0)
         return rc;
-    /* Rotate the new tail item back to position at. */
-    struct hub_outq *q = &c->out;
-    uint32_t mask = q->cap - 1;
+    /* Rotate the new tail item back to position at (the push may have
+     * grown the ring, so the mask is taken again). */
+    mask = q->cap - 1;
     struct hub_outq_item tmp = q->items[(q->head + q->count - 1) & mask];
     for (uint32_t i = q->count - 1; i > at; i--)
         q->items[(q->head + i) & mask] = q->items[(q->head + i - 1) & mask];
-    tmp.urgent = 1;
+    tmp.urgent = kind;
     q->items[(q->head + at) & mask] = tmp;
     conn_schedule(c);
+    conn_queued(c, before);
     return 0;
+}
+
+int hub_conn_write_urgent(struct hub_conn *c, const void *data, size_t len)
+{
+    return conn_write_urgent(c, data, len, URGENT_ORDER);
+}
+
+int hub_conn_write_urgent_latest(struct hub_conn *c, const void *data, size_t len)
+{
+    return conn_write_urgent(c, data, len, URGENT_LATEST);
 }
 
 void hub_conn_drop_backlog(struct hub_conn *c)
 {
     struct hub_outq *q = &c->out;
+    size_t before = q->bytes;
     uint32_t keep = first_unstarted(c);
     while (q->count > keep) {
         struct hub_outq_item *it = &q->items[(q->head + q->count - 1) & (q->cap - 1)];
@@ -354,16 +566,19 @@ void hub_conn_drop_backlog(struct hub_conn *c)
         hub_shared_unref(it->chunk);
         q->count--;
     }
-    conn_track_soft(c);
+    conn_queued(c, before);
 }
 
 int hub_conn_write(struct hub_conn *c, const void *data, size_t len)
 {
     if (hub_conn_closing(c))
         return HUB_ECLOSED;
+    size_t before = c->out.bytes;
     int rc = hub_outq_push_copy(&c->out, data, len);
-    if (rc == 0)
+    if (rc == 0) {
         conn_schedule(c);
+        conn_queued(c, before);
+    }
     return rc;
 }
 
@@ -371,12 +586,15 @@ int hub_conn_write_force(struct hub_conn *c, const void *data, size_t len)
 {
     if (hub_conn_closing(c))
         return HUB_ECLOSED;
+    size_t before = c->out.bytes;
     size_t limit = c->out.limit;
     c->out.limit = 0;
     int rc = hub_outq_push_copy(&c->out, data, len);
     c->out.limit = limit;
-    if (rc == 0)
+    if (rc == 0) {
         conn_schedule(c);
+        conn_queued(c, before);
+    }
     return rc;
 }
 
@@ -394,9 +612,10 @@ static void conn_write_cb(uv_write_t *req, int status)
         return;
     }
     hub_metrics.bytes_out += c->inflight;
+    size_t before = c->out.bytes;
     hub_outq_consume(&c->out, c->inflight);
     c->inflight = 0;
-    conn_track_soft(c);
+    conn_queued(c, before);
     conn_flush(c);
 }
 
@@ -417,8 +636,11 @@ static void conn_flush(struct hub_conn *c)
         int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
         if (w > 0) {
             hub_metrics.bytes_out += (uint64_t)w;
+            size_t before = c->out.bytes;
             hub_outq_consume(&c->out, (size_t)w);
-            conn_track_soft(c);
+            conn_queued(c, before);
+            if (c->flags & HUB_CONN_CLOSING)
+                return; /* resuming reads failed */
             if ((size_t)w == total)
                 continue; /* maybe more than HUB_IO_MAX_IOVS slices queued */
         } else if (w != UV_EAGAIN && w != UV_ENOSYS) {
@@ -461,6 +683,7 @@ static void conn_close_cb(uv_handle_t *h)
 {
     struct hub_conn *c = h->data;
     assert(!(c->flags & HUB_CONN_IN_FLUSH_LIST));
+    hub_metrics.output_queued -= c->out.bytes;
     hub_outq_free(&c->out);
     c->on_close(c);
 }
@@ -533,15 +756,51 @@ const char *hub_conn_peer(const struct hub_conn *c)
     return text;
 }
 
-void hub_conn_pause(struct hub_conn *c, int paused)
+int hub_conn_pause(struct hub_conn *c, int paused)
 {
     if (c->io == NULL || (c->flags & HUB_CONN_CLOSING))
-        return;
-    if (paused && !(c->flags & HUB_CONN_READ_STOPPED)) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->flags |= HUB_CONN_READ_STOPPED;
-    } else if (!paused && (c->flags & HUB_CONN_READ_STOPPED)) {
-        uv_read_start((uv_stream_t *)&c->tcp, conn_alloc_cb, conn_read_cb);
-        c->flags &= ~HUB_CONN_READ_STOPPED;
+        return 0;
+    if (paused)
+        c->flags |= HUB_CONN_PAUSED_OWNER;
+    else
+        c->flags &= ~HUB_CONN_PAUSED_OWNER;
+    return conn_reads_update(c);
+}
+
+int hub_conn_addr_key(const struct sockaddr *sa, char *out, size_t outsz)
+{
+    static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    snprintf(out, outsz, "?");
+    if (sa->sa_family == AF_INET) {
+        uv_ip4_name((const struct sockaddr_in *)sa, out, outsz);
+        return 0;
     }
+    if (sa->sa_family != AF_INET6)
+        return HUB_EINVAL;
+    const uint8_t *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    if (memcmp(b, v4mapped, sizeof(v4mapped)) == 0) {
+        snprintf(out, outsz, "%u.%u.%u.%u", b[12], b[13], b[14], b[15]);
+        return 0;
+    }
+    /* The /64: the first four groups, in the same lower-case hex without
+     * leading zeros that inet_ntop uses. */
+    snprintf(out, outsz, "%x:%x:%x:%x::/64", (unsigned)(b[0] << 8 | b[1]),
+             (unsigned)(b[2] << 8 | b[3]), (unsigned)(b[4] << 8 | b[5]),
+             (unsigned)(b[6] << 8 | b[7]));
+    return 0;
+}
+
+int hub_conn_peer_key(const struct hub_conn *c, char *out, size_t outsz)
+{
+    if (c->io == NULL) {
+        snprintf(out, outsz, "detached");
+        return HUB_EINVAL;
+    }
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) {
+        snprintf(out, outsz, "?");
+        return HUB_EINVAL;
+    }
+    return hub_conn_addr_key((const struct sockaddr *)&ss, out, outsz);
 }

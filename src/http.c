@@ -604,7 +604,12 @@ static int respond_failed(struct hub_http *h, int rc)
 
 /* Queues one response. With by_ref, a body larger than HTTP_COPY_BODY_MAX is
  * queued as a reference to body, which must outlive the connection's output
- * queue (the site's files do). Error statuses bypass the output limit. */
+ * queue (the site's files do). Only an error response that ends the
+ * connection goes past the output limit: it is the last thing queued, so a
+ * client can never stack more than one of them. Error responses on a
+ * connection that stays open (404, 405 and the like, which a client may
+ * pipeline by the thousand without reading) go through the limit like any
+ * other; one that does not fit ends the connection (respond_failed). */
 static int respond(struct hub_http *h, int status, const char *content_type, const char *extra,
                    const void *body, size_t body_len, int by_ref)
 {
@@ -644,8 +649,8 @@ static int respond(struct hub_http *h, int status, const char *content_type, con
             goto fail_buf;
         }
     }
-    rc = status >= 400 ? hub_conn_write_force(h->conn, b.data, b.len)
-                       : hub_conn_write(h->conn, b.data, b.len);
+    rc = status >= 400 && !h->keep_alive ? hub_conn_write_force(h->conn, b.data, b.len)
+                                         : hub_conn_write(h->conn, b.data, b.len);
     if (rc != 0)
         goto fail_buf;
     if (body_apart) {

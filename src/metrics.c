@@ -19,7 +19,7 @@ void hub_metrics_close(uint16_t code)
 }
 
 static const char *const refusal_names[HUB_REFUSE_COUNT] = {
-    "bad_handshake", "bad_room", "origin", "max_conns", "per_ip", "draining", "timeout",
+    "bad_handshake", "bad_room", "origin", "max_conns", "per_ip", "draining", "timeout", "nomem",
 };
 
 static void counter(struct hub_buf *b, const char *name, const char *help, uint64_t v)
@@ -46,6 +46,11 @@ int hub_metrics_render(struct hub_buf *b, size_t rooms, int draining)
                    "# HELP chathub_draining 1 while the hub shuts down.\n"
                    "# TYPE chathub_draining gauge\nchathub_draining %d\n",
                    draining);
+    hub_buf_printf(b,
+                   "# HELP chathub_output_queued_bytes Bytes queued to all connections, not yet "
+                   "written.\n# TYPE chathub_output_queued_bytes gauge\n"
+                   "chathub_output_queued_bytes %llu\n",
+                   (unsigned long long)m->output_queued);
     counter(b, "chathub_accepted_total", "TCP connections accepted.", m->accepted);
     counter(b, "chathub_http_requests_total", "HTTP requests answered.", m->http_requests);
     counter(b, "chathub_messages_in_total", "WebSocket messages received.", m->messages_in);
@@ -60,6 +65,9 @@ int hub_metrics_render(struct hub_buf *b, size_t rooms, int draining)
             m->rate_limited);
     counter(b, "chathub_heartbeat_closes_total", "Clients dropped for not answering pings.",
             m->heartbeat_closes);
+    counter(b, "chathub_read_pauses_total",
+            "Times a connection stopped being read because its output passed the high watermark.",
+            m->read_pauses);
     hub_buf_puts(b, "# HELP chathub_refused_handshakes_total Refused connections by reason.\n"
                     "# TYPE chathub_refused_handshakes_total counter\n");
     for (int i = 0; i < HUB_REFUSE_COUNT; i++)

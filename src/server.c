@@ -49,11 +49,12 @@
 #define RETRY_MIN_MS 1000    /* bye: earliest suggested reconnect */
 #define RETRY_SPREAD_MS 4000 /* bye: spread of the suggested reconnects */
 
-/* Connections per peer address. */
+/* Connections per peer address: per IPv4 address, per IPv6 /64
+ * (hub_conn_addr_key). */
 struct ip_count {
-    struct ip_count *next; /* hash chain */
-    uint32_t n;            /* open connections */
-    char ip[48];           /* peer address */
+    struct ip_count *next;           /* hash chain */
+    uint32_t n;                      /* open connections */
+    char ip[HUB_CONN_ADDR_KEY_SIZE]; /* the address's limit key */
 };
 
 struct hub_server {
@@ -76,6 +77,7 @@ struct hub_server {
     size_t nclients;                  /* connections not yet closed */
     int stopping;                     /* shutdown has begun */
     int listening;                    /* the listener is open */
+    int nhandles;                     /* start-up: handles initialised so far */
     uint64_t drain_deadline;          /* loop time when the drain gives up */
     uint64_t rng;                     /* jitter for bye retry delays */
 };
@@ -155,8 +157,9 @@ static struct ip_count **ip_slot(struct hub_server *s, const char *ip)
 static int ip_acquire(struct client *cl)
 {
     struct hub_server *s = cl->server;
-    char peer[48];
-    snprintf(peer, sizeof(peer), "%s", hub_conn_peer(&cl->conn));
+    char peer[HUB_CONN_ADDR_KEY_SIZE];
+    /* A peer whose address cannot be had counts under "?". */
+    hub_conn_peer_key(&cl->conn, peer, sizeof(peer));
     struct ip_count **pp = ip_slot(s, peer);
     if (*pp == NULL) {
         struct ip_count *e = calloc(1, sizeof(*e));
@@ -201,6 +204,21 @@ static void server_close_handles(struct hub_server *s)
     /* Closing the handles gives the signals their default action back; the
      * hub is finishing anyway, and a late SIGTERM must not turn a clean exit
      * into death by signal. (signal() is standard C, on Windows too.) */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    hub_io_close(s->io);
+    s->io = NULL;
+}
+
+/* Start-up failed after hub_io_init: closes the handles initialised so far
+ * (s->nhandles of listener, sigint, sigterm, drain_timer, tick) and the io. */
+static void server_close_some(struct hub_server *s)
+{
+    uv_handle_t *hs[] = {(uv_handle_t *)&s->listener, (uv_handle_t *)&s->sigint,
+                         (uv_handle_t *)&s->sigterm, (uv_handle_t *)&s->drain_timer,
+                         (uv_handle_t *)&s->tick};
+    for (int i = 0; i < s->nhandles; i++)
+        uv_close(hs[i], server_handle_closed);
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
     hub_io_close(s->io);
@@ -409,11 +427,15 @@ static void server_on_connection(uv_stream_t *listener, int status)
         hub_log_warn("accept failed: %s", uv_strerror(status));
         return;
     }
+    /* A connection callback that returns without uv_accept leaves libuv no
+     * longer watching the listener, so a connection that cannot be served
+     * is accepted and closed at once (as nginx and Redis do). */
     struct client *cl = calloc(1, sizeof(*cl));
-    if (cl == NULL)
-        return;
-    if (hub_conn_init(&cl->conn, s->io, s->cfg.max_output) != 0) {
+    if (cl == NULL || hub_conn_init(&cl->conn, s->io, s->cfg.max_output) != 0) {
         free(cl);
+        hub_metrics.refused[HUB_REFUSE_NOMEM]++;
+        hub_log_warn("no memory for a new connection: closing it");
+        hub_io_reject(s->io, listener);
         return;
     }
     cl->server = s;
@@ -586,7 +608,12 @@ static int server_bind(struct hub_server *s, char *err, size_t errsz)
     }
     struct sockaddr_storage ss;
     int len = sizeof(ss);
-    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
+    rc = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
+    if (rc != 0) {
+        snprintf(err, errsz, "cannot read the bound address of %s:%d: %s", s->cfg.host, s->cfg.port,
+                 uv_strerror(rc));
+        return HUB_EIO;
+    }
     s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
     return 0;
@@ -596,6 +623,13 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
                    char *err, size_t errsz)
 {
     int rc = HUB_ENOMEM;
+    if (cfg->pong_timeout_ms >= cfg->ping_interval_ms) {
+        /* The ping timer is re-armed for ping_interval - pong_timeout once
+         * the pong window closes, which must be a positive time. */
+        snprintf(err, errsz, "--pong-timeout (%u ms) must be shorter than --ping-interval (%u ms)",
+                 cfg->pong_timeout_ms, cfg->ping_interval_ms);
+        return HUB_EINVAL;
+    }
     snprintf(err, errsz, "out of memory");
     struct hub_server *s = calloc(1, sizeof(*s));
     if (s == NULL)
@@ -644,33 +678,61 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     s->ws_cfg.max_message = cfg->max_message;
     s->ws_cfg.max_fragments = cfg->max_fragments;
     rc = hub_io_init(&s->io, loop);
-    if (rc != 0)
+    if (rc != 0) {
+        snprintf(err, errsz, "cannot set up the event loop: %s", hub_strerror(rc));
+        s->io = NULL;
         goto fail_chat;
-    /* From here on every handle is initialised before anything can fail, so
-     * a failure closes them all the same way. */
-    uv_tcp_init(loop, &s->listener);
-    uv_signal_init(loop, &s->sigint);
-    uv_signal_init(loop, &s->sigterm);
-    uv_timer_init(loop, &s->drain_timer);
-    uv_timer_init(loop, &s->tick);
+    }
+    /* The handles are initialised in order; each one that is must be
+     * closed, so a failure closes exactly those (see fail_handles). These
+     * calls do not fail on libuv's platforms, but are checked all the same. */
+    int uvrc = uv_tcp_init(loop, &s->listener);
+    if (uvrc == 0) {
+        s->nhandles = 1;
+        uvrc = uv_signal_init(loop, &s->sigint);
+    }
+    if (uvrc == 0) {
+        s->nhandles = 2;
+        uvrc = uv_signal_init(loop, &s->sigterm);
+    }
+    if (uvrc == 0) {
+        s->nhandles = 3;
+        uvrc = uv_timer_init(loop, &s->drain_timer);
+    }
+    if (uvrc == 0) {
+        s->nhandles = 4;
+        uvrc = uv_timer_init(loop, &s->tick);
+    }
     s->listener.data = s->sigint.data = s->sigterm.data = s->drain_timer.data = s->tick.data = s;
+    if (uvrc == 0) {
+        s->nhandles = 5;
+        uvrc = uv_timer_start(&s->tick, tick_cb, 1000, 1000);
+    }
+    if (uvrc != 0) {
+        snprintf(err, errsz, "cannot set up the event loop: %s", uv_strerror(uvrc));
+        rc = HUB_EIO;
+        goto fail_handles;
+    }
     uv_unref((uv_handle_t *)&s->sigint);
     uv_unref((uv_handle_t *)&s->sigterm);
-    uv_timer_start(&s->tick, tick_cb, 1000, 1000);
     uv_unref((uv_handle_t *)&s->tick);
     rc = server_bind(s, err, errsz);
     if (rc != 0)
         goto fail_handles;
     s->listening = 1;
-    uv_signal_start(&s->sigint, server_on_signal, SIGINT);
-    uv_signal_start(&s->sigterm, server_on_signal, SIGTERM);
+    if ((uvrc = uv_signal_start(&s->sigint, server_on_signal, SIGINT)) != 0 ||
+        (uvrc = uv_signal_start(&s->sigterm, server_on_signal, SIGTERM)) != 0) {
+        snprintf(err, errsz, "cannot handle SIGINT/SIGTERM: %s", uv_strerror(uvrc));
+        rc = HUB_EIO;
+        s->listening = 0;
+        goto fail_handles;
+    }
     *out = s;
     return 0;
 
 fail_handles:
     s->stopping = 1;
-    uv_close((uv_handle_t *)&s->listener, server_handle_closed);
-    server_close_handles(s);
+    server_close_some(s);
 fail_chat:
     hub_chat_free(s->chat);
 fail_history:

@@ -9,10 +9,13 @@
  * Output: the send callback stages the bytes wslay produces (pongs, close
  * replies; each at most 127 bytes) and accepts every byte, so wslay never
  * holds a partially sent frame. After each wslay_event_send the staged
- * frames go into the connection's queue, ignoring the output limits: pongs
- * jump ahead of queued data that has not started going out (a backlog must
- * not delay them), while a close frame goes behind everything already
- * queued, because nothing may follow it on the wire.
+ * frames go into the connection's queue: pongs jump ahead of queued data
+ * that has not started going out (a backlog must not delay them), and an
+ * unsent pong is replaced by the answer to a newer ping (RFC 6455 5.5.3), so
+ * a ping flood cannot grow the queue; urgent frames count against the hard
+ * output limit with a small allowance. A close frame goes behind everything
+ * already queued, because nothing may follow it on the wire, and past the
+ * limit, because it ends the connection.
  *
  * Memory: a wslay context carries two 4 KiB buffers, too much to keep for
  * each of many idle connections. A hub_ws therefore creates its context only
@@ -105,6 +108,17 @@ static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size
 /* Queues the control frames wslay produced (see the file comment). */
 static void ws_emit_close(struct hub_ws *ws, const uint8_t *frame, size_t len, int fatal);
 
+static void ws_slow(struct hub_ws *ws);
+
+/* Handles the result of queueing an urgent frame: a peer whose queue is past
+ * the hard limit even for control frames is a slow client. Returns rc. */
+static int ws_urgent_result(struct hub_ws *ws, int rc)
+{
+    if (rc == HUB_ENOBUFS)
+        ws_slow(ws);
+    return rc;
+}
+
 /* Queues the control frames wslay produced (see the file comment). */
 static void ws_flush_stage(struct hub_ws *ws)
 {
@@ -115,8 +129,15 @@ static void ws_flush_stage(struct hub_ws *ws)
         size_t flen = 2 + (p[i + 1] & 127);
         if (i + flen > len)
             break;
-        if ((p[i] & 15) != WSLAY_CONNECTION_CLOSE) {
-            hub_conn_write_urgent(ws->conn, p + i, flen);
+        if ((p[i] & 15) == WSLAY_PONG) {
+            /* Only the most recent ping needs an answer (RFC 6455 5.5.3):
+             * a pong still waiting in the queue is replaced, so a peer that
+             * floods pings without reading holds one pong, not one each. */
+            if (ws_urgent_result(ws, hub_conn_write_urgent_latest(ws->conn, p + i, flen)) != 0)
+                break;
+        } else if ((p[i] & 15) != WSLAY_CONNECTION_CLOSE) {
+            if (ws_urgent_result(ws, hub_conn_write_urgent(ws->conn, p + i, flen)) != 0)
+                break;
         } else if (!ws->closing) {
             /* wslay answers the peer's close, or gives up on a protocol
              * error (reading disabled): then the connection ends with it. */
@@ -268,7 +289,7 @@ void hub_ws_free(struct hub_ws *ws)
 static void ws_write_ping(struct hub_ws *ws)
 {
     static const uint8_t ping[2] = {0x80 | WSLAY_PING, 0};
-    hub_conn_write_urgent(ws->conn, ping, sizeof(ping));
+    ws_urgent_result(ws, hub_conn_write_urgent(ws->conn, ping, sizeof(ping)));
 }
 
 /* The close is in the queue: end the connection once it is written if the
@@ -434,20 +455,26 @@ int hub_ws_send_frame(struct hub_ws *ws, struct hub_shared *frame)
     if (ws->close_sent || ws->finished)
         return HUB_ECLOSED;
     int rc = hub_conn_send(ws->conn, frame);
-    if (rc == 0) {
+    if (rc == 0)
         hub_metrics.messages_out++;
-    } else if (rc == HUB_ENOBUFS) {
-        /* The client does not read fast enough for what its rooms produce.
-         * Its backlog is dropped and 4008 tells it that a reconnect (and a
-         * resume from its last offset) is fine; if it does not even read the
-         * close frame, the close timeout cuts it. */
-        hub_log_info("closing slow client %s (%zu bytes queued)", hub_conn_peer(ws->conn),
-                     ws->conn->out.bytes);
-        hub_metrics.slow_closes++;
-        hub_conn_drop_backlog(ws->conn);
-        hub_ws_close(ws, HUB_WS_SLOW_CLIENT, "slow client");
-    }
+    else if (rc == HUB_ENOBUFS)
+        ws_slow(ws);
     return rc;
+}
+
+/* The client does not read fast enough for what its rooms (or its own
+ * pings) produce. Its backlog is dropped and 4008 tells it that a reconnect
+ * (and a resume from its last offset) is fine; if it does not even read the
+ * close frame, the close timeout cuts it. */
+static void ws_slow(struct hub_ws *ws)
+{
+    if (ws->closing || ws->finished)
+        return;
+    hub_log_info("closing slow client %s (%zu bytes queued)", hub_conn_peer(ws->conn),
+                 ws->conn->out.bytes);
+    hub_metrics.slow_closes++;
+    hub_conn_drop_backlog(ws->conn);
+    hub_ws_close(ws, HUB_WS_SLOW_CLIENT, "slow client");
 }
 
 int hub_ws_send(struct hub_ws *ws, int opcode, const void *data, size_t len)

@@ -12,9 +12,12 @@
  *   consume or copy them before returning. No idle connection holds a read
  *   buffer.
  * - Output is corked: sends only queue; the hub_io flushes each connection
- *   that has output once per loop iteration (a uv_check handle), with at most
- *   one uv_write in flight per connection. Its request comes from a pool in
- *   the io, so idle connections do not carry one.
+ *   that has output right after the loop has processed I/O (a uv_check
+ *   handle) and again just before the loop sleeps (a uv_prepare handle, like
+ *   Redis's beforeSleep), so output queued from timer and close callbacks
+ *   leaves in the same loop iteration instead of waiting for the next
+ *   wake-up. At most one uv_write is in flight per connection. Its request
+ *   comes from a pool in the io, so idle connections do not carry one.
  * - A connection is freed only after libuv's close callback: hub_conn_close
  *   marks it closing, and on_close fires from the close callback, after which
  *   the owner may free the memory. on_close fires exactly once.
@@ -27,7 +30,21 @@
  * - Output limits: past the hard limit sends fail at once; past the soft
  *   limit they fail once the queue has stayed above it for soft_hold_ms.
  *   Control frames use hub_conn_write_urgent and go ahead of queued output
- *   that has not started, so a backlog never delays a pong.
+ *   that has not started, so a backlog never delays a pong. Urgent bytes
+ *   count too: they may pass the hard limit by HUB_CONN_URGENT_ALLOWANCE
+ *   only. Only hub_conn_write_force ignores the limit, for the one frame or
+ *   response that ends a connection.
+ * - Backpressure: a connection whose queue passes its high watermark stops
+ *   reading; once the queue drains to its low watermark, reading resumes.
+ *   A peer that sends requests (HTTP, pings) without reading the answers
+ *   therefore stops being read instead of growing the queue. This is
+ *   independent of hub_conn_pause: reading runs only when neither asks for
+ *   a pause. A read that fills the whole lent buffer also stops reading
+ *   until the io's next flush, so one connection is read at most one buffer
+ *   per loop iteration and what that input produced (a room's fan-out) is
+ *   written before more is read.
+ * - Accounting: hub_metrics.output_queued is the sum of out.bytes over
+ *   every attached connection (the chathub_output_queued_bytes gauge).
  */
 #ifndef HUB_CONN_H
 #define HUB_CONN_H
@@ -62,7 +79,15 @@ enum hub_conn_flags {
     HUB_CONN_WRITING = 1u << 3,           /* a uv_write is in flight */
     HUB_CONN_READ_STOPPED = 1u << 4,      /* reading paused */
     HUB_CONN_SHUTDOWN = 1u << 5,          /* output done, TCP shutdown under way */
+    HUB_CONN_PAUSED_OWNER = 1u << 6,      /* hub_conn_pause(c, 1) is in force */
+    HUB_CONN_PAUSED_OUTPUT = 1u << 7,     /* the queue passed the high watermark */
+    HUB_CONN_ACCEPTED = 1u << 8,          /* hub_conn_accept succeeded: reads are managed */
+    HUB_CONN_PAUSED_BATCH = 1u << 9,      /* a full read buffer: more after the next flush */
 };
+
+/* Bytes an urgent frame may queue past the hard output limit: room for a
+ * pong, a ping and a close, never for a stream of them. */
+#define HUB_CONN_URGENT_ALLOWANCE 1024
 
 struct hub_conn {
     uv_tcp_t tcp;                   /* the socket; tcp.data points back at this conn */
@@ -81,6 +106,8 @@ struct hub_conn {
     uint64_t over_soft_since;       /* loop time the queue passed soft_limit, 0 = below */
     size_t soft_limit;              /* queue bytes tolerated for soft_hold_ms (0 = off) */
     uint32_t soft_hold_ms;          /* how long the queue may stay above soft_limit */
+    size_t high_water;              /* queue bytes above which reading pauses (0 = never) */
+    size_t low_water;               /* queue bytes at or below which reading resumes */
 };
 
 /* Creates the loop-wide state: the lent read buffer and the flush handle.
@@ -96,8 +123,10 @@ void hub_io_close(struct hub_io *io);
 uv_loop_t *hub_io_loop(struct hub_io *io);
 
 /* Prepares c (zeroed by this call) for accept: initialises the tcp handle on
- * io's loop, with out's byte limit set to out_limit (0 = none). Returns 0 or
- * HUB_EIO. After success c must be closed with hub_conn_close. */
+ * io's loop, with out's byte limit set to out_limit (0 = none) and the read
+ * watermarks at half and a quarter of it (hub_conn_set_watermarks changes
+ * them). Returns 0 or HUB_EIO. After success c must be closed with
+ * hub_conn_close. */
 int hub_conn_init(struct hub_conn *c, struct hub_io *io, size_t out_limit);
 
 /* Prepares a detached conn for tests: no socket, sends only queue. */
@@ -106,6 +135,17 @@ void hub_conn_init_detached(struct hub_conn *c, size_t out_limit);
 /* Accepts a pending connection from server into c and starts reading.
  * Returns 0 or HUB_EIO (then close c). */
 int hub_conn_accept(struct hub_conn *c, uv_stream_t *server);
+
+/* Accepts the pending connection of server and closes it at once, without
+ * allocating: for when the memory for a hub_conn cannot be had. libuv stops
+ * watching a listener whose connection callback did not accept, so a
+ * callback that cannot take a connection must call this. The io keeps one
+ * spare handle for it; while that spare is still closing, the rejection is
+ * remembered and done from the spare's close callback (server must stay
+ * open or closing until then, which an embedded listener does). Returns 0
+ * (rejected, or rejection deferred) or HUB_EIO (no connection was pending,
+ * or the accept failed: nothing to undo). */
+int hub_io_reject(struct hub_io *io, uv_stream_t *server);
 
 /* Queues a reference to chunk (the caller keeps its own). Returns 0,
  * HUB_ENOBUFS when the output limit would be passed (nothing queued: the
@@ -117,9 +157,22 @@ int hub_conn_send(struct hub_conn *c, struct hub_shared *chunk);
 int hub_conn_write(struct hub_conn *c, const void *data, size_t len);
 
 /* Queues a copy of len bytes ahead of every queued chunk that has not
- * started going out (control frames: pong, ping). Ignores the limits.
- * Returns 0, HUB_ECLOSED, HUB_ENOMEM. */
+ * started going out (control frames: pong, ping), behind the urgent frames
+ * already waiting there. The soft limit does not apply, and the hard limit
+ * only from HUB_CONN_URGENT_ALLOWANCE bytes past it. Returns 0, HUB_ENOBUFS
+ * (nothing queued: the peer does not read even its control frames),
+ * HUB_ECLOSED, HUB_ENOMEM. data is copied. */
 int hub_conn_write_urgent(struct hub_conn *c, const void *data, size_t len);
+
+/* Like hub_conn_write_urgent, except that once HUB_CONN_LATEST_KEEP frames
+ * queued by this function wait unsent, the newest of them is replaced in
+ * place by the new one rather than joined by it. For pongs: RFC 6455 section
+ * 5.5.3 lets an endpoint answer only the most recent ping, so a peer that
+ * floods pings without reading holds at most HUB_CONN_LATEST_KEEP unsent
+ * pongs, while one that sends a few pings at once still gets an answer to
+ * each. Same returns. */
+#define HUB_CONN_LATEST_KEEP 16
+int hub_conn_write_urgent_latest(struct hub_conn *c, const void *data, size_t len);
 
 /* Drops queued output that has not started going out (a slow client's
  * backlog, before its close frame is queued). */
@@ -135,8 +188,10 @@ uint64_t hub_conn_now(const struct hub_conn *c);
  * held more than bytes for hold_ms. */
 void hub_conn_set_soft_limit(struct hub_conn *c, size_t bytes, uint32_t hold_ms);
 
-/* Queues a copy of len bytes even past the output limit (for the few bytes
- * of a close frame or an error response). Returns 0, HUB_ECLOSED, HUB_ENOMEM. */
+/* Queues a copy of len bytes even past the output limit. Only for the few
+ * bytes that end the connection (a close frame, the error response before a
+ * close, a 503 to a connection turned away): everything else goes through
+ * the limit. Returns 0, HUB_ECLOSED, HUB_ENOMEM. */
 int hub_conn_write_force(struct hub_conn *c, const void *data, size_t len);
 
 /* Closes after everything queued so far is written (or at once if the peer
@@ -152,8 +207,37 @@ void hub_conn_close(struct hub_conn *c);
  * call ("?" when unknown, "detached" for a detached conn). */
 const char *hub_conn_peer(const struct hub_conn *c);
 
-/* Pauses or resumes reading (backpressure on a client that sends too much). */
-void hub_conn_pause(struct hub_conn *c, int paused);
+/* Sets the read watermarks: reading stops once more than high bytes are
+ * queued and resumes once at most low are (low <= high; high 0 = never
+ * pause for output). Takes effect at the next change of the queue. */
+void hub_conn_set_watermarks(struct hub_conn *c, size_t high, size_t low);
+
+/* Pauses (paused != 0) or resumes reading at the owner's request
+ * (backpressure on a client that sends too much). Reading actually resumes
+ * only when the output watermarks do not hold it too. A no-op for a detached
+ * or closing conn, or before hub_conn_accept. Returns 0, or HUB_EIO when
+ * libuv cannot start reading again: then the connection is closed (on_close
+ * follows). */
+int hub_conn_pause(struct hub_conn *c, int paused);
+
+/* Returns 1 while reading is stopped, for whichever reason. */
+static inline int hub_conn_reading_paused(const struct hub_conn *c)
+{
+    return (c->flags & HUB_CONN_READ_STOPPED) != 0;
+}
+
+/* Writes the limit key of a peer address into out (at least
+ * HUB_CONN_ADDR_KEY_SIZE bytes): IPv4 addresses stand for themselves, an
+ * IPv4-mapped IPv6 address counts as its IPv4 address, and any other IPv6
+ * address stands for its /64 (written "2001:db8:1:2::/64"), since one host
+ * or subscriber is routinely given a whole /64. Returns 0, or HUB_EINVAL
+ * for another address family (out is then "?"). sa is borrowed. */
+#define HUB_CONN_ADDR_KEY_SIZE 64
+int hub_conn_addr_key(const struct sockaddr *sa, char *out, size_t outsz);
+
+/* Writes the limit key of c's peer (see hub_conn_addr_key) into out.
+ * Returns 0, HUB_EINVAL (out "detached" or "?") when unknown. */
+int hub_conn_peer_key(const struct hub_conn *c, char *out, size_t outsz);
 
 /* Returns 1 once hub_conn_close or hub_conn_close_after_flush was called. */
 static inline int hub_conn_closing(const struct hub_conn *c)

@@ -20,6 +20,7 @@ enum hub_refusal {
     HUB_REFUSE_PER_IP,            /* 503: per-IP limit reached */
     HUB_REFUSE_DRAINING,          /* 503: shutting down */
     HUB_REFUSE_TIMEOUT,           /* handshake deadline passed */
+    HUB_REFUSE_NOMEM,             /* no memory for the connection: accepted and closed */
     HUB_REFUSE_COUNT
 };
 
@@ -41,6 +42,9 @@ struct hub_metrics {
     uint64_t slow_closes;               /* clients closed for not reading (4008) */
     uint64_t rate_limited;              /* requests refused by the rate limit */
     uint64_t heartbeat_closes;          /* clients dropped for not answering pings */
+    uint64_t output_queued;             /* bytes queued to all connections, unsent (gauge) */
+    uint64_t read_pauses;               /* times a connection stopped being read: output over
+                                           its high watermark */
     uint64_t refused[HUB_REFUSE_COUNT]; /* refused handshakes by reason */
 #define X(code) uint64_t close_##code;
     HUB_METRICS_CLOSE_CODES

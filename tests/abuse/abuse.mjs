@@ -1,6 +1,8 @@
 // Abuse: hostile or broken clients in numbers. Throughout each case the hub
-// keeps serving ordinary clients, and afterwards its resident memory
-// (VmRSS) returns near its baseline (within baseline + 20 MB). Figures are
+// keeps serving ordinary clients, and afterwards nothing is left queued to
+// anyone (the chathub_output_queued_bytes gauge is back to 0, which holds
+// under AddressSanitizer too) and, outside the sanitizer leg, its resident
+// memory (VmRSS) is near its baseline (within baseline + 20 MB). Figures are
 // printed as "# ..." lines.
 import net from 'node:net';
 import { startServer } from '../integration/lib.mjs';
@@ -26,7 +28,20 @@ async function warmBaseline(s) {
 // nothing about the hub's own memory: the figures are printed, not judged.
 const SANITIZED = !!process.env.CHATHUB_SANITIZED;
 
+// Bytes queued to all connections, from the hub's own gauge.
+async function queuedBytes(s) {
+  const v = (await metrics(s.port)).chathub_output_queued_bytes;
+  assert.equal(typeof v, 'number', 'chathub_output_queued_bytes is exported');
+  return v;
+}
+
 async function checkRssAfter(s, baseline, label) {
+  // Nothing is queued any more once every abusive connection is gone: this
+  // is judged in both legs. (The /metrics response is rendered before it is
+  // queued, so it does not count itself.)
+  const q = await eventually(async () => ((await queuedBytes(s)) === 0 ? 'empty' : null), 8000,
+    `${label}: chathub_output_queued_bytes back to 0`);
+  assert.equal(q, 'empty');
   // Give closes and frees a moment; then read it a few times.
   let after = rssKiB(s.proc.pid);
   for (let i = 0; i < 10 && after > baseline + RSS_SLACK_KIB; i++) {
@@ -171,7 +186,14 @@ testCase('a client that never reads while its room is flooded: bounded memory, c
     });
   });
   let peak = 0;
-  const sampler = setInterval(() => { peak = Math.max(peak, rssKiB(s.proc.pid)); }, 100);
+  let qpeak = 0;
+  let sampling = false;
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, rssKiB(s.proc.pid));
+    if (sampling) return;
+    sampling = true;
+    queuedBytes(s).then((q) => { qpeak = Math.max(qpeak, q); }, () => {}).finally(() => { sampling = false; });
+  }, 100);
   const t0 = Date.now();
   try {
     // Paced by the slowest reader (a window of 64 messages, 256 KiB), so
@@ -188,7 +210,12 @@ testCase('a client that never reads while its room is flooded: bounded memory, c
   } finally {
     clearInterval(sampler);
   }
-  console.log(`# flood: ${M} x ${SIZE} B in ${Date.now() - t0} ms; peak VmRSS during flood ${(peak / MB).toFixed(1)} MB (baseline ${(baseline / MB).toFixed(1)} MB)`);
+  console.log(`# flood: ${M} x ${SIZE} B in ${Date.now() - t0} ms; peak VmRSS during flood ${(peak / MB).toFixed(1)} MB (baseline ${(baseline / MB).toFixed(1)} MB); peak queued ${qpeak} B`);
+  // Every queue is capped by --max-output (1 MiB, plus the urgent allowance)
+  // and the readers' by the pacing window: judged on the hub's own count,
+  // in both legs. The flood itself was 16 MB.
+  assert.ok(qpeak > 0, 'the queued-bytes samples saw the backlog');
+  assert.ok(qpeak <= (READERS + 2) * (1024 * 1024 + 1024), `peak queued ${qpeak} B`);
   assert.deepEqual(bad, [], 'messages in order and intact');
   assert.deepEqual(counts, all.map(() => M), 'every reading client got exactly every message');
   // Bounded: the sleeper's queue is capped by --max-output (1 MiB), and the
@@ -209,6 +236,107 @@ testCase('a client that never reads while its room is flooded: bounded memory, c
   sleeper.destroy();
   await checkRssAfter(s, baseline, 'non-reader flood');
 }, { timeout: 60000 });
+
+// Writes up to total bytes of chunk repeated to sock, which never reads,
+// while sample() runs every 100 ms; stops early once the hub has stopped
+// reading (no drain for stallMs). Returns {sent, stalled}.
+async function floodWrites(sock, chunk, total, sample, stallMs = 2000) {
+  let sent = 0;
+  let stalled = false;
+  const sampler = setInterval(sample, 100);
+  try {
+    while (sent < total) {
+      const ok = sock.write(chunk);
+      sent += chunk.length;
+      if (ok) continue;
+      const drained = await Promise.race([
+        new Promise((r) => sock.once('drain', () => r(true))),
+        sleep(stallMs).then(() => false),
+      ]);
+      if (!drained) { stalled = true; break; }
+    }
+  } finally {
+    clearInterval(sampler);
+  }
+  return { sent, stalled, taken: sock.bytesWritten - sock.writableLength };
+}
+
+// A sampler of the hub's VmRSS and queued-bytes gauge.
+function memorySampler(s) {
+  const st = { rss: 0, queued: 0, busy: false };
+  st.sample = () => {
+    st.rss = Math.max(st.rss, rssKiB(s.proc.pid));
+    if (st.busy) return;
+    st.busy = true;
+    queuedBytes(s).then((q) => { st.queued = Math.max(st.queued, q); }, () => {})
+      .finally(() => { st.busy = false; });
+  };
+  return st;
+}
+
+const FLOOD_RSS_KIB = 16 * MB; // the issue's bound on the hub's growth
+// One connection's queue may hold --max-output plus the urgent allowance;
+// the sampler's own /metrics response and a visitor's bytes come on top.
+const QUEUE_BOUND = 1024 * 1024 + 1024 + 64 * 1024;
+
+testCase('one connection pipelining 40 MB of GET /nope without reading: bounded, others served', async () => {
+  const s = await startServer([]);
+  const baseline = await warmBaseline(s);
+  const sock = await connectRaw(s.port);
+  sock.on('error', () => {});
+  sock.pause(); // never reads
+  const mem = memorySampler(s);
+  const chunk = Buffer.from('GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'.repeat(2048), 'latin1');
+  const visits = (async () => { for (let i = 0; i < 3; i++) { await sleep(300); await visitor(s, `pipeline-${i}`); } })();
+  const r = await floodWrites(sock, chunk, 40e6, mem.sample);
+  await visits;
+  mem.sample();
+  await sleep(300);
+  mem.sample();
+  const m = await metrics(s.port);
+  console.log(`# 404 pipelining: offered ${(r.sent / 1e6).toFixed(1)} MB, taken by the kernel ${(r.taken / 1e6).toFixed(1)} MB, ` +
+    `hub stopped reading: ${r.stalled}; peak VmRSS ${(mem.rss / MB).toFixed(1)} MB (baseline ${(baseline / MB).toFixed(1)} MB); ` +
+    `peak queued ${mem.queued} B; read pauses ${m.chathub_read_pauses_total}`);
+  assert.ok(r.stalled, 'the hub stopped reading from a client that does not read its responses');
+  assert.ok(mem.queued > 0 && mem.queued <= QUEUE_BOUND, `peak queued ${mem.queued} B (bound ${QUEUE_BOUND})`);
+  if (!SANITIZED)
+    assert.ok(mem.rss <= baseline + FLOOD_RSS_KIB, `peak VmRSS ${mem.rss} KiB vs baseline ${baseline} KiB`);
+  await assertServing(s, 'during the pipelining flood');
+  sock.destroy();
+  await checkRssAfter(s, baseline, '404 pipelining');
+}, { timeout: 60000 });
+
+testCase('one WebSocket sending 30 MB of 125-byte pings without reading: a few pongs queued, others served', async () => {
+  const s = await startServer([]);
+  const baseline = await warmBaseline(s);
+  const p = await WsPeer.open(s.port, '/ws/pingflood');
+  const sock = p.c.sock;
+  sock.on('error', () => {});
+  sock.pause(); // never reads again
+  const mem = memorySampler(s);
+  // Masked pings with a zero mask key, so the payload is sent as is.
+  const one = Buffer.concat([Buffer.from([0x89, 0x80 | 125, 0, 0, 0, 0]), Buffer.alloc(125, 0x70)]);
+  const chunk = Buffer.concat(Array(512).fill(one));
+  const visits = (async () => { for (let i = 0; i < 3; i++) { await sleep(200); await visitor(s, `ping-${i}`); } })();
+  const r = await floodWrites(sock, chunk, 30e6, mem.sample);
+  await visits;
+  await sleep(300);
+  await eventually(() => !mem.busy, 5000, 'the last sample');
+  const q = await queuedBytes(s);
+  console.log(`# ping flood: offered ${(r.sent / 1e6).toFixed(1)} MB, taken by the kernel ${(r.taken / 1e6).toFixed(1)} MB, ` +
+    `hub stopped reading: ${r.stalled}; peak VmRSS ${(mem.rss / MB).toFixed(1)} MB (baseline ${(baseline / MB).toFixed(1)} MB); ` +
+    `peak queued ${mem.queued} B, now ${q} B`);
+  assert.ok(r.taken >= 1e6, 'the pings reached the hub');
+  // What is left: the pongs a uv_write has in flight and at most sixteen
+  // unsent ones behind them (2 + 125 bytes each), which newer pings replace.
+  assert.ok(q <= 2 * 16 * 127, `queued after the flood: ${q} B`);
+  assert.ok(mem.queued <= QUEUE_BOUND, `peak queued ${mem.queued} B`);
+  if (!SANITIZED)
+    assert.ok(mem.rss <= baseline + FLOOD_RSS_KIB, `peak VmRSS ${mem.rss} KiB vs baseline ${baseline} KiB`);
+  await assertServing(s, 'after the ping flood');
+  p.destroy();
+  await checkRssAfter(s, baseline, 'ping flood');
+}, { timeout: 90000 });
 
 testCase('a JSON client flooding over the rate limit gets rate_limited then 4013; others unaffected', async () => {
   const s = await startServer([]); // --rate 20 --burst 40

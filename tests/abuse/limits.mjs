@@ -119,16 +119,45 @@ testCase('--max-headers 10: 10 header lines upgrade, 11 -> 431 and closed', asyn
   await assertServing(s);
 });
 
-testCase('--handshake-timeout 1: half a request is closed after ~1 s (and counted)', async () => {
+testCase('--handshake-timeout 1: half a request is closed at its deadline, in deadline order (and counted)', async () => {
+  // Judged by the order of events, not by a window of elapsed time: the
+  // deadlines (1 s after the connection or its last complete request, on a
+  // wheel of 500 ms ticks) of connections opened 700 ms apart fall in
+  // different ticks, so they close in the order they were opened, while a
+  // connection that completes a request every 300 ms is never cut.
   const s = await startServer(['--handshake-timeout', '1']);
+  const order = [];
+  const at = {};
+  const watch = (c, name) => c.sock.once('close', () => { order.push(name); at[name] = Date.now(); });
   const half = await RawHttp.connect(s.port);
   const silent = await RawHttp.connect(s.port);
   const t0 = Date.now();
+  watch(half, 'half');
+  watch(silent, 'silent');
   await half.write('GET /ws/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n');
-  await Promise.all([half.waitClosed(4000), silent.waitClosed(4000)]);
-  const ms = Date.now() - t0;
-  console.log(`# half request and silent connection closed after ${ms} ms (--handshake-timeout 1)`);
-  assert.ok(ms >= 800 && ms <= 3000, `closed after ${ms} ms, expected about 1000`);
+  const keeper = await RawHttp.connect(s.port);
+  watch(keeper, 'keeper');
+  await sleep(700);
+  const late = await RawHttp.connect(s.port);
+  watch(late, 'late');
+  let keeps = 0;
+  const keep = async () => {
+    while (!late.ended) {
+      await keeper.write('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+      const r = await keeper.readResponse();
+      assert.equal(r.status, 200, 'the keeper is served');
+      keeps++;
+      await sleep(300);
+    }
+  };
+  await Promise.all([half.waitClosed(4000), silent.waitClosed(4000), late.waitClosed(5000), keep()]);
+  console.log(`# close order ${JSON.stringify(order)}, after ${order.map((n) => at[n] - t0).join(', ')} ms ` +
+    `(--handshake-timeout 1); the keeper was served ${keeps} requests meanwhile`);
+  assert.deepEqual(order.slice(0, 2).sort(), ['half', 'silent'], 'the first two deadlines close first');
+  assert.equal(order[2], 'late', 'the connection opened 700 ms later closes after them');
+  assert.ok(!keeper.ended, 'a connection that completes its requests in time stays open');
+  assert.ok(keeps >= 3, `the keeper made requests throughout (${keeps})`);
+  keeper.destroy();
   const resp = half.buf.toString('latin1');
   assert.ok(resp === '' || /^HTTP\/1\.1 408 /.test(resp), `unexpected bytes before the close: ${JSON.stringify(resp)}`);
   // A complete request in time is served, and a WebSocket is not subject to it.

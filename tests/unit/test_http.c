@@ -943,6 +943,49 @@ static void test_respond_direct(void)
     hub_outq_free(&c.out);
 }
 
+/* Pipelined requests for missing pages on a connection that never reads:
+ * the 404s that keep the connection open go through the output limit, and
+ * the first that does not fit ends the connection (it is never forced past
+ * the limit). A request that ends the connection gets its error response
+ * even over the limit. */
+static void test_pipelined_errors_limit(void)
+{
+    struct hub_http_config cfg = default_cfg();
+    struct hub_buf script = {0};
+    for (int i = 0; i < 200; i++)
+        hub_buf_puts(&script, "GET /nope HTTP/1.1\r\nHost: h\r\n\r\n");
+    struct outcome o;
+    run_script(&cfg, 0, 4096, script.data, script.len, NULL, 0, 0, &o);
+    /* Each 404 is under 512 bytes: as many as fit, and no more. */
+    CHECK(o.out_len <= 4096);
+    CHECK(count_of(o.out, "HTTP/1.1 404 Not Found") < 200);
+    CHECK(count_of(o.out, "HTTP/1.1 404 Not Found") >= 4096 / 512);
+    CHECK_EQ(o.result, HUB_HTTP_CLOSE);
+    CHECK(o.closing);
+    outcome_free(&o);
+    /* A malformed request gets its 400 and the close even past the limit,
+     * as does a 404 that ends the connection; a 200 does not. */
+    script.len = 0;
+    hub_buf_puts(&script, "BAD\r\n\r\n");
+    run_script(&cfg, 0, 10, script.data, script.len, NULL, 0, 0, &o);
+    CHECK_EQ(count_of(o.out, "HTTP/1.1 400 Bad Request"), 1);
+    CHECK(o.closing);
+    outcome_free(&o);
+    script.len = 0;
+    hub_buf_puts(&script, "GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n");
+    run_script(&cfg, 0, 10, script.data, script.len, NULL, 0, 0, &o);
+    CHECK_EQ(count_of(o.out, "HTTP/1.1 404 Not Found"), 1);
+    CHECK(o.closing);
+    outcome_free(&o);
+    script.len = 0;
+    hub_buf_puts(&script, "GET /style.css HTTP/1.1\r\nConnection: close\r\n\r\n");
+    run_script(&cfg, 0, 10, script.data, script.len, NULL, 0, 0, &o);
+    CHECK_EQ(o.out_len, 0);
+    CHECK(o.closing);
+    outcome_free(&o);
+    hub_buf_free(&script);
+}
+
 int main(void)
 {
     if (uv_loop_init(&loop) != 0)
@@ -953,6 +996,7 @@ int main(void)
     test_errors();
     test_limits();
     test_pipelining();
+    test_pipelined_errors_limit();
     test_upgrade();
     test_check_websocket();
     test_respond_direct();

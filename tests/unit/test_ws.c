@@ -4,6 +4,7 @@
  * delivered and the frames queued must not depend on the split.
  */
 #include "check.h"
+#include "hub/conn.h"
 #include "hub/ws.h"
 #include "ws_script.h"
 
@@ -319,9 +320,45 @@ static void test_fragment_limit(void)
     hub_buf_free(&s);
 }
 
+/* A ping flood answered by the latest pong only (RFC 6455 5.5.3): once
+ * HUB_CONN_LATEST_KEEP pongs wait in the queue, the answer to a newer ping
+ * replaces the newest, so the queue holds sixteen pongs however many pings
+ * came, whatever the split. */
+static void test_ping_flood_one_pong(void)
+{
+    struct hub_buf s = {0};
+    char pl[8];
+    for (int i = 0; i < 40; i++) {
+        snprintf(pl, sizeof(pl), "p%02d", i);
+        client_frame(&s, 1, 9, pl, 3, 1);
+        if (i == 0)
+            client_frame(&s, 1, 1, "hi", 2, 1);
+    }
+    client_frame(&s, 1, 9, "last", 4, 1);
+    struct run whole;
+    check_splits(&s, 1, &whole);
+    CHECK(log_is(&whole, "T:hi|"));
+    /* The answers to the first pings, then the latest one only, all ahead
+     * of the echo. */
+    size_t off = 0;
+    struct server_frame f;
+    for (int i = 0; i < 15; i++) {
+        snprintf(pl, sizeof(pl), "p%02d", i);
+        CHECK(next_server_frame(&whole.out, &off, &f) && f.opcode == 10 && f.len == 3 &&
+              memcmp(f.payload, pl, 3) == 0);
+    }
+    CHECK(next_server_frame(&whole.out, &off, &f) && f.opcode == 10 && f.len == 4 &&
+          memcmp(f.payload, "last", 4) == 0);
+    CHECK(next_server_frame(&whole.out, &off, &f) && f.opcode == 1 && f.len == 2);
+    CHECK(!next_server_frame(&whole.out, &off, &f));
+    run_free(&whole);
+    hub_buf_free(&s);
+}
+
 int main(void)
 {
     test_messages_and_echo();
+    test_ping_flood_one_pong();
     test_close_handshake();
     test_protocol_errors();
     test_too_big();
