@@ -9,7 +9,8 @@
  * complete (and fire their upcalls) before returning.
  *
  * Invariants:
- * - on_msg fires only for subscribed rooms, and never after close began.
+ * - on_msg fires only for subscribed rooms, also while a close waits for
+ *   the store (a draining hub still delivers what it acknowledges).
  * - Every publish and read holds one count in pending until its store
  *   completion ran; close finishes when pending reaches zero.
  * - A member is in exactly one room's array, at its index, and in the
@@ -228,7 +229,7 @@ static struct hub_iov mpub_part(const struct mpub *pm, int k)
 static void mpub_deliver(struct mpub *pm, uint64_t offset, int64_t ts)
 {
     struct memory_engine *e = pm->e;
-    if (e->base.closing || find_sub(e, mpub_part(pm, 0)) == NULL)
+    if (find_sub(e, mpub_part(pm, 0)) == NULL)
         return;
     struct hub_engine_msg m = {0};
     m.room = mpub_part(pm, 0);
