@@ -38,21 +38,7 @@
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#if defined(__clang__)
-#pragma clang diagnostic push
-#pragma clang diagnostic ignored "-Wstrict-prototypes"
-#pragma clang diagnostic ignored "-Wshadow"
-#elif defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wstrict-prototypes"
-#pragma GCC diagnostic ignored "-Wshadow"
-#endif
-#include <hiredis/adapters/libuv.h>
-#if defined(__clang__)
-#pragma clang diagnostic pop
-#elif defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
+#include <uv.h>
 
 #define OBUF_MAX (32u << 20) /* bytes queued in hiredis's output buffer per connection */
 #define BUFFERED_MAX 10000   /* messages buffered per room during a fill */
@@ -1278,6 +1264,107 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     conn_lost(c, ac->errstr[0] ? ac->errstr : "connection closed");
 }
 
+/* ---- hiredis on the loop ------------------------------------------------ */
+
+/* A uv_poll_t per context, as in hiredis's adapters/libuv.h, with one fix:
+ * libuv reports a socket error (a refused connect, a reset) as a negative
+ * status with no events, which that adapter ignores, so a refused connect
+ * would never complete. Here an error wakes hiredis up as if the socket were
+ * readable and writable; its handlers then find the error. The handles are
+ * counted in e->handles, so hub_engine_close's callback fires only after
+ * every handle the engine made is closed. */
+struct rpoll {
+    uv_poll_t handle;       /* the poll, freed in its close callback */
+    redisAsyncContext *ac;  /* NULL once hiredis cleaned up */
+    struct redis_engine *e; /* for the handle count */
+    int events;             /* UV_READABLE | UV_WRITABLE wanted */
+};
+
+static void rp_io(uv_poll_t *h, int status, int events)
+{
+    struct rpoll *p = h->data;
+    if (status < 0)
+        events = UV_READABLE | UV_WRITABLE;
+    if (p->ac != NULL && (events & UV_READABLE))
+        redisAsyncHandleRead(p->ac);
+    if (p->ac != NULL && (events & UV_WRITABLE))
+        redisAsyncHandleWrite(p->ac);
+}
+
+static void rp_update(struct rpoll *p)
+{
+    if (p->events)
+        uv_poll_start(&p->handle, p->events, rp_io);
+    else
+        uv_poll_stop(&p->handle);
+}
+
+static void rp_add_read(void *privdata)
+{
+    struct rpoll *p = privdata;
+    p->events |= UV_READABLE;
+    rp_update(p);
+}
+
+static void rp_del_read(void *privdata)
+{
+    struct rpoll *p = privdata;
+    p->events &= ~UV_READABLE;
+    rp_update(p);
+}
+
+static void rp_add_write(void *privdata)
+{
+    struct rpoll *p = privdata;
+    p->events |= UV_WRITABLE;
+    rp_update(p);
+}
+
+static void rp_del_write(void *privdata)
+{
+    struct rpoll *p = privdata;
+    p->events &= ~UV_WRITABLE;
+    rp_update(p);
+}
+
+static void rp_closed(uv_handle_t *h)
+{
+    struct rpoll *p = h->data;
+    struct redis_engine *e = p->e;
+    free(p);
+    e->handles--;
+    maybe_closed(e);
+}
+
+static void rp_cleanup(void *privdata)
+{
+    struct rpoll *p = privdata;
+    p->ac = NULL;
+    uv_close((uv_handle_t *)&p->handle, rp_closed);
+}
+
+static int rp_attach(struct redis_engine *e, redisAsyncContext *ac)
+{
+    struct rpoll *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return -1;
+    if (uv_poll_init(e->loop, &p->handle, ac->c.fd) != 0) {
+        free(p);
+        return -1;
+    }
+    p->handle.data = p;
+    p->ac = ac;
+    p->e = e;
+    e->handles++;
+    ac->ev.data = p;
+    ac->ev.addRead = rp_add_read;
+    ac->ev.delRead = rp_del_read;
+    ac->ev.addWrite = rp_add_write;
+    ac->ev.delWrite = rp_del_write;
+    ac->ev.cleanup = rp_cleanup;
+    return 0;
+}
+
 static void conn_start(struct rconn *c)
 {
     struct shard *sh = c->sh;
@@ -1291,7 +1378,7 @@ static void conn_start(struct rconn *c)
         return;
     }
     ac->data = c;
-    if (redisLibuvAttach(ac, sh->e->loop) != REDIS_OK) {
+    if (rp_attach(sh->e, ac) != 0) {
         snprintf(sh->reason, sizeof(sh->reason), "redis %s: cannot attach to the loop", sh->name);
         redisAsyncFree(ac);
         schedule_retry(c);
