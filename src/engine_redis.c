@@ -287,7 +287,7 @@ static struct rreq *req_script(struct shard *sh, int kind, int script, int nkeys
     struct redis_engine *e = sh->e;
     const char *argv[24];
     size_t lens[24];
-    char nk[8];
+    char nk[16];
     int argc = 0;
     if (3 + nkeys + nargs > 24)
         return NULL;
