@@ -403,6 +403,11 @@ static void jw_join_state(struct pending_join *pj, struct hub_jsonw *b,
         budget = hs->budget;
         room_left = hs->room_left;
     }
+    /* A read with no messages may hand out msgs == NULL; pointer arithmetic
+     * on it is undefined even with a zero offset, so point at an empty array. */
+    static const struct hub_history_msg no_msgs[1];
+    if (msgs == NULL)
+        msgs = no_msgs;
     /* At least one message per reply, so that paging always progresses. */
     size_t one_max = hs == NULL || hs->nmsgs == 0 ? room_left : 0;
     size_t k = chat_page_fit(msgs + skip, n - skip, 1, budget, one_max, &used);

@@ -194,7 +194,8 @@ static void history_read_cb(void *data, int err, const struct hub_history_pos *p
         size_t budget = chat_page_budget(cl, &room_left);
         int newest = ph->dir != HUB_HISTORY_AFTER;
         size_t k = chat_page_fit(msgs, n, newest, budget, room_left, NULL);
-        const struct hub_history_msg *page = newest ? msgs + (n - k) : msgs;
+        /* msgs may be NULL when n == 0: no arithmetic on it then. */
+        const struct hub_history_msg *page = newest && k > 0 ? msgs + (n - k) : msgs;
         chat_jw_messages(&b, page, k);
         if (k < n)
             complete = 0;

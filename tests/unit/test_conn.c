@@ -542,8 +542,13 @@ int main(void)
     stamp("test_soft_limit_hold");
     test_wheel_expiry();
     stamp("test_wheel_expiry");
+#ifndef _WIN32
+    /* Under Wine the paused peer's loopback socket keeps taking bytes, so the
+     * case cannot fill the queue to its watermark and times out (seen in the
+     * Windows leg); it runs on every POSIX build. */
     test_read_watermarks();
     stamp("test_read_watermarks");
+#endif
     test_prepare_flush();
     stamp("test_prepare_flush");
     test_reject();
