@@ -409,6 +409,7 @@ static void test_read_watermarks(void)
     hub_shared_unref(big);
     teardown();
 }
+#endif
 
 static void on_queue_timer(uv_timer_t *t)
 {
@@ -423,7 +424,6 @@ static void on_dummy_closed(uv_handle_t *h)
     E.checks_at_queue = E.checks;
     CHECK_EQ(hub_conn_write(&E.conn, "gone", 4), 0);
 }
-#endif
 
 /* Output queued by a timer callback or a close callback (which libuv runs
  * outside the poll phase) is written before the loop sleeps: the peer reads
