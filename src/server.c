@@ -401,9 +401,12 @@ static void render_engine_metrics(struct hub_buf *b, struct hub_engine *e)
     struct hub_engine_stats st;
     hub_engine_stats(e, &st);
     hub_buf_printf(b,
-                   "# HELP chathub_engine_ready 1 when the engine serves requests.\n"
-                   "# TYPE chathub_engine_ready gauge\nchathub_engine_ready{engine=\"%s\"} %d\n",
-                   st.kind, st.state == HUB_ENGINE_READY);
+                   "# HELP chathub_engine_info The engine this hub uses, and its node id.\n"
+                   "# TYPE chathub_engine_info gauge\n"
+                   "chathub_engine_info{engine=\"%s\",node=\"%s\"} 1\n",
+                   st.kind, hub_engine_node_id(e));
+    engine_row(b, "gauge", "chathub_engine_ready", "1 when the engine serves requests.",
+               st.state == HUB_ENGINE_READY);
     engine_row(b, "gauge", "chathub_engine_shards", "Redis servers the engine uses.", st.shards);
     engine_row(b, "gauge", "chathub_engine_shards_ready", "Redis servers connected.",
                st.shards_ready);
