@@ -20,22 +20,22 @@
 /* ---- the fake engine ------------------------------------------------- */
 
 struct fake {
-    struct hub_engine base;         /* must be first */
-    int publish_rc;                 /* what publish returns (0: held for the test) */
-    hub_engine_publish_cb pub_cb;   /* the held publish */
-    void *pub_data;                 /* its argument */
-    char pub_text[64];              /* its text */
-    int members_rc;                 /* what members returns */
-    struct hub_engine_member m[4];  /* what members lists */
-    size_t nm;                      /* entries in m */
-    uint64_t total;                 /* the total it reports */
-    hub_engine_done_cb claim_cb;    /* the held claim */
-    void *claim_data;               /* its argument */
-    char claimed[64];               /* its nick */
-    char released[64];              /* the last nick released */
-    char released_by[64];           /* by whom */
-    int subs;                       /* subscribed rooms */
-    int joins, leaves;              /* presence calls */
+    struct hub_engine base;        /* must be first */
+    int publish_rc;                /* what publish returns (0: held for the test) */
+    hub_engine_publish_cb pub_cb;  /* the held publish */
+    void *pub_data;                /* its argument */
+    char pub_text[64];             /* its text */
+    int members_rc;                /* what members returns */
+    struct hub_engine_member m[4]; /* what members lists */
+    size_t nm;                     /* entries in m */
+    uint64_t total;                /* the total it reports */
+    hub_engine_done_cb claim_cb;   /* the held claim */
+    void *claim_data;              /* its argument */
+    char claimed[64];              /* its nick */
+    char released[64];             /* the last nick released */
+    char released_by[64];          /* by whom */
+    int subs;                      /* subscribed rooms */
+    int joins, leaves;             /* presence calls */
 };
 
 static void fake_close(struct hub_engine *e, void (*cb)(void *), void *data)
@@ -455,13 +455,13 @@ static void test_upcalls(void)
         "{\"nick\":\"bob\",\"client\":\"n2-c-7\"}]}");
     peer_open(&r, chat, "lobby", HUB_CHAT_RAW);
 
-    struct hub_engine_presence p = {HUB_ENGINE_JOIN, {"lobby", 5}, {"n2-c-8", 6},
-                                    {"carol", 5},    {NULL, 0},    4, 0};
+    struct hub_engine_presence p = {
+        HUB_ENGINE_JOIN, {"lobby", 5}, {"n2-c-8", 6}, {"carol", 5}, {NULL, 0}, 4, 0};
     ev->on_presence(chat, &p);
     HAS(&a, "{\"t\":\"join\",\"room\":\"lobby\",\"nick\":\"carol\",\"client\":\"n2-c-8\"}");
     /* Our own join, echoed by the engine, is not pushed back to us. */
-    struct hub_engine_presence own = {HUB_ENGINE_JOIN, {"lobby", 5}, {"n1-c-1", 6},
-                                      {"alice", 5},    {NULL, 0},    4, 1};
+    struct hub_engine_presence own = {
+        HUB_ENGINE_JOIN, {"lobby", 5}, {"n1-c-1", 6}, {"alice", 5}, {NULL, 0}, 4, 1};
     ev->on_presence(chat, &own);
     CHECK(read_none(&a));
     /* A big room across nodes: a count push with the engine's count. */
