@@ -615,6 +615,11 @@ static void op_dm(struct request *rq)
         return;
     }
     struct hub_chat_client *peer = chat_nick_find(cl->chat, to.base, to.len);
+    if (peer == NULL && cl->chat->id_prefix_len == 0) {
+        /* The memory engine is one node: every nick is in the local table. */
+        chat_send_error(cl, rq->id, "no_such_nick", "no connected client has that nick");
+        return;
+    }
     if (peer == NULL) {
         dm_remote(rq, to);
         return;
@@ -625,17 +630,11 @@ static void op_dm(struct request *rq)
     }
     if (get_text(rq, &text, &cmid) != 0)
         return;
-    /* "@a,b" with both nicks folded and sorted, so both sides name it alike. */
-    char a[HUB_CHAT_NICK_BYTES + 1], b[HUB_CHAT_NICK_BYTES + 1];
-    for (size_t i = 0; i <= cl->nick_len; i++)
-        a[i] = (char)hub_ascii_lower((unsigned char)cl->nick[i]);
-    for (size_t i = 0; i <= peer->nick_len; i++)
-        b[i] = (char)hub_ascii_lower((unsigned char)peer->nick[i]);
+    struct hub_iov me = {cl->nick, cl->nick_len};
     char name[2 * HUB_CHAT_NICK_BYTES + 3];
-    int cmp = strcmp(a, b);
-    int n = snprintf(name, sizeof(name), "@%s,%s", cmp < 0 ? a : b, cmp < 0 ? b : a);
-    struct hub_iov room_name = {name, (size_t)n};
-    struct hub_room *room = hub_rooms_find(cl->chat->rooms, name, (size_t)n);
+    size_t n = dm_room_name(name, me, (struct hub_iov){peer->nick, peer->nick_len});
+    struct hub_iov room_name = {name, n};
+    struct hub_room *room = hub_rooms_find(cl->chat->rooms, name, n);
     uint32_t max = cl->chat->cfg.max_rooms_per_client;
     int cl_in = room != NULL && hub_rooms_is_member(&cl->member, room);
     int peer_in = room != NULL && hub_rooms_is_member(&peer->member, room);
@@ -647,7 +646,6 @@ static void op_dm(struct request *rq)
                             : "the recipient is in the maximum number of rooms");
         return;
     }
-    struct hub_iov me = {cl->nick, cl->nick_len};
     int rc = dm_ensure_member(cl, me, 1, room_name, &room);
     if (rc == 0)
         rc = dm_ensure_member(peer, me, 0, room_name, &room);
