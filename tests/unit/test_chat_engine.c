@@ -4,8 +4,8 @@
  * so), for what the memory engine never does: a nick claim that completes
  * after its client closed, HUB_EAGAIN turned into "unavailable" replies (and
  * raw lines dropped and counted), an epoch change turned into a gap push,
- * presence and messages of clients of another node, and client ids named
- * after the node.
+ * presence and messages of clients of another node, client ids named after
+ * the node, and a join's history read racing on_msg (reconciled by offset).
  */
 #include "../../src/chat_int.h"
 #include "../../src/engine_impl.h"
@@ -34,6 +34,9 @@ struct fake {
     char claimed[64];              /* its nick */
     char released[64];             /* the last nick released */
     char released_by[64];          /* by whom */
+    int hold_reads;                /* 1: reads wait for read_done */
+    hub_history_read_cb read_cb;   /* the held read */
+    void *read_data;               /* its argument */
     int subs;                      /* subscribed rooms */
     int joins, leaves;             /* presence calls */
 };
@@ -77,7 +80,13 @@ static int fake_publish(struct hub_engine *e, const struct hub_engine_pub *p,
 static int fake_read(struct hub_engine *e, struct hub_iov room, int dir, uint64_t pos,
                      unsigned limit, hub_history_read_cb cb, void *data)
 {
-    (void)e, (void)room, (void)dir, (void)pos, (void)limit;
+    (void)room, (void)dir, (void)pos, (void)limit;
+    struct fake *f = (struct fake *)e;
+    if (f->hold_reads) {
+        f->read_cb = cb;
+        f->read_data = data;
+        return 0;
+    }
     struct hub_history_pos p = {"e1", 0, 1};
     cb(data, 0, &p, NULL, 0, 1);
     return 0;
@@ -200,6 +209,25 @@ static void publish_done(struct fake *f, int err)
     f->pub_cb = NULL;
     if (cb != NULL)
         cb(f->pub_data, err, err ? 0 : 1, err ? 0 : 5000, 0);
+}
+
+/* Completes the held read: the room is at last, and holds messages
+ * first..last (texts "m<offset>"). */
+static void read_done(struct fake *f, uint64_t first, uint64_t last)
+{
+    struct hub_history_msg msgs[8];
+    char texts[8][8];
+    size_t n = 0;
+    for (uint64_t o = first; o <= last && n < 8; o++, n++) {
+        int len = snprintf(texts[n], sizeof(texts[n]), "m%llu", (unsigned long long)o);
+        msgs[n] = (struct hub_history_msg){o, 4000, {"bob", 3}, {texts[n], (size_t)len}, {"", 0}};
+    }
+    struct hub_history_pos p = {"e1", last, first};
+    hub_history_read_cb cb = f->read_cb;
+    CHECK(cb != NULL);
+    f->read_cb = NULL;
+    if (cb != NULL)
+        cb(f->read_data, 0, &p, msgs, n, 1);
 }
 
 /* ---- peers (as in test_chat.c) ---------------------------------------- */
@@ -516,8 +544,59 @@ static void test_upcalls(void)
     free_chat(chat, f);
 }
 
+/* A message from on_msg races a join's history read (they come on different
+ * Redis connections): pushes that the read also holds are dropped, later
+ * ones wait behind the reply, so the joiner sees each offset exactly once,
+ * in order. */
+static void test_join_race(void)
+{
+    struct fake *f;
+    struct hub_chat *chat = new_chat(&f);
+    const struct hub_engine_events *ev = &f->base.ev;
+    struct peer a;
+    hello(&a, chat, f, "alice");
+    f->total = 1;
+    f->hold_reads = 1;
+    peer_say(&a, 1, "{\"op\":\"join\",\"id\":2,\"room\":\"lobby\"}");
+    CHECK(read_none(&a)); /* the reply waits for the read */
+    struct hub_engine_msg m = {0};
+    m.room = (struct hub_iov){"lobby", 5};
+    m.from = (struct hub_iov){"bob", 3};
+    m.client = (struct hub_iov){"n2-c-7", 6};
+    char text[8];
+    for (uint64_t o = 2; o <= 4; o++) {
+        m.text = (struct hub_iov){
+            text, (size_t)snprintf(text, sizeof(text), "m%llu", (unsigned long long)o)};
+        m.offset = o;
+        ev->on_msg(chat, &m);
+    }
+    CHECK(read_none(&a)); /* held behind the reply */
+    read_done(f, 1, 3);   /* the read saw up to offset 3 */
+    struct hub_buf log = {0};
+    peer_read(&a, &log);
+    const char *reply =
+        strstr(log.data, "{\"id\":2,\"ok\":true,\"room\":\"lobby\",\"epoch\":\"e1\","
+                         "\"offset\":3,");
+    CHECK(reply == log.data); /* the reply first */
+    CHECK(reply != NULL && strstr(reply, "\"text\":\"m1\"") && strstr(reply, "\"text\":\"m3\""));
+    /* Exactly one push after it: offset 4 (2 and 3 are in the reply). */
+    const char *push = strstr(log.data, "{\"t\":\"msg\"");
+    CHECK(push != NULL && strncmp(push, "{\"t\":\"msg\",\"room\":\"lobby\",\"offset\":4,",
+                                  strlen("{\"t\":\"msg\",\"room\":\"lobby\",\"offset\":4,")) == 0);
+    CHECK(push != NULL && strstr(push + 1, "{\"t\":\"msg\"") == NULL);
+    hub_buf_free(&log);
+    m.offset = 5;
+    m.text = (struct hub_iov){"m5", 2};
+    ev->on_msg(chat, &m);
+    HAS(&a, "\"offset\":5,");
+    CHECK(a.cl->nsubs == 0); /* nothing left to reconcile */
+    peer_close(&a);
+    free_chat(chat, f);
+}
+
 int main(void)
 {
+    test_join_race();
     test_claims();
     test_unavailable();
     test_upcalls();
