@@ -195,6 +195,7 @@ int main(int argc, char **argv)
     size_t norigins = 0;
     const char *redis[HUB_ENGINE_MAX_SHARDS];
     size_t nredis = 0;
+    int history_flag = 0; /* --data-dir or --no-persist was given */
     const struct num_option nums[] = {
         {"--port", 0, 65535, 3, &cfg.port},
         {"--max-message", 1, 1u << 30, 0, &cfg.max_message},
@@ -254,10 +255,12 @@ int main(int argc, char **argv)
             cfg.host = v;
         } else if (strcmp(a, "--no-persist") == 0) {
             cfg.persist = 0;
+            history_flag = 1;
         } else if ((v = option_value(argc, argv, &i, "--data-dir", &missing)) != NULL) {
             if (*v == '\0')
                 return usage_error("invalid --data-dir '': expected a directory");
             cfg.data_dir = v;
+            history_flag = 1;
         } else if ((v = option_value(argc, argv, &i, "--public", &missing)) != NULL) {
             cfg.public_dir = v;
         } else if ((v = option_value(argc, argv, &i, "--welcome", &missing)) != NULL) {
@@ -310,6 +313,9 @@ int main(int argc, char **argv)
     cfg.nallow_origins = norigins;
     cfg.redis_urls = redis;
     cfg.nredis = nredis;
+    if (nredis > 0 && history_flag)
+        hub_log_warn(
+            "--data-dir and --no-persist do not apply with --redis: history lives in Redis");
 
     raise_fd_limit();
 #ifndef _WIN32
