@@ -170,14 +170,15 @@ void hub_chat_config_default(struct hub_chat_config *cfg)
     cfg->ping_interval_s = 25;
 }
 
-/* The engine's readiness changed: worth a line in the operator's log. */
+/* The engine's readiness changed. The engine logs the reason itself; chat
+ * has nothing to change (requests it cannot serve answer "unavailable"). */
 static void chat_on_state(void *data, int ready, const char *reason)
 {
     (void)data;
-    if (ready)
-        hub_log_info("engine ready");
-    else
-        hub_log_warn("engine not ready: %s", reason && reason[0] ? reason : "connecting");
+    hub_log_debug("engine %s%s%s", ready ? "ready" : "not ready", ready ? "" : ": ",
+                  ready    ? ""
+                  : reason ? reason
+                           : "");
 }
 
 void hub_chat_engine_events(struct hub_engine_events *ev)
