@@ -8,6 +8,7 @@
  */
 #include "hub/engine.h"
 #include "hub/log.h"
+#include "hub/redisurl.h"
 #include "hub/server.h"
 
 #include <errno.h>
@@ -280,10 +281,12 @@ int main(int argc, char **argv)
                                 "engine (built without hiredis)\n");
                 return 2;
             }
-            if (strncmp(v, "redis://", 8) != 0 || nredis == HUB_ENGINE_MAX_SHARDS)
-                return usage_error("invalid --redis '%s': expected redis://[:password@]host:port"
-                                   "[/db] (at most %d)",
-                                   v, HUB_ENGINE_MAX_SHARDS);
+            struct hub_redisurl url;
+            char why[160];
+            if (hub_redisurl_parse(v, &url, why, sizeof(why)) != 0)
+                return usage_error("invalid --redis: %s", why);
+            if (nredis == HUB_ENGINE_MAX_SHARDS)
+                return usage_error("at most %d --redis servers", HUB_ENGINE_MAX_SHARDS);
             redis[nredis++] = v;
         } else if ((v = option_value(argc, argv, &i, "--node-id", &missing)) != NULL) {
             if (!valid_node_id(v))
