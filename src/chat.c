@@ -257,6 +257,7 @@ void hub_chat_free(struct hub_chat *chat)
 {
     if (chat == NULL)
         return;
+    chat_dm_tick(chat, 0, 1);
     free_own_engine(chat);
     hub_rooms_free(chat->rooms);
     free(chat->nicks);

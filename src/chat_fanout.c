@@ -211,6 +211,8 @@ void chat_on_presence(void *data, const struct hub_engine_presence *p)
     ev.client = p->client;
     switch (p->kind) {
     case HUB_ENGINE_JOIN:
+        if (chat->dm_waits != NULL && p->room.len > 0 && p->room.base[0] == '@')
+            chat_dm_peer_joined(chat, p->room, p->nick);
         if (p->members > HUB_CHAT_LIST_MAX) {
             count_changed(chat, room, p->members, 0);
             return;
@@ -275,6 +277,8 @@ void chat_on_epoch(void *data, struct hub_iov room, struct hub_iov epoch)
 void hub_chat_tick(struct hub_chat *chat)
 {
     int64_t now = chat_now(chat);
+    if (chat->dm_waits != NULL)
+        chat_dm_tick(chat, now, 0);
     for (size_t i = 0; i < chat->ncounts;) {
         struct count_entry *e = &chat->counts[i];
         struct hub_room *room = hub_rooms_find(chat->rooms, e->name, strlen(e->name));

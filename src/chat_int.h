@@ -35,6 +35,7 @@
 
 struct hub_history_msg;
 struct hello_state;
+struct pending_dm;
 
 #define TYPING_INTERVAL_MS 3000        /* forward at most one typing per client and room */
 #define TYPING_TTL_MS 6000             /* how long a receiver shows it */
@@ -44,6 +45,7 @@ struct hello_state;
 #define CHAT_PAGE_DEFAULT (256 * 1024) /* page bytes without an output limit */
 #define CHAT_PAGE_SLACK 8192           /* output room kept for a reply's other fields */
 #define ROOMS_LIST_MAX 200             /* rooms in a rooms reply */
+#define DM_WAIT_MS 2000                /* a remote dm waits at most this for the peer's join */
 #define ROOMS_ASK_MAX 1000             /* rooms asked of the engine (DM rooms are left out) */
 #define CHAT_ID_MAX (HUB_ENGINE_NODE_ID_MAX + 24) /* bytes in a client id and its NUL */
 
@@ -57,19 +59,20 @@ struct count_entry {
 };
 
 struct hub_chat {
-    struct hub_rooms *rooms;                    /* room registry, owned */
-    struct hub_chat_config cfg;                 /* copied configuration */
-    struct hub_chat_client **nicks;             /* nick table buckets (chained) */
-    size_t nnick_buckets;                       /* power of two */
-    size_t nnicks;                              /* clients in the table */
-    size_t nclients;                            /* live clients */
-    uint64_t client_seq;                        /* ids handed out */
-    uint64_t guest_seq;                         /* guest nicks handed out */
-    struct count_entry *counts;                 /* big rooms, owned */
-    size_t ncounts;                             /* entries in counts */
-    int64_t storage_warned;                     /* when a failed store was last logged */
-    struct hub_engine *engine;                  /* the engine: owned if own_engine, else borrowed */
-    int own_engine;                             /* opened by hub_chat_new over cfg.history */
+    struct hub_rooms *rooms;        /* room registry, owned */
+    struct hub_chat_config cfg;     /* copied configuration */
+    struct hub_chat_client **nicks; /* nick table buckets (chained) */
+    size_t nnick_buckets;           /* power of two */
+    size_t nnicks;                  /* clients in the table */
+    size_t nclients;                /* live clients */
+    uint64_t client_seq;            /* ids handed out */
+    uint64_t guest_seq;             /* guest nicks handed out */
+    struct count_entry *counts;     /* big rooms, owned */
+    size_t ncounts;                 /* entries in counts */
+    int64_t storage_warned;         /* when a failed store was last logged */
+    struct hub_engine *engine;      /* the engine: owned if own_engine, else borrowed */
+    int own_engine;                 /* opened by hub_chat_new over cfg.history */
+    struct pending_dm *dm_waits;    /* remote dms waiting for their peer's join, owned */
     char id_prefix[HUB_ENGINE_NODE_ID_MAX + 2]; /* "<node id>-", or "" (memory engine) */
     size_t id_prefix_len;                       /* bytes in id_prefix */
 };
@@ -348,6 +351,13 @@ void *chat_calloc(size_t size);
 /* The engine's on_invite: puts the local client holding nick in room. */
 void chat_on_invite(void *data, struct hub_iov client, struct hub_iov nick, struct hub_iov room,
                     struct hub_iov from);
+
+/* nick joined room (on_presence): remote dms waiting for that releases go. */
+void chat_dm_peer_joined(struct hub_chat *chat, struct hub_iov room, struct hub_iov nick);
+
+/* Sends the remote dms that waited DM_WAIT_MS for their peer's join (or,
+ * with all, frees every waiting one: the hub is going). */
+void chat_dm_tick(struct hub_chat *chat, int64_t now, int all);
 
 /* Checks that cl may use a room of this name. Returns NULL or the reason. */
 const char *chat_room_problem(const struct hub_chat_client *cl, struct hub_iov room);

@@ -505,45 +505,176 @@ static size_t dm_room_name(char *name, struct hub_iov x, struct hub_iov y)
     return n > 0 ? (size_t)n : 0;
 }
 
-/* A dm to a nick no client of this node holds, waiting for the engine to
- * find its holder's node (which joins it to the room: chat_on_invite). */
+/* A dm to a nick no client of this node holds. The message may go out only
+ * once the peer's node is subscribed to the room, or the peer would miss
+ * it: the peer's join (which its node makes after subscribing) comes back
+ * here as on_presence, and releases the message (chat_dm_peer_joined). If
+ * the peer is a member already, the message goes at once; if its join does
+ * not come within DM_WAIT_MS, the message goes anyway (the peer's client
+ * reads the room on the dm push). */
 struct pending_dm {
+    struct pending_dm *next;    /* in chat->dm_waits while waiting for the join */
     struct hub_chat_client *cl; /* the sender (a reference) */
     struct req_id id;           /* the request's id */
+    int64_t since;              /* when it started waiting */
+    int joined_self;            /* the sender joined the room for it */
     size_t room_len, text_len;  /* bytes of room and text in bytes[] */
-    size_t cmid_len;            /* bytes of cmid in bytes[] */
-    char bytes[];               /* room, text, cmid */
+    size_t cmid_len, to_len;    /* bytes of cmid and of the peer's nick in bytes[] */
+    char bytes[];               /* room, text, cmid, to */
 };
 
-static void dm_invited(void *data, int err)
+static struct hub_iov pd_room(const struct pending_dm *pd)
 {
-    struct pending_dm *pd = data;
+    return (struct hub_iov){pd->bytes, pd->room_len};
+}
+
+static struct hub_iov pd_to(const struct pending_dm *pd)
+{
+    return (struct hub_iov){pd->bytes + pd->room_len + pd->text_len + pd->cmid_len, pd->to_len};
+}
+
+static void pd_free(struct pending_dm *pd)
+{
     struct hub_chat_client *cl = pd->cl;
-    struct hub_iov room = {pd->bytes, pd->room_len};
-    struct hub_iov text = {pd->bytes + pd->room_len, pd->text_len};
-    struct hub_iov cmid = {pd->bytes + pd->room_len + pd->text_len, pd->cmid_len};
-    if (cl->dead) {
-        /* Nobody to answer. */
-    } else if (err == HUB_ENOENT) {
-        chat_send_error(cl, pd->id, "no_such_nick", "no connected client has that nick");
-    } else if (err != 0) {
-        chat_send_engine_error(cl, pd->id, err, "the direct message could not be sent");
-    } else {
+    free(pd);
+    chat_client_unref(cl);
+}
+
+/* The dm failed before its message went out: the sender leaves a room it
+ * joined for it (a refused dm joins nobody) and gets the error. */
+static void pd_fail(struct pending_dm *pd, const char *code, const char *message, int err)
+{
+    struct hub_chat_client *cl = pd->cl;
+    if (!cl->dead) {
+        struct hub_iov room = pd_room(pd);
+        struct hub_room *r = hub_rooms_find(cl->chat->rooms, room.base, room.len);
+        if (pd->joined_self && r != NULL && hub_rooms_is_member(&cl->member, r))
+            chat_leave_room(cl, r);
+        if (code != NULL)
+            chat_send_error(cl, pd->id, code, message);
+        else
+            chat_send_engine_error(cl, pd->id, err, message);
+    }
+    pd_free(pd);
+}
+
+/* Publishes the dm's message (the sender is in the room). */
+static void pd_send(struct pending_dm *pd)
+{
+    struct hub_chat_client *cl = pd->cl;
+    if (!cl->dead) {
         struct hub_room *r;
+        struct hub_iov room = pd_room(pd);
         int rc = dm_ensure_member(cl, (struct hub_iov){cl->nick, cl->nick_len}, 1, room, &r);
         if (rc == HUB_ELIMIT)
             chat_send_error(cl, pd->id, "too_many_rooms", "you are in the maximum number of rooms");
         else if (rc != 0)
             chat_send_engine_error(cl, pd->id, rc, "out of memory");
         else
-            chat_publish(cl, pd->id, room, HUB_WS_TEXT, text, cmid);
+            chat_publish(cl, pd->id, room, HUB_WS_TEXT,
+                         (struct hub_iov){pd->bytes + pd->room_len, pd->text_len},
+                         (struct hub_iov){pd->bytes + pd->room_len + pd->text_len, pd->cmid_len});
     }
-    free(pd);
-    chat_client_unref(cl);
+    pd_free(pd);
 }
 
-/* A dm to a nick held on another node (if anywhere): an invite through the
- * engine, then the message. */
+static void pd_unlink(struct pending_dm *pd)
+{
+    struct pending_dm **pp = &pd->cl->chat->dm_waits;
+    while (*pp != NULL && *pp != pd)
+        pp = &(*pp)->next;
+    if (*pp == pd)
+        *pp = pd->next;
+    pd->next = NULL;
+}
+
+void chat_dm_peer_joined(struct hub_chat *chat, struct hub_iov room, struct hub_iov nick)
+{
+    for (struct pending_dm **pp = &chat->dm_waits; *pp != NULL;) {
+        struct pending_dm *pd = *pp;
+        struct hub_iov r = pd_room(pd), to = pd_to(pd);
+        if (r.len == room.len && memcmp(r.base, room.base, r.len) == 0 &&
+            chat_nick_eq(to.base, to.len, nick.base, nick.len)) {
+            *pp = pd->next;
+            pd_send(pd);
+            continue;
+        }
+        pp = &pd->next;
+    }
+}
+
+void chat_dm_tick(struct hub_chat *chat, int64_t now, int all)
+{
+    for (struct pending_dm **pp = &chat->dm_waits; *pp != NULL;) {
+        struct pending_dm *pd = *pp;
+        if (all || pd->cl->dead || now - pd->since >= DM_WAIT_MS) {
+            *pp = pd->next;
+            if (all)
+                pd_free(pd);
+            else
+                pd_send(pd); /* no join seen in time: send anyway */
+            continue;
+        }
+        pp = &pd->next;
+    }
+}
+
+static void dm_invited(void *data, int err)
+{
+    struct pending_dm *pd = data;
+    if (err == 0)
+        return; /* it waits for the peer's join (or the tick) */
+    pd_unlink(pd);
+    if (err == HUB_ENOENT)
+        pd_fail(pd, "no_such_nick", "no connected client has that nick", 0);
+    else
+        pd_fail(pd, NULL, "the direct message could not be sent", err);
+}
+
+/* The room's members: is the peer in it already (then its node is
+ * subscribed and the message can go), or must it be invited first? */
+static void dm_members_cb(void *data, int err, uint64_t total, const struct hub_engine_member *m,
+                          size_t n)
+{
+    (void)total;
+    struct pending_dm *pd = data;
+    struct hub_chat_client *cl = pd->cl;
+    struct hub_iov to = pd_to(pd), room = pd_room(pd);
+    if (cl->dead) {
+        pd_free(pd);
+        return;
+    }
+    if (err != 0) {
+        pd_fail(pd, NULL, "the direct message could not be sent", err);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (chat_nick_eq(m[i].nick.base, m[i].nick.len, to.base, to.len)) {
+            pd_send(pd);
+            return;
+        }
+    /* The sender joins first, so that this node is subscribed to the room
+     * and hears the peer's join. */
+    struct hub_room *r = hub_rooms_find(cl->chat->rooms, room.base, room.len);
+    pd->joined_self = r == NULL || !hub_rooms_is_member(&cl->member, r);
+    int rc = dm_ensure_member(cl, (struct hub_iov){cl->nick, cl->nick_len}, 1, room, &r);
+    if (rc != 0) {
+        pd->joined_self = 0;
+        pd_fail(pd, NULL, "out of memory", rc);
+        return;
+    }
+    pd->since = chat_now(cl->chat);
+    pd->next = cl->chat->dm_waits;
+    cl->chat->dm_waits = pd;
+    rc = hub_engine_invite(cl->chat->engine, to, room, (struct hub_iov){cl->nick, cl->nick_len},
+                           dm_invited, pd);
+    if (rc != 0) {
+        pd_unlink(pd);
+        pd_fail(pd, NULL, "the direct message could not be sent", rc);
+    }
+}
+
+/* A dm to a nick held on another node (if anywhere). */
 static void dm_remote(struct request *rq, struct hub_iov to)
 {
     struct hub_chat_client *cl = rq->cl;
@@ -566,7 +697,7 @@ static void dm_remote(struct request *rq, struct hub_iov to)
         chat_send_error(cl, rq->id, "too_many_rooms", "you are in the maximum number of rooms");
         return;
     }
-    struct pending_dm *pd = malloc(sizeof(*pd) + n + text.len + cmid.len);
+    struct pending_dm *pd = calloc(1, sizeof(*pd) + n + text.len + cmid.len + to.len);
     if (pd == NULL) {
         chat_send_error(cl, rq->id, "internal", "out of memory");
         return;
@@ -576,17 +707,19 @@ static void dm_remote(struct request *rq, struct hub_iov to)
     pd->room_len = n;
     pd->text_len = text.len;
     pd->cmid_len = cmid.len;
-    memcpy(pd->bytes, name, n);
-    memcpy(pd->bytes + n, text.base, text.len);
+    pd->to_len = to.len;
+    char *w = pd->bytes;
+    memcpy(w, name, n);
+    memcpy(w += n, text.base, text.len);
     if (cmid.len > 0)
-        memcpy(pd->bytes + n + text.len, cmid.base, cmid.len);
+        memcpy(w + text.len, cmid.base, cmid.len);
+    memcpy(w + text.len + cmid.len, to.base, to.len);
     chat_client_ref(cl);
-    int rc = hub_engine_invite(cl->chat->engine, to, (struct hub_iov){name, n},
-                               (struct hub_iov){cl->nick, cl->nick_len}, dm_invited, pd);
+    int rc = hub_engine_members(cl->chat->engine, (struct hub_iov){name, n}, HUB_CHAT_LIST_MAX,
+                                dm_members_cb, pd);
     if (rc != 0) {
         chat_send_engine_error(cl, rq->id, rc, "the direct message could not be sent");
-        free(pd);
-        chat_client_unref(cl);
+        pd_free(pd);
     }
 }
 

@@ -161,8 +161,9 @@ static int fake_typing(struct hub_engine *e, struct hub_iov room, struct hub_iov
 static int fake_invite(struct hub_engine *e, struct hub_iov to_nick, struct hub_iov room,
                        struct hub_iov from, hub_engine_done_cb cb, void *data)
 {
-    (void)e, (void)to_nick, (void)room, (void)from;
-    cb(data, HUB_ENOENT);
+    (void)e, (void)room, (void)from;
+    /* Only "nobody" is held by nobody. */
+    cb(data, to_nick.len == 6 && memcmp(to_nick.base, "nobody", 6) == 0 ? HUB_ENOENT : 0);
     return 0;
 }
 
@@ -245,9 +246,11 @@ static void on_ws_msg(struct hub_ws *ws, int opcode, const char *data, size_t le
     hub_chat_client_message(p->cl, opcode, data, len);
 }
 
+static int64_t fake_now = 1000000; /* the injected clock (ms) */
+
 static int64_t clock_now(void)
 {
-    return 1000000;
+    return fake_now;
 }
 
 static struct hub_chat *new_chat(struct fake **out)
@@ -594,8 +597,63 @@ static void test_join_race(void)
     free_chat(chat, f);
 }
 
+/* A dm to a nick held on another node: the sender joins, the peer is
+ * invited, and the message waits until the peer's join shows that its node
+ * is subscribed (or DM_WAIT_MS passed), so that the peer gets it pushed. */
+static void test_remote_dm(void)
+{
+    struct fake *f;
+    struct hub_chat *chat = new_chat(&f);
+    const struct hub_engine_events *ev = &f->base.ev;
+    struct peer a;
+    hello(&a, chat, f, "alice");
+    f->total = 1;
+    f->nm = 0;
+    peer_say(&a, 1, "{\"op\":\"dm\",\"id\":2,\"to\":\"Carol\",\"text\":\"psst\"}");
+    CHECK_EQ(hub_chat_room_count(chat), 1); /* alice is in @alice,carol */
+    CHECK(f->pub_cb == NULL);               /* nothing published yet */
+    CHECK(read_none(&a));
+    struct hub_engine_presence p = {
+        HUB_ENGINE_JOIN, {"@alice,carol", 12}, {"n2-c-3", 6}, {"carol", 5}, {NULL, 0}, 2, 0};
+    ev->on_presence(chat, &p);
+    CHECK(f->pub_cb != NULL);
+    CHECK_STR(f->pub_text, "psst");
+    HAS(&a, "{\"t\":\"join\",\"room\":\"@alice,carol\",\"nick\":\"carol\"");
+    publish_done(f, 0);
+    HAS(&a, "{\"id\":2,\"ok\":true,\"room\":\"@alice,carol\",\"offset\":1,");
+
+    /* Its join never shows: the message goes after DM_WAIT_MS anyway. */
+    peer_say(&a, 1, "{\"op\":\"dm\",\"id\":3,\"to\":\"dave\",\"text\":\"later\"}");
+    hub_chat_tick(chat);
+    CHECK(f->pub_cb == NULL);
+    fake_now += DM_WAIT_MS;
+    hub_chat_tick(chat);
+    CHECK(f->pub_cb != NULL);
+    CHECK_STR(f->pub_text, "later");
+    publish_done(f, 0);
+    HAS(&a, "{\"id\":3,\"ok\":true,\"room\":\"@alice,dave\"");
+
+    /* The peer is a member already: the message goes at once. */
+    f->m[0] = (struct hub_engine_member){{"n2-c-3", 6}, {"carol", 5}};
+    f->nm = 1;
+    peer_say(&a, 1, "{\"op\":\"dm\",\"id\":4,\"to\":\"carol\",\"text\":\"again\"}");
+    CHECK(f->pub_cb != NULL);
+    publish_done(f, 0);
+    HAS(&a, "{\"id\":4,\"ok\":true");
+
+    /* A dm waiting when its sender goes is dropped with it. */
+    f->nm = 0;
+    peer_say(&a, 1, "{\"op\":\"dm\",\"id\":5,\"to\":\"erin\",\"text\":\"bye\"}");
+    peer_close(&a);
+    fake_now += DM_WAIT_MS;
+    hub_chat_tick(chat);
+    CHECK(f->pub_cb == NULL);
+    free_chat(chat, f);
+}
+
 int main(void)
 {
+    test_remote_dm();
     test_join_race();
     test_claims();
     test_unavailable();
