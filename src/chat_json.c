@@ -518,6 +518,7 @@ struct pending_dm {
     struct req_id id;           /* the request's id */
     int64_t since;              /* when it started waiting */
     int joined_self;            /* the sender joined the room for it */
+    int behind;                 /* it waits behind an earlier dm to the room (no invite) */
     size_t room_len, text_len;  /* bytes of room and text in bytes[] */
     size_t cmid_len, to_len;    /* bytes of cmid and of the peer's nick in bytes[] */
     char bytes[];               /* room, text, cmid, to */
@@ -588,34 +589,54 @@ static void pd_unlink(struct pending_dm *pd)
     pd->next = NULL;
 }
 
+/* Takes the waiting dms that match out of the list first, then sends them:
+ * sending may join rooms, whose presence upcalls may come back here. */
 void chat_dm_peer_joined(struct hub_chat *chat, struct hub_iov room, struct hub_iov nick)
 {
+    struct pending_dm *due = NULL, **tail = &due;
     for (struct pending_dm **pp = &chat->dm_waits; *pp != NULL;) {
         struct pending_dm *pd = *pp;
         struct hub_iov r = pd_room(pd), to = pd_to(pd);
         if (r.len == room.len && memcmp(r.base, room.base, r.len) == 0 &&
             chat_nick_eq(to.base, to.len, nick.base, nick.len)) {
             *pp = pd->next;
-            pd_send(pd);
+            pd->next = NULL;
+            *tail = pd;
+            tail = &pd->next;
             continue;
         }
         pp = &pd->next;
+    }
+    while (due != NULL) {
+        struct pending_dm *pd = due;
+        due = pd->next;
+        pd->next = NULL;
+        pd_send(pd);
     }
 }
 
 void chat_dm_tick(struct hub_chat *chat, int64_t now, int all)
 {
+    struct pending_dm *due = NULL, **tail = &due;
     for (struct pending_dm **pp = &chat->dm_waits; *pp != NULL;) {
         struct pending_dm *pd = *pp;
         if (all || pd->cl->dead || now - pd->since >= DM_WAIT_MS) {
             *pp = pd->next;
-            if (all)
-                pd_free(pd);
-            else
-                pd_send(pd); /* no join seen in time: send anyway */
+            pd->next = NULL;
+            *tail = pd;
+            tail = &pd->next;
             continue;
         }
         pp = &pd->next;
+    }
+    while (due != NULL) {
+        struct pending_dm *pd = due;
+        due = pd->next;
+        pd->next = NULL;
+        if (all)
+            pd_free(pd);
+        else
+            pd_send(pd); /* no join seen in time: send anyway */
     }
 }
 
@@ -625,6 +646,22 @@ static void dm_invited(void *data, int err)
     if (err == 0)
         return; /* it waits for the peer's join (or the tick) */
     pd_unlink(pd);
+    /* The dms queued behind it fail alike. */
+    struct hub_chat *chat = pd->cl->chat;
+    for (struct pending_dm **pp = &chat->dm_waits; *pp != NULL;) {
+        struct pending_dm *w = *pp;
+        if (w->behind && w->room_len == pd->room_len &&
+            memcmp(w->bytes, pd->bytes, pd->room_len) == 0) {
+            *pp = w->next;
+            w->next = NULL;
+            if (err == HUB_ENOENT)
+                pd_fail(w, "no_such_nick", "no connected client has that nick", 0);
+            else
+                pd_fail(w, NULL, "the direct message could not be sent", err);
+            continue;
+        }
+        pp = &w->next;
+    }
     if (err == HUB_ENOENT)
         pd_fail(pd, "no_such_nick", "no connected client has that nick", 0);
     else
@@ -648,7 +685,13 @@ static void dm_members_cb(void *data, int err, uint64_t total, const struct hub_
         pd_fail(pd, NULL, "the direct message could not be sent", err);
         return;
     }
-    for (size_t i = 0; i < n; i++)
+    /* Behind an earlier dm to the same room still waiting, whatever the
+     * members say: the messages keep their order. */
+    int behind = 0;
+    for (struct pending_dm *w = cl->chat->dm_waits; w != NULL; w = w->next)
+        if (w->room_len == room.len && memcmp(w->bytes, room.base, room.len) == 0)
+            behind = 1;
+    for (size_t i = 0; i < n && !behind; i++)
         if (chat_nick_eq(m[i].nick.base, m[i].nick.len, to.base, to.len)) {
             pd_send(pd);
             return;
@@ -656,7 +699,7 @@ static void dm_members_cb(void *data, int err, uint64_t total, const struct hub_
     /* The sender joins first, so that this node is subscribed to the room
      * and hears the peer's join. */
     struct hub_room *r = hub_rooms_find(cl->chat->rooms, room.base, room.len);
-    pd->joined_self = r == NULL || !hub_rooms_is_member(&cl->member, r);
+    pd->joined_self = !behind && (r == NULL || !hub_rooms_is_member(&cl->member, r));
     int rc = dm_ensure_member(cl, (struct hub_iov){cl->nick, cl->nick_len}, 1, room, &r);
     if (rc != 0) {
         pd->joined_self = 0;
@@ -664,8 +707,15 @@ static void dm_members_cb(void *data, int err, uint64_t total, const struct hub_
         return;
     }
     pd->since = chat_now(cl->chat);
-    pd->next = cl->chat->dm_waits;
-    cl->chat->dm_waits = pd;
+    /* Oldest first, so that several dms to one peer go out in order. */
+    struct pending_dm **pp = &cl->chat->dm_waits;
+    while (*pp != NULL)
+        pp = &(*pp)->next;
+    pd->next = NULL;
+    *pp = pd;
+    pd->behind = behind;
+    if (behind)
+        return; /* released with the one ahead of it */
     rc = hub_engine_invite(cl->chat->engine, to, room, (struct hub_iov){cl->nick, cl->nick_len},
                            dm_invited, pd);
     if (rc != 0) {

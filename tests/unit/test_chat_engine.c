@@ -20,25 +20,27 @@
 /* ---- the fake engine ------------------------------------------------- */
 
 struct fake {
-    struct hub_engine base;        /* must be first */
-    int publish_rc;                /* what publish returns (0: held for the test) */
-    hub_engine_publish_cb pub_cb;  /* the held publish */
-    void *pub_data;                /* its argument */
-    char pub_text[64];             /* its text */
-    int members_rc;                /* what members returns */
-    struct hub_engine_member m[4]; /* what members lists */
-    size_t nm;                     /* entries in m */
-    uint64_t total;                /* the total it reports */
-    hub_engine_done_cb claim_cb;   /* the held claim */
-    void *claim_data;              /* its argument */
-    char claimed[64];              /* its nick */
-    char released[64];             /* the last nick released */
-    char released_by[64];          /* by whom */
-    int hold_reads;                /* 1: reads wait for read_done */
-    hub_history_read_cb read_cb;   /* the held read */
-    void *read_data;               /* its argument */
-    int subs;                      /* subscribed rooms */
-    int joins, leaves;             /* presence calls */
+    struct hub_engine base;          /* must be first */
+    int publish_rc;                  /* what publish returns (0: held for the test) */
+    hub_engine_publish_cb pub_cb[4]; /* the held publishes, oldest first */
+    void *pub_data[4];               /* their arguments */
+    unsigned npub;                   /* publishes held */
+    char pub_text[64];               /* the newest one's text */
+    char pub_log[256];               /* every text published, "<text>|" each */
+    int members_rc;                  /* what members returns */
+    struct hub_engine_member m[4];   /* what members lists */
+    size_t nm;                       /* entries in m */
+    uint64_t total;                  /* the total it reports */
+    hub_engine_done_cb claim_cb;     /* the held claim */
+    void *claim_data;                /* its argument */
+    char claimed[64];                /* its nick */
+    char released[64];               /* the last nick released */
+    char released_by[64];            /* by whom */
+    int hold_reads;                  /* 1: reads wait for read_done */
+    hub_history_read_cb read_cb;     /* the held read */
+    void *read_data;                 /* its argument */
+    int subs;                        /* subscribed rooms */
+    int joins, leaves;               /* presence calls */
 };
 
 static void fake_close(struct hub_engine *e, void (*cb)(void *), void *data)
@@ -71,9 +73,13 @@ static int fake_publish(struct hub_engine *e, const struct hub_engine_pub *p,
     struct fake *f = (struct fake *)e;
     if (f->publish_rc != 0)
         return f->publish_rc;
-    f->pub_cb = cb;
-    f->pub_data = data;
+    if (f->npub == 4)
+        return HUB_EAGAIN; /* a full queue */
+    f->pub_cb[f->npub] = cb;
+    f->pub_data[f->npub++] = data;
     snprintf(f->pub_text, sizeof(f->pub_text), "%.*s", (int)p->text.len, p->text.base);
+    size_t used = strlen(f->pub_log);
+    snprintf(f->pub_log + used, sizeof(f->pub_log) - used, "%s|", f->pub_text);
     return 0;
 }
 
@@ -205,11 +211,15 @@ static void claim_done(struct fake *f, int err)
 /* Completes the held publish with err (offset 1). */
 static void publish_done(struct fake *f, int err)
 {
-    hub_engine_publish_cb cb = f->pub_cb;
-    CHECK(cb != NULL);
-    f->pub_cb = NULL;
-    if (cb != NULL)
-        cb(f->pub_data, err, err ? 0 : 1, err ? 0 : 5000, 0);
+    CHECK(f->npub > 0);
+    if (f->npub == 0)
+        return;
+    hub_engine_publish_cb cb = f->pub_cb[0];
+    void *data = f->pub_data[0];
+    f->npub--;
+    memmove(f->pub_cb, f->pub_cb + 1, f->npub * sizeof(f->pub_cb[0]));
+    memmove(f->pub_data, f->pub_data + 1, f->npub * sizeof(f->pub_data[0]));
+    cb(data, err, err ? 0 : 1, err ? 0 : 5000, 0);
 }
 
 /* Completes the held read: the room is at last, and holds messages
@@ -611,12 +621,12 @@ static void test_remote_dm(void)
     f->nm = 0;
     peer_say(&a, 1, "{\"op\":\"dm\",\"id\":2,\"to\":\"Carol\",\"text\":\"psst\"}");
     CHECK_EQ(hub_chat_room_count(chat), 1); /* alice is in @alice,carol */
-    CHECK(f->pub_cb == NULL);               /* nothing published yet */
+    CHECK_EQ(f->npub, 0);                   /* nothing published yet */
     CHECK(read_none(&a));
     struct hub_engine_presence p = {
         HUB_ENGINE_JOIN, {"@alice,carol", 12}, {"n2-c-3", 6}, {"carol", 5}, {NULL, 0}, 2, 0};
     ev->on_presence(chat, &p);
-    CHECK(f->pub_cb != NULL);
+    CHECK_EQ(f->npub, 1);
     CHECK_STR(f->pub_text, "psst");
     HAS(&a, "{\"t\":\"join\",\"room\":\"@alice,carol\",\"nick\":\"carol\"");
     publish_done(f, 0);
@@ -625,10 +635,10 @@ static void test_remote_dm(void)
     /* Its join never shows: the message goes after DM_WAIT_MS anyway. */
     peer_say(&a, 1, "{\"op\":\"dm\",\"id\":3,\"to\":\"dave\",\"text\":\"later\"}");
     hub_chat_tick(chat);
-    CHECK(f->pub_cb == NULL);
+    CHECK_EQ(f->npub, 0);
     fake_now += DM_WAIT_MS;
     hub_chat_tick(chat);
-    CHECK(f->pub_cb != NULL);
+    CHECK_EQ(f->npub, 1);
     CHECK_STR(f->pub_text, "later");
     publish_done(f, 0);
     HAS(&a, "{\"id\":3,\"ok\":true,\"room\":\"@alice,dave\"");
@@ -637,9 +647,24 @@ static void test_remote_dm(void)
     f->m[0] = (struct hub_engine_member){{"n2-c-3", 6}, {"carol", 5}};
     f->nm = 1;
     peer_say(&a, 1, "{\"op\":\"dm\",\"id\":4,\"to\":\"carol\",\"text\":\"again\"}");
-    CHECK(f->pub_cb != NULL);
+    CHECK_EQ(f->npub, 1);
     publish_done(f, 0);
     HAS(&a, "{\"id\":4,\"ok\":true");
+
+    /* Two dms to a peer not yet in the room: both wait for its join and go
+     * out in the order sent. */
+    f->nm = 0;
+    f->pub_log[0] = '\0';
+    peer_say(&a, 1, "{\"op\":\"dm\",\"id\":6,\"to\":\"fay\",\"text\":\"one\"}");
+    peer_say(&a, 1, "{\"op\":\"dm\",\"id\":7,\"to\":\"fay\",\"text\":\"two\"}");
+    CHECK_EQ(f->npub, 0);
+    struct hub_engine_presence pf = {
+        HUB_ENGINE_JOIN, {"@alice,fay", 10}, {"n2-c-4", 6}, {"fay", 3}, {NULL, 0}, 2, 0};
+    ev->on_presence(chat, &pf);
+    CHECK_STR(f->pub_log, "one|two|");
+    publish_done(f, 0);
+    publish_done(f, 0);
+    HAS(&a, "\"id\":6,\"ok\":true", "\"id\":7,\"ok\":true");
 
     /* A dm waiting when its sender goes is dropped with it. */
     f->nm = 0;
@@ -647,7 +672,7 @@ static void test_remote_dm(void)
     peer_close(&a);
     fake_now += DM_WAIT_MS;
     hub_chat_tick(chat);
-    CHECK(f->pub_cb == NULL);
+    CHECK_EQ(f->npub, 0);
     free_chat(chat, f);
 }
 
