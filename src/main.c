@@ -6,7 +6,9 @@
  * error. The loop must close with no live handles; anything else is a bug
  * and exits 1.
  */
+#include "hub/engine.h"
 #include "hub/log.h"
+#include "hub/redisurl.h"
 #include "hub/server.h"
 
 #include <errno.h>
@@ -68,7 +70,53 @@ static void usage(FILE *f)
         "  --data-dir DIR        where the SQLite history lives (default ./chathub-data)\n"
         "  --history N           messages kept per room (default 1000)\n"
         "  --history-ttl S       drop messages older than S seconds (default 0: keep)\n"
-        "  --no-persist          keep history in memory only (lost on restart)\n");
+        "  --no-persist          keep history in memory only (lost on restart)\n"
+        "\n"
+        "Several hubs, one chat (Redis; see docs/operations.md):\n"
+        "  --redis URL           share rooms, history, presence and nicks with other hubs\n"
+        "                        through Redis at redis://[:password@]host:port[/db];\n"
+        "                        repeat to shard rooms over several Redis servers. History\n"
+        "                        then lives in Redis: --data-dir and --no-persist do not\n"
+        "                        apply, --history sets the stream length kept per room.\n"
+        "%s"
+        "  --node-id ID          this hub's name among the others: 1-64 of A-Z a-z 0-9 . _ -\n"
+        "                        (default: random at each start)\n"
+        "  --redis-prefix P      prefix of every Redis key and channel (default chathub:)\n"
+        "  --node-lease S        seconds after which a dead hub's members and nicks vanish\n"
+        "                        from the others (default 30; fractions such as 1.5 allowed)\n",
+        hub_engine_have_redis() ? ""
+                                : "                        (not in this build: it was built "
+                                  "without hiredis)\n");
+}
+
+/* Checks a --node-id: 1..64 of [A-Za-z0-9._-]. */
+static int valid_node_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > HUB_ENGINE_NODE_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Parses seconds with an optional fraction ("30", "1.5") into ms in
+ * [min_ms, max_ms]. Returns 0 or -1. */
+static int parse_seconds_ms(const char *s, uint32_t min_ms, uint32_t max_ms, uint32_t *out)
+{
+    if (*s < '0' || *s > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno != 0 || *end != '\0' || !(v * 1000.0 >= min_ms) || !(v * 1000.0 <= max_ms))
+        return -1;
+    *out = (uint32_t)(v * 1000.0 + 0.5);
+    return 0;
 }
 
 HUB_PRINTF_LIKE(1, 2) static int usage_error(const char *fmt, ...)
@@ -146,6 +194,9 @@ int main(int argc, char **argv)
     hub_server_config_default(&cfg);
     const char *origins[MAX_ORIGINS];
     size_t norigins = 0;
+    const char *redis[HUB_ENGINE_MAX_SHARDS];
+    size_t nredis = 0;
+    int history_flag = 0; /* --data-dir or --no-persist was given */
     const struct num_option nums[] = {
         {"--port", 0, 65535, 3, &cfg.port},
         {"--max-message", 1, 1u << 30, 0, &cfg.max_message},
@@ -205,10 +256,12 @@ int main(int argc, char **argv)
             cfg.host = v;
         } else if (strcmp(a, "--no-persist") == 0) {
             cfg.persist = 0;
+            history_flag = 1;
         } else if ((v = option_value(argc, argv, &i, "--data-dir", &missing)) != NULL) {
             if (*v == '\0')
                 return usage_error("invalid --data-dir '': expected a directory");
             cfg.data_dir = v;
+            history_flag = 1;
         } else if ((v = option_value(argc, argv, &i, "--public", &missing)) != NULL) {
             cfg.public_dir = v;
         } else if ((v = option_value(argc, argv, &i, "--welcome", &missing)) != NULL) {
@@ -218,6 +271,31 @@ int main(int argc, char **argv)
                 return usage_error("invalid --allow-origin '%s' (at most %d patterns)", v,
                                    MAX_ORIGINS);
             origins[norigins++] = v;
+        } else if ((v = option_value(argc, argv, &i, "--redis-prefix", &missing)) != NULL) {
+            if (*v == '\0' || strlen(v) > 64)
+                return usage_error("invalid --redis-prefix '%s': expected 1-64 characters", v);
+            cfg.redis_prefix = v;
+        } else if ((v = option_value(argc, argv, &i, "--redis", &missing)) != NULL) {
+            if (!hub_engine_have_redis()) {
+                fprintf(stderr, "chathub: --redis is not available: this build has no Redis "
+                                "engine (built without hiredis)\n");
+                return 2;
+            }
+            struct hub_redisurl url;
+            char why[160];
+            if (hub_redisurl_parse(v, &url, why, sizeof(why)) != 0)
+                return usage_error("invalid --redis: %s", why);
+            if (nredis == HUB_ENGINE_MAX_SHARDS)
+                return usage_error("at most %d --redis servers", HUB_ENGINE_MAX_SHARDS);
+            redis[nredis++] = v;
+        } else if ((v = option_value(argc, argv, &i, "--node-id", &missing)) != NULL) {
+            if (!valid_node_id(v))
+                return usage_error("invalid --node-id '%s': expected 1-64 of A-Z a-z 0-9 . _ -", v);
+            cfg.node_id = v;
+        } else if ((v = option_value(argc, argv, &i, "--node-lease", &missing)) != NULL) {
+            if (parse_seconds_ms(v, 100, 86400000, &cfg.node_lease_ms) != 0)
+                return usage_error("invalid --node-lease '%s': expected seconds from 0.1 to 86400",
+                                   v);
         } else if ((v = option_value(argc, argv, &i, "--log-level", &missing)) != NULL) {
             int level = hub_log_parse_level(v);
             if (level < 0)
@@ -236,6 +314,11 @@ int main(int argc, char **argv)
         cfg.soft_output = cfg.max_output;
     cfg.allow_origins = origins;
     cfg.nallow_origins = norigins;
+    cfg.redis_urls = redis;
+    cfg.nredis = nredis;
+    if (nredis > 0 && history_flag)
+        hub_log_warn(
+            "--data-dir and --no-persist do not apply with --redis: history lives in Redis");
 
     raise_fd_limit();
 #ifndef _WIN32
@@ -262,6 +345,9 @@ int main(int argc, char **argv)
     int v6 = strchr(shown, ':') != NULL;
     printf("chathub %s listening on http://%s%s%s:%d/\n", HUB_VERSION, v6 ? "[" : "", shown,
            v6 ? "]" : "", hub_server_port(server));
+    char engine[256];
+    hub_server_engine_info(server, engine, sizeof(engine));
+    printf("%s\n", engine);
     fflush(stdout);
 
     uv_run(&loop, UV_RUN_DEFAULT);

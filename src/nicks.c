@@ -1,10 +1,13 @@
 /*
- * nicks.c: the hub-wide nick table and the nick rules.
+ * nicks.c: this node's nick table and the nick rules.
  *
  * A chained hash keyed by the ASCII-folded nick, doubled when it fills, that
- * holds every JSON client that said hello. Nicks are unique under folding;
- * raw clients use reserved guest-<n> nicks and are not in the table. This is
- * the piece an engine's nick claims will sit on.
+ * holds every JSON client of this node that said hello. Uniqueness across
+ * nodes is the engine's (hub_engine_claim_nick): a nick enters the table
+ * only once its claim succeeded, so the table is the local part of the
+ * engine's claims, used to find local clients by nick (DMs, invites) and to
+ * refuse a local duplicate without a round trip. Raw clients use reserved
+ * guest-<n> nicks and are not in the table.
  */
 #include "chat_int.h"
 #include "hub/history.h"

@@ -43,6 +43,14 @@ struct hub_server_config {
     int persist;                      /* 1: history in SQLite; 0: in memory only */
     uint32_t history;                 /* messages kept per room (1000) */
     uint32_t history_ttl_s;           /* age limit of history in seconds (0 = none) */
+    /* The engine (docs/engine.md): none of these means the memory engine. */
+    const char *const *redis_urls; /* --redis: one URL per shard (borrowed); history then lives
+                                      in Redis and data_dir/persist are not used */
+    size_t nredis;                 /* number of URLs (0: memory engine) */
+    const char *node_id;           /* --node-id, or NULL for a random one */
+    const char *redis_prefix;      /* --redis-prefix: key and channel prefix ("chathub:") */
+    uint32_t node_lease_ms;        /* --node-lease: a dead node's members and nicks vanish
+                                      after it (30000) */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
@@ -57,6 +65,10 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
 
 /* The port actually bound (useful with port 0). */
 int hub_server_port(const struct hub_server *s);
+
+/* Writes a one-line description of the engine into buf, e.g. "engine redis
+ * (2 shards), node n1" or "engine memory, history in SQLite (DIR)". */
+void hub_server_engine_info(const struct hub_server *s, char *buf, size_t n);
 
 /* Starts the same orderly shutdown a signal does. */
 void hub_server_shutdown(struct hub_server *s);
