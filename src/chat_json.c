@@ -5,6 +5,7 @@
  */
 #include "chat_int.h"
 #include "hub/history.h"
+#include "hub/ident.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
 #include "hub/utf8.h"
@@ -295,6 +296,8 @@ static int check_nick(const struct request *rq, struct hub_iov *nick)
         return -1;
     }
     const char *why = chat_nick_problem(nick->base, nick->len);
+    if (why == NULL)
+        why = hub_ident_nick_check(nick->base, nick->len); /* scripts, invisibles */
     if (why != NULL) {
         chat_send_error(rq->cl, rq->id, "bad_nick", why);
         return -1;
