@@ -43,13 +43,19 @@ struct hub_server_config {
     int persist;                      /* 1: history in SQLite; 0: in memory only */
     uint32_t history;                 /* messages kept per room (1000) */
     uint32_t history_ttl_s;           /* age limit of history in seconds (0 = none) */
+    /* Issue 20: Host names and /metrics peers (include/hub/access.h). */
+    const char *const *server_names;  /* --server-name values (borrowed) */
+    size_t nserver_names;             /* number of names */
+    const char *const *metrics_allow; /* --metrics-allow CIDRs besides loopback (borrowed) */
+    size_t nmetrics_allow;            /* number of CIDRs */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
 
 /* Creates the server on loop, loads the site, binds and listens, and installs
  * the signal handlers. The strings in cfg are borrowed and must outlive the
- * server. Returns 0; HUB_EIO when the address cannot be bound (err gets a
+ * server. Returns 0; HUB_EINVAL for a malformed --metrics-allow CIDR or
+ * --server-name (err says which); HUB_EIO when the address cannot be bound (err gets a
  * one-line reason such as "cannot listen on 0.0.0.0:8080: address already in
  * use"); HUB_ENOENT/HUB_ELIMIT for a bad --public directory; HUB_ENOMEM. */
 int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_server_config *cfg,
