@@ -647,6 +647,22 @@ const char *hub_http_reason(int status)
     return "Unknown";
 }
 
+/* Sent with every HTML response (see http.h): the page loads its script,
+ * style and images from the hub only (no inline script or style attribute;
+ * the empty data: favicon is the one exception) and opens WebSockets, may
+ * not be framed (clickjacking), and leaks no Referer to the links in it. */
+static const char html_security_headers[] =
+    "Content-Security-Policy: default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'\r\n"
+    "X-Frame-Options: DENY\r\n"
+    "Referrer-Policy: no-referrer\r\n";
+
+static int is_html(const char *content_type)
+{
+    return content_type != NULL && strncmp(content_type, "text/html", 9) == 0;
+}
+
 /* Statuses whose responses never carry a body (RFC 9110 section 6.4.1);
  * they get no Content-Length either, since for 304 it would have to be the
  * length of the 200 response. */
@@ -695,6 +711,8 @@ static int respond(struct hub_http *h, int status, const char *content_type, con
         rc = hub_buf_puts(&b, "Connection: keep-alive\r\n"); /* HTTP/1.0 needs to be told */
     if (rc == 0)
         rc = hub_buf_puts(&b, "X-Content-Type-Options: nosniff\r\n");
+    if (rc == 0 && is_html(content_type))
+        rc = hub_buf_puts(&b, html_security_headers);
     if (rc == 0 && extra != NULL)
         rc = hub_buf_puts(&b, extra);
     if (rc == 0)

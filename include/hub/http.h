@@ -93,7 +93,10 @@ int hub_http_feed(struct hub_http *h, const char *data, size_t len, size_t *cons
 
 /* Queues a complete response for the current request: status line, Date-less
  * headers (Content-Type if content_type is not NULL, Content-Length,
- * Connection: close when the request does not keep alive), extra_headers
+ * Connection: close when the request does not keep alive,
+ * X-Content-Type-Options: nosniff, and for text/html the security headers:
+ * a Content-Security-Policy without inline script or style, framing
+ * refused, X-Frame-Options: DENY, Referrer-Policy: no-referrer), extra_headers
  * verbatim (each line ending in "\r\n", or NULL), then body unless the
  * request was HEAD. Returns 0, HUB_ENOMEM or HUB_ECLOSED. All borrowed. */
 int hub_http_respond(struct hub_http *h, int status, const char *content_type,
