@@ -377,7 +377,8 @@ static int host_allowed(struct client *cl, struct hub_http *h, const struct hub_
     return 0;
 }
 
-/* /metrics is for loopback peers and the --metrics-allow networks. */
+/* /metrics is for loopback peers (127.0.0.0/8, ::1) by default; a
+ * --metrics-allow list replaces that default with its networks. */
 static int metrics_peer_allowed(struct client *cl)
 {
     struct hub_server *s = cl->server;
@@ -385,8 +386,8 @@ static int metrics_peer_allowed(struct client *cl)
     int len = sizeof(ss);
     if (uv_tcp_getpeername(&cl->conn.tcp, (struct sockaddr *)&ss, &len) != 0)
         return 0;
-    if (hub_addr_is_loopback((const struct sockaddr *)&ss))
-        return 1;
+    if (s->cfg.nmetrics_allow == 0)
+        return hub_addr_is_loopback((const struct sockaddr *)&ss);
     for (size_t i = 0; i < s->cfg.nmetrics_allow; i++)
         if (hub_cidr_match(&s->metrics_allow[i], (const struct sockaddr *)&ss))
             return 1;

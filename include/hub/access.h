@@ -11,7 +11,9 @@
  *
  * Peer addresses (/metrics). By default only loopback peers (127.0.0.0/8 and
  * ::1, IPv4-mapped forms included) may read /metrics; --metrics-allow CIDR
- * adds networks. The server answers 403 to the rest.
+ * (repeatable) sets the networks instead, so "--metrics-allow 10.0.0.0/8
+ * --metrics-allow 127.0.0.0/8" widens the default. The server answers 403
+ * to the rest.
  *
  * Pure functions on borrowed values, no I/O.
  */

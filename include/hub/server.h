@@ -46,7 +46,7 @@ struct hub_server_config {
     /* Issue 20: Host names and /metrics peers (include/hub/access.h). */
     const char *const *server_names;  /* --server-name values (borrowed) */
     size_t nserver_names;             /* number of names */
-    const char *const *metrics_allow; /* --metrics-allow CIDRs besides loopback (borrowed) */
+    const char *const *metrics_allow; /* --metrics-allow CIDRs (borrowed); replace loopback */
     size_t nmetrics_allow;            /* number of CIDRs */
 };
 
