@@ -647,17 +647,6 @@ const char *hub_http_reason(int status)
     return "Unknown";
 }
 
-/* Sent with every HTML response (see http.h): the page loads its script,
- * style and images from the hub only (no inline script or style attribute;
- * the empty data: favicon is the one exception) and opens WebSockets, may
- * not be framed (clickjacking), and leaks no Referer to the links in it. */
-static const char html_security_headers[] =
-    "Content-Security-Policy: default-src 'self'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data:; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'\r\n"
-    "X-Frame-Options: DENY\r\n"
-    "Referrer-Policy: no-referrer\r\n";
-
 static int is_html(const char *content_type)
 {
     return content_type != NULL && strncmp(content_type, "text/html", 9) == 0;
@@ -711,8 +700,12 @@ static int respond(struct hub_http *h, int status, const char *content_type, con
         rc = hub_buf_puts(&b, "Connection: keep-alive\r\n"); /* HTTP/1.0 needs to be told */
     if (rc == 0)
         rc = hub_buf_puts(&b, "X-Content-Type-Options: nosniff\r\n");
+    /* Every HTML page: its CSP (http.h), no framing, no Referer sent on. */
     if (rc == 0 && is_html(content_type))
-        rc = hub_buf_puts(&b, html_security_headers);
+        rc = hub_buf_printf(&b,
+                            "Content-Security-Policy: %s\r\nX-Frame-Options: DENY\r\n"
+                            "Referrer-Policy: no-referrer\r\n",
+                            h->cfg->csp != NULL ? h->cfg->csp : HUB_HTTP_CSP_PAGE);
     if (rc == 0 && extra != NULL)
         rc = hub_buf_puts(&b, extra);
     if (rc == 0)
@@ -1109,6 +1102,7 @@ void hub_http_config_default(struct hub_http_config *cfg)
     cfg->max_header_bytes = HTTP_DEFAULT_MAX_HEADER_BYTES;
     cfg->max_headers = HTTP_DEFAULT_MAX_HEADERS;
     cfg->site = NULL;
+    cfg->csp = HUB_HTTP_CSP_PAGE;
 }
 
 struct hub_http *hub_http_new(struct hub_conn *conn, const struct hub_http_config *cfg,

@@ -739,6 +739,8 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
         goto fail_history;
     hub_http_config_default(&s->http_cfg);
     s->http_cfg.site = s->site;
+    /* An operator's --public pages may need inline script (http.h). */
+    s->http_cfg.csp = cfg->public_dir != NULL ? HUB_HTTP_CSP_FRAMES : HUB_HTTP_CSP_PAGE;
     s->http_cfg.max_header_bytes = cfg->max_header_bytes;
     s->http_cfg.max_headers = cfg->max_headers;
     hub_ws_config_default(&s->ws_cfg);

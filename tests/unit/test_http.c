@@ -1101,6 +1101,21 @@ static void test_strict(void)
     outcome_free(&o);
 }
 
+/* The CSP of HTML responses follows cfg->csp; other types get none. */
+static void test_csp(void)
+{
+    struct outcome o;
+    struct hub_http_config cfg = default_cfg();
+    cfg.csp = HUB_HTTP_CSP_FRAMES;
+    const char *req = "GET / HTTP/1.1\r\nHost: h\r\n\r\nGET /style.css HTTP/1.1\r\nHost: h\r\n\r\n";
+    run_all_splits_cfg(&cfg, CB_NORMAL, 0, "csp frames", req, strlen(req), &o);
+    CHECK_EQ(count_of(o.out, "\r\nContent-Security-Policy: frame-ancestors 'none'\r\n"), 1);
+    CHECK_EQ(count_of(o.out, "Content-Security-Policy"), 1);
+    CHECK_EQ(count_of(o.out, "\r\nX-Frame-Options: DENY\r\n"), 1);
+    CHECK_EQ(count_of(o.out, "\r\nReferrer-Policy: no-referrer\r\n"), 1);
+    outcome_free(&o);
+}
+
 int main(void)
 {
     if (uv_loop_init(&loop) != 0)
@@ -1116,6 +1131,7 @@ int main(void)
     test_check_websocket();
     test_respond_direct();
     test_strict();
+    test_csp();
     site_destroy();
     CHECK_EQ(uv_loop_close(&loop), 0);
     return CHECK_DONE();
