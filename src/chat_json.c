@@ -12,6 +12,7 @@
 #include "chat_int.h"
 #include "hub/engine.h"
 #include "hub/history.h"
+#include "hub/ident.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
 #include "hub/utf8.h"
@@ -141,6 +142,11 @@ static int get_text(const struct request *rq, struct hub_iov *text, struct hub_i
 {
     if (get_str(rq, "text", text) != 1 || text->len == 0) {
         chat_send_error(rq->cl, rq->id, "bad_text", "\"text\" must be a non-empty string");
+        return -1;
+    }
+    const char *why = hub_ident_text_check(text->base, text->len);
+    if (why != NULL) {
+        chat_send_error(rq->cl, rq->id, "bad_text", why);
         return -1;
     }
     if (hub_utf8_length(text->base, text->len) > rq->cl->chat->cfg.max_text) {
@@ -305,6 +311,8 @@ static int check_nick(const struct request *rq, struct hub_iov *nick)
         return -1;
     }
     const char *why = chat_nick_problem(nick->base, nick->len);
+    if (why == NULL)
+        why = hub_ident_nick_check(nick->base, nick->len); /* scripts, invisibles */
     if (why != NULL) {
         chat_send_error(rq->cl, rq->id, "bad_nick", why);
         return -1;
@@ -986,8 +994,8 @@ void chat_json_message(struct hub_chat_client *cl, const char *data, size_t len)
 {
     json_error_t err;
     struct request rq = {cl, NULL, {0, 0}};
-    /* JSON allows \u0000 in strings; the nick and room rules refuse it where
-     * it matters, and message text may carry it. */
+    /* JSON allows \u0000 in strings; the nick, room and text rules refuse
+     * it (message text: bad_text, see hub_ident_text_check). */
     rq.root = json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
     if (rq.root == NULL || !json_is_object(rq.root)) {
         chat_send_error(cl, rq.id, "bad_json", "each frame must hold one JSON object");

@@ -7,6 +7,7 @@
  * and exits 1.
  */
 #include "hub/engine.h"
+#include "hub/access.h"
 #include "hub/log.h"
 #include "hub/redisurl.h"
 #include "hub/server.h"
@@ -27,6 +28,8 @@
 #endif
 
 #define MAX_ORIGINS 64
+#define MAX_SERVER_NAMES 64  /* --server-name values */
+#define MAX_METRICS_ALLOW 64 /* --metrics-allow networks */
 
 static void usage(FILE *f)
 {
@@ -44,6 +47,12 @@ static void usage(FILE *f)
         "  --allow-origin PAT    also accept WebSockets from pages at PAT: an origin\n"
         "                        (https://chat.example.com), a wildcard (*.example.com)\n"
         "                        or * (repeatable; default: same origin only)\n"
+        "  --server-name NAME    answer only to Host NAME (and localhost), others get 421\n"
+        "                        (repeatable; default: any Host, or only localhost,\n"
+        "                        127.0.0.1 and [::1] when bound to loopback)\n"
+        "  --metrics-allow CIDR  serve /metrics to peers in CIDR, e.g. 10.0.0.0/8, others\n"
+        "                        get 403 (repeatable; default: loopback peers only,\n"
+        "                        127.0.0.0/8 and ::1; list those too to keep them)\n"
         "  --log-level LEVEL     error, warn, info or debug (default info)\n"
         "  --help                show this help and exit\n"
         "  --version             show the version and exit\n"
@@ -197,6 +206,10 @@ int main(int argc, char **argv)
     const char *redis[HUB_ENGINE_MAX_SHARDS];
     size_t nredis = 0;
     int history_flag = 0; /* --data-dir or --no-persist was given */
+    const char *server_names[MAX_SERVER_NAMES];
+    size_t nserver_names = 0;
+    const char *metrics_allow[MAX_METRICS_ALLOW];
+    size_t nmetrics_allow = 0;
     const struct num_option nums[] = {
         {"--port", 0, 65535, 3, &cfg.port},
         {"--max-message", 1, 1u << 30, 0, &cfg.max_message},
@@ -296,6 +309,19 @@ int main(int argc, char **argv)
             if (parse_seconds_ms(v, 100, 86400000, &cfg.node_lease_ms) != 0)
                 return usage_error("invalid --node-lease '%s': expected seconds from 0.1 to 86400",
                                    v);
+        } else if ((v = option_value(argc, argv, &i, "--server-name", &missing)) != NULL) {
+            if (!hub_server_name_valid(v) || nserver_names == MAX_SERVER_NAMES)
+                return usage_error("invalid --server-name '%s': expected a host name or address "
+                                   "without a port (at most %d names)",
+                                   v, MAX_SERVER_NAMES);
+            server_names[nserver_names++] = v;
+        } else if ((v = option_value(argc, argv, &i, "--metrics-allow", &missing)) != NULL) {
+            struct hub_cidr cidr;
+            if (hub_cidr_parse(v, &cidr) != 0 || nmetrics_allow == MAX_METRICS_ALLOW)
+                return usage_error("invalid --metrics-allow '%s': expected ADDR/LEN such as "
+                                   "10.0.0.0/8 (at most %d networks)",
+                                   v, MAX_METRICS_ALLOW);
+            metrics_allow[nmetrics_allow++] = v;
         } else if ((v = option_value(argc, argv, &i, "--log-level", &missing)) != NULL) {
             int level = hub_log_parse_level(v);
             if (level < 0)
@@ -319,6 +345,10 @@ int main(int argc, char **argv)
     if (nredis > 0 && history_flag)
         hub_log_warn(
             "--data-dir and --no-persist do not apply with --redis: history lives in Redis");
+    cfg.server_names = server_names;
+    cfg.nserver_names = nserver_names;
+    cfg.metrics_allow = metrics_allow;
+    cfg.nmetrics_allow = nmetrics_allow;
 
     raise_fd_limit();
 #ifndef _WIN32

@@ -34,6 +34,7 @@
 #include "hub/history.h"
 #include "hub/http.h"
 #include "hub/log.h"
+#include "hub/access.h"
 #include "hub/metrics.h"
 #include "hub/origin.h"
 #include "hub/static.h"
@@ -77,6 +78,8 @@ struct hub_server {
     struct hub_http_config http_cfg;  /* per-connection HTTP limits */
     struct hub_ws_config ws_cfg;      /* per-connection WebSocket limits */
     struct hub_origin_policy origins; /* --allow-origin patterns */
+    struct hub_host_policy hosts;     /* Host names answered (DNS rebinding) */
+    struct hub_cidr *metrics_allow;   /* --metrics-allow networks, owned */
     struct hub_server_config cfg;     /* copied configuration */
     struct ip_count *ips[256];        /* connections per address */
     int port;                         /* bound port */
@@ -439,6 +442,39 @@ static void render_engine_metrics(struct hub_buf *b, struct hub_engine *e)
                    "last scrape.\n# TYPE chathub_engine_rtt_max_seconds gauge\n"
                    "chathub_engine_rtt_max_seconds %.6f\n",
                    (double)st.rtt_us / 1e6, (double)st.rtt_max_us / 1e6);
+/* Issue 20 (include/hub/access.h). The Host policy against DNS rebinding
+ * covers every request but /healthz, which reveals nothing and which
+ * health checkers call by address. A refused request gets 421 (an upgrade
+ * is counted as refused for its Origin). Returns 1 when the request may go
+ * on, 0 after the response. */
+static int host_allowed(struct client *cl, struct hub_http *h, const struct hub_http_request *req)
+{
+    struct hub_server *s = cl->server;
+    if (hub_host_allowed(&s->hosts, req->host) || hub_iov_eq_ci(req->path, "/healthz"))
+        return 1;
+    hub_log_info("%s: refused Host %.*s (not a name this hub answers to)", hub_conn_peer(&cl->conn),
+                 (int)(req->host.len > 200 ? 200 : req->host.len), req->host.base);
+    if (req->upgrade_hdr.len > 0 || req->upgrade)
+        hub_metrics.refused[HUB_REFUSE_ORIGIN]++;
+    hub_http_respond_status(h, 421);
+    return 0;
+}
+
+/* /metrics is for loopback peers (127.0.0.0/8, ::1) by default; a
+ * --metrics-allow list replaces that default with its networks. */
+static int metrics_peer_allowed(struct client *cl)
+{
+    struct hub_server *s = cl->server;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&cl->conn.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    if (s->cfg.nmetrics_allow == 0)
+        return hub_addr_is_loopback((const struct sockaddr *)&ss);
+    for (size_t i = 0; i < s->cfg.nmetrics_allow; i++)
+        if (hub_cidr_match(&s->metrics_allow[i], (const struct sockaddr *)&ss))
+            return 1;
+    return 0;
 }
 
 static int client_on_request(struct hub_http *h, const struct hub_http_request *req, void *data)
@@ -449,6 +485,8 @@ static int client_on_request(struct hub_http *h, const struct hub_http_request *
     cl->requests++;
     /* The next request on this connection gets a fresh deadline. */
     hub_conn_set_timeout(&cl->conn, s->cfg.handshake_ms);
+    if (!host_allowed(cl, h, req))
+        return HUB_HTTP_DONE;
     if (req->upgrade_hdr.len > 0 || req->upgrade)
         return client_upgrade(cl, h, req);
     if (req->method == HUB_HTTP_OTHER)
@@ -477,6 +515,10 @@ static int client_on_request(struct hub_http *h, const struct hub_http_request *
         return HUB_HTTP_DONE;
     }
     if (hub_iov_eq_ci(req->path, "/metrics")) {
+        if (!metrics_peer_allowed(cl)) {
+            hub_http_respond_status(h, 403);
+            return HUB_HTTP_DONE;
+        }
         struct hub_buf b = {0};
         hub_metrics_render(&b, hub_chat_room_count(s->chat), s->stopping);
         render_engine_metrics(&b, hub_chat_engine(s->chat));
@@ -723,6 +765,8 @@ static int server_bind(struct hub_server *s, char *err, size_t errsz)
     }
     s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    /* A hub bound to loopback answers only to loopback names (access.h). */
+    s->hosts.loopback_only = hub_addr_is_loopback((const struct sockaddr *)&ss);
     return 0;
 }
 
@@ -792,6 +836,27 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     s->cfg = *cfg;
     s->origins.allow = cfg->allow_origins;
     s->origins.n = cfg->nallow_origins;
+    /* Issue 20: --server-name and --metrics-allow (access.h). */
+    s->hosts.names = cfg->server_names;
+    s->hosts.nnames = cfg->nserver_names;
+    for (size_t i = 0; i < cfg->nserver_names; i++)
+        if (!hub_server_name_valid(cfg->server_names[i])) {
+            snprintf(err, errsz, "invalid --server-name '%s'", cfg->server_names[i]);
+            rc = HUB_EINVAL;
+            goto fail_free;
+        }
+    if (cfg->nmetrics_allow > 0) {
+        s->metrics_allow = calloc(cfg->nmetrics_allow, sizeof(*s->metrics_allow));
+        if (s->metrics_allow == NULL)
+            goto fail_free;
+    }
+    for (size_t i = 0; i < cfg->nmetrics_allow; i++)
+        if (hub_cidr_parse(cfg->metrics_allow[i], &s->metrics_allow[i]) != 0) {
+            snprintf(err, errsz, "invalid --metrics-allow '%s': expected ADDR/LEN",
+                     cfg->metrics_allow[i]);
+            rc = HUB_EINVAL;
+            goto fail_free;
+        }
     s->rng = uv_hrtime() | 1;
     rc = cfg->public_dir ? hub_static_open_dir(&s->site, cfg->public_dir)
                          : hub_static_open_embedded(&s->site);
@@ -835,6 +900,8 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     }
     hub_http_config_default(&s->http_cfg);
     s->http_cfg.site = s->site;
+    /* An operator's --public pages may need inline script (http.h). */
+    s->http_cfg.csp = cfg->public_dir != NULL ? HUB_HTTP_CSP_FRAMES : HUB_HTTP_CSP_PAGE;
     s->http_cfg.max_header_bytes = cfg->max_header_bytes;
     s->http_cfg.max_headers = cfg->max_headers;
     hub_ws_config_default(&s->ws_cfg);
@@ -909,6 +976,7 @@ fail_site:
     uv_run(loop, UV_RUN_DEFAULT);
     hub_engine_free(s->engine);
 fail_free:
+    free(s->metrics_allow);
     free(s);
 fail:
     return rc;
@@ -927,5 +995,6 @@ void hub_server_free(struct hub_server *s)
     hub_engine_free(s->engine);
     hub_history_free(s->history);
     hub_static_free(s->site);
+    free(s->metrics_allow);
     free(s);
 }

@@ -51,13 +51,19 @@ struct hub_server_config {
     const char *redis_prefix;      /* --redis-prefix: key and channel prefix ("chathub:") */
     uint32_t node_lease_ms;        /* --node-lease: a dead node's members and nicks vanish
                                       after it (30000) */
+    /* Issue 20: Host names and /metrics peers (include/hub/access.h). */
+    const char *const *server_names;  /* --server-name values (borrowed) */
+    size_t nserver_names;             /* number of names */
+    const char *const *metrics_allow; /* --metrics-allow CIDRs (borrowed); replace loopback */
+    size_t nmetrics_allow;            /* number of CIDRs */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
 
 /* Creates the server on loop, loads the site, binds and listens, and installs
  * the signal handlers. The strings in cfg are borrowed and must outlive the
- * server. Returns 0; HUB_EIO when the address cannot be bound (err gets a
+ * server. Returns 0; HUB_EINVAL for a malformed --metrics-allow CIDR or
+ * --server-name (err says which); HUB_EIO when the address cannot be bound (err gets a
  * one-line reason such as "cannot listen on 0.0.0.0:8080: address already in
  * use"); HUB_ENOENT/HUB_ELIMIT for a bad --public directory; HUB_ENOMEM. */
 int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_server_config *cfg,
