@@ -442,6 +442,8 @@ static void render_engine_metrics(struct hub_buf *b, struct hub_engine *e)
                    "last scrape.\n# TYPE chathub_engine_rtt_max_seconds gauge\n"
                    "chathub_engine_rtt_max_seconds %.6f\n",
                    (double)st.rtt_us / 1e6, (double)st.rtt_max_us / 1e6);
+}
+
 /* Issue 20 (include/hub/access.h). The Host policy against DNS rebinding
  * covers every request but /healthz, which reveals nothing and which
  * health checkers call by address. A refused request gets 421 (an upgrade
