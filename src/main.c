@@ -6,6 +6,7 @@
  * error. The loop must close with no live handles; anything else is a bug
  * and exits 1.
  */
+#include "hub/deflate.h"
 #include "hub/log.h"
 #include "hub/server.h"
 
@@ -68,7 +69,12 @@ static void usage(FILE *f)
         "  --data-dir DIR        where the SQLite history lives (default ./chathub-data)\n"
         "  --history N           messages kept per room (default 1000)\n"
         "  --history-ttl S       drop messages older than S seconds (default 0: keep)\n"
-        "  --no-persist          keep history in memory only (lost on restart)\n");
+        "  --no-persist          keep history in memory only (lost on restart)\n"
+        "\n"
+        "Compression:\n"
+        "  --deflate on|off      accept permessage-deflate from clients that offer it\n"
+        "                        (default on when built with zlib)\n"
+        "  --deflate-min BYTES   send messages shorter than this uncompressed (default 128)\n");
 }
 
 HUB_PRINTF_LIKE(1, 2) static int usage_error(const char *fmt, ...)
@@ -166,6 +172,7 @@ int main(int argc, char **argv)
         {"--drain-timeout", 0, 3600, 2, &cfg.drain_ms},
         {"--history", 1, 1000000, 1, &cfg.history},
         {"--history-ttl", 0, 100u * 365 * 86400, 1, &cfg.history_ttl_s},
+        {"--deflate-min", 0, 1u << 30, 1, &cfg.deflate_min},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -224,6 +231,12 @@ int main(int argc, char **argv)
                 return usage_error("invalid --log-level '%s': expected error, warn, info or debug",
                                    v);
             hub_log_set_level(level);
+        } else if ((v = option_value(argc, argv, &i, "--deflate", &missing)) != NULL) {
+            if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+                return usage_error("invalid --deflate '%s': expected on or off", v);
+            if (strcmp(v, "on") == 0 && !hub_deflate_available())
+                return usage_error("--deflate on: this build has no zlib (meson -Ddeflate)");
+            cfg.deflate = strcmp(v, "on") == 0;
         } else if (missing) {
             return usage_error("option %s needs a value", a);
         } else {

@@ -43,6 +43,8 @@ struct hub_server_config {
     int persist;                      /* 1: history in SQLite; 0: in memory only */
     uint32_t history;                 /* messages kept per room (1000) */
     uint32_t history_ttl_s;           /* age limit of history in seconds (0 = none) */
+    int deflate;                      /* 1: accept permessage-deflate (on when built with zlib) */
+    uint32_t deflate_min;             /* payloads shorter than this go uncompressed (128) */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
