@@ -347,8 +347,8 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
     /* permessage-deflate, when on and offered (deflate.h). */
     struct hub_deflate_params dp;
     char ext_line[160];
-    int deflate = s->cfg.deflate && hub_deflate_negotiate(req->ws_extensions, &dp, ext_line,
-                                                          sizeof(ext_line));
+    int deflate = s->cfg.deflate &&
+                  hub_deflate_negotiate(req->ws_extensions, &dp, ext_line, sizeof(ext_line));
     if (deflate)
         hub_ws_set_deflate(cl->ws, dp.server_max_window_bits);
     if (hub_http_accept_websocket_ext(h, req, json ? "chathub.v1" : NULL,
