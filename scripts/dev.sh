@@ -18,6 +18,7 @@ APT_PACKAGES=(
   clang nodejs npm chromium
   redis-server libhiredis-dev
   libicu-dev
+  zlib1g-dev
 )
 
 # Counts summed over all suites by run_suite.

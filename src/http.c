@@ -56,7 +56,7 @@
  * larger ones are queued by reference to the site's memory. */
 #define HTTP_COPY_BODY_MAX 2048
 
-/* Longest header name we recognise ("Sec-WebSocket-Protocol" is 22). */
+/* Longest header name we recognise ("Sec-WebSocket-Extensions" is 24). */
 #define HTTP_NAME_MAX 32
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -71,6 +71,7 @@ enum known_header {
     KH_WS_VERSION,
     KH_WS_PROTOCOL,
     KH_IF_NONE_MATCH,
+    KH_WS_EXTENSIONS,
     KH_COUNT,
     KH_NONE = -1,
 };
@@ -84,6 +85,7 @@ static const char *const known_names[KH_COUNT] = {
     "Sec-WebSocket-Version",
     "Sec-WebSocket-Protocol",
     "If-None-Match",
+    "Sec-WebSocket-Extensions",
 };
 
 enum http_state {
@@ -849,8 +851,21 @@ static int is_token(const char *s)
 int hub_http_accept_websocket(struct hub_http *h, const struct hub_http_request *req,
                               const char *subprotocol)
 {
+    return hub_http_accept_websocket_ext(h, req, subprotocol, NULL);
+}
+
+/* Also HUB_EINVAL when the extensions line is not one header line. */
+int hub_http_accept_websocket_ext(struct hub_http *h, const struct hub_http_request *req,
+                                  const char *subprotocol, const char *extensions)
+{
     if (subprotocol != NULL && !is_token(subprotocol))
         return HUB_EINVAL;
+    if (extensions != NULL) {
+        size_t n = strlen(extensions);
+        if (n < 2 || strcmp(extensions + n - 2, "\r\n") != 0 ||
+            strpbrk(extensions, "\r\n") != extensions + n - 2)
+            return HUB_EINVAL;
+    }
     if (h->state != ST_OPEN || hub_conn_closing(h->conn))
         return HUB_ECLOSED;
     char accept[29];
@@ -866,6 +881,8 @@ int hub_http_accept_websocket(struct hub_http *h, const struct hub_http_request 
                             accept);
     if (rc == 0 && subprotocol != NULL)
         rc = hub_buf_printf(&b, "Sec-WebSocket-Protocol: %s\r\n", subprotocol);
+    if (rc == 0 && extensions != NULL)
+        rc = hub_buf_puts(&b, extensions);
     if (rc == 0)
         rc = hub_buf_puts(&b, "\r\n");
     /* A handful of bytes that decide whether the connection lives: they go
@@ -1024,6 +1041,7 @@ static int build_request(const struct hub_http *h, struct hub_http_request *req)
     req->ws_version = view(h, &h->hdr[KH_WS_VERSION]);
     req->ws_protocol = view(h, &h->hdr[KH_WS_PROTOCOL]);
     req->if_none_match = view(h, &h->hdr[KH_IF_NONE_MATCH]);
+    req->ws_extensions = view(h, &h->hdr[KH_WS_EXTENSIONS]);
     return split_target(view(h, &h->url), req->method, req);
 }
 

@@ -8,6 +8,7 @@
  */
 #include "hub/engine.h"
 #include "hub/access.h"
+#include "hub/deflate.h"
 #include "hub/log.h"
 #include "hub/redisurl.h"
 #include "hub/server.h"
@@ -80,6 +81,11 @@ static void usage(FILE *f)
         "  --history N           messages kept per room (default 1000)\n"
         "  --history-ttl S       drop messages older than S seconds (default 0: keep)\n"
         "  --no-persist          keep history in memory only (lost on restart)\n"
+        "\n"
+        "Compression:\n"
+        "  --deflate on|off      accept permessage-deflate from clients that offer it\n"
+        "                        (default on when built with zlib)\n"
+        "  --deflate-min BYTES   send messages shorter than this uncompressed (default 128)\n"
         "\n"
         "Several hubs, one chat (Redis; see docs/operations.md):\n"
         "  --redis URL           share rooms, history, presence and nicks with other hubs\n"
@@ -230,6 +236,7 @@ int main(int argc, char **argv)
         {"--drain-timeout", 0, 3600, 2, &cfg.drain_ms},
         {"--history", 1, 1000000, 1, &cfg.history},
         {"--history-ttl", 0, 100u * 365 * 86400, 1, &cfg.history_ttl_s},
+        {"--deflate-min", 0, 1u << 30, 1, &cfg.deflate_min},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -328,6 +335,12 @@ int main(int argc, char **argv)
                 return usage_error("invalid --log-level '%s': expected error, warn, info or debug",
                                    v);
             hub_log_set_level(level);
+        } else if ((v = option_value(argc, argv, &i, "--deflate", &missing)) != NULL) {
+            if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+                return usage_error("invalid --deflate '%s': expected on or off", v);
+            if (strcmp(v, "on") == 0 && !hub_deflate_available())
+                return usage_error("--deflate on: this build has no zlib (meson -Ddeflate)");
+            cfg.deflate = strcmp(v, "on") == 0;
         } else if (missing) {
             return usage_error("option %s needs a value", a);
         } else {

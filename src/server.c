@@ -31,6 +31,7 @@
 #include "hub/chat.h"
 #include "hub/conn.h"
 #include "hub/engine.h"
+#include "hub/deflate.h"
 #include "hub/history.h"
 #include "hub/http.h"
 #include "hub/log.h"
@@ -137,6 +138,9 @@ void hub_server_config_default(struct hub_server_config *cfg)
     cfg->history = 1000;
     cfg->redis_prefix = "chathub:";
     cfg->node_lease_ms = 30000;
+    /* permessage-deflate: on when this build has zlib. */
+    cfg->deflate = hub_deflate_available();
+    cfg->deflate_min = 128;
 }
 
 static uint64_t *phase_gauge(int phase)
@@ -376,7 +380,15 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
     /* Offering chathub.v1 selects the JSON protocol; anything else (or no
      * subprotocol) is raw mode, and the 101 then names no subprotocol. */
     int json = hub_iov_has_token(req->ws_protocol, "chathub.v1");
-    if (hub_http_accept_websocket(h, req, json ? "chathub.v1" : NULL) != 0) {
+    /* permessage-deflate, when on and offered (deflate.h). */
+    struct hub_deflate_params dp;
+    char ext_line[160];
+    int deflate = s->cfg.deflate &&
+                  hub_deflate_negotiate(req->ws_extensions, &dp, ext_line, sizeof(ext_line));
+    if (deflate)
+        hub_ws_set_deflate(cl->ws, dp.server_max_window_bits);
+    if (hub_http_accept_websocket_ext(h, req, json ? "chathub.v1" : NULL,
+                                      deflate ? ext_line : NULL) != 0) {
         hub_ws_free(cl->ws);
         cl->ws = NULL;
         return HUB_HTTP_DONE;
@@ -909,6 +921,7 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     hub_ws_config_default(&s->ws_cfg);
     s->ws_cfg.max_message = cfg->max_message;
     s->ws_cfg.max_fragments = cfg->max_fragments;
+    s->ws_cfg.deflate_min = cfg->deflate_min;
     rc = hub_io_init(&s->io, loop);
     if (rc != 0) {
         snprintf(err, errsz, "cannot set up the event loop: %s", hub_strerror(rc));
@@ -999,4 +1012,5 @@ void hub_server_free(struct hub_server *s)
     hub_static_free(s->site);
     free(s->metrics_allow);
     free(s);
+    hub_deflate_release();
 }

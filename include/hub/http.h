@@ -47,6 +47,7 @@ struct hub_http_request {
     struct hub_iov ws_version;    /* Sec-WebSocket-Version */
     struct hub_iov ws_protocol;   /* Sec-WebSocket-Protocol */
     struct hub_iov if_none_match; /* If-None-Match */
+    struct hub_iov ws_extensions; /* Sec-WebSocket-Extensions */
 };
 
 /* Content-Security-Policy values for HTML responses. The hub's own page
@@ -133,6 +134,13 @@ int hub_http_check_websocket(const struct hub_http_request *req);
  * the callback returns HUB_HTTP_UPGRADED. Returns 0 or HUB_ENOMEM/HUB_ECLOSED. */
 int hub_http_accept_websocket(struct hub_http *h, const struct hub_http_request *req,
                               const char *subprotocol);
+
+/* Like hub_http_accept_websocket, and appends extensions (a NUL-terminated
+ * header line ending in "\r\n", such as hub_deflate_negotiate makes; borrowed;
+ * NULL for none) to the 101. HUB_EINVAL (nothing queued) when it is not
+ * exactly one line. */
+int hub_http_accept_websocket_ext(struct hub_http *h, const struct hub_http_request *req,
+                                  const char *subprotocol, const char *extensions);
 
 /* Computes Sec-WebSocket-Accept for a key (RFC 6455 section 1.3) into out
  * (29 bytes: 28 characters and a NUL). */

@@ -56,6 +56,8 @@ struct hub_server_config {
     size_t nserver_names;             /* number of names */
     const char *const *metrics_allow; /* --metrics-allow CIDRs (borrowed); replace loopback */
     size_t nmetrics_allow;            /* number of CIDRs */
+    int deflate;                      /* 1: accept permessage-deflate (on when built with zlib) */
+    uint32_t deflate_min;             /* payloads shorter than this go uncompressed (128) */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
