@@ -403,3 +403,27 @@ test('a SIGKILLed hub: its members leave presence on the others within the lease
   const swept = metric(rows, 'chathub_engine_swept_total') + metric(await metrics(h2), 'chathub_engine_swept_total');
   assert.ok(swept >= 1, `a survivor swept the dead node (swept_total ${swept})`);
 }, { timeout: 30000 });
+
+test('a hub stopped with SIGTERM: its members leave the others at once, and its clients resume on another hub', async () => {
+  const [h1, h2] = await startHubs(await redis(), 2, { lease: 30 });
+  const a = await JClient.open(h1, { nick: 'ta' });
+  let b = await JClient.open(h2, { nick: 'tb' });
+  await a.joinOk('drain');
+  const jb = await b.joinOk('drain');
+  const s1 = await a.sendOk('drain', 'one');
+  await b.waitPush((m) => m.t === 'msg' && m.text === 'one');
+  const t0 = Date.now();
+  const stopped = h2.stop('SIGTERM', 15000);
+  const bye = await b.waitPush((m) => m.t === 'bye', 5000);
+  assert.ok(Number.isInteger(bye.retry_ms), JSON.stringify(bye));
+  // With a 30 s lease, a leave within a few seconds comes from the drain,
+  // not from the sweep.
+  const lv = await a.waitPush((m) => m.t === 'leave' && m.nick === 'tb', 10000);
+  assert.equal(lv.room, 'drain');
+  console.log(`# the drained hub's member left hub 1 after ${Date.now() - t0} ms (lease 30 s)`);
+  assert.equal(await stopped, 0, 'the draining hub exits 0');
+  const s2 = await a.sendOk('drain', 'two');
+  b = await JClient.open(h1);
+  const hr = await helloEventually(b, 'tb', { resume: { drain: { epoch: jb.epoch, offset: s1.offset } } });
+  assert.deepEqual(hr.rooms.drain.messages.map((m) => [m.offset, m.text]), [[s2.offset, 'two']]);
+}, { timeout: 30000 });
