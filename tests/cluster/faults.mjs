@@ -71,6 +71,11 @@ test('redis-server SIGKILLed and restarted with its AOF: clients stay, sends get
     return v > metric(before, 'chathub_engine_dropped_total') + 1 ? v : undefined;
   }, 3000, 'chathub_engine_dropped_total counts the refused send and the raw line');
   assert.ok(dropped >= 2);
+  const during = await metrics(h1);
+  assert.ok(metric(during, 'chathub_unavailable_total') > (metric(before, 'chathub_unavailable_total') || 0),
+    'chathub_unavailable_total counts the refused send');
+  assert.ok(metric(during, 'chathub_raw_dropped_total') > (metric(before, 'chathub_raw_dropped_total') || 0),
+    'chathub_raw_dropped_total counts the dropped raw line');
   // The WebSocket clients stay connected and served.
   for (const c of [a, b]) {
     assert.equal(c.closeInfo, null, 'still connected');
