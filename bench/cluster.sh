@@ -13,7 +13,8 @@
 # at saturation (FANOUT_CONNS subscribers, SENDERS of them publishing SIZE
 # bytes as fast as a window of WINDOW undelivered messages per sender
 # allows) and (b) the same room at RATE messages per second per sender, for
-# latency. Redis CPU per room message comes from INFO CPU before and after
+# latency, and (c) the issue's target load: TARGET_RATE messages per second
+# per sender, which with 1000 receivers offers 1,000,000 deliveries/s. Redis CPU per room message comes from INFO CPU before and after
 # each run (divided by the messages sent in the whole run) and from
 # /proc/PID/stat over the measured window (loadgen --watch-pid, divided by
 # the messages published in it). See bench/README.md.
@@ -43,6 +44,8 @@ SENDERS="${SENDERS:-10}"
 SIZE="${SIZE:-64}"
 WINDOW="${WINDOW:-16}"
 RATE="${RATE:-2}"
+TARGET_RATE="${TARGET_RATE:-100}"   # (c): per sender; 10 x 100 msg/s x ~1000 receivers = the 1M/s target
+REDIS_FSYNC="${REDIS_FSYNC:-always}" # appendfsync: always (docs/operations.md) or everysec, to compare
 COLUMNS_RUN="${COLUMNS_RUN:-single redis1 redis2}" # which columns to measure
 HUB_CPUS="${HUB_CPUS:-0 1}"          # cores of hub 1 and hub 2 (the single hub takes the first)
 REDIS_CPU="${REDIS_CPU:-1}"          # core of redis-server ("" = not pinned)
@@ -156,6 +159,9 @@ run_load() {
     rate)
       args=(--conns "$FANOUT_CONNS" --senders "$SENDERS" --size "$SIZE" --rate "$RATE"
         --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN") ;;
+    target)
+      args=(--conns "$FANOUT_CONNS" --senders "$SENDERS" --size "$SIZE" --rate "$TARGET_RATE"
+        --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN") ;;
   esac
   local extra=(--server-pid "${pids[0]}")
   for k in $(seq 2 "$nhubs"); do
@@ -248,7 +254,7 @@ for _ in $(seq 1 50); do
 done
 mkdir -p "$OUT_DIR/redis"
 $(pin "$REDIS_CPU") redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$OUT_DIR/redis" \
-  --save '' --appendonly yes --appendfsync always --maxmemory-policy noeviction --daemonize no \
+  --save '' --appendonly yes --appendfsync "$REDIS_FSYNC" --maxmemory-policy noeviction --daemonize no \
   --loglevel warning >"$OUT_DIR/redis.log" 2>&1 &
 REDIS_PID=$!
 for _ in $(seq 1 100); do
@@ -261,13 +267,13 @@ say "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on
 started=$(date +%s)
 for col in single redis1 redis2; do
   has "$col" || continue
-  for load in fanout rate; do
+  for load in fanout rate target; do
     for n in $(seq 1 "$RUNS"); do run_load "$col" "$load" "$n"; done
   done
 done
 
 echo
-echo "### 1 hub vs 2 hubs + Redis: $MODE mode, $FANOUT_CONNS subscribers, $SENDERS senders, $SIZE B, median of $RUNS run(s)"
+echo "### 1 hub vs 2 hubs + Redis: $MODE mode, $FANOUT_CONNS subscribers, $SENDERS senders, $SIZE B, appendfsync $REDIS_FSYNC, median of $RUNS run(s)"
 echo
 echo "| figure | 1 hub (memory engine, SQLite) | 1 hub + Redis | 2 hubs + Redis |"
 echo "|---|---:|---:|---:|"
@@ -286,9 +292,15 @@ row "(b) deliveries/s" rate deliveries_per_sec
 row "(b) hub CPU ns per delivery" rate server_cpu_ns_per_delivery
 row "(b) Redis CPU µs per room message (window, /proc)" rate watch_cpu_us_per_published
 row "(b) missing %" rate missing_pct
+row "(c) $TARGET_RATE msg/s x $SENDERS (target load): deliveries/s" target deliveries_per_sec
+row "(c) latency p50 µs" target latency_p50_us
+row "(c) latency p99 µs" target latency_p99_us
+row "(c) hub CPU ns per delivery" target server_cpu_ns_per_delivery
+row "(c) Redis CPU µs per room message (window, /proc)" target watch_cpu_us_per_published
+row "(c) missing %" target missing_pct
 row "connection failures (a)" fanout failures
 echo
 echo "Cores: hubs on CPU(s) $HUB_CPUS (the single hub on the first), redis-server on ${REDIS_CPU:-any},"
-echo "loadgen on ${LOADGEN_CPU:-any}; $(nproc) CPUs on this machine. Targets (issue 11): 2 hubs >= 1,000,000"
+echo "loadgen on ${LOADGEN_CPU:-any}; $(nproc) CPUs on this machine, load average $(cut -d' ' -f1 /proc/loadavg) at the end. Targets (issue 11): 2 hubs >= 1,000,000"
 echo "deliveries/s at p99 <= 100 ms, Redis <= 50 µs CPU per room message. Raw files: $OUT_DIR"
 say "done in $(($(date +%s) - started)) s"
