@@ -10,7 +10,7 @@
 import { test, wsConnect } from '../integration/lib.mjs';
 import { assertErr } from '../protocol/jclient.mjs';
 import {
-  JClient, Redis, assert, eventually, readAll, requireCluster, startHubs, metrics, metric,
+  JClient, Redis, assert, eventually, readAll, requireCluster, startHub, startHubs, metrics, metric,
 } from './clib.mjs';
 
 requireCluster();
@@ -445,4 +445,40 @@ test('requests pipelined after hello (hello, join, send without waiting) are ans
   assert.deepEqual(order, ids, 'replies in request order');
   const p = await watcher.waitPush((m) => m.t === 'msg' && m.text === 'pipelined');
   assert.equal(p.offset, send.offset);
+});
+
+test('two --redis shards: rooms spread over both servers, and every room still crosses hubs', async () => {
+  const r2 = await Redis.start();
+  const shards = [await redis(), r2];
+  const prefix = `t${process.pid}-shard:`;
+  const h1 = await startHub(shards, { node: 'n1', prefix });
+  const h2 = await startHub(shards, { node: 'n2', prefix });
+  assert.equal(metric(await metrics(h1), 'chathub_engine_shards'), 2);
+  const a = await JClient.open(h1, { nick: 'sha' });
+  const b = await JClient.open(h2, { nick: 'shb' });
+  const rooms = Array.from({ length: 12 }, (_, i) => `shard-${i}`);
+  for (const room of rooms) {
+    await a.joinOk(room, { history: 0 });
+    await b.joinOk(room, { history: 0 });
+  }
+  for (const room of rooms) {
+    const s = await a.sendOk(room, `in ${room}`);
+    assert.equal(s.offset, 1);
+  }
+  for (const room of rooms) {
+    const p = await b.waitPush((m) => m.t === 'msg' && m.room === room);
+    assert.equal(p.text, `in ${room}`);
+  }
+  // Each room's meta lives on exactly one server, and both servers hold some.
+  const where = [];
+  for (const sh of shards) {
+    const ks = await sh.cmd('KEYS', `${prefix}r:*`);
+    where.push(new Set(ks.map((k) => k.slice(`${prefix}r:`.length))));
+  }
+  for (const room of rooms) {
+    assert.equal((where[0].has(room) ? 1 : 0) + (where[1].has(room) ? 1 : 0), 1, `${room} is on one shard`);
+  }
+  assert.ok(where[0].size > 0 && where[1].size > 0, `both shards hold rooms: ${where[0].size} and ${where[1].size}`);
+  const rr = await b.req('rooms');
+  assert.equal(rr.rooms.filter((r) => r.room.startsWith('shard-')).length, 12, `rooms lists the rooms of both shards: ${JSON.stringify(rr.rooms)}`);
 });
