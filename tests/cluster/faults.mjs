@@ -212,3 +212,25 @@ test('a stalled redis-server (SIGSTOP): a send is answered unavailable within th
   const hist = await readAll(b, room);
   assert.equal(hist.messages.filter((m) => m.text === 'stalled').length, 1, 'stored once');
 }, { timeout: 40000 });
+
+test('a full Redis (maxmemory with noeviction): sends get unavailable, nothing is evicted, and they work once there is room', async () => {
+  const redis = await Redis.start({ aof: true });
+  const [h1, h2] = await startHubs(redis, 2);
+  const a = await JClient.open(h1, { nick: 'fa' });
+  const b = await JClient.open(h2, { nick: 'fb' });
+  await a.joinOk('full', { history: 0 });
+  await b.joinOk('full', { history: 0 });
+  const first = await a.sendOk('full', 'before full', { cmid: 'f-0' });
+  assert.equal(await redis.cmd('CONFIG', 'SET', 'maxmemory', '1'), 'OK');
+  try {
+    assertErr(await a.req('send', { room: 'full', text: 'while full', cmid: 'f-1' }), 'unavailable');
+    assert.equal(a.closeInfo, null);
+  } finally {
+    assert.equal(await redis.cmd('CONFIG', 'SET', 'maxmemory', '0'), 'OK');
+  }
+  const again = await a.sendOk('full', 'while full', { cmid: 'f-1' });
+  assert.equal(again.offset, first.offset + 1, 'the refused send took no offset');
+  const p = await b.waitPush((m) => m.t === 'msg' && m.text === 'while full');
+  assert.equal(p.offset, again.offset);
+  assert.deepEqual(b.takePushes((m) => m.t === 'gap'), [], 'no epoch change: nothing was evicted');
+});
