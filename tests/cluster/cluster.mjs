@@ -1,7 +1,9 @@
 // Several hubs, one chat (issue 11): three hubs share one redis-server and
 // their clients must see one chat. Order, presence, nicks, resume, typing,
-// DMs and raw mode across nodes, and the members of a SIGKILLed hub leaving
-// presence within its lease. Redis faults are in faults.mjs.
+// DMs and raw mode across nodes; the members of a SIGKILLed hub leaving
+// presence within its lease and those of a SIGTERMed one at once; requests
+// pipelined behind hello; rooms sharded over two redis-servers. Redis
+// faults are in faults.mjs.
 //
 // One redis-server serves the whole file; each test is its own installation
 // (its own --redis-prefix), so rooms, offsets and nicks never leak between

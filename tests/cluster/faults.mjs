@@ -1,7 +1,8 @@
 // Redis faults under running hubs (issue 11, "Faults"): Redis absent at
 // start, redis-server SIGKILLed and restarted on the same port with its
-// append-only file, and Redis losing its data (a restart without the file,
-// FLUSHALL). Each test starts its own redis-server, which the test signals
+// append-only file, Redis losing its data (a restart without the file,
+// FLUSHALL), a stalled Redis (SIGSTOP) and a full one (maxmemory with
+// noeviction). Each test starts its own redis-server, which the test signals
 // by PID; the hubs are the real binary with --redis.
 import { test, wsConnect } from '../integration/lib.mjs';
 import { assertErr } from '../protocol/jclient.mjs';
