@@ -1,7 +1,8 @@
 // Several hubs, one chat (issue 11): three hubs share one redis-server and
 // their clients must see one chat. Order, presence, nicks, resume, typing,
 // DMs and raw mode across nodes; the members of a SIGKILLed hub leaving
-// presence within its lease and those of a SIGTERMed one at once; requests
+// presence within its lease and those of a SIGTERMed one at once; a hub
+// paused past its lease leaving and coming back; requests
 // pipelined behind hello; rooms sharded over two redis-servers. Redis
 // faults are in faults.mjs.
 //
@@ -484,3 +485,31 @@ test('two --redis shards: rooms spread over both servers, and every room still c
   const rr = await b.req('rooms');
   assert.equal(rr.rooms.filter((r) => r.room.startsWith('shard-')).length, 12, `rooms lists the rooms of both shards: ${JSON.stringify(rr.rooms)}`);
 });
+
+test('a hub paused past its lease (SIGSTOP): the others push leave, and join again once it is back', async () => {
+  const lease = 1.5;
+  const [h1, h2] = await startHubs(await redis(), 2, { lease });
+  const a = await JClient.open(h1, { nick: 'pza' });
+  const x = await JClient.open(h2, { nick: 'pzx' });
+  await a.joinOk('pause');
+  await x.joinOk('pause');
+  await a.waitPush((m) => m.t === 'join' && m.nick === 'pzx');
+  process.kill(h2.proc.pid, 'SIGSTOP');
+  let lv;
+  try {
+    lv = await a.waitPush((m) => m.t === 'leave' && m.nick === 'pzx', 4 * lease * 1000);
+  } finally {
+    process.kill(h2.proc.pid, 'SIGCONT');
+  }
+  assert.equal(lv.room, 'pause');
+  // Back: its next lease refresh sees the lapse and writes its members and
+  // nicks again, so the others see it join again; it still talks.
+  const back = await a.waitPush((m) => m.t === 'join' && m.nick === 'pzx', 4 * lease * 1000);
+  assert.equal(back.client, x.id);
+  const n = await JClient.open(h1);
+  assertErr(await n.req('hello', { nick: 'pzx' }), 'nick_taken');
+  await x.sendOk('pause', 'I was asleep');
+  await a.waitPush((m) => m.t === 'msg' && m.text === 'I was asleep');
+  const rr = await a.req('rooms');
+  assert.deepEqual(rr.rooms.find((r) => r.room === 'pause'), { room: 'pause', members: 2 });
+}, { timeout: 30000 });

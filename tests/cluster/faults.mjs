@@ -84,10 +84,14 @@ test('redis-server SIGKILLed and restarted with its AOF: clients stay, sends get
   }
   assert.equal(raw.closeInfo, null, 'the raw client is still connected');
 
-  // Redis comes back on the same port with its AOF.
+  // Redis stays away long enough for the hubs' reconnect backoff to grow
+  // (100 ms doubling), then comes back on the same port with its AOF.
+  await sleep(1500);
   await redis.restart();
+  const t1 = Date.now();
   await waitHealth(h1, 200, 10000);
   await waitHealth(h2, 200, 10000);
+  console.log(`# both hubs ready ${Date.now() - t1} ms after Redis came back`);
   // The client resends with its cmid: it is sequenced after the acked ones.
   const again = await eventually(async () => {
     const x = await a.req('send', { room, text: 'during', cmid: 'oa-during' });
