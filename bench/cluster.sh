@@ -62,6 +62,9 @@ command -v taskset >/dev/null || die "taskset is missing (util-linux)"
 
 PRIO=()
 if [ "$NICE" != 0 ] && [ "$(id -u)" = 0 ]; then PRIO=(nice -n "$NICE"); fi
+# pin CPU: "taskset -c CPU" or nothing, spliced unquoted in front of a
+# command so that the command itself is the process started with & (its
+# PID is $!, the one sampled and signalled).
 pin() { if [ -n "$1" ]; then echo taskset -c "$1"; fi; }
 
 # ---- processes, stopped by PID -----------------------------------------
@@ -70,9 +73,9 @@ REDIS_PID=""
 REDIS_PORT=""
 
 stop_pid() {
-  local pid="$1" i
+  local pid="$1"
   kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
@@ -100,14 +103,15 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # start_hub LOG CPU ARGS...: starts a hub, sets HUB_PID and HUB_PORT once it
 # prints its URL and /healthz says 200.
 start_hub() {
-  local log="$1" cpu="$2" i
+  local log="$1" cpu="$2"
   shift 2
+  # shellcheck disable=SC2046 # pin's output is meant to split into words
   "${PRIO[@]}" $(pin "$cpu") "$CHATHUB" --host 127.0.0.1 --port 0 --rate 0 --max-conns-per-ip 0 \
     --max-conns 0 --drain-timeout 1 --log-level warn "$@" >"$log.out" 2>"$log.err" &
   HUB_PID=$!
   PIDS+=("$HUB_PID")
   HUB_PORT=""
-  for i in $(seq 1 200); do
+  for _ in $(seq 1 200); do
     [ -n "$HUB_PORT" ] ||
       HUB_PORT="$(sed -n 's#.*listening on http://127\.0\.0\.1:\([0-9][0-9]*\)/.*#\1#p' "$log.out" 2>/dev/null || true)"
     if [ -n "$HUB_PORT" ] && curl -fsS -o /dev/null "http://127.0.0.1:$HUB_PORT/healthz" 2>/dev/null; then
@@ -129,7 +133,8 @@ redis_cpu() {
 # run_load COLUMN LOAD N: output in $OUT_DIR/COLUMN-LOAD-N.txt.
 run_load() {
   local col="$1" load="$2" n="$3" base="$OUT_DIR/$1-$2-$3"
-  local hubs=() ports=() pids=() cpus=($HUB_CPUS) prefix="bench$n-$col-$load:"
+  local ports=() pids=() cpus=() prefix="bench$n-$col-$load:"
+  read -ra cpus <<<"$HUB_CPUS"
   local nhubs=1 redis_args=() k
   case "$col" in
     single) nhubs=1 ;;
@@ -172,6 +177,7 @@ run_load() {
     extra+=(--watch-pid "$REDIS_PID")
     r0="$(redis_cpu)"
   fi
+  # shellcheck disable=SC2046 # as above
   "${PRIO[@]}" $(pin "$LOADGEN_CPU") "$LOADGEN" --host 127.0.0.1 --port "${ports[0]}" "${mode[@]}" \
     "${args[@]}" "${extra[@]}" >"$base.txt" 2>"$base.loadgen.err" || rc=$?
   if [ -n "$r0" ]; then
@@ -253,6 +259,7 @@ for _ in $(seq 1 50); do
   port_in_use "$REDIS_PORT" || break
 done
 mkdir -p "$OUT_DIR/redis"
+# shellcheck disable=SC2046 # as above
 $(pin "$REDIS_CPU") redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$OUT_DIR/redis" \
   --save '' --appendonly yes --appendfsync "$REDIS_FSYNC" --maxmemory-policy noeviction --daemonize no \
   --loglevel warning >"$OUT_DIR/redis.log" 2>&1 &
