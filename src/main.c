@@ -68,7 +68,12 @@ static void usage(FILE *f)
         "  --data-dir DIR        where the SQLite history lives (default ./chathub-data)\n"
         "  --history N           messages kept per room (default 1000)\n"
         "  --history-ttl S       drop messages older than S seconds (default 0: keep)\n"
-        "  --no-persist          keep history in memory only (lost on restart)\n");
+        "  --no-persist          keep history in memory only (lost on restart)\n"
+        "\n"
+        "Origins, proxies and logs (see docs/operations.md):\n"
+        "  --strict-origin       on a loopback address too, admit only same-origin pages\n"
+        "                        and --allow-origin (default there: also file:// pages\n"
+        "                        and http://localhost:* dev servers)\n");
 }
 
 HUB_PRINTF_LIKE(1, 2) static int usage_error(const char *fmt, ...)
@@ -224,6 +229,8 @@ int main(int argc, char **argv)
                 return usage_error("invalid --log-level '%s': expected error, warn, info or debug",
                                    v);
             hub_log_set_level(level);
+        } else if (strcmp(a, "--strict-origin") == 0) {
+            cfg.strict_origin = 1;
         } else if (missing) {
             return usage_error("option %s needs a value", a);
         } else {

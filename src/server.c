@@ -312,6 +312,20 @@ static int refuse(struct hub_http *h, int status, int reason)
     return HUB_HTTP_DONE;
 }
 
+/* Refuses a WebSocket from a page whose origin the policy does not admit,
+ * naming the origin and the --allow-origin that would admit it. */
+static int refuse_origin(struct client *cl, struct hub_http *h, struct hub_iov origin)
+{
+    char shown[201], body[600];
+    hub_origin_suggest(origin, shown, sizeof(shown));
+    size_t n = hub_origin_refusal(origin, body, sizeof(body));
+    hub_log_info("%s: refused WebSocket from origin %s (to allow it: --allow-origin %s)",
+                 hub_conn_peer(&cl->conn), shown, shown);
+    hub_metrics.refused[HUB_REFUSE_ORIGIN]++;
+    hub_http_respond(h, 403, "text/plain; charset=utf-8", NULL, body, n);
+    return HUB_HTTP_DONE;
+}
+
 /* Answers an upgrade request: validation, policies, room, 101, WebSocket. */
 static int client_upgrade(struct client *cl, struct hub_http *h, const struct hub_http_request *req)
 {
@@ -321,11 +335,8 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
     int status = hub_http_check_websocket(req);
     if (status != 0)
         return refuse(h, status, HUB_REFUSE_BAD_HANDSHAKE);
-    if (!hub_origin_allowed(&s->origins, req->origin, req->host)) {
-        hub_log_info("%s: refused cross-site WebSocket from origin %.*s", hub_conn_peer(&cl->conn),
-                     (int)(req->origin.len > 200 ? 200 : req->origin.len), req->origin.base);
-        return refuse(h, 403, HUB_REFUSE_ORIGIN);
-    }
+    if (!hub_origin_admit(&s->origins, req->origin, req->host))
+        return refuse_origin(cl, h, req->origin);
     struct hub_iov room;
     if (hub_chat_room_from_path(req->path, &room) != 0) {
         hub_metrics.refused[HUB_REFUSE_BAD_ROOM]++;
@@ -614,6 +625,9 @@ static int server_bind(struct hub_server *s, char *err, size_t errsz)
                  uv_strerror(rc));
         return HUB_EIO;
     }
+    /* A hub only this machine can reach admits local dev pages (origin.h). */
+    s->origins.local_dev =
+        !s->cfg.strict_origin && hub_origin_sockaddr_is_loopback((struct sockaddr *)&ss);
     s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
     return 0;

@@ -43,6 +43,8 @@ struct hub_server_config {
     int persist;                      /* 1: history in SQLite; 0: in memory only */
     uint32_t history;                 /* messages kept per room (1000) */
     uint32_t history_ttl_s;           /* age limit of history in seconds (0 = none) */
+    /* issue 18 (newcomer) */
+    int strict_origin; /* 1: no local-dev Origin relaxation on loopback (origin.h) */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
