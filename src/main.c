@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h> /* S_IFMT, S_IFDIR (mingw has them too) */
 #include <uv.h>
 #ifndef _WIN32
 #include <signal.h>
@@ -76,16 +77,42 @@ static void usage(FILE *f)
         "                        and http://localhost:* dev servers)\n");
 }
 
+/* A usage error is one line naming the problem and where help is; the
+ * 40 lines of usage would bury it. Returns the exit status 2. */
 HUB_PRINTF_LIKE(1, 2) static int usage_error(const char *fmt, ...)
 {
+    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "chathub: ");
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n\n");
-    usage(stderr);
+    fprintf(stderr, "chathub: %s (see chathub --help)\n", msg);
     return 2;
+}
+
+/* Checks that --public names a directory the hub can list, so that the error
+ * names the path and the OS's reason ("permission denied") rather than what
+ * the site loader makes of it. Runs synchronous requests on loop before it
+ * runs. Returns 0, or 1 after printing the error. */
+static int check_public_dir(uv_loop_t *loop, const char *dir)
+{
+    uv_fs_t req;
+    int rc = uv_fs_stat(loop, &req, dir, NULL);
+    uint64_t mode = req.statbuf.st_mode;
+    uv_fs_req_cleanup(&req);
+    if (rc == 0 && (mode & S_IFMT) != S_IFDIR)
+        rc = UV_ENOTDIR;
+    if (rc == 0) {
+        rc = uv_fs_scandir(loop, &req, dir, 0, NULL);
+        uv_dirent_t ent;
+        while (rc >= 0 && uv_fs_scandir_next(&req, &ent) == 0)
+            continue;
+        uv_fs_req_cleanup(&req);
+    }
+    if (rc >= 0)
+        return 0;
+    fprintf(stderr, "chathub: cannot serve --public %s: %s\n", dir, uv_strerror(rc));
+    return 1;
 }
 
 /* Parses a whole decimal number in [min, max]. Returns 0 or -1. */
@@ -233,8 +260,10 @@ int main(int argc, char **argv)
             cfg.strict_origin = 1;
         } else if (missing) {
             return usage_error("option %s needs a value", a);
+        } else if (a[0] == '-') {
+            return usage_error("unknown flag %s", a);
         } else {
-            return usage_error("unknown option '%s'", a);
+            return usage_error("unexpected argument '%s': flags start with --", a);
         }
     }
     if (cfg.pong_timeout_ms >= cfg.ping_interval_ms)
@@ -253,6 +282,10 @@ int main(int argc, char **argv)
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) {
         fprintf(stderr, "chathub: cannot initialise the event loop\n");
+        return 1;
+    }
+    if (cfg.public_dir != NULL && check_public_dir(&loop, cfg.public_dir) != 0) {
+        uv_loop_close(&loop);
         return 1;
     }
     struct hub_server *server = NULL;
