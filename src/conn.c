@@ -741,6 +741,8 @@ const char *hub_conn_peer(const struct hub_conn *c)
     /* Asked for only on rare paths (logs, accept), so the address is not
      * kept in every connection. */
     static char text[64];
+    if (c->addr != NULL)
+        return c->addr;
     if (c->io == NULL)
         return "detached";
     struct sockaddr_storage ss;

@@ -71,6 +71,8 @@ enum known_header {
     KH_WS_VERSION,
     KH_WS_PROTOCOL,
     KH_IF_NONE_MATCH,
+    KH_X_FORWARDED_FOR, /* read only from trusted proxies (proxy.h) */
+    KH_FORWARDED,
     KH_COUNT,
     KH_NONE = -1,
 };
@@ -84,6 +86,8 @@ static const char *const known_names[KH_COUNT] = {
     "Sec-WebSocket-Version",
     "Sec-WebSocket-Protocol",
     "If-None-Match",
+    "X-Forwarded-For",
+    "Forwarded",
 };
 
 enum http_state {
@@ -942,6 +946,8 @@ static int build_request(const struct hub_http *h, struct hub_http_request *req)
     req->ws_version = view(h, &h->hdr[KH_WS_VERSION]);
     req->ws_protocol = view(h, &h->hdr[KH_WS_PROTOCOL]);
     req->if_none_match = view(h, &h->hdr[KH_IF_NONE_MATCH]);
+    req->forwarded_for = view(h, &h->hdr[KH_X_FORWARDED_FOR]);
+    req->forwarded = view(h, &h->hdr[KH_FORWARDED]);
     return split_target(view(h, &h->url), req->method, req);
 }
 

@@ -26,6 +26,7 @@
 #endif
 
 #define MAX_ORIGINS 64
+#define MAX_PROXIES 64
 
 static void usage(FILE *f)
 {
@@ -74,7 +75,10 @@ static void usage(FILE *f)
         "Origins, proxies and logs (see docs/operations.md):\n"
         "  --strict-origin       on a loopback address too, admit only same-origin pages\n"
         "                        and --allow-origin (default there: also file:// pages\n"
-        "                        and http://localhost:* dev servers)\n");
+        "                        and http://localhost:* dev servers)\n"
+        "  --trust-proxy CIDR    take the client address from X-Forwarded-For or Forwarded\n"
+        "                        on connections from CIDR (e.g. 127.0.0.1/32; repeatable;\n"
+        "                        default: trust nobody)\n");
 }
 
 /* A usage error is one line naming the problem and where help is; the
@@ -178,6 +182,8 @@ int main(int argc, char **argv)
     hub_server_config_default(&cfg);
     const char *origins[MAX_ORIGINS];
     size_t norigins = 0;
+    struct hub_cidr proxies[MAX_PROXIES];
+    size_t nproxies = 0;
     const struct num_option nums[] = {
         {"--port", 0, 65535, 3, &cfg.port},
         {"--max-message", 1, 1u << 30, 0, &cfg.max_message},
@@ -258,6 +264,12 @@ int main(int argc, char **argv)
             hub_log_set_level(level);
         } else if (strcmp(a, "--strict-origin") == 0) {
             cfg.strict_origin = 1;
+        } else if ((v = option_value(argc, argv, &i, "--trust-proxy", &missing)) != NULL) {
+            if (nproxies == MAX_PROXIES || hub_cidr_parse(v, &proxies[nproxies]) != 0)
+                return usage_error("invalid --trust-proxy '%s': expected an address or a network "
+                                   "such as 10.0.0.0/8 (at most %d)",
+                                   v, MAX_PROXIES);
+            nproxies++;
         } else if (missing) {
             return usage_error("option %s needs a value", a);
         } else if (a[0] == '-') {
@@ -272,6 +284,8 @@ int main(int argc, char **argv)
         cfg.soft_output = cfg.max_output;
     cfg.allow_origins = origins;
     cfg.nallow_origins = norigins;
+    cfg.trust_proxy = proxies;
+    cfg.ntrust_proxy = nproxies;
 
     raise_fd_limit();
 #ifndef _WIN32

@@ -99,6 +99,8 @@ struct client {
     int phase;                    /* enum client_phase */
     int told_to_go;               /* drain: close already started */
     uint32_t requests;            /* HTTP requests answered on this connection */
+    int via_proxy;                /* the peer is a --trust-proxy: counted per request */
+    char addr[64];                /* the forwarded client address (conn.addr points here) */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg)
@@ -154,12 +156,9 @@ static struct ip_count **ip_slot(struct hub_server *s, const char *ip)
 
 /* Counts one more connection from cl's address. Returns 0, or HUB_ELIMIT
  * when the address already has max_conns_per_ip. */
-static int ip_acquire(struct client *cl)
+static int ip_acquire_key(struct client *cl, const char *peer)
 {
     struct hub_server *s = cl->server;
-    char peer[HUB_CONN_ADDR_KEY_SIZE];
-    /* A peer whose address cannot be had counts under "?". */
-    hub_conn_peer_key(&cl->conn, peer, sizeof(peer));
     struct ip_count **pp = ip_slot(s, peer);
     if (*pp == NULL) {
         struct ip_count *e = calloc(1, sizeof(*e));
@@ -175,6 +174,14 @@ static int ip_acquire(struct client *cl)
     return 0;
 }
 
+static int ip_acquire(struct client *cl)
+{
+    char peer[HUB_CONN_ADDR_KEY_SIZE];
+    /* A peer whose address cannot be had counts under "?". */
+    hub_conn_peer_key(&cl->conn, peer, sizeof(peer));
+    return ip_acquire_key(cl, peer);
+}
+
 static void ip_release(struct client *cl)
 {
     if (cl->ip == NULL)
@@ -185,6 +192,47 @@ static void ip_release(struct client *cl)
         free(cl->ip);
     }
     cl->ip = NULL;
+}
+
+/* ---- clients behind a trusted proxy ------------------------------------ */
+
+/* Returns 1 if cl's peer is one of the --trust-proxy networks. */
+static int peer_is_proxy(struct client *cl)
+{
+    struct hub_server *s = cl->server;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    return s->cfg.ntrust_proxy > 0 &&
+           uv_tcp_getpeername(&cl->conn.tcp, (struct sockaddr *)&ss, &len) == 0 &&
+           hub_cidr_match(s->cfg.trust_proxy, s->cfg.ntrust_proxy, (struct sockaddr *)&ss);
+}
+
+/* A request from a trusted proxy: the client is the one its headers name
+ * (the proxy itself when they name none), and the per-address count moves
+ * to that address; one proxy connection may carry the requests of several
+ * clients in turn. Returns 0, or HUB_ELIMIT when that address is at
+ * --max-conns-per-ip (then the connection is no longer counted). */
+static int proxy_client(struct client *cl, const struct hub_http_request *req)
+{
+    struct hub_server *s = cl->server;
+    struct sockaddr_storage peer, client;
+    int len = sizeof(peer);
+    char key[HUB_CONN_ADDR_KEY_SIZE];
+    if (uv_tcp_getpeername(&cl->conn.tcp, (struct sockaddr *)&peer, &len) != 0)
+        return 0;
+    if (!hub_proxy_client(s->cfg.trust_proxy, s->cfg.ntrust_proxy, (struct sockaddr *)&peer,
+                          req->forwarded_for, req->forwarded, &client))
+        client = peer;
+    hub_conn_addr_key((struct sockaddr *)&client, key, sizeof(key));
+    if (client.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&client, cl->addr, sizeof(cl->addr));
+    else
+        uv_ip4_name((struct sockaddr_in *)&client, cl->addr, sizeof(cl->addr));
+    cl->conn.addr = cl->addr;
+    if (cl->ip != NULL && strcmp(cl->ip->ip, key) == 0)
+        return 0;
+    ip_release(cl);
+    return ip_acquire_key(cl, key);
 }
 
 /* ---- lifetime ------------------------------------------------------- */
@@ -367,12 +415,28 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
 
 /* ---- HTTP phase -------------------------------------------------------- */
 
+/* A request through a trusted proxy from an address at --max-conns-per-ip:
+ * 503, and the connection ends. */
+static int refuse_per_ip(struct client *cl, struct hub_http *h)
+{
+    struct hub_server *s = cl->server;
+    hub_log_info("%s: over --max-conns-per-ip %u (via proxy)", hub_conn_peer(&cl->conn),
+                 s->cfg.max_conns_per_ip);
+    hub_metrics.refused[HUB_REFUSE_PER_IP]++;
+    hub_http_respond(h, 503, "text/plain; charset=utf-8", "Retry-After: 5\r\n",
+                     "503 too many connections\n", 25);
+    hub_conn_close_after_flush(&cl->conn);
+    return HUB_HTTP_DONE;
+}
+
 static int client_on_request(struct hub_http *h, const struct hub_http_request *req, void *data)
 {
     struct client *cl = data;
     struct hub_server *s = cl->server;
     hub_metrics.http_requests++;
     cl->requests++;
+    if (cl->via_proxy && proxy_client(cl, req) != 0)
+        return refuse_per_ip(cl, h);
     /* The next request on this connection gets a fresh deadline. */
     hub_conn_set_timeout(&cl->conn, s->cfg.handshake_ms);
     if (req->upgrade_hdr.len > 0 || req->upgrade)
@@ -465,7 +529,10 @@ static void server_on_connection(uv_stream_t *listener, int status)
         client_turn_away(cl, HUB_REFUSE_MAX_CONNS);
         return;
     }
-    int rc = ip_acquire(cl);
+    /* A trusted proxy's connection is counted per request, under the
+     * address its headers name (proxy_client). */
+    cl->via_proxy = peer_is_proxy(cl);
+    int rc = cl->via_proxy ? 0 : ip_acquire(cl);
     if (rc != 0) {
         if (rc == HUB_ELIMIT)
             hub_log_info("%s: over --max-conns-per-ip %u", hub_conn_peer(&cl->conn),
@@ -626,8 +693,8 @@ static int server_bind(struct hub_server *s, char *err, size_t errsz)
         return HUB_EIO;
     }
     /* A hub only this machine can reach admits local dev pages (origin.h). */
-    s->origins.local_dev =
-        !s->cfg.strict_origin && hub_origin_sockaddr_is_loopback((struct sockaddr *)&ss);
+    s->origins.local_dev = !s->cfg.strict_origin && s->cfg.ntrust_proxy == 0 &&
+                           hub_origin_sockaddr_is_loopback((struct sockaddr *)&ss);
     s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
     return 0;
