@@ -78,7 +78,8 @@ static void usage(FILE *f)
         "                        and http://localhost:* dev servers)\n"
         "  --trust-proxy CIDR    take the client address from X-Forwarded-For or Forwarded\n"
         "                        on connections from CIDR (e.g. 127.0.0.1/32; repeatable;\n"
-        "                        default: trust nobody)\n");
+        "                        default: trust nobody)\n"
+        "  --log-format FORMAT   text (default) or json: one JSON object per line\n");
 }
 
 /* A usage error is one line naming the problem and where help is; the
@@ -270,6 +271,11 @@ int main(int argc, char **argv)
                                    "such as 10.0.0.0/8 (at most %d)",
                                    v, MAX_PROXIES);
             nproxies++;
+        } else if ((v = option_value(argc, argv, &i, "--log-format", &missing)) != NULL) {
+            int format = hub_log_parse_format(v);
+            if (format < 0)
+                return usage_error("invalid --log-format '%s': expected text or json", v);
+            hub_log_set_format(format);
         } else if (missing) {
             return usage_error("option %s needs a value", a);
         } else if (a[0] == '-') {

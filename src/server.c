@@ -100,7 +100,9 @@ struct client {
     int told_to_go;               /* drain: close already started */
     uint32_t requests;            /* HTTP requests answered on this connection */
     int via_proxy;                /* the peer is a --trust-proxy: counted per request */
-    char addr[64];                /* the forwarded client address (conn.addr points here) */
+    char addr[64];                /* the client's address for logs (conn.addr points here) */
+    uint64_t ws_since;            /* loop time of the upgrade, 0 before */
+    const char *cut;              /* why the hub cut the connection without a close, or NULL */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg)
@@ -141,6 +143,46 @@ static void set_phase(struct client *cl, int phase)
     (*phase_gauge(cl->phase))--;
     cl->phase = phase;
     (*phase_gauge(phase))++;
+}
+
+/* ---- operator logs (log.h) ------------------------------------------ */
+
+/* Logs one event about cl: every connection log line goes through here, so
+ * the call sites stay one line each. code -1 and NULL strings are left out. */
+static void client_log(struct client *cl, int level, const char *event, int code,
+                       const char *reason, const char *by, const char *room)
+{
+    uint64_t now = hub_conn_now(&cl->conn);
+    int closed = strcmp(event, "close") == 0; /* only the close line has totals */
+    struct hub_log_conn e = {
+        .event = event,
+        .addr = cl->addr,
+        .mode = cl->phase == PHASE_RAW    ? "raw"
+                : cl->phase == PHASE_JSON ? "json"
+                                          : "http",
+        .room = room,
+        .code = code,
+        .reason = reason,
+        .by = by,
+        .duration_ms = closed && now >= cl->ws_since ? (int64_t)(now - cl->ws_since) : -1,
+        .bytes_in = closed ? (int64_t)cl->conn.bytes_in : -1,
+        .bytes_out = closed ? (int64_t)cl->conn.bytes_out : -1,
+    };
+    hub_log_conn(level, &e);
+}
+
+/* The close line of a WebSocket: who closed, with which code. A close the
+ * hub started wins; else the peer's; else there was no close handshake. */
+static void client_log_close(struct client *cl)
+{
+    uint16_t ours = hub_ws_close_code_sent(cl->ws), theirs = hub_ws_close_code_received(cl->ws);
+    if (ours != 0)
+        client_log(cl, HUB_LOG_INFO, "close", ours, hub_ws_close_name(ours), "hub", NULL);
+    else if (theirs != 1006)
+        client_log(cl, HUB_LOG_INFO, "close", theirs, hub_ws_close_name(theirs), "client", NULL);
+    else
+        client_log(cl, HUB_LOG_INFO, "close", 1006, cl->cut ? cl->cut : "connection lost",
+                   cl->cut ? "hub" : NULL, NULL);
 }
 
 /* ---- per-address counts --------------------------------------------- */
@@ -298,6 +340,8 @@ static void client_on_close(struct hub_conn *c)
 {
     struct client *cl = HUB_CONTAINER_OF(c, struct client, conn);
     struct hub_server *s = cl->server;
+    if (cl->ws != NULL && cl->ws_since != 0)
+        client_log_close(cl);
     hub_chat_client_free(cl->chat);
     hub_ws_free(cl->ws);
     hub_http_free(cl->http);
@@ -326,7 +370,7 @@ static void client_on_timeout(struct hub_conn *c)
     struct hub_server *s = cl->server;
     if (cl->ws == NULL) {
         hub_metrics.refused[HUB_REFUSE_TIMEOUT]++;
-        hub_log_debug("%s: request not complete in time", hub_conn_peer(c));
+        client_log(cl, HUB_LOG_INFO, "refused", -1, "request not complete in time", NULL, NULL);
         hub_conn_close(c);
         return;
     }
@@ -338,7 +382,7 @@ static void client_on_timeout(struct hub_conn *c)
     if (cl->ping_sent != 0 && c->last_rx < cl->ping_sent) {
         /* Not a single byte since our ping: the peer or the path is dead. */
         hub_metrics.heartbeat_closes++;
-        hub_log_debug("%s: no answer to ping, closing", hub_conn_peer(c));
+        cl->cut = "no answer to ping";
         hub_conn_close(c);
         return;
     }
@@ -352,9 +396,10 @@ static void client_on_timeout(struct hub_conn *c)
     hub_conn_set_timeout(c, s->cfg.pong_timeout_ms);
 }
 
-/* Refuses a request with status and counts why. */
-static int refuse(struct hub_http *h, int status, int reason)
+/* Refuses a request with status, counts and logs why. */
+static int refuse(struct client *cl, struct hub_http *h, int status, int reason)
 {
+    client_log(cl, HUB_LOG_INFO, "refused", status, hub_metrics_refusal_name(reason), NULL, NULL);
     hub_metrics.refused[reason]++;
     hub_http_respond_status(h, status);
     return HUB_HTTP_DONE;
@@ -367,8 +412,10 @@ static int refuse_origin(struct client *cl, struct hub_http *h, struct hub_iov o
     char shown[201], body[600];
     hub_origin_suggest(origin, shown, sizeof(shown));
     size_t n = hub_origin_refusal(origin, body, sizeof(body));
-    hub_log_info("%s: refused WebSocket from origin %s (to allow it: --allow-origin %s)",
-                 hub_conn_peer(&cl->conn), shown, shown);
+    char why[260 + 2 * sizeof(shown)];
+    snprintf(why, sizeof(why), "origin %s not allowed (to allow it: --allow-origin %s)", shown,
+             shown);
+    client_log(cl, HUB_LOG_INFO, "refused", 403, why, NULL, NULL);
     hub_metrics.refused[HUB_REFUSE_ORIGIN]++;
     hub_http_respond(h, 403, "text/plain; charset=utf-8", NULL, body, n);
     return HUB_HTTP_DONE;
@@ -379,15 +426,16 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
 {
     struct hub_server *s = cl->server;
     if (s->stopping)
-        return refuse(h, 503, HUB_REFUSE_DRAINING);
+        return refuse(cl, h, 503, HUB_REFUSE_DRAINING);
     int status = hub_http_check_websocket(req);
     if (status != 0)
-        return refuse(h, status, HUB_REFUSE_BAD_HANDSHAKE);
+        return refuse(cl, h, status, HUB_REFUSE_BAD_HANDSHAKE);
     if (!hub_origin_admit(&s->origins, req->origin, req->host))
         return refuse_origin(cl, h, req->origin);
     struct hub_iov room;
     if (hub_chat_room_from_path(req->path, &room) != 0) {
         hub_metrics.refused[HUB_REFUSE_BAD_ROOM]++;
+        client_log(cl, HUB_LOG_INFO, "refused", 400, "bad room name", NULL, NULL);
         static const char msg[] =
             "400 Bad Request: room names are 1-64 characters of A-Z a-z 0-9 _ . : -\n";
         hub_http_respond(h, 400, "text/plain; charset=utf-8", NULL, msg, sizeof(msg) - 1);
@@ -395,7 +443,7 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
     }
     cl->ws = hub_ws_new(&cl->conn, &s->ws_cfg, client_on_ws_message, cl);
     if (cl->ws == NULL)
-        return refuse(h, 503, HUB_REFUSE_MAX_CONNS);
+        return refuse(cl, h, 503, HUB_REFUSE_MAX_CONNS);
     /* Offering chathub.v1 selects the JSON protocol; anything else (or no
      * subprotocol) is raw mode, and the 101 then names no subprotocol. */
     int json = hub_iov_has_token(req->ws_protocol, "chathub.v1");
@@ -405,6 +453,10 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
         return HUB_HTTP_DONE;
     }
     set_phase(cl, json ? PHASE_JSON : PHASE_RAW);
+    cl->ws_since = hub_conn_now(&cl->conn);
+    char rname[72];
+    snprintf(rname, sizeof(rname), "%.*s", (int)(room.len < 64 ? room.len : 64), room.base);
+    client_log(cl, HUB_LOG_INFO, "open", -1, NULL, NULL, json ? NULL : rname);
     hub_conn_set_soft_limit(&cl->conn, s->cfg.soft_output, s->cfg.soft_hold_ms);
     hub_conn_set_timeout(&cl->conn, s->cfg.ping_interval_ms);
     cl->chat = hub_chat_client_new(s->chat, cl->ws, json ? HUB_CHAT_JSON : HUB_CHAT_RAW, room);
@@ -420,8 +472,9 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
 static int refuse_per_ip(struct client *cl, struct hub_http *h)
 {
     struct hub_server *s = cl->server;
-    hub_log_info("%s: over --max-conns-per-ip %u (via proxy)", hub_conn_peer(&cl->conn),
-                 s->cfg.max_conns_per_ip);
+    char why[64];
+    snprintf(why, sizeof(why), "over --max-conns-per-ip %u (via proxy)", s->cfg.max_conns_per_ip);
+    client_log(cl, HUB_LOG_INFO, "refused", 503, why, NULL, NULL);
     hub_metrics.refused[HUB_REFUSE_PER_IP]++;
     hub_http_respond(h, 503, "text/plain; charset=utf-8", "Retry-After: 5\r\n",
                      "503 too many connections\n", 25);
@@ -490,6 +543,12 @@ static void client_turn_away(struct client *cl, int reason)
                                "Retry-After: 5\r\n"
                                "Connection: close\r\n\r\n"
                                "503 too many connections\n";
+    char why[64];
+    snprintf(why, sizeof(why),
+             reason == HUB_REFUSE_PER_IP ? "over --max-conns-per-ip %u" : "over --max-conns %u",
+             reason == HUB_REFUSE_PER_IP ? cl->server->cfg.max_conns_per_ip
+                                         : cl->server->cfg.max_conns);
+    client_log(cl, HUB_LOG_INFO, "refused", 503, why, NULL, NULL);
     hub_metrics.refused[reason]++;
     hub_conn_write_force(&cl->conn, busy, sizeof(busy) - 1);
     hub_conn_close_after_flush(&cl->conn);
@@ -525,6 +584,9 @@ static void server_on_connection(uv_stream_t *listener, int status)
         hub_conn_close(&cl->conn);
         return;
     }
+    /* The address, once: logs need it after the socket is gone too. */
+    snprintf(cl->addr, sizeof(cl->addr), "%s", hub_conn_peer(&cl->conn));
+    cl->conn.addr = cl->addr;
     if (s->cfg.max_conns != 0 && s->nclients > s->cfg.max_conns) {
         client_turn_away(cl, HUB_REFUSE_MAX_CONNS);
         return;
@@ -534,9 +596,6 @@ static void server_on_connection(uv_stream_t *listener, int status)
     cl->via_proxy = peer_is_proxy(cl);
     int rc = cl->via_proxy ? 0 : ip_acquire(cl);
     if (rc != 0) {
-        if (rc == HUB_ELIMIT)
-            hub_log_info("%s: over --max-conns-per-ip %u", hub_conn_peer(&cl->conn),
-                         s->cfg.max_conns_per_ip);
         client_turn_away(cl, HUB_REFUSE_PER_IP);
         return;
     }
@@ -600,6 +659,7 @@ static void drain_walk_cb(uv_handle_t *h, void *arg)
         return;
     struct client *cl = HUB_CONTAINER_OF(h->data, struct client, conn);
     if (w->cut) {
+        cl->cut = "cut at shutdown";
         hub_conn_close(&cl->conn);
     } else if (!cl->told_to_go && w->budget > 0) {
         w->budget--;

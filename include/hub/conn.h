@@ -108,8 +108,10 @@ struct hub_conn {
     uint32_t soft_hold_ms;          /* how long the queue may stay above soft_limit */
     size_t high_water;              /* queue bytes above which reading pauses (0 = never) */
     size_t low_water;               /* queue bytes at or below which reading resumes */
-    const char *addr; /* the client's address for hub_conn_peer when it is not the peer's
-                         (forwarded by a trusted proxy), or NULL; borrowed from the owner */
+    const char *addr;   /* the client's address for hub_conn_peer when it is not the peer's
+                           (forwarded by a trusted proxy), or NULL; borrowed from the owner */
+    uint64_t bytes_in;  /* bytes read (for the close log line) */
+    uint64_t bytes_out; /* bytes written */
 };
 
 /* Creates the loop-wide state: the lent read buffer and the flush handle.

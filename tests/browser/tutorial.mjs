@@ -64,5 +64,5 @@ test('with --strict-origin the same page is refused and the log names the flag',
   const T = await context.newPage();
   await T.goto(tutorialFile(s.port), { waitUntil: 'load' });
   await tutorialShows(T, 'closed (1006)');
-  assert.match(s.output(), /refused WebSocket from origin null \(to allow it: --allow-origin null\)/);
+  assert.match(s.output(), /refused mode=http code=403 reason="origin null not allowed \(to allow it: --allow-origin null\)"/);
 }, { timeout: 60000 });

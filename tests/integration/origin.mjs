@@ -59,7 +59,7 @@ test('--strict-origin (or a hub on another address): null is refused and the bod
   assert.equal(r.status, 403, 'Origin: null on a strict hub');
   assert.match(r.body, /does not accept WebSockets from pages at null\./);
   assert.match(r.body, /start chathub with --allow-origin null\n/);
-  await waitLog(s, /info .*refused WebSocket from origin null \(to allow it: --allow-origin null\)/);
+  await waitLog(s, /info  127\.0\.0\.1: refused mode=http code=403 reason="origin null not allowed \(to allow it: --allow-origin null\)"/);
   const dev = await upgrade(s, 'http://localhost:5173');
   assert.equal(dev.status, 403, 'a local dev server on a strict hub');
   assert.match(dev.body, /--allow-origin http:\/\/localhost:5173\n/);

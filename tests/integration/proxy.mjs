@@ -40,7 +40,7 @@ test('--trust-proxy 127.0.0.1/32 --max-conns-per-ip 2: counted per forwarded add
   const a2 = await open(s, '203.0.113.1');
   assert.equal(await refused(s, '203.0.113.1'), true, 'a third from 203.0.113.1');
   const d = await open(s, '203.0.113.4');
-  await waitLog(s, /info .*203\.0\.113\.1: over --max-conns-per-ip 2/);
+  await waitLog(s, /info  203\.0\.113\.1: refused mode=http code=503 reason="over --max-conns-per-ip 2 \(via proxy\)"/);
   // The forwarded hop counted, not the spoofed one: 198.51.100.7 has room.
   const e1 = await open(s, '198.51.100.7');
   const e2 = await open(s, '198.51.100.7');
