@@ -370,7 +370,11 @@ static void client_on_timeout(struct hub_conn *c)
     struct hub_server *s = cl->server;
     if (cl->ws == NULL) {
         hub_metrics.refused[HUB_REFUSE_TIMEOUT]++;
-        client_log(cl, HUB_LOG_INFO, "refused", -1, "request not complete in time", NULL, NULL);
+        /* A request begun and not finished (slowloris) is worth a line; an
+         * idle keep-alive or a browser's unused preconnect is not. */
+        int partial = c->bytes_in > 0 && cl->requests == 0;
+        client_log(cl, partial ? HUB_LOG_INFO : HUB_LOG_DEBUG, "refused", -1,
+                   partial ? "request not complete in time" : "idle", NULL, NULL);
         hub_conn_close(c);
         return;
     }

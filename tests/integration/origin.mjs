@@ -85,3 +85,11 @@ test('a refused origin with control bytes is shown sanitised', async () => {
   assert.equal(r.status, 403);
   assert.match(r.body, /pages at http:\/\/a\?b\?c\.example\./);
 });
+
+test('behind --trust-proxy a loopback hub is reachable from everywhere: no local-dev relaxation', async () => {
+  const s = await startServer(['--trust-proxy', '127.0.0.1/32']);
+  const r = await upgrade(s, 'null');
+  assert.equal(r.status, 403, 'Origin: null behind a proxy');
+  assert.match(r.body, /--allow-origin null\n/);
+  assert.equal((await upgrade(s, 'http://localhost:5173')).status, 403, 'a dev origin behind a proxy');
+});
