@@ -33,7 +33,7 @@ static int addr_bytes(const struct sockaddr *sa, unsigned char a[16])
     return 0;
 }
 
-int hub_cidr_parse(const char *text, struct hub_cidr *out)
+int hub_proxy_net_parse(const char *text, struct hub_proxy_net *out)
 {
     char host[HOP_MAX];
     const char *slash = strchr(text, '/');
@@ -73,7 +73,7 @@ int hub_cidr_parse(const char *text, struct hub_cidr *out)
     return 0;
 }
 
-static int cidr_contains(const struct hub_cidr *c, int family, const unsigned char a[16])
+static int cidr_contains(const struct hub_proxy_net *c, int family, const unsigned char a[16])
 {
     if (c->family != family)
         return 0;
@@ -86,7 +86,7 @@ static int cidr_contains(const struct hub_cidr *c, int family, const unsigned ch
     return (a[full] & mask) == c->a[full];
 }
 
-int hub_cidr_match(const struct hub_cidr *list, size_t n, const struct sockaddr *sa)
+int hub_proxy_net_match(const struct hub_proxy_net *list, size_t n, const struct sockaddr *sa)
 {
     unsigned char a[16];
     int family = addr_bytes(sa, a);
@@ -191,10 +191,10 @@ static struct hub_iov forwarded_for(struct hub_iov element)
     return none;
 }
 
-int hub_proxy_client(const struct hub_cidr *list, size_t n, const struct sockaddr *peer,
+int hub_proxy_client(const struct hub_proxy_net *list, size_t n, const struct sockaddr *peer,
                      struct hub_iov xff, struct hub_iov forwarded, struct sockaddr_storage *out)
 {
-    if (n == 0 || !hub_cidr_match(list, n, peer))
+    if (n == 0 || !hub_proxy_net_match(list, n, peer))
         return 0;
     int use_xff = trim(xff).len > 0;
     struct hub_iov rest = use_xff ? xff : forwarded;
@@ -209,7 +209,7 @@ int hub_proxy_client(const struct hub_cidr *list, size_t n, const struct sockadd
             break; /* unknown or obfuscated: nothing further left is usable */
         *out = hop_addr;
         found = 1;
-        if (!hub_cidr_match(list, n, (const struct sockaddr *)&hop_addr))
+        if (!hub_proxy_net_match(list, n, (const struct sockaddr *)&hop_addr))
             break; /* the first untrusted hop from the right: the client */
     }
     return found;

@@ -46,8 +46,8 @@ struct hub_server_config {
     uint32_t history_ttl_s;           /* age limit of history in seconds (0 = none) */
     /* issue 18 (newcomer) */
     int strict_origin; /* 1: no local-dev Origin relaxation on loopback (origin.h) */
-    const struct hub_cidr *trust_proxy; /* --trust-proxy networks (borrowed), or NULL */
-    size_t ntrust_proxy;                /* number of networks */
+    const struct hub_proxy_net *trust_proxy; /* --trust-proxy networks (borrowed), or NULL */
+    size_t ntrust_proxy;                     /* number of networks */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
