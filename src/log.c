@@ -273,3 +273,9 @@ void hub_log_conn(int level, const struct hub_log_conn *e)
         put(&l, "}");
     emit(&l);
 }
+
+void hub_log_addr(int level, const char *addr, const char *event, const char *reason)
+{
+    struct hub_log_conn e = {event, addr, NULL, NULL, -1, reason, NULL, -1, -1, -1};
+    hub_log_conn(level, &e);
+}

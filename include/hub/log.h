@@ -85,4 +85,8 @@ struct hub_log_conn {
 /* Logs e at level, subject to the per-address rate limit (by e->addr). */
 void hub_log_conn(int level, const struct hub_log_conn *e);
 
+/* Shorthand for an event with only an address and a reason (the other
+ * fields unset), e.g. hub_log_addr(HUB_LOG_INFO, addr, "refused", "over --rate"). */
+void hub_log_addr(int level, const char *addr, const char *event, const char *reason);
+
 #endif

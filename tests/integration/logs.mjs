@@ -153,3 +153,14 @@ test('a slow client losing its backlog is a warn line', async () => {
   stuck.destroy();
   await waitLine(s, /close mode=raw code=4008 reason="slow client" by=hub/);
 }, { timeout: 60000 });
+
+test('a client over --rate: one refusal line per run of refused messages', async () => {
+  const s = await startServer(['--rate', '1', '--burst', '1']);
+  const c = await wsConnect(s.wsUrl('/ws/lobby'));
+  for (let i = 0; i < 5; i++) await c.send(`m${i}`);
+  assert.equal(await c.nextText(), 'm0');
+  await waitLine(s, /info  127\.0\.0\.1: refused reason="over --rate"$/);
+  await sleep(100);
+  assert.equal(stderrLines(s).filter((l) => /over --rate/.test(l)).length, 1, 'one line for four refusals');
+  c.close();
+});
