@@ -41,7 +41,11 @@ static int count_lines(const char *s)
 int main(void)
 {
     sink = tmpfile();
-    CHECK(sink != NULL);
+    if (sink == NULL) {
+        /* Some platforms (Windows without a writable root) have no tmpfile. */
+        puts("1..0 # SKIP tmpfile() failed");
+        return 77;
+    }
     hub_log_set_output(sink);
     hub_log_set_clock(fake_clock);
     fake_now = 1000000;
