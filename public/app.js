@@ -12,7 +12,13 @@
 //  - Never lose or duplicate a send: each send has a cmid and stays in the
 //    outbox, drawn as pending, until its ack (or the same cmid seen in
 //    history) settles it; after a reconnect it is resent with the same cmid
-//    and the hub dedupes. While disconnected no new send is accepted.
+//    and the hub dedupes. What is typed while disconnected joins the outbox
+//    (greyed, with a clock) and goes out by itself once hello and the join
+//    are through; a send the hub refuses for good offers retry and discard.
+//  - Scrollback: a sentinel above the oldest message, watched by an
+//    IntersectionObserver, loads older pages as the reader scrolls up. Where
+//    the hub keeps nothing older (its --history limit, announced in
+//    hello.limits.history), a marker says so instead.
 //  - User data (text, nicks, room names) reaches the DOM only as text nodes.
 'use strict';
 
@@ -22,7 +28,9 @@
   const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
   const STORE_KEY = 'chathub.client';
   const JOIN_HISTORY = 50;        // messages shown when a room is opened
-  const OLDER_PAGE = 50;          // one "load older" click
+  const OLDER_PAGE = 100;         // one page of scrollback (the hub's largest)
+  const OLDER_MARGIN_PX = 600;    // start loading this far before the top is reached
+  const MAX_TEMPORARY_TRIES = 5;  // a send refused this often for passing reasons has failed
   const FILL_PAGE = 100;          // the hub's largest history page
   const TYPING_EVERY_MS = 3000;   // the hub forwards at most one per 3 s anyway
   const BACKOFF_BASE_MS = 500;
@@ -237,6 +245,12 @@
 
     if (S.hold) return setConn('offline', S.connDetail);
     if ((code >= 4500 && code <= 4999) || NO_RETRY.has(code)) {
+      // No reconnect follows by itself: what waits in the outbox has failed,
+      // and offers retry (which waits for "Retry now") or discard.
+      for (const item of S.outbox) {
+        if (item.status === 'waiting') { item.status = 'failed'; item.error = 'disconnected by the server'; }
+      }
+      renderPending();
       return setConn('offline', `Disconnected by the server (${code}${reason ? ': ' + reason : ''}).`);
     }
     if (navigator.onLine === false) {
@@ -576,22 +590,30 @@
     } catch { /* retried by the resume after a reconnect */ }
   }
 
+  // One page of scrollback below the oldest message held. Called by the
+  // sentinel's observer; when the page lands the sentinel is watched afresh,
+  // so a reader still at the top gets the next page without scrolling.
   async function loadOlder(r) {
-    if (r.loadingOlder || !online() || r.noOlder) return;
+    if (r.loadingOlder || !online() || r.noOlder || !r.epoch || oldestOffset(r) <= 1) return;
     r.loadingOlder = true;
     renderOlder();
+    let pause = 0;
     try {
       const rep = await request({ op: 'history', room: r.name, before: oldestOffset(r), limit: OLDER_PAGE });
       if (rep.epoch === r.epoch) {
         const got = rep.messages || [];
-        if (rep.complete || !got.length) r.noOlder = true;
-        addMessages(r, got, false);
+        // complete: nothing older is kept. An empty page that is not complete
+        // means the hub's output queue was full: try again in a moment.
+        if (rep.complete || (!got.length && !rep.next)) r.noOlder = true;
+        else if (!got.length) pause = 1000;
+        addMessages(r, got, false); // redraws, keeping the reader's place
       }
     } catch (err) {
-      if (err.code !== 'disconnected') toast(err.message || 'Could not load older messages.');
+      if (err.code !== 'disconnected') { toast(err.message || 'Could not load older messages.'); pause = 5000; }
     }
     r.loadingOlder = false;
-    renderOlder();
+    if (pause) setTimeout(() => { if (r === cur()) watchOlder(); }, pause);
+    renderOlder(!pause);
   }
 
   function applyJoin(r, st, withSince) {
@@ -606,7 +628,7 @@
       r.head = Math.max(r.head, st.offset);
       addMessages(r, msgs, true);
     } else {
-      // A first join: the newest page is all we want; older is "load older".
+      // A first join: the newest page is all we want; older comes on scroll.
       // (r.last first, or addMessages would take the older ones for a hole.)
       r.last = r.head = Math.max(r.last, st.offset);
       addMessages(r, msgs, false);
@@ -644,9 +666,13 @@
     const r = cur();
     const text = input.value;
     if (!r || !text.trim()) return;
-    if (!online()) { hint('You are offline: sending resumes when the connection is back.'); return; }
     if ([...text].length > S.limits.max_text) { hint(`Messages are limited to ${S.limits.max_text} characters.`); return; }
-    const item = { cmid: `${S.cmidPrefix}-${++S.cmidSeq}`, room: r.name, text, ts: Date.now(), status: 'sending', error: null };
+    // Offline, the message waits in the outbox and goes out by itself after
+    // the next hello (flushOutbox), with its cmid, like any resend.
+    const item = {
+      cmid: `${S.cmidPrefix}-${++S.cmidSeq}`, room: r.name, text, ts: Date.now(),
+      status: online() ? 'sending' : 'waiting', error: null, tries: 0,
+    };
     S.outbox.push(item);
     input.value = '';
     r.draftText = '';
@@ -675,10 +701,13 @@
     }, (err) => {
       item.inflight = false;
       if (!S.outbox.includes(item)) return; // settled meanwhile by history
-      if (err.code === 'disconnected') { item.status = 'waiting'; }
-      else if (TEMPORARY.has(err.code)) {
+      if (err.code === 'disconnected') {
+        // closed() may have given it up already (the hub said do not come back).
+        if (item.status !== 'failed') item.status = 'waiting';
+      }
+      else if (TEMPORARY.has(err.code) && ++item.tries < MAX_TEMPORARY_TRIES) {
         item.status = 'waiting';
-        setTimeout(() => transmit(item), 1000 + Math.random() * 2000);
+        setTimeout(() => transmit(item), 1000 * item.tries + Math.random() * 2000);
       } else if (err.code === 'no_such_nick' && viaDm && !r.draft) {
         item.noDm = true; // the peer is offline: the room still keeps it for them
         transmit(item);
@@ -690,6 +719,7 @@
         item.status = 'failed';
         item.error = err.code === 'no_such_nick' ? `${peerName(r)} is not online.` : (err.message || err.code);
       }
+      renderSidebar();
       renderPending();
     });
   }
@@ -1043,12 +1073,13 @@
     pendingList.replaceChildren(...mine.map((o) => {
       const li = messageEl({ from: S.nick, ts: o.ts, text: o.text }, false, o.status);
       const note = o.status === 'failed' ? `Not sent: ${o.error}`
-        : o.status === 'waiting' ? 'Waiting for the connection — it will be sent when you are back online'
-          : 'Sending…';
-      const state = h('div', { class: 'state' }, note);
+        : o.status === 'waiting' && !online() ? 'Waiting for the connection: it goes out by itself when you are back online'
+          : o.status === 'waiting' ? 'Waiting to be sent…' : 'Sending…';
+      const state = h('div', { class: 'state' },
+        o.status === 'failed' ? null : h('span', { class: 'clock', role: 'img', 'aria-label': 'pending' }), note);
       if (o.status === 'failed') {
         state.append(
-          h('button', { type: 'button', onclick: () => { o.status = 'waiting'; o.noDm = false; transmit(o); renderPending(); } }, 'Retry'),
+          h('button', { type: 'button', onclick: () => { o.status = 'waiting'; o.noDm = false; o.tries = 0; transmit(o); renderPending(); } }, 'Retry'),
           h('button', { type: 'button', onclick: () => { S.outbox.splice(S.outbox.indexOf(o), 1); renderPending(); } }, 'Discard'));
       }
       li.append(state);
@@ -1057,12 +1088,40 @@
     $('empty').hidden = !r || r.msgs.size > 0 || r.archive.length > 0 || mine.length > 0 || !r.noOlder;
   }
 
-  function renderOlder() {
+  // The top of the log: the sentinel while older messages may exist, the
+  // "not kept" marker where the hub has nothing older although the room's
+  // offsets say there was more. rewatch: look at the sentinel afresh (an
+  // observer reports the current state of a newly observed element).
+  function renderOlder(rewatch = true) {
     const r = cur();
     const b = $('older');
-    b.hidden = !r || r.noOlder || !r.epoch || oldestOffset(r) <= 1 || !!inGap(r, oldestOffset(r) - 1);
-    b.disabled = !!(r && r.loadingOlder) || !online();
-    b.textContent = r && r.loadingOlder ? 'Loading…' : 'Load older messages';
+    const oldest = r ? oldestOffset(r) : 1;
+    const hidden = !r || r.noOlder || !r.epoch || oldest <= 1 || !!inGap(r, oldest - 1);
+    const changed = b.hidden !== hidden;
+    b.hidden = hidden;
+    b.classList.toggle('loading', !!(r && r.loadingOlder));
+    $('older-text').textContent = !online() ? 'Older messages load when you are back online.'
+      : 'Loading older messages…';
+    const marker = $('not-kept');
+    const gone = !!r && r.noOlder && !!r.epoch && oldest > 1 && !inGap(r, oldest - 1) && !r.draft;
+    marker.hidden = !gone;
+    const n = Number(S.limits.history);
+    marker.textContent = Number.isSafeInteger(n) && n > 0
+      ? `Older messages are not kept (this hub keeps ${n} per room).`
+      : 'Older messages are not kept by this hub.';
+    if ((rewatch || changed) && !hidden && r && !r.loadingOlder) watchOlder();
+  }
+
+  // Infinite scroll upward: whenever the sentinel comes within
+  // OLDER_MARGIN_PX of the visible part of the log, the next page loads.
+  const olderObserver = 'IntersectionObserver' in window ? new IntersectionObserver((entries) => {
+    const r = cur();
+    if (r && entries.some((e) => e.isIntersecting)) loadOlder(r);
+  }, { root: $('log'), rootMargin: `${OLDER_MARGIN_PX}px 0px 0px 0px` }) : null;
+  function watchOlder() {
+    if (!olderObserver) return;
+    olderObserver.unobserve($('older'));
+    olderObserver.observe($('older'));
   }
 
   function setConn(kind, detail) {
@@ -1100,7 +1159,7 @@
 
   function updateComposer() {
     const r = cur();
-    $('send').disabled = !(r && online() && input.value.trim());
+    $('send').disabled = !(r && input.value.trim());
     $('send-form').classList.toggle('offline', !online());
   }
 
@@ -1255,7 +1314,6 @@
   });
   $('room-input').addEventListener('input', (e) => e.target.setCustomValidity(''));
 
-  $('older').addEventListener('click', () => { const r = cur(); if (r) loadOlder(r); });
   $('jump').addEventListener('click', scrollToBottom);
   log.addEventListener('scroll', () => { if (nearBottom()) $('jump').hidden = true; });
   $('retry').addEventListener('click', () => {

@@ -28,6 +28,7 @@
  *   flight (a reference each); once the connection is gone it sends nothing.
  */
 #include "chat_int.h"
+#include "hub/conn.h"
 #include "hub/engine.h"
 #include "hub/history.h"
 #include "hub/log.h"
@@ -538,6 +539,8 @@ static int take_token(struct hub_chat_client *cl)
 static void refuse_rate(struct hub_chat_client *cl, const char *data, size_t len)
 {
     hub_metrics.rate_limited++;
+    if (cl->strikes == 0) /* one line per run of refusals (log.h) */
+        hub_log_addr(HUB_LOG_INFO, hub_conn_peer(hub_ws_conn(cl->ws)), "refused", "over --rate");
     if (++cl->strikes > cl->chat->cfg.burst) {
         hub_ws_close(cl->ws, 4013, "too many requests");
         return;

@@ -383,6 +383,7 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread > 0) {
         c->last_rx = uv_now(c->io->loop);
         hub_metrics.bytes_in += (uint64_t)nread;
+        c->bytes_in += (uint64_t)nread;
         /* Input after a close decision is discarded: the peer is being
          * dropped and nothing it says can matter any more. */
         if (!hub_conn_closing(c) && c->on_read != NULL)
@@ -612,6 +613,7 @@ static void conn_write_cb(uv_write_t *req, int status)
         return;
     }
     hub_metrics.bytes_out += c->inflight;
+    c->bytes_out += c->inflight;
     size_t before = c->out.bytes;
     hub_outq_consume(&c->out, c->inflight);
     c->inflight = 0;
@@ -636,6 +638,7 @@ static void conn_flush(struct hub_conn *c)
         int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
         if (w > 0) {
             hub_metrics.bytes_out += (uint64_t)w;
+            c->bytes_out += (uint64_t)w;
             size_t before = c->out.bytes;
             hub_outq_consume(&c->out, (size_t)w);
             conn_queued(c, before);
@@ -741,6 +744,8 @@ const char *hub_conn_peer(const struct hub_conn *c)
     /* Asked for only on rare paths (logs, accept), so the address is not
      * kept in every connection. */
     static char text[64];
+    if (c->addr != NULL)
+        return c->addr;
     if (c->io == NULL)
         return "detached";
     struct sockaddr_storage ss;

@@ -72,6 +72,8 @@ enum known_header {
     KH_WS_PROTOCOL,
     KH_IF_NONE_MATCH,
     KH_WS_EXTENSIONS,
+    KH_X_FORWARDED_FOR, /* read only from trusted proxies (proxy.h) */
+    KH_FORWARDED,
     KH_COUNT,
     KH_NONE = -1,
 };
@@ -86,6 +88,8 @@ static const char *const known_names[KH_COUNT] = {
     "Sec-WebSocket-Protocol",
     "If-None-Match",
     "Sec-WebSocket-Extensions",
+    "X-Forwarded-For",
+    "Forwarded",
 };
 
 enum http_state {
@@ -1042,6 +1046,8 @@ static int build_request(const struct hub_http *h, struct hub_http_request *req)
     req->ws_protocol = view(h, &h->hdr[KH_WS_PROTOCOL]);
     req->if_none_match = view(h, &h->hdr[KH_IF_NONE_MATCH]);
     req->ws_extensions = view(h, &h->hdr[KH_WS_EXTENSIONS]);
+    req->forwarded_for = view(h, &h->hdr[KH_X_FORWARDED_FOR]);
+    req->forwarded = view(h, &h->hdr[KH_FORWARDED]);
     return split_target(view(h, &h->url), req->method, req);
 }
 

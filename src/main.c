@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h> /* S_IFMT, S_IFDIR (mingw has them too) */
 #include <uv.h>
 #ifndef _WIN32
 #include <signal.h>
@@ -31,6 +32,7 @@
 #define MAX_ORIGINS 64
 #define MAX_SERVER_NAMES 64  /* --server-name values */
 #define MAX_METRICS_ALLOW 64 /* --metrics-allow networks */
+#define MAX_PROXIES 64
 
 static void usage(FILE *f)
 {
@@ -98,7 +100,16 @@ static void usage(FILE *f)
         "                        (default: random at each start)\n"
         "  --redis-prefix P      prefix of every Redis key and channel (default chathub:)\n"
         "  --node-lease S        seconds after which a dead hub's members and nicks vanish\n"
-        "                        from the others (default 30; fractions such as 1.5 allowed)\n",
+        "                        from the others (default 30; fractions such as 1.5 allowed)\n"
+        "\n"
+        "Origins, proxies and logs (see docs/operations.md):\n"
+        "  --strict-origin       on a loopback address too, admit only same-origin pages\n"
+        "                        and --allow-origin (default there: also file:// pages\n"
+        "                        and http://localhost:* dev servers)\n"
+        "  --trust-proxy CIDR    take the client address from X-Forwarded-For or Forwarded\n"
+        "                        on connections from CIDR (e.g. 127.0.0.1/32; repeatable;\n"
+        "                        default: trust nobody)\n"
+        "  --log-format FORMAT   text (default) or json: one JSON object per line\n",
         hub_engine_have_redis() ? ""
                                 : "                        (not in this build: it was built "
                                   "without hiredis)\n");
@@ -134,16 +145,42 @@ static int parse_seconds_ms(const char *s, uint32_t min_ms, uint32_t max_ms, uin
     return 0;
 }
 
+/* A usage error is one line naming the problem and where help is; the
+ * 40 lines of usage would bury it. Returns the exit status 2. */
 HUB_PRINTF_LIKE(1, 2) static int usage_error(const char *fmt, ...)
 {
+    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "chathub: ");
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n\n");
-    usage(stderr);
+    fprintf(stderr, "chathub: %s (see chathub --help)\n", msg);
     return 2;
+}
+
+/* Checks that --public names a directory the hub can list, so that the error
+ * names the path and the OS's reason ("permission denied") rather than what
+ * the site loader makes of it. Runs synchronous requests on loop before it
+ * runs. Returns 0, or 1 after printing the error. */
+static int check_public_dir(uv_loop_t *loop, const char *dir)
+{
+    uv_fs_t req;
+    int rc = uv_fs_stat(loop, &req, dir, NULL);
+    uint64_t mode = req.statbuf.st_mode;
+    uv_fs_req_cleanup(&req);
+    if (rc == 0 && (mode & S_IFMT) != S_IFDIR)
+        rc = UV_ENOTDIR;
+    if (rc == 0) {
+        rc = uv_fs_scandir(loop, &req, dir, 0, NULL);
+        uv_dirent_t ent;
+        while (rc >= 0 && uv_fs_scandir_next(&req, &ent) == 0)
+            continue;
+        uv_fs_req_cleanup(&req);
+    }
+    if (rc >= 0)
+        return 0;
+    fprintf(stderr, "chathub: cannot serve --public %s: %s\n", dir, uv_strerror(rc));
+    return 1;
 }
 
 /* Parses a whole decimal number in [min, max]. Returns 0 or -1. */
@@ -216,6 +253,8 @@ int main(int argc, char **argv)
     size_t nserver_names = 0;
     const char *metrics_allow[MAX_METRICS_ALLOW];
     size_t nmetrics_allow = 0;
+    struct hub_proxy_net proxies[MAX_PROXIES];
+    size_t nproxies = 0;
     const struct num_option nums[] = {
         {"--port", 0, 65535, 3, &cfg.port},
         {"--max-message", 1, 1u << 30, 0, &cfg.max_message},
@@ -341,10 +380,25 @@ int main(int argc, char **argv)
             if (strcmp(v, "on") == 0 && !hub_deflate_available())
                 return usage_error("--deflate on: this build has no zlib (meson -Ddeflate)");
             cfg.deflate = strcmp(v, "on") == 0;
+        } else if (strcmp(a, "--strict-origin") == 0) {
+            cfg.strict_origin = 1;
+        } else if ((v = option_value(argc, argv, &i, "--trust-proxy", &missing)) != NULL) {
+            if (nproxies == MAX_PROXIES || hub_proxy_net_parse(v, &proxies[nproxies]) != 0)
+                return usage_error("invalid --trust-proxy '%s': expected an address or a network "
+                                   "such as 10.0.0.0/8 (at most %d)",
+                                   v, MAX_PROXIES);
+            nproxies++;
+        } else if ((v = option_value(argc, argv, &i, "--log-format", &missing)) != NULL) {
+            int format = hub_log_parse_format(v);
+            if (format < 0)
+                return usage_error("invalid --log-format '%s': expected text or json", v);
+            hub_log_set_format(format);
         } else if (missing) {
             return usage_error("option %s needs a value", a);
+        } else if (a[0] == '-') {
+            return usage_error("unknown flag %s", a);
         } else {
-            return usage_error("unknown option '%s'", a);
+            return usage_error("unexpected argument '%s': flags start with --", a);
         }
     }
     if (cfg.pong_timeout_ms >= cfg.ping_interval_ms)
@@ -362,6 +416,8 @@ int main(int argc, char **argv)
     cfg.nserver_names = nserver_names;
     cfg.metrics_allow = metrics_allow;
     cfg.nmetrics_allow = nmetrics_allow;
+    cfg.trust_proxy = proxies;
+    cfg.ntrust_proxy = nproxies;
 
     raise_fd_limit();
 #ifndef _WIN32
@@ -372,6 +428,10 @@ int main(int argc, char **argv)
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) {
         fprintf(stderr, "chathub: cannot initialise the event loop\n");
+        return 1;
+    }
+    if (cfg.public_dir != NULL && check_public_dir(&loop, cfg.public_dir) != 0) {
+        uv_loop_close(&loop);
         return 1;
     }
     struct hub_server *server = NULL;

@@ -22,6 +22,11 @@ static const char *const refusal_names[HUB_REFUSE_COUNT] = {
     "bad_handshake", "bad_room", "origin", "max_conns", "per_ip", "draining", "timeout", "nomem",
 };
 
+const char *hub_metrics_refusal_name(int reason)
+{
+    return reason >= 0 && reason < HUB_REFUSE_COUNT ? refusal_names[reason] : "other";
+}
+
 static void counter(struct hub_buf *b, const char *name, const char *help, uint64_t v)
 {
     hub_buf_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,

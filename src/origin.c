@@ -4,7 +4,9 @@
  */
 #include "hub/origin.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <uv.h> /* struct sockaddr_in, sockaddr_in6 on every platform */
 
 static int eq_ci(const char *a, size_t alen, const char *b, size_t blen)
 {
@@ -86,4 +88,93 @@ int hub_origin_allowed(const struct hub_origin_policy *p, struct hub_iov origin,
         if (pattern_matches(p->allow[i], scheme, hostport))
             return 1;
     return 0;
+}
+
+/* ---- local development and refusal messages ------------------------------ */
+
+int hub_origin_is_local_dev(struct hub_iov origin)
+{
+    if (hub_iov_eq_ci(origin, "null"))
+        return 1;
+    struct hub_iov scheme, hostport;
+    if (split_origin(origin, &scheme, &hostport) != 0)
+        return 0;
+    if (!eq_ci(scheme.base, scheme.len, "http", 4) && !eq_ci(scheme.base, scheme.len, "https", 5))
+        return 0;
+    struct hub_iov host = host_only(hostport);
+    if (!hub_iov_eq_ci(host, "localhost") && !hub_iov_eq_ci(host, "127.0.0.1") &&
+        !hub_iov_eq_ci(host, "[::1]"))
+        return 0;
+    /* After the host: nothing, or ':' and 1-5 digits. */
+    size_t rest = hostport.len - host.len;
+    const char *p = hostport.base + host.len;
+    if (rest == 0)
+        return 1;
+    if (p[0] != ':' || rest < 2 || rest > 6)
+        return 0;
+    for (size_t i = 1; i < rest; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+    return 1;
+}
+
+int hub_origin_admit(const struct hub_origin_policy *p, struct hub_iov origin, struct hub_iov host)
+{
+    if (hub_origin_allowed(p, origin, host))
+        return 1;
+    if (p->local_dev && hub_origin_is_local_dev(origin))
+        return 1;
+    if (hub_iov_eq_ci(origin, "null"))
+        for (size_t i = 0; i < p->n; i++)
+            if (strcmp(p->allow[i], "null") == 0)
+                return 1;
+    return 0;
+}
+
+int hub_origin_sockaddr_is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        return ((const unsigned char *)&in->sin_addr)[0] == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const unsigned char *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        static const unsigned char one[16] = {[15] = 1};
+        static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
+        if (memcmp(a, one, 16) == 0)
+            return 1;
+        return memcmp(a, mapped, 12) == 0 && a[12] == 127;
+    }
+    return 0;
+}
+
+size_t hub_origin_suggest(struct hub_iov origin, char *out, size_t outsz)
+{
+    if (outsz == 0)
+        return 0;
+    size_t n = origin.len > 200 ? 200 : origin.len;
+    if (n > outsz - 1)
+        n = outsz - 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)origin.base[i];
+        /* Printable ASCII except the quote characters a shell or a log
+         * parser would trip over. */
+        out[i] = (c > 0x20 && c < 0x7f && c != '"' && c != '\'' && c != '\\') ? (char)c : '?';
+    }
+    out[n] = '\0';
+    return n;
+}
+
+size_t hub_origin_refusal(struct hub_iov origin, char *out, size_t outsz)
+{
+    char o[201];
+    hub_origin_suggest(origin, o, sizeof(o));
+    int n = snprintf(out, outsz,
+                     "403 Forbidden: this hub does not accept WebSockets from pages at %s.\n"
+                     "To allow them, start chathub with --allow-origin %s\n"
+                     "(see \"Origin policy\" in docs/operations.md).\n",
+                     o, o);
+    if (n < 0)
+        return 0;
+    return (size_t)n < outsz ? (size_t)n : outsz - 1;
 }

@@ -110,6 +110,10 @@ struct client {
     int phase;                    /* enum client_phase */
     int told_to_go;               /* drain: close already started */
     uint32_t requests;            /* HTTP requests answered on this connection */
+    int via_proxy;                /* the peer is a --trust-proxy: counted per request */
+    char addr[64];                /* the client's address for logs (conn.addr points here) */
+    uint64_t ws_since;            /* loop time of the upgrade, 0 before */
+    const char *cut;              /* why the hub cut the connection without a close, or NULL */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg)
@@ -157,6 +161,46 @@ static void set_phase(struct client *cl, int phase)
     (*phase_gauge(phase))++;
 }
 
+/* ---- operator logs (log.h) ------------------------------------------ */
+
+/* Logs one event about cl: every connection log line goes through here, so
+ * the call sites stay one line each. code -1 and NULL strings are left out. */
+static void client_log(struct client *cl, int level, const char *event, int code,
+                       const char *reason, const char *by, const char *room)
+{
+    uint64_t now = hub_conn_now(&cl->conn);
+    int closed = strcmp(event, "close") == 0; /* only the close line has totals */
+    struct hub_log_conn e = {
+        .event = event,
+        .addr = cl->addr,
+        .mode = cl->phase == PHASE_RAW    ? "raw"
+                : cl->phase == PHASE_JSON ? "json"
+                                          : "http",
+        .room = room,
+        .code = code,
+        .reason = reason,
+        .by = by,
+        .duration_ms = closed && now >= cl->ws_since ? (int64_t)(now - cl->ws_since) : -1,
+        .bytes_in = closed ? (int64_t)cl->conn.bytes_in : -1,
+        .bytes_out = closed ? (int64_t)cl->conn.bytes_out : -1,
+    };
+    hub_log_conn(level, &e);
+}
+
+/* The close line of a WebSocket: who closed, with which code. A close the
+ * hub started wins; else the peer's; else there was no close handshake. */
+static void client_log_close(struct client *cl)
+{
+    uint16_t ours = hub_ws_close_code_sent(cl->ws), theirs = hub_ws_close_code_received(cl->ws);
+    if (ours != 0)
+        client_log(cl, HUB_LOG_INFO, "close", ours, hub_ws_close_name(ours), "hub", NULL);
+    else if (theirs != 1006)
+        client_log(cl, HUB_LOG_INFO, "close", theirs, hub_ws_close_name(theirs), "client", NULL);
+    else
+        client_log(cl, HUB_LOG_INFO, "close", 1006, cl->cut ? cl->cut : "connection lost",
+                   cl->cut ? "hub" : NULL, NULL);
+}
+
 /* ---- per-address counts --------------------------------------------- */
 
 static struct ip_count **ip_slot(struct hub_server *s, const char *ip)
@@ -170,12 +214,9 @@ static struct ip_count **ip_slot(struct hub_server *s, const char *ip)
 
 /* Counts one more connection from cl's address. Returns 0, or HUB_ELIMIT
  * when the address already has max_conns_per_ip. */
-static int ip_acquire(struct client *cl)
+static int ip_acquire_key(struct client *cl, const char *peer)
 {
     struct hub_server *s = cl->server;
-    char peer[HUB_CONN_ADDR_KEY_SIZE];
-    /* A peer whose address cannot be had counts under "?". */
-    hub_conn_peer_key(&cl->conn, peer, sizeof(peer));
     struct ip_count **pp = ip_slot(s, peer);
     if (*pp == NULL) {
         struct ip_count *e = calloc(1, sizeof(*e));
@@ -191,6 +232,14 @@ static int ip_acquire(struct client *cl)
     return 0;
 }
 
+static int ip_acquire(struct client *cl)
+{
+    char peer[HUB_CONN_ADDR_KEY_SIZE];
+    /* A peer whose address cannot be had counts under "?". */
+    hub_conn_peer_key(&cl->conn, peer, sizeof(peer));
+    return ip_acquire_key(cl, peer);
+}
+
 static void ip_release(struct client *cl)
 {
     if (cl->ip == NULL)
@@ -201,6 +250,47 @@ static void ip_release(struct client *cl)
         free(cl->ip);
     }
     cl->ip = NULL;
+}
+
+/* ---- clients behind a trusted proxy ------------------------------------ */
+
+/* Returns 1 if cl's peer is one of the --trust-proxy networks. */
+static int peer_is_proxy(struct client *cl)
+{
+    struct hub_server *s = cl->server;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    return s->cfg.ntrust_proxy > 0 &&
+           uv_tcp_getpeername(&cl->conn.tcp, (struct sockaddr *)&ss, &len) == 0 &&
+           hub_proxy_net_match(s->cfg.trust_proxy, s->cfg.ntrust_proxy, (struct sockaddr *)&ss);
+}
+
+/* A request from a trusted proxy: the client is the one its headers name
+ * (the proxy itself when they name none), and the per-address count moves
+ * to that address; one proxy connection may carry the requests of several
+ * clients in turn. Returns 0, or HUB_ELIMIT when that address is at
+ * --max-conns-per-ip (then the connection is no longer counted). */
+static int proxy_client(struct client *cl, const struct hub_http_request *req)
+{
+    struct hub_server *s = cl->server;
+    struct sockaddr_storage peer, client;
+    int len = sizeof(peer);
+    char key[HUB_CONN_ADDR_KEY_SIZE];
+    if (uv_tcp_getpeername(&cl->conn.tcp, (struct sockaddr *)&peer, &len) != 0)
+        return 0;
+    if (!hub_proxy_client(s->cfg.trust_proxy, s->cfg.ntrust_proxy, (struct sockaddr *)&peer,
+                          req->forwarded_for, req->forwarded, &client))
+        client = peer;
+    hub_conn_addr_key((struct sockaddr *)&client, key, sizeof(key));
+    if (client.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&client, cl->addr, sizeof(cl->addr));
+    else
+        uv_ip4_name((struct sockaddr_in *)&client, cl->addr, sizeof(cl->addr));
+    cl->conn.addr = cl->addr;
+    if (cl->ip != NULL && strcmp(cl->ip->ip, key) == 0)
+        return 0;
+    ip_release(cl);
+    return ip_acquire_key(cl, key);
 }
 
 /* ---- lifetime ------------------------------------------------------- */
@@ -289,6 +379,8 @@ static void client_on_close(struct hub_conn *c)
 {
     struct client *cl = HUB_CONTAINER_OF(c, struct client, conn);
     struct hub_server *s = cl->server;
+    if (cl->ws != NULL && cl->ws_since != 0)
+        client_log_close(cl);
     hub_chat_client_free(cl->chat);
     hub_ws_free(cl->ws);
     hub_http_free(cl->http);
@@ -318,7 +410,11 @@ static void client_on_timeout(struct hub_conn *c)
     struct hub_server *s = cl->server;
     if (cl->ws == NULL) {
         hub_metrics.refused[HUB_REFUSE_TIMEOUT]++;
-        hub_log_debug("%s: request not complete in time", hub_conn_peer(c));
+        /* A request begun and not finished (slowloris) is worth a line; an
+         * idle keep-alive or a browser's unused preconnect is not. */
+        int partial = c->bytes_in > 0 && cl->requests == 0;
+        client_log(cl, partial ? HUB_LOG_INFO : HUB_LOG_DEBUG, "refused", -1,
+                   partial ? "request not complete in time" : "idle", NULL, NULL);
         hub_conn_close(c);
         return;
     }
@@ -330,7 +426,7 @@ static void client_on_timeout(struct hub_conn *c)
     if (cl->ping_sent != 0 && c->last_rx < cl->ping_sent) {
         /* Not a single byte since our ping: the peer or the path is dead. */
         hub_metrics.heartbeat_closes++;
-        hub_log_debug("%s: no answer to ping, closing", hub_conn_peer(c));
+        cl->cut = "no answer to ping";
         hub_conn_close(c);
         return;
     }
@@ -344,11 +440,28 @@ static void client_on_timeout(struct hub_conn *c)
     hub_conn_set_timeout(c, s->cfg.pong_timeout_ms);
 }
 
-/* Refuses a request with status and counts why. */
-static int refuse(struct hub_http *h, int status, int reason)
+/* Refuses a request with status, counts and logs why. */
+static int refuse(struct client *cl, struct hub_http *h, int status, int reason)
 {
+    client_log(cl, HUB_LOG_INFO, "refused", status, hub_metrics_refusal_name(reason), NULL, NULL);
     hub_metrics.refused[reason]++;
     hub_http_respond_status(h, status);
+    return HUB_HTTP_DONE;
+}
+
+/* Refuses a WebSocket from a page whose origin the policy does not admit,
+ * naming the origin and the --allow-origin that would admit it. */
+static int refuse_origin(struct client *cl, struct hub_http *h, struct hub_iov origin)
+{
+    char shown[201], body[600];
+    hub_origin_suggest(origin, shown, sizeof(shown));
+    size_t n = hub_origin_refusal(origin, body, sizeof(body));
+    char why[260 + 2 * sizeof(shown)];
+    snprintf(why, sizeof(why), "origin %s not allowed (to allow it: --allow-origin %s)", shown,
+             shown);
+    client_log(cl, HUB_LOG_INFO, "refused", 403, why, NULL, NULL);
+    hub_metrics.refused[HUB_REFUSE_ORIGIN]++;
+    hub_http_respond(h, 403, "text/plain; charset=utf-8", NULL, body, n);
     return HUB_HTTP_DONE;
 }
 
@@ -357,18 +470,16 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
 {
     struct hub_server *s = cl->server;
     if (s->stopping)
-        return refuse(h, 503, HUB_REFUSE_DRAINING);
+        return refuse(cl, h, 503, HUB_REFUSE_DRAINING);
     int status = hub_http_check_websocket(req);
     if (status != 0)
-        return refuse(h, status, HUB_REFUSE_BAD_HANDSHAKE);
-    if (!hub_origin_allowed(&s->origins, req->origin, req->host)) {
-        hub_log_info("%s: refused cross-site WebSocket from origin %.*s", hub_conn_peer(&cl->conn),
-                     (int)(req->origin.len > 200 ? 200 : req->origin.len), req->origin.base);
-        return refuse(h, 403, HUB_REFUSE_ORIGIN);
-    }
+        return refuse(cl, h, status, HUB_REFUSE_BAD_HANDSHAKE);
+    if (!hub_origin_admit(&s->origins, req->origin, req->host))
+        return refuse_origin(cl, h, req->origin);
     struct hub_iov room;
     if (hub_chat_room_from_path(req->path, &room) != 0) {
         hub_metrics.refused[HUB_REFUSE_BAD_ROOM]++;
+        client_log(cl, HUB_LOG_INFO, "refused", 400, "bad room name", NULL, NULL);
         static const char msg[] =
             "400 Bad Request: room names are 1-64 characters of A-Z a-z 0-9 _ . : -\n";
         hub_http_respond(h, 400, "text/plain; charset=utf-8", NULL, msg, sizeof(msg) - 1);
@@ -376,7 +487,7 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
     }
     cl->ws = hub_ws_new(&cl->conn, &s->ws_cfg, client_on_ws_message, cl);
     if (cl->ws == NULL)
-        return refuse(h, 503, HUB_REFUSE_MAX_CONNS);
+        return refuse(cl, h, 503, HUB_REFUSE_MAX_CONNS);
     /* Offering chathub.v1 selects the JSON protocol; anything else (or no
      * subprotocol) is raw mode, and the 101 then names no subprotocol. */
     int json = hub_iov_has_token(req->ws_protocol, "chathub.v1");
@@ -394,6 +505,10 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
         return HUB_HTTP_DONE;
     }
     set_phase(cl, json ? PHASE_JSON : PHASE_RAW);
+    cl->ws_since = hub_conn_now(&cl->conn);
+    char rname[72];
+    snprintf(rname, sizeof(rname), "%.*s", (int)(room.len < 64 ? room.len : 64), room.base);
+    client_log(cl, HUB_LOG_INFO, "open", -1, NULL, NULL, json ? NULL : rname);
     hub_conn_set_soft_limit(&cl->conn, s->cfg.soft_output, s->cfg.soft_hold_ms);
     hub_conn_set_timeout(&cl->conn, s->cfg.ping_interval_ms);
     cl->chat = hub_chat_client_new(s->chat, cl->ws, json ? HUB_CHAT_JSON : HUB_CHAT_RAW, room);
@@ -466,8 +581,10 @@ static int host_allowed(struct client *cl, struct hub_http *h, const struct hub_
     struct hub_server *s = cl->server;
     if (hub_host_allowed(&s->hosts, req->host) || hub_iov_eq_ci(req->path, "/healthz"))
         return 1;
-    hub_log_info("%s: refused Host %.*s (not a name this hub answers to)", hub_conn_peer(&cl->conn),
-                 (int)(req->host.len > 200 ? 200 : req->host.len), req->host.base);
+    char why[300];
+    snprintf(why, sizeof(why), "Host %.*s is not a name this hub answers to (see --server-name)",
+             (int)(req->host.len > 200 ? 200 : req->host.len), req->host.base);
+    client_log(cl, HUB_LOG_INFO, "refused", 421, why, NULL, NULL);
     if (req->upgrade_hdr.len > 0 || req->upgrade)
         hub_metrics.refused[HUB_REFUSE_ORIGIN]++;
     hub_http_respond_status(h, 421);
@@ -491,12 +608,29 @@ static int metrics_peer_allowed(struct client *cl)
     return 0;
 }
 
+/* A request through a trusted proxy from an address at --max-conns-per-ip:
+ * 503, and the connection ends. */
+static int refuse_per_ip(struct client *cl, struct hub_http *h)
+{
+    struct hub_server *s = cl->server;
+    char why[64];
+    snprintf(why, sizeof(why), "over --max-conns-per-ip %u (via proxy)", s->cfg.max_conns_per_ip);
+    client_log(cl, HUB_LOG_INFO, "refused", 503, why, NULL, NULL);
+    hub_metrics.refused[HUB_REFUSE_PER_IP]++;
+    hub_http_respond(h, 503, "text/plain; charset=utf-8", "Retry-After: 5\r\n",
+                     "503 too many connections\n", 25);
+    hub_conn_close_after_flush(&cl->conn);
+    return HUB_HTTP_DONE;
+}
+
 static int client_on_request(struct hub_http *h, const struct hub_http_request *req, void *data)
 {
     struct client *cl = data;
     struct hub_server *s = cl->server;
     hub_metrics.http_requests++;
     cl->requests++;
+    if (cl->via_proxy && proxy_client(cl, req) != 0)
+        return refuse_per_ip(cl, h);
     /* The next request on this connection gets a fresh deadline. */
     hub_conn_set_timeout(&cl->conn, s->cfg.handshake_ms);
     if (!host_allowed(cl, h, req))
@@ -572,6 +706,12 @@ static void client_turn_away(struct client *cl, int reason)
                                "Retry-After: 5\r\n"
                                "Connection: close\r\n\r\n"
                                "503 too many connections\n";
+    char why[64];
+    snprintf(why, sizeof(why),
+             reason == HUB_REFUSE_PER_IP ? "over --max-conns-per-ip %u" : "over --max-conns %u",
+             reason == HUB_REFUSE_PER_IP ? cl->server->cfg.max_conns_per_ip
+                                         : cl->server->cfg.max_conns);
+    client_log(cl, HUB_LOG_INFO, "refused", 503, why, NULL, NULL);
     hub_metrics.refused[reason]++;
     hub_conn_write_force(&cl->conn, busy, sizeof(busy) - 1);
     hub_conn_close_after_flush(&cl->conn);
@@ -608,15 +748,18 @@ static void server_on_connection(uv_stream_t *listener, int status)
         hub_conn_close(&cl->conn);
         return;
     }
+    /* The address, once: logs need it after the socket is gone too. */
+    snprintf(cl->addr, sizeof(cl->addr), "%s", hub_conn_peer(&cl->conn));
+    cl->conn.addr = cl->addr;
     if (s->cfg.max_conns != 0 && s->nclients > s->cfg.max_conns) {
         client_turn_away(cl, HUB_REFUSE_MAX_CONNS);
         return;
     }
-    int rc = ip_acquire(cl);
+    /* A trusted proxy's connection is counted per request, under the
+     * address its headers name (proxy_client). */
+    cl->via_proxy = peer_is_proxy(cl);
+    int rc = cl->via_proxy ? 0 : ip_acquire(cl);
     if (rc != 0) {
-        if (rc == HUB_ELIMIT)
-            hub_log_info("%s: over --max-conns-per-ip %u", hub_conn_peer(&cl->conn),
-                         s->cfg.max_conns_per_ip);
         client_turn_away(cl, HUB_REFUSE_PER_IP);
         return;
     }
@@ -685,6 +828,7 @@ static void drain_walk_cb(uv_handle_t *h, void *arg)
     if (cl->magic != CLIENT_MAGIC)
         return;
     if (w->cut) {
+        cl->cut = "cut at shutdown";
         hub_conn_close(&cl->conn);
     } else if (!cl->told_to_go && w->budget > 0) {
         w->budget--;
@@ -777,6 +921,9 @@ static int server_bind(struct hub_server *s, char *err, size_t errsz)
                  uv_strerror(rc));
         return HUB_EIO;
     }
+    /* A hub only this machine can reach admits local dev pages (origin.h). */
+    s->origins.local_dev = !s->cfg.strict_origin && s->cfg.ntrust_proxy == 0 &&
+                           hub_origin_sockaddr_is_loopback((struct sockaddr *)&ss);
     s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
     /* A hub bound to loopback answers only to loopback names (access.h). */

@@ -65,6 +65,7 @@ struct hub_ws {
     uint32_t holds;               /* work in flight that the close must wait for */
     uint16_t fail_code;           /* a protocol error wslay reports without a code */
     uint16_t close_code_rx;       /* close code the peer sent (1006 until it does) */
+    uint16_t close_code_tx;       /* code of a close this side started (0: none, or an echo) */
     uint8_t hdr[14];              /* shadow parser: partial frame header */
     uint8_t hdr_len;              /* bytes in hdr */
     uint8_t pending_len;          /* length of pending_close */
@@ -172,9 +173,11 @@ static void ws_flush_stage(struct hub_ws *ws)
         } else if (!ws->closing) {
             /* wslay answers the peer's close, or gives up on a protocol
              * error (reading disabled): then the connection ends with it. */
-            ws_emit_close(ws, p + i, flen,
-                          ws->ctx != NULL && !wslay_event_get_read_enabled(ws->ctx) &&
-                              !wslay_event_get_close_received(ws->ctx));
+            int fatal = ws->ctx != NULL && !wslay_event_get_read_enabled(ws->ctx) &&
+                        !wslay_event_get_close_received(ws->ctx);
+            if (fatal && flen >= 4)
+                ws->close_code_tx = (uint16_t)(p[i + 2] << 8 | p[i + 3]);
+            ws_emit_close(ws, p + i, flen, fatal);
         }
         i += flen;
     }
@@ -594,8 +597,9 @@ static void ws_slow(struct hub_ws *ws)
 {
     if (ws->closing || ws->finished)
         return;
-    hub_log_info("closing slow client %s (%zu bytes queued)", hub_conn_peer(ws->conn),
-                 ws->conn->out.bytes);
+    /* Messages are lost here (the client may resume them): warn. */
+    hub_log_warn("%s: slow client: dropping %zu queued bytes and closing 4008",
+                 hub_conn_peer(ws->conn), ws->conn->out.bytes);
     hub_metrics.slow_closes++;
     hub_conn_drop_backlog(ws->conn);
     hub_ws_close(ws, HUB_WS_SLOW_CLIENT, "slow client");
@@ -625,6 +629,7 @@ int hub_ws_close(struct hub_ws *ws, uint16_t code, const char *reason)
     frame[3] = (uint8_t)code;
     if (rlen > 0)
         memcpy(frame + 4, reason, rlen);
+    ws->close_code_tx = code;
     ws_emit_close(ws, frame, 4 + rlen, 0);
     return 0;
 }
@@ -645,6 +650,47 @@ int hub_ws_ping(struct hub_ws *ws)
 uint16_t hub_ws_close_code_received(const struct hub_ws *ws)
 {
     return ws->close_code_rx;
+}
+
+uint16_t hub_ws_close_code_sent(const struct hub_ws *ws)
+{
+    return ws->close_code_tx;
+}
+
+const char *hub_ws_close_name(uint16_t code)
+{
+    switch (code) {
+    case 1000:
+        return "normal closure";
+    case 1001:
+        return "going away";
+    case 1002:
+        return "protocol error";
+    case 1003:
+        return "unsupported data";
+    case 1005:
+        return "no code";
+    case 1006:
+        return "connection lost";
+    case 1007:
+        return "invalid payload";
+    case 1008:
+        return "policy violation";
+    case 1009:
+        return "message too big";
+    case 1011:
+        return "internal error";
+    case 1012:
+        return "server restart";
+    case 4008:
+        return "slow client";
+    case 4012:
+        return "no pong";
+    case 4013:
+        return "too many requests";
+    default:
+        return code >= 4500 && code <= 4999 ? "do not reconnect" : "other";
+    }
 }
 
 struct hub_conn *hub_ws_conn(const struct hub_ws *ws)

@@ -108,6 +108,10 @@ struct hub_conn {
     uint32_t soft_hold_ms;          /* how long the queue may stay above soft_limit */
     size_t high_water;              /* queue bytes above which reading pauses (0 = never) */
     size_t low_water;               /* queue bytes at or below which reading resumes */
+    const char *addr;   /* the client's address for hub_conn_peer when it is not the peer's
+                           (forwarded by a trusted proxy), or NULL; borrowed from the owner */
+    uint64_t bytes_in;  /* bytes read (for the close log line) */
+    uint64_t bytes_out; /* bytes written */
 };
 
 /* Creates the loop-wide state: the lent read buffer and the flush handle.
@@ -206,6 +210,7 @@ void hub_conn_close(struct hub_conn *c);
  * lives in a buffer shared by all connections and is valid until the next
  * call ("?" when unknown, "detached" for a detached conn). */
 const char *hub_conn_peer(const struct hub_conn *c);
+/* (When c->addr is set, hub_conn_peer returns it instead.) */
 
 /* Sets the read watermarks: reading stops once more than high bytes are
  * queued and resumes once at most low are (low <= high; high 0 = never

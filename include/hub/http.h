@@ -48,6 +48,8 @@ struct hub_http_request {
     struct hub_iov ws_protocol;   /* Sec-WebSocket-Protocol */
     struct hub_iov if_none_match; /* If-None-Match */
     struct hub_iov ws_extensions; /* Sec-WebSocket-Extensions */
+    struct hub_iov forwarded_for; /* X-Forwarded-For (for --trust-proxy) */
+    struct hub_iov forwarded;     /* Forwarded (RFC 7239, for --trust-proxy) */
 };
 
 /* Content-Security-Policy values for HTML responses. The hub's own page

@@ -63,4 +63,7 @@ void hub_metrics_close(uint16_t code);
  * plus the gauges given here, to b. Returns 0 or HUB_ENOMEM. */
 int hub_metrics_render(struct hub_buf *b, size_t rooms, int draining);
 
+/* The label of a refusal reason ("per_ip"), as in /metrics; static. */
+const char *hub_metrics_refusal_name(int reason);
+
 #endif

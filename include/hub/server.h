@@ -11,6 +11,7 @@
 #define HUB_SERVER_H
 
 #include "hub/common.h"
+#include "hub/proxy.h"
 
 #include <uv.h>
 
@@ -58,6 +59,10 @@ struct hub_server_config {
     size_t nmetrics_allow;            /* number of CIDRs */
     int deflate;                      /* 1: accept permessage-deflate (on when built with zlib) */
     uint32_t deflate_min;             /* payloads shorter than this go uncompressed (128) */
+    /* issue 18 (newcomer) */
+    int strict_origin; /* 1: no local-dev Origin relaxation on loopback (origin.h) */
+    const struct hub_proxy_net *trust_proxy; /* --trust-proxy networks (borrowed), or NULL */
+    size_t ntrust_proxy;                     /* number of networks */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);

@@ -130,6 +130,14 @@ int hub_ws_ping(struct hub_ws *ws);
 /* The close code the peer sent (1005 if it sent none, 1006 if none yet). */
 uint16_t hub_ws_close_code_received(const struct hub_ws *ws);
 
+/* The code of a close this side started (hub_ws_close, or a protocol error
+ * such as 1009), or 0 when it started none (no close, or only the echo of
+ * the peer's). */
+uint16_t hub_ws_close_code_sent(const struct hub_ws *ws);
+
+/* A short description of a close code for logs ("slow client"); static. */
+const char *hub_ws_close_name(uint16_t code);
+
 /* The connection this ws writes to (borrowed). */
 struct hub_conn *hub_ws_conn(const struct hub_ws *ws);
 
