@@ -118,6 +118,8 @@ struct hub_chat_client {
     int mode;                          /* enum hub_chat_mode */
     int hello;                         /* JSON: hello succeeded */
     int claiming;                      /* a nick claim (hello or nick) is in flight */
+    int waiting;                       /* replies of joins and hellos still on their way
+                                          (multi-node engine): later requests wait */
     struct chat_backlog *backlog;      /* owned: requests that came during a claim, or NULL */
     struct hub_chat_client *nick_next; /* nick table chain */
     uint64_t nick_hash;                /* hash of the nick's claim key */
@@ -390,12 +392,17 @@ const char *chat_room_problem(const struct hub_chat_client *cl, struct hub_iov r
 int chat_parse_id(json_t *root, struct req_id *id);
 
 /* Handles one chathub.v1 text frame (data borrowed). While a nick claim
- * (hello or nick) is on its way, frames wait in cl's backlog (copied, at
+ * (hello or nick) is on its way, or (with a multi-node engine, whose join
+ * takes several round trips) a join's or hello's reply, frames wait in cl's backlog (copied, at
  * most CHAT_BACKLOG_MAX of them and CHAT_BACKLOG_BYTES; past that a request
  * is refused with rate_limited) and are handled in order once it is done. */
 void chat_json_message(struct hub_chat_client *cl, const char *data, size_t len);
 
 /* Frees cl's backlog (the client is going). */
 void chat_backlog_free(struct hub_chat_client *cl);
+
+/* Handles cl's waiting requests in order, while nothing they wait for is on
+ * its way (call when a claim completes or cl->waiting drops). */
+void chat_backlog_drain(struct hub_chat_client *cl);
 
 #endif

@@ -409,8 +409,6 @@ static void hello_claimed(struct pending_claim *pc)
     chat_hello_resume(hs, pc->resume);
 }
 
-static void backlog_drain(struct hub_chat_client *cl);
-
 static void claim_done(void *data, int err)
 {
     struct pending_claim *pc = data;
@@ -436,7 +434,7 @@ static void claim_done(void *data, int err)
     }
     claim_free(pc);
     /* The requests that came meanwhile, in order (until one claims again). */
-    backlog_drain(cl);
+    chat_backlog_drain(cl);
     chat_client_unref(cl);
 }
 
@@ -1040,16 +1038,16 @@ void chat_backlog_free(struct hub_chat_client *cl)
 
 static void json_handle(struct hub_chat_client *cl, const char *data, size_t len);
 
-/* Handles the waiting requests in order while no claim is in flight: a
- * request that starts a claim (a nick behind the hello) stops the walk,
- * and that claim's completion walks on. */
-static void backlog_drain(struct hub_chat_client *cl)
+/* Handles the waiting requests in order while no claim or reply is on its
+ * way: a request that starts one (a nick behind the hello, a join) stops
+ * the walk, and its completion walks on. */
+void chat_backlog_drain(struct hub_chat_client *cl)
 {
     struct chat_backlog *bl = cl->backlog;
     if (bl == NULL || bl->draining)
         return;
     bl->draining = 1;
-    while (!cl->dead && !cl->claiming && bl->head != NULL) {
+    while (!cl->dead && !cl->claiming && cl->waiting == 0 && bl->head != NULL) {
         struct backlog_item *it = bl->head;
         bl->head = it->next;
         if (bl->head == NULL)
@@ -1101,8 +1099,9 @@ static void backlog_push(struct hub_chat_client *cl, const char *data, size_t le
 void chat_json_message(struct hub_chat_client *cl, const char *data, size_t len)
 {
     /* A hello's (or nick's) claim is asynchronous with several nodes: what
-     * was pipelined behind it waits, rather than meeting hello_required. */
-    if (cl->claiming || (cl->backlog != NULL && cl->backlog->head != NULL)) {
+     * was pipelined behind it waits, rather than meeting hello_required;
+     * and behind a join's reply, so that replies come in request order. */
+    if (cl->claiming || cl->waiting > 0 || (cl->backlog != NULL && cl->backlog->head != NULL)) {
         backlog_push(cl, data, len);
         return;
     }

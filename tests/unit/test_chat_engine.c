@@ -463,6 +463,21 @@ static void test_pipelined(void)
     claim_done(f, 0);
     HAS(&a, "{\"id\":5,\"ok\":true,\"nick\":\"robert\"}", "{\"id\":6,\"ok\":true}");
 
+    /* With several nodes a join takes round trips: what follows waits for
+     * its reply, so that replies keep request order. */
+    f->hold_reads = 1;
+    peer_say(&a, 1, "{\"op\":\"join\",\"id\":7,\"room\":\"other\"}");
+    peer_say(&a, 1, "{\"op\":\"send\",\"id\":8,\"room\":\"other\",\"text\":\"after\"}");
+    CHECK_EQ(f->npub, 0);
+    CHECK(read_none(&a));
+    read_done(f, 1, 0);
+    f->hold_reads = 0;
+    HAS(&a, "{\"id\":7,\"ok\":true,\"room\":\"other\"");
+    CHECK_EQ(f->npub, 1);
+    CHECK_STR(f->pub_text, "after");
+    publish_done(f, 0);
+    HAS(&a, "{\"id\":8,\"ok\":true,\"room\":\"other\"");
+
     /* Bounded: past CHAT_BACKLOG_MAX waiting requests, rate_limited. */
     struct peer b;
     peer_open(&b, chat, "ignored", HUB_CHAT_JSON);
