@@ -118,8 +118,9 @@ void chat_send_engine_error(struct hub_chat_client *cl, struct req_id id, int er
     if (err == HUB_EAGAIN && cl->mode == HUB_CHAT_JSON)
         hub_metrics.unavailable++;
     if (err == HUB_EAGAIN)
-        chat_send_error(cl, id, "unavailable",
-                        "the hub cannot reach its message broker right now; try again");
+        chat_send_error(
+            cl, id, "unavailable",
+            "the message broker cannot take requests right now (unreachable or full); try again");
     else
         chat_send_error(cl, id, err == HUB_EIO ? "storage" : "internal", what);
 }

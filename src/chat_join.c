@@ -494,9 +494,10 @@ static void join_failed(struct pending_join *pj, int err)
     if (room != NULL && !hub_rooms_is_member(&cl->member, room))
         room = NULL;
     const char *code = err == HUB_EAGAIN ? "unavailable" : "internal";
-    const char *message = err == HUB_EAGAIN
-                              ? "the hub cannot reach its message broker right now; try again"
-                              : "history is not available";
+    const char *message =
+        err == HUB_EAGAIN
+            ? "the message broker cannot take requests right now (unreachable or full); try again"
+            : "history is not available";
     if (room != NULL)
         chat_leave_room(cl, room); /* the join did not happen: a resend may try again */
     if (pj->hello != NULL) {
@@ -665,7 +666,8 @@ int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_s
     chat_leave_room(cl, room);
     if (rc == HUB_EAGAIN) {
         *code = "unavailable";
-        *message = "the hub cannot reach its message broker right now; try again";
+        *message =
+            "the message broker cannot take requests right now (unreachable or full); try again";
         hub_metrics.unavailable++;
     }
     free(pj);
@@ -677,7 +679,8 @@ fail_leave:
         chat_leave_room(cl, room);
     if (rc == HUB_EAGAIN) {
         *code = "unavailable";
-        *message = "the hub cannot reach its message broker right now; try again";
+        *message =
+            "the message broker cannot take requests right now (unreachable or full); try again";
         hub_metrics.unavailable++;
     }
 fail_free:
