@@ -60,8 +60,9 @@ size_t chat_nick_key(const char *s, size_t len, char *key)
     size_t n = nick_key(s, len, key);
     if (n != SIZE_MAX)
         return n;
-    /* No key (never a nick that passed the rules): the bytes themselves. */
-    n = len < CHAT_NICK_KEY_MAX - 1 ? len : CHAT_NICK_KEY_MAX - 1;
+    /* No key (never a nick that passed the rules): the bytes themselves,
+     * at most what the engine takes. */
+    n = len < HUB_ENGINE_NICK_MAX ? len : HUB_ENGINE_NICK_MAX;
     memcpy(key, s, n);
     key[n] = '\0';
     return n;
