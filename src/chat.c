@@ -16,7 +16,8 @@
  *   its close path, never from a deliver callback (rooms asserts this).
  * - Nicks are unique across nodes under ASCII case folding (the engine's
  *   claims); the local nick table holds this node's JSON clients that said
- *   hello. Raw clients use reserved guest-<n> nicks.
+ *   hello. Raw clients use reserved guest-<n> nicks (guest-<node>-<n> when
+ *   the engine has several nodes).
  * - A message is sequenced and stored by the engine before anyone sees it,
  *   so offsets in pushes, replies and history always agree. Local members
  *   get it only from on_msg, which fires in offset order per room; the
@@ -118,8 +119,9 @@ void chat_send_engine_error(struct hub_chat_client *cl, struct req_id id, int er
     if (err == HUB_EAGAIN && cl->mode == HUB_CHAT_JSON)
         hub_metrics.unavailable++;
     if (err == HUB_EAGAIN)
-        chat_send_error(cl, id, "unavailable",
-                        "the hub cannot reach its message broker right now; try again");
+        chat_send_error(
+            cl, id, "unavailable",
+            "the message broker cannot take requests right now (unreachable or full); try again");
     else
         chat_send_error(cl, id, err == HUB_EIO ? "storage" : "internal", what);
 }
@@ -324,8 +326,11 @@ struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws
     cl->id = ++chat->client_seq;
     chat->nclients++;
     if (mode == HUB_CHAT_RAW) {
-        char guest[32];
-        int n = snprintf(guest, sizeof(guest), "guest-%llu", (unsigned long long)++chat->guest_seq);
+        /* Several nodes: the node id makes the guest nick unique across
+         * them ("guest-<node>-<n>"; id_prefix is "<node>-"). */
+        char guest[sizeof(chat->id_prefix) + 32];
+        int n = snprintf(guest, sizeof(guest), "guest-%s%llu", chat->id_prefix,
+                         (unsigned long long)++chat->guest_seq);
         if (chat_set_nick(cl, guest, (size_t)n) != 0) {
             hub_chat_client_free(cl);
             return NULL;
@@ -366,6 +371,7 @@ void chat_client_unref(struct hub_chat_client *cl)
     if (--cl->refs > 0)
         return;
     free(cl->typing);
+    chat_backlog_free(cl);
     while (cl->nsubs > 0)
         chat_sub_remove(cl, cl->subs[0].room);
     free(cl->nick);
@@ -382,9 +388,10 @@ void hub_chat_client_free(struct hub_chat_client *cl)
     hub_rooms_leave_all(chat->rooms, &cl->member);
     if (cl->hello) {
         chat_nick_unlink(chat, cl);
-        char id[CHAT_ID_MAX];
+        char id[CHAT_ID_MAX], key[CHAT_NICK_KEY_MAX];
         struct hub_iov cid = {id, chat_client_id(cl, id)};
-        hub_engine_release_nick(chat->engine, (struct hub_iov){cl->nick, cl->nick_len}, cid);
+        struct hub_iov k = {key, chat_nick_key(cl->nick, cl->nick_len, key)};
+        hub_engine_release_nick(chat->engine, k, cid);
     }
     chat->nclients--;
     cl->dead = 1;

@@ -27,6 +27,7 @@
 #include "hub/chat.h"
 #include "hub/buf.h"
 #include "hub/engine.h"
+#include "hub/ident.h"
 #include "hub/jsonw.h"
 #include "hub/rooms.h"
 
@@ -36,6 +37,7 @@
 struct hub_history_msg;
 struct hello_state;
 struct pending_dm;
+struct chat_backlog;
 
 #define TYPING_INTERVAL_MS 3000        /* forward at most one typing per client and room */
 #define TYPING_TTL_MS 6000             /* how long a receiver shows it */
@@ -48,6 +50,8 @@ struct pending_dm;
 #define DM_WAIT_MS 2000                /* a remote dm waits at most this for the peer's join */
 #define ROOMS_ASK_MAX 1000             /* rooms asked of the engine (DM rooms are left out) */
 #define CHAT_ID_MAX (HUB_ENGINE_NODE_ID_MAX + 24) /* bytes in a client id and its NUL */
+#define CHAT_BACKLOG_MAX 64                       /* requests waiting behind a nick claim */
+#define CHAT_BACKLOG_BYTES (256 * 1024)           /* their bytes */
 
 /* Per-room bookkeeping for presence in big rooms, kept only for rooms that
  * passed HUB_CHAT_LIST_MAX members. */
@@ -114,8 +118,11 @@ struct hub_chat_client {
     int mode;                          /* enum hub_chat_mode */
     int hello;                         /* JSON: hello succeeded */
     int claiming;                      /* a nick claim (hello or nick) is in flight */
+    int waiting;                       /* replies of joins and hellos still on their way
+                                          (multi-node engine): later requests wait */
+    struct chat_backlog *backlog;      /* owned: requests that came during a claim, or NULL */
     struct hub_chat_client *nick_next; /* nick table chain */
-    uint64_t nick_hash;                /* hash of the folded nick */
+    uint64_t nick_hash;                /* hash of the nick's claim key */
     size_t nick_len;                   /* bytes in nick */
     char *nick;                        /* current nick, NUL-terminated, owned */
     uint64_t id;                       /* the client id is "<id_prefix>c-<id>" */
@@ -234,9 +241,28 @@ void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov r
 
 /* ---- nicks.c ------------------------------------------------------------ */
 
+/* Bytes of a claim key and its NUL (the ident key, see hub/ident.h). */
+#define CHAT_NICK_KEY_MAX HUB_IDENT_KEY_MAX
+
 int chat_nick_eq(const char *a, size_t alen, const char *b, size_t blen);
 
+/* Writes the name under which the nick s is claimed, in the local table and
+ * in the engine, into key (CHAT_NICK_KEY_MAX bytes, NUL-terminated): its
+ * ident key (NFKC, case folding, UTS #39 skeleton), or "#" and the hex SHA-1
+ * of the key when that is longer than HUB_ENGINE_NICK_MAX bytes. Look-alike
+ * nicks have the same claim key. Returns its length (a string that is no
+ * nick at all keeps its own bytes). */
+size_t chat_nick_key(const char *s, size_t len, char *key);
+
+/* 1 if the nicks a and b have the same claim key (look-alikes). */
+int chat_nick_same(const char *a, size_t alen, const char *b, size_t blen);
+
+/* The local client holding the nick s (or a look-alike), or NULL. */
 struct hub_chat_client *chat_nick_find(const struct hub_chat *chat, const char *s, size_t len);
+
+/* The local client whose nick has the claim key key (klen bytes), or NULL. */
+struct hub_chat_client *chat_nick_find_key(const struct hub_chat *chat, const char *key,
+                                           size_t klen);
 
 void chat_nick_link(struct hub_chat *chat, struct hub_chat_client *cl);
 
@@ -365,7 +391,18 @@ const char *chat_room_problem(const struct hub_chat_client *cl, struct hub_iov r
 /* Reads a request's optional id. Returns 0, or -1 if present but unusable. */
 int chat_parse_id(json_t *root, struct req_id *id);
 
-/* Handles one chathub.v1 text frame (data borrowed). */
+/* Handles one chathub.v1 text frame (data borrowed). While a nick claim
+ * (hello or nick) is on its way, or (with a multi-node engine, whose join
+ * takes several round trips) a join's or hello's reply, frames wait in cl's backlog (copied, at
+ * most CHAT_BACKLOG_MAX of them and CHAT_BACKLOG_BYTES; past that a request
+ * is refused with rate_limited) and are handled in order once it is done. */
 void chat_json_message(struct hub_chat_client *cl, const char *data, size_t len);
+
+/* Frees cl's backlog (the client is going). */
+void chat_backlog_free(struct hub_chat_client *cl);
+
+/* Handles cl's waiting requests in order, while nothing they wait for is on
+ * its way (call when a claim completes or cl->waiting drops). */
+void chat_backlog_drain(struct hub_chat_client *cl);
 
 #endif

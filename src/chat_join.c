@@ -283,6 +283,7 @@ struct hello_state {
     struct req_id id;           /* the hello's id */
     struct hub_jsonw b;         /* the reply under construction */
     unsigned outstanding;       /* reads not yet completed */
+    int gate;                   /* counted in cl->waiting */
     size_t budget;              /* message bytes the reply may still hold */
     size_t room_left;           /* the most one message alone may take */
     size_t nmsgs;               /* messages in the reply so far */
@@ -301,22 +302,46 @@ struct pending_join {
     uint64_t total;                        /* members on all nodes (the engine's answer) */
     struct hub_engine_member *members;     /* owned copy, when total <= HUB_CHAT_LIST_MAX */
     size_t nmembers;                       /* entries in members */
+    int gate;                              /* counted in cl->waiting */
     size_t room_len;                       /* length of room */
     char room[];                           /* the room's name */
 };
 
+/* A reply counted in cl->waiting is out: the requests behind it go. */
+static void ungate(struct hub_chat_client *cl, int *gate)
+{
+    if (!*gate)
+        return;
+    *gate = 0;
+    cl->waiting--;
+    chat_backlog_drain(cl);
+}
+
+/* With a multi-node engine a join takes round trips: the requests that
+ * follow wait for its reply (cl->waiting), so replies keep request order. */
+static void gate_on(struct hub_chat_client *cl, int *gate)
+{
+    if (cl->chat->id_prefix_len > 0) {
+        *gate = 1;
+        cl->waiting++;
+    }
+}
+
 static void chat_hello_finish(struct hello_state *hs)
 {
+    struct hub_chat_client *cl = hs->cl;
     hub_jsonw_raw(&hs->b, "}}");
-    chat_send_json(hs->cl, &hs->b, hs->id);
-    for (uint32_t i = 0; i < hs->cl->nsubs; i++)
-        if (hs->cl->subs[i].hello == hs) {
-            hs->cl->subs[i].hello = NULL;
-            sub_release(hs->cl, &hs->cl->subs[i]);
+    chat_send_json(cl, &hs->b, hs->id);
+    for (uint32_t i = 0; i < cl->nsubs; i++)
+        if (cl->subs[i].hello == hs) {
+            cl->subs[i].hello = NULL;
+            sub_release(cl, &cl->subs[i]);
         }
     hub_jsonw_free(&hs->b);
-    chat_client_unref(hs->cl);
+    int gate = hs->gate;
     free(hs);
+    ungate(cl, &gate);
+    chat_client_unref(cl);
 }
 
 /* Announces messages that cannot be delivered: offsets from..to of the
@@ -469,9 +494,10 @@ static void join_failed(struct pending_join *pj, int err)
     if (room != NULL && !hub_rooms_is_member(&cl->member, room))
         room = NULL;
     const char *code = err == HUB_EAGAIN ? "unavailable" : "internal";
-    const char *message = err == HUB_EAGAIN
-                              ? "the hub cannot reach its message broker right now; try again"
-                              : "history is not available";
+    const char *message =
+        err == HUB_EAGAIN
+            ? "the message broker cannot take requests right now (unreachable or full); try again"
+            : "history is not available";
     if (room != NULL)
         chat_leave_room(cl, room); /* the join did not happen: a resend may try again */
     if (pj->hello != NULL) {
@@ -484,7 +510,9 @@ static void join_failed(struct pending_join *pj, int err)
     } else {
         chat_send_engine_error(cl, pj->id, err, message);
     }
+    int gate = pj->gate;
     pending_join_free(pj);
+    ungate(cl, &gate);
     chat_client_unref(cl);
 }
 
@@ -536,7 +564,9 @@ static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
     if (sub != NULL && pj->hello == NULL)
         sub_release(cl, sub); /* a hello's rooms wait for the whole reply */
     hub_jsonw_free(&own);
+    int gate = pj->gate;
     pending_join_free(pj);
+    ungate(cl, &gate);
     chat_client_unref(cl);
 }
 
@@ -621,18 +651,23 @@ int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_s
     chat_client_ref(cl);
     if (hello != NULL)
         hello->outstanding++;
+    else
+        gate_on(cl, &pj->gate);
     /* From here on the completions answer: join_failed if they fail. */
     rc = hub_engine_members(chat->engine, name, HUB_CHAT_LIST_MAX, join_members_cb, pj);
     if (rc == 0)
         return 0;
     if (hello != NULL)
         hello->outstanding--;
+    else if (pj->gate)
+        cl->waiting--; /* nothing came in between: no drain */
     chat_client_unref(cl);
     chat_sub_remove(cl, room);
     chat_leave_room(cl, room);
     if (rc == HUB_EAGAIN) {
         *code = "unavailable";
-        *message = "the hub cannot reach its message broker right now; try again";
+        *message =
+            "the message broker cannot take requests right now (unreachable or full); try again";
         hub_metrics.unavailable++;
     }
     free(pj);
@@ -644,7 +679,8 @@ fail_leave:
         chat_leave_room(cl, room);
     if (rc == HUB_EAGAIN) {
         *code = "unavailable";
-        *message = "the hub cannot reach its message broker right now; try again";
+        *message =
+            "the message broker cannot take requests right now (unreachable or full); try again";
         hub_metrics.unavailable++;
     }
 fail_free:
@@ -687,6 +723,7 @@ void chat_hello_resume(struct hello_state *hs, json_t *resume)
     struct hub_chat *chat = cl->chat;
     struct req_id id = hs->id;
     chat_client_ref(cl);
+    gate_on(cl, &hs->gate);
     /* One budget for the messages of every resumed room: the reply is one
      * frame. */
     hs->budget = chat_page_budget(cl, &hs->room_left);

@@ -355,19 +355,24 @@ static void nick_claimed(struct pending_claim *pc)
     size_t old_len = cl->nick_len;
     memcpy(old, cl->nick, old_len + 1);
     struct hub_iov old_v = {old, old_len}, new_v = {pc->nick, pc->nick_len};
+    /* Claims are by key: a new spelling of the same key is the same claim. */
+    char old_key[CHAT_NICK_KEY_MAX], new_key[CHAT_NICK_KEY_MAX];
+    struct hub_iov old_k = {old_key, chat_nick_key(old, old_len, old_key)};
+    struct hub_iov new_k = {new_key, chat_nick_key(pc->nick, pc->nick_len, new_key)};
+    int same = old_k.len == new_k.len && memcmp(old_key, new_key, old_k.len) == 0;
     chat_nick_unlink(chat, cl);
     int rc = chat_set_nick(cl, pc->nick, pc->nick_len);
     chat_nick_link(chat, cl);
     if (rc != 0) {
-        if (!chat_nick_eq(old, old_len, pc->nick, pc->nick_len))
-            hub_engine_release_nick(chat->engine, new_v, cid);
+        if (!same)
+            hub_engine_release_nick(chat->engine, new_k, cid);
         chat_send_error(cl, pc->id, "internal", "out of memory");
         return;
     }
-    /* The old claim goes, unless it is the same nick in another case (one
-     * claim, kept with its new spelling). */
-    if (!chat_nick_eq(old, old_len, pc->nick, pc->nick_len))
-        hub_engine_release_nick(chat->engine, old_v, cid);
+    /* The old claim goes, unless it is the same key (one claim, kept with
+     * its new spelling). */
+    if (!same)
+        hub_engine_release_nick(chat->engine, old_k, cid);
     struct hub_jsonw b = {0};
     chat_begin_reply(&b, pc->id);
     hub_jsonw_kstr(&b, "nick", cl->nick, cl->nick_len);
@@ -390,9 +395,10 @@ static void hello_claimed(struct pending_claim *pc)
     struct hub_chat_client *cl = pc->cl;
     struct hub_chat *chat = cl->chat;
     if (chat_set_nick(cl, pc->nick, pc->nick_len) != 0) {
-        char id[CHAT_ID_MAX];
+        char id[CHAT_ID_MAX], key[CHAT_NICK_KEY_MAX];
         struct hub_iov cid = {id, chat_client_id(cl, id)};
-        hub_engine_release_nick(chat->engine, (struct hub_iov){pc->nick, pc->nick_len}, cid);
+        struct hub_iov k = {key, chat_nick_key(pc->nick, pc->nick_len, key)};
+        hub_engine_release_nick(chat->engine, k, cid);
         chat_send_error(cl, pc->id, "internal", "out of memory");
         return;
     }
@@ -407,14 +413,15 @@ static void claim_done(void *data, int err)
 {
     struct pending_claim *pc = data;
     struct hub_chat_client *cl = pc->cl;
+    chat_client_ref(cl); /* past claim_free, for the backlog */
     cl->claiming = 0;
     if (cl->dead) {
         /* The client went while the claim was on its way: give it back. */
         if (err == 0) {
-            char id[CHAT_ID_MAX];
+            char id[CHAT_ID_MAX], key[CHAT_NICK_KEY_MAX];
             struct hub_iov cid = {id, chat_client_id(cl, id)};
-            hub_engine_release_nick(cl->chat->engine, (struct hub_iov){pc->nick, pc->nick_len},
-                                    cid);
+            struct hub_iov k = {key, chat_nick_key(pc->nick, pc->nick_len, key)};
+            hub_engine_release_nick(cl->chat->engine, k, cid);
         }
     } else if (err == HUB_EEXIST) {
         chat_send_error(cl, pc->id, "nick_taken", "another client uses this nick");
@@ -426,6 +433,9 @@ static void claim_done(void *data, int err)
         nick_claimed(pc);
     }
     claim_free(pc);
+    /* The requests that came meanwhile, in order (until one claims again). */
+    chat_backlog_drain(cl);
+    chat_client_unref(cl);
 }
 
 /* Claims nick for cl through the engine (unique across nodes); the reply
@@ -450,9 +460,11 @@ static void start_claim(struct request *rq, struct hub_iov nick, struct hello_st
     pc->nick[nick.len] = '\0';
     chat_client_ref(cl);
     cl->claiming = 1;
-    char id[CHAT_ID_MAX];
+    char id[CHAT_ID_MAX], key[CHAT_NICK_KEY_MAX];
     struct hub_iov cid = {id, chat_client_id(cl, id)};
-    int rc = hub_engine_claim_nick(cl->chat->engine, nick, cid, claim_done, pc);
+    /* Claimed by key, so that a look-alike on another node is refused too. */
+    struct hub_iov k = {key, chat_nick_key(nick.base, nick.len, key)};
+    int rc = hub_engine_claim_nick(cl->chat->engine, k, cid, claim_done, pc);
     if (rc != 0) {
         cl->claiming = 0;
         chat_send_engine_error(cl, rq->id, rc, "the nick could not be claimed");
@@ -606,7 +618,7 @@ void chat_dm_peer_joined(struct hub_chat *chat, struct hub_iov room, struct hub_
         struct pending_dm *pd = *pp;
         struct hub_iov r = pd_room(pd), to = pd_to(pd);
         if (r.len == room.len && memcmp(r.base, room.base, r.len) == 0 &&
-            chat_nick_eq(to.base, to.len, nick.base, nick.len)) {
+            chat_nick_same(to.base, to.len, nick.base, nick.len)) {
             *pp = pd->next;
             pd->next = NULL;
             *tail = pd;
@@ -700,7 +712,7 @@ static void dm_members_cb(void *data, int err, uint64_t total, const struct hub_
         if (w->room_len == room.len && memcmp(w->bytes, room.base, room.len) == 0)
             behind = 1;
     for (size_t i = 0; i < n && !behind; i++)
-        if (chat_nick_eq(m[i].nick.base, m[i].nick.len, to.base, to.len)) {
+        if (chat_nick_same(m[i].nick.base, m[i].nick.len, to.base, to.len)) {
             pd_send(pd);
             return;
         }
@@ -724,7 +736,9 @@ static void dm_members_cb(void *data, int err, uint64_t total, const struct hub_
     pd->behind = behind;
     if (behind)
         return; /* released with the one ahead of it */
-    rc = hub_engine_invite(cl->chat->engine, to, room, (struct hub_iov){cl->nick, cl->nick_len},
+    char key[CHAT_NICK_KEY_MAX];
+    struct hub_iov to_k = {key, chat_nick_key(to.base, to.len, key)};
+    rc = hub_engine_invite(cl->chat->engine, to_k, room, (struct hub_iov){cl->nick, cl->nick_len},
                            dm_invited, pd);
     if (rc != 0) {
         pd_unlink(pd);
@@ -737,7 +751,7 @@ static void dm_remote(struct request *rq, struct hub_iov to)
 {
     struct hub_chat_client *cl = rq->cl;
     struct hub_iov text, cmid;
-    if (chat_nick_eq(to.base, to.len, cl->nick, cl->nick_len)) {
+    if (chat_nick_same(to.base, to.len, cl->nick, cl->nick_len)) {
         chat_send_error(cl, rq->id, "bad_request", "a direct message needs another nick");
         return;
     }
@@ -782,12 +796,14 @@ static void dm_remote(struct request *rq, struct hub_iov to)
 }
 
 /* The engine's on_invite: the local holder of nick joins room (a dm push
- * tells it), wherever the sender is. */
+ * tells it), wherever the sender is. nick is the claim key (what chat
+ * claims), so the client is found by that key and must be the client the
+ * claim names. */
 void chat_on_invite(void *data, struct hub_iov client, struct hub_iov nick, struct hub_iov room,
                     struct hub_iov from)
 {
     struct hub_chat *chat = data;
-    struct hub_chat_client *c = chat_nick_find(chat, nick.base, nick.len);
+    struct hub_chat_client *c = chat_nick_find_key(chat, nick.base, nick.len);
     if (c == NULL || c->dead || chat_local_id(chat, client) != c->id)
         return; /* gone, or renamed since */
     struct hub_room *r;
@@ -990,7 +1006,109 @@ int chat_parse_id(json_t *root, struct req_id *id)
     return 0;
 }
 
+/* ---- the backlog behind a nick claim ----------------------------------- */
+
+/* A request that came while a nick claim was on its way. */
+struct backlog_item {
+    struct backlog_item *next; /* the next one to handle */
+    size_t len;                /* bytes in data */
+    char data[];               /* the frame's payload */
+};
+
+struct chat_backlog {
+    struct backlog_item *head, *tail; /* oldest first */
+    uint32_t n;                       /* items */
+    size_t bytes;                     /* their payload bytes */
+    int draining;                     /* backlog_drain is running (it may re-enter) */
+};
+
+void chat_backlog_free(struct hub_chat_client *cl)
+{
+    struct chat_backlog *bl = cl->backlog;
+    if (bl == NULL)
+        return;
+    while (bl->head != NULL) {
+        struct backlog_item *it = bl->head;
+        bl->head = it->next;
+        free(it);
+    }
+    free(bl);
+    cl->backlog = NULL;
+}
+
+static void json_handle(struct hub_chat_client *cl, const char *data, size_t len);
+
+/* Handles the waiting requests in order while no claim or reply is on its
+ * way: a request that starts one (a nick behind the hello, a join) stops
+ * the walk, and its completion walks on. */
+void chat_backlog_drain(struct hub_chat_client *cl)
+{
+    struct chat_backlog *bl = cl->backlog;
+    if (bl == NULL || bl->draining)
+        return;
+    bl->draining = 1;
+    while (!cl->dead && !cl->claiming && cl->waiting == 0 && bl->head != NULL) {
+        struct backlog_item *it = bl->head;
+        bl->head = it->next;
+        if (bl->head == NULL)
+            bl->tail = NULL;
+        bl->n--;
+        bl->bytes -= it->len;
+        json_handle(cl, it->data, it->len);
+        free(it);
+    }
+    bl->draining = 0;
+    if (bl->head == NULL || cl->dead)
+        chat_backlog_free(cl);
+}
+
+/* Keeps a frame that came during a claim. Past the limits the request is
+ * refused (rate_limited, with its id when it has one) and nothing kept. */
+static void backlog_push(struct hub_chat_client *cl, const char *data, size_t len)
+{
+    struct chat_backlog *bl = cl->backlog;
+    if (bl == NULL && (bl = cl->backlog = calloc(1, sizeof(*bl))) == NULL) {
+        chat_send_error(cl, NO_ID, "internal", "out of memory");
+        return;
+    }
+    struct backlog_item *it = NULL;
+    if (bl->n < CHAT_BACKLOG_MAX && bl->bytes + len <= CHAT_BACKLOG_BYTES)
+        it = malloc(sizeof(*it) + len);
+    if (it == NULL) {
+        struct req_id id = NO_ID;
+        json_t *root = json_loadb(data, len, JSON_ALLOW_NUL, NULL);
+        if (root == NULL || !json_is_object(root) || chat_parse_id(root, &id) != 0)
+            id = NO_ID;
+        json_decref(root);
+        chat_send_error(cl, id, "rate_limited",
+                        "too many requests while the nick claim is on its way: slow down");
+        return;
+    }
+    it->next = NULL;
+    it->len = len;
+    memcpy(it->data, data, len);
+    if (bl->tail != NULL)
+        bl->tail->next = it;
+    else
+        bl->head = it;
+    bl->tail = it;
+    bl->n++;
+    bl->bytes += len;
+}
+
 void chat_json_message(struct hub_chat_client *cl, const char *data, size_t len)
+{
+    /* A hello's (or nick's) claim is asynchronous with several nodes: what
+     * was pipelined behind it waits, rather than meeting hello_required;
+     * and behind a join's reply, so that replies come in request order. */
+    if (cl->claiming || cl->waiting > 0 || (cl->backlog != NULL && cl->backlog->head != NULL)) {
+        backlog_push(cl, data, len);
+        return;
+    }
+    json_handle(cl, data, len);
+}
+
+static void json_handle(struct hub_chat_client *cl, const char *data, size_t len)
 {
     json_error_t err;
     struct request rq = {cl, NULL, {0, 0}};

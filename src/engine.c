@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NICK_MAX 255 /* longest nick the engine stores */
+#define NICK_MAX HUB_ENGINE_NICK_MAX /* longest nick the engine stores */
 
 void hub_engine_config_default(struct hub_engine_config *cfg)
 {

@@ -30,14 +30,18 @@ struct msub {
 
 struct mroom;
 
+/* One allocation per member: the key, then room for the nick it joined
+ * with (a longer nick later is allocated apart). Idle connections are
+ * members, so bytes here are bytes per connection. */
 struct mmember {
     struct engine_map_node node; /* in members, keyed by key */
     struct mroom *room;          /* the room it is in */
+    char *nick;                  /* current nick: inline (after key) or owned */
     uint32_t index;              /* its slot in room->m */
-    char *nick;                  /* current nick, owned */
-    size_t client_off;           /* where the client id starts in key */
-    size_t key_len;              /* bytes in key */
-    char key[];                  /* "<room length>:<room><client>", NUL-terminated */
+    uint32_t nick_cap;           /* bytes the inline nick may take, NUL excluded */
+    uint32_t client_off;         /* where the client id starts in key */
+    uint32_t key_len;            /* bytes in key */
+    char key[];                  /* "<room length>:<room><client>", NUL, inline nick */
 };
 
 struct mroom {
@@ -48,11 +52,13 @@ struct mroom {
     char name[];                 /* room name */
 };
 
+/* One allocation per claim: the folded nick, the nick as claimed (the same
+ * length: folding is ASCII only) and the holder, each NUL-terminated. */
 struct mnick {
     struct engine_map_node node; /* in nicks, keyed by fold */
-    char *client;                /* holder's client id, owned */
-    char *nick;                  /* as claimed, owned */
-    char fold[];                 /* ASCII-folded nick */
+    char *client;                /* holder's client id, inline */
+    char *nick;                  /* as claimed, inline */
+    char fold[];                 /* ASCII-folded nick, then nick and client */
 };
 
 struct memory_engine {
@@ -107,28 +113,60 @@ static struct mroom *find_room(struct memory_engine *e, struct hub_iov room)
 /* Builds the member key of (room, client) into buf (at least room.len +
  * client.len + 8 bytes). Returns its length; *client_off gets the client's
  * position. */
-static size_t member_key(char *buf, struct hub_iov room, struct hub_iov client, size_t *client_off)
+static size_t member_key(char *buf, struct hub_iov room, struct hub_iov client,
+                         uint32_t *client_off)
 {
     int n = sprintf(buf, "%zu:", room.len);
     memcpy(buf + n, room.base, room.len);
-    *client_off = (size_t)n + room.len;
+    *client_off = (uint32_t)((size_t)n + room.len);
     memcpy(buf + *client_off, client.base, client.len);
     buf[*client_off + client.len] = '\0';
     return *client_off + client.len;
+}
+
+/* Bytes of the decimal length prefix and colon of a member key. */
+static size_t key_prefix_len(size_t room_len)
+{
+    size_t n = 2;
+    while (room_len >= 10) {
+        room_len /= 10;
+        n++;
+    }
+    return n;
+}
+
+/* Sets m's nick: inline when it fits there, else allocated. Returns 0 or
+ * HUB_ENOMEM (the old nick kept). */
+static int member_set_nick(struct mmember *m, struct hub_iov nick)
+{
+    char *in = m->key + m->key_len + 1;
+    char *nk = in;
+    if (nick.len > m->nick_cap && (nk = engine_strdup(nick)) == NULL)
+        return HUB_ENOMEM;
+    if (nk == in) {
+        memcpy(in, nick.base, nick.len);
+        in[nick.len] = '\0';
+    }
+    if (m->nick != NULL && m->nick != in)
+        free(m->nick);
+    m->nick = nk;
+    return 0;
 }
 
 static struct mmember *find_member(struct memory_engine *e, struct hub_iov room,
                                    struct hub_iov client)
 {
     char buf[2 * 256 + 16];
-    size_t off, len = member_key(buf, room, client, &off);
+    uint32_t off;
+    size_t len = member_key(buf, room, client, &off);
     struct engine_map_node *n = engine_map_find(&e->members, buf, len, hub_hash(buf, len, 0));
     return n ? HUB_CONTAINER_OF(n, struct mmember, node) : NULL;
 }
 
 static void free_member(struct mmember *m)
 {
-    free(m->nick);
+    if (m->nick != m->key + m->key_len + 1)
+        free(m->nick);
     free(m);
 }
 
@@ -147,10 +185,7 @@ static void memory_free(struct hub_engine *base)
                 } else if (k == 2) {
                     free_member(HUB_CONTAINER_OF(n, struct mmember, node));
                 } else if (k == 3) {
-                    struct mnick *x = HUB_CONTAINER_OF(n, struct mnick, node);
-                    free(x->client);
-                    free(x->nick);
-                    free(x);
+                    free(HUB_CONTAINER_OF(n, struct mnick, node));
                 } else {
                     free(HUB_CONTAINER_OF(n, struct msub, node));
                 }
@@ -358,15 +393,8 @@ static int memory_join(struct hub_engine *base, struct hub_iov room, struct hub_
 {
     struct memory_engine *e = (struct memory_engine *)base;
     struct mmember *m = find_member(e, room, client);
-    if (m != NULL) {
-        /* Already a member: only the nick is refreshed, silently. */
-        char *nk = engine_strdup(nick);
-        if (nk == NULL)
-            return HUB_ENOMEM;
-        free(m->nick);
-        m->nick = nk;
-        return 0;
-    }
+    if (m != NULL)
+        return member_set_nick(m, nick); /* already a member: refreshed silently */
     struct mroom *r = find_room(e, room);
     int new_room = r == NULL;
     if (new_room) {
@@ -387,13 +415,13 @@ static int memory_join(struct hub_engine *base, struct hub_iov room, struct hub_
         r->m = a;
         r->cap = cap;
     }
-    m = malloc(sizeof(*m) + room.len + client.len + 24);
+    m = malloc(sizeof(*m) + key_prefix_len(room.len) + room.len + client.len + nick.len + 2);
     if (m == NULL)
         goto fail_room;
-    m->key_len = member_key(m->key, room, client, &m->client_off);
-    m->nick = engine_strdup(nick);
-    if (m->nick == NULL)
-        goto fail_member;
+    m->key_len = (uint32_t)member_key(m->key, room, client, &m->client_off);
+    m->nick = NULL;
+    m->nick_cap = (uint32_t)nick.len;
+    member_set_nick(m, nick); /* fits inline: cannot fail */
     m->node.key = m->key;
     m->node.klen = m->key_len;
     m->node.hash = hub_hash(m->key, m->key_len, 0);
@@ -410,8 +438,6 @@ static int memory_join(struct hub_engine *base, struct hub_iov room, struct hub_
     return 0;
 
 fail_nick:
-    free(m->nick);
-fail_member:
     free(m);
 fail_room:
     if (new_room) {
@@ -449,11 +475,8 @@ static int memory_renick(struct hub_engine *base, struct hub_iov room, struct hu
     struct mmember *m = find_member(e, room, client);
     if (m == NULL)
         return 0;
-    char *nk = engine_strdup(nick);
-    if (nk == NULL)
+    if (member_set_nick(m, nick) != 0)
         return HUB_ENOMEM;
-    free(m->nick);
-    m->nick = nk;
     presence(e, HUB_ENGINE_NICK, room, client, nick, old_nick, m->room->n);
     return 0;
 }
@@ -528,27 +551,26 @@ static int memory_claim_nick(struct hub_engine *base, struct hub_iov nick, struc
             cb(data, HUB_EEXIST);
             return 0;
         }
-        /* The holder claims it again (perhaps in another case): keep its spelling. */
-        char *nk = engine_strdup(nick);
-        if (nk == NULL)
-            return HUB_ENOMEM;
-        free(x->nick);
-        x->nick = nk;
+        /* The holder claims it again (perhaps in another case): keep its
+         * spelling (the same length, folding is ASCII only). */
+        memcpy(x->nick, nick.base, nick.len);
         cb(data, 0);
         return 0;
     }
-    x = malloc(sizeof(*x) + nick.len + 1);
+    x = malloc(sizeof(*x) + 2 * (nick.len + 1) + client.len + 1);
     if (x == NULL)
         return HUB_ENOMEM;
     engine_fold(nick, x->fold);
-    x->client = engine_strdup(client);
-    x->nick = engine_strdup(nick);
+    x->nick = x->fold + nick.len + 1;
+    memcpy(x->nick, nick.base, nick.len);
+    x->nick[nick.len] = '\0';
+    x->client = x->nick + nick.len + 1;
+    memcpy(x->client, client.base, client.len);
+    x->client[client.len] = '\0';
     x->node.key = x->fold;
     x->node.klen = nick.len;
     x->node.hash = hub_hash(x->fold, nick.len, 0);
-    if (x->client == NULL || x->nick == NULL || engine_map_insert(&e->nicks, &x->node) != 0) {
-        free(x->client);
-        free(x->nick);
+    if (engine_map_insert(&e->nicks, &x->node) != 0) {
         free(x);
         return HUB_ENOMEM;
     }
@@ -564,8 +586,6 @@ static void memory_release_nick(struct hub_engine *base, struct hub_iov nick, st
         memcmp(x->client, client.base, client.len) != 0)
         return;
     engine_map_remove(&e->nicks, &x->node);
-    free(x->client);
-    free(x->nick);
     free(x);
 }
 

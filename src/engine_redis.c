@@ -40,10 +40,11 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
-#define OBUF_MAX (32u << 20) /* bytes queued in hiredis's output buffer per connection */
-#define BUFFERED_MAX 10000   /* messages buffered per room during a fill */
-#define TICK_MAX_MS 250      /* watchdog and lease timer period (at most) */
-#define REASON_MAX 640       /* bytes of a not-ready reason */
+#define OBUF_MAX (32u << 20)     /* bytes queued in hiredis's output buffer per connection */
+#define BUFFERED_MAX 10000       /* messages buffered per room during a fill */
+#define TICK_MAX_MS 250          /* watchdog and lease timer period (at most) */
+#define REASON_MAX 640           /* bytes of a not-ready reason */
+#define NODE_MARK_TTL_S "604800" /* a node's mark (U:<node>) outlives its lease by this */
 
 enum script_id {
     S_PUBLISH,
@@ -155,6 +156,8 @@ struct rroom {
     int state;                             /* enum sub_state */
     int synced;                            /* next and epoch are known */
     int busy;                              /* a position read or fill is in flight */
+    int need_pos;                          /* confirmed while the command connection was
+                                              down: the position read waits for it */
     int overflow;                          /* the buffer overflowed: refill after the fill */
     char epoch[HUB_HISTORY_EPOCH_LEN + 1]; /* epoch of the messages delivered */
     uint64_t next;                         /* next offset to deliver */
@@ -786,6 +789,16 @@ static void redis_unsubscribe(struct hub_engine *base, struct hub_iov room)
 static void room_confirmed(struct redis_engine *e, struct rroom *r)
 {
     r->state = SUB_SYNC;
+    if (!r->sh->cmd.up) {
+        /* The command connection is not back yet (both went, the subscribed
+         * one came back first): read the position when it is (cmd_up), so
+         * that an epoch change or a hole is seen without waiting for the
+         * room's next message. Messages wait in the buffer meanwhile. */
+        r->need_pos = 1;
+        r->busy = 1;
+        return;
+    }
+    r->need_pos = 0;
     char meta[KEY_MAX], stream[KEY_MAX], ep[HUB_HISTORY_EPOCH_LEN + 1];
     struct hub_iov name = iov(r->name, r->name_len);
     struct hub_iov keys[2] = {iov(meta, key3(e, meta, sizeof(meta), "r:", name)),
@@ -1068,13 +1081,14 @@ static void sub_setup(struct shard *sh)
 static void send_lease(struct shard *sh, int kind)
 {
     struct redis_engine *e = sh->e;
-    char lease[KEY_MAX], nodes[KEY_MAX], ms[16];
+    char lease[KEY_MAX], nodes[KEY_MAX], mark[KEY_MAX], ms[16];
     snprintf(ms, sizeof(ms), "%u", e->cfg.lease_ms);
-    struct hub_iov keys[2] = {
+    struct hub_iov keys[3] = {
         iov(lease, key3(e, lease, sizeof(lease), "L:", iovs(e->base.node_id))),
-        iov(nodes, key3(e, nodes, sizeof(nodes), "nodes", iov("", 0)))};
-    struct hub_iov args[2] = {iovs(e->base.node_id), iovs(ms)};
-    struct rreq *q = req_script(sh, kind, S_LEASE, 2, keys, 2, args);
+        iov(nodes, key3(e, nodes, sizeof(nodes), "nodes", iov("", 0))),
+        iov(mark, key3(e, mark, sizeof(mark), "U:", iovs(e->base.node_id)))};
+    struct hub_iov args[3] = {iovs(e->base.node_id), iovs(ms), iovs(NODE_MARK_TTL_S)};
+    struct rreq *q = req_script(sh, kind, S_LEASE, 3, keys, 3, args);
     if (q != NULL && conn_send(&sh->cmd, q) != 0)
         req_free(q);
 }
@@ -1091,12 +1105,14 @@ static void send_sweep(struct shard *sh, const char *node, int kind)
 }
 
 static void send_join_script(struct shard *sh, struct hub_iov room, struct hub_iov client,
-                             struct hub_iov nick, struct rreq **out);
+                             struct hub_iov nick, int silent, struct rreq **out);
 static void send_claim(struct shard *sh, struct hub_iov nick, struct hub_iov client,
                        struct rreq **out);
 
-/* Writes this node's memberships and nick claims on sh again. */
-static void reassert(struct shard *sh)
+/* Writes this node's memberships and nick claims on sh again; silent when
+ * Redis lost its data (every node still shows these members: a join push
+ * would announce people who never left). */
+static void reassert(struct shard *sh, int silent)
 {
     struct redis_engine *e = sh->e;
     for (size_t i = 0; i < e->members.nbuckets; i++)
@@ -1107,7 +1123,8 @@ static void reassert(struct shard *sh)
                 continue;
             size_t coff = m->room_off + m->room_len;
             struct rreq *q = NULL;
-            send_join_script(sh, room, iov(m->key + coff, m->key_len - coff), iovs(m->nick), &q);
+            send_join_script(sh, room, iov(m->key + coff, m->key_len - coff), iovs(m->nick), silent,
+                             &q);
             if (q != NULL && conn_send(&sh->cmd, q) != 0)
                 req_free(q);
         }
@@ -1426,6 +1443,22 @@ static int resend_eval(struct rreq *q)
 
 static void rooms_part(struct redis_engine *e, struct rooms_agg *a, const redisReply *r);
 
+/* The command connection of sh is up again: every subscribed room of the
+ * shard reads its position now (one confirmed meanwhile was waiting for
+ * it), so that an epoch change (Redis lost the data) or messages missed
+ * while it was down are seen at once, not at the room's next message. */
+static void cmd_up(struct redis_engine *e, struct shard *sh)
+{
+    for (size_t i = 0; i < e->rooms.nbuckets; i++)
+        for (struct engine_map_node *x = e->rooms.buckets[i]; x; x = x->next) {
+            struct rroom *r = HUB_CONTAINER_OF(x, struct rroom, node);
+            if (r->sh != sh || !r->wanted)
+                continue;
+            if ((r->state == SUB_SYNC && r->need_pos) || (r->state == SUB_LIVE && !r->busy))
+                room_confirmed(e, r);
+        }
+}
+
 static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
 {
     int err = r == NULL ? HUB_EAGAIN : r->type == REDIS_REPLY_ERROR ? HUB_EAGAIN : 0;
@@ -1452,15 +1485,23 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
                 e->st.reconnects++;
             c->up = 1;
             c->ever_up = 1;
-            reassert(q->sh);
+            long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+            reassert(q->sh, (v & 2) == 0);
+            cmd_up(e, q->sh);
             check_ready(e);
         }
         break;
     case R_LEASE:
-        if (err == 0 && r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
-            /* The lease had lapsed: others may have swept this node. */
-            hub_log_warn("redis %s: node lease lapsed; restoring members and nicks", q->sh->name);
-            reassert(q->sh);
+        if (err == 0 && r->type == REDIS_REPLY_INTEGER && (r->integer & 1) == 0) {
+            int lost = (r->integer & 2) == 0;
+            /* The lease had lapsed: others may have swept this node (then
+             * they were told its members left), or Redis lost its data
+             * (flushed: nobody was told, and every room has a new epoch). */
+            hub_log_warn("redis %s: node lease %s; restoring members and nicks", q->sh->name,
+                         lost ? "gone with the data" : "lapsed");
+            reassert(q->sh, lost);
+            if (lost)
+                cmd_up(e, q->sh);
         }
         break;
     case R_SWEEP:
@@ -1976,16 +2017,20 @@ static int redis_read(struct hub_engine *base, struct hub_iov room, int dir, uin
 }
 
 static void send_join_script(struct shard *sh, struct hub_iov room, struct hub_iov client,
-                             struct hub_iov nick, struct rreq **out)
+                             struct hub_iov nick, int silent, struct rreq **out)
 {
     struct redis_engine *e = sh->e;
     char mk[KEY_MAX], nm[KEY_MAX], z[KEY_MAX], ch[KEY_MAX];
     struct hub_iov keys[3] = {iov(mk, key3(e, mk, sizeof(mk), "m:", room)),
                               iov(nm, key3(e, nm, sizeof(nm), "nm:", iovs(e->base.node_id))),
                               iov(z, key3(e, z, sizeof(z), "z", iov("", 0)))};
-    struct hub_iov args[5] = {client, iovs(e->base.node_id), nick, room,
-                              iov(ch, key3(e, ch, sizeof(ch), "c:", room))};
-    *out = req_script(sh, R_FIRE, S_JOIN, 3, keys, 5, args);
+    struct hub_iov args[6] = {client,
+                              iovs(e->base.node_id),
+                              nick,
+                              room,
+                              iov(ch, key3(e, ch, sizeof(ch), "c:", room)),
+                              iovs(silent ? "1" : "0")};
+    *out = req_script(sh, R_FIRE, S_JOIN, 3, keys, 6, args);
 }
 
 /* Builds "<room length>:<room><client>" into buf. */
@@ -2043,7 +2088,7 @@ static int redis_join(struct hub_engine *base, struct hub_iov room, struct hub_i
     free(m->nick);
     m->nick = nk;
     struct rreq *q = NULL;
-    send_join_script(sh, room, client, nick, &q);
+    send_join_script(sh, room, client, nick, 0, &q);
     if (q == NULL)
         return HUB_ENOMEM;
     return submit(e, q, find_room(e, room));

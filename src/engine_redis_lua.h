@@ -76,17 +76,21 @@ static const char lua_read[] = LUA_PRELUDE
     "return out\n";
 
 /* KEYS: members, node's member set, rooms zset. ARGV: client, node, nick,
- * room, channel. Returns 1 if the client was not a member yet. */
-static const char lua_join[] =
-    LUA_PRELUDE "local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '\\n' .. ARGV[3])\n"
-                "redis.call('SADD', KEYS[2], ns(ARGV[4]) .. ARGV[1])\n"
-                "if new == 1 then\n"
-                "  local n = redis.call('HLEN', KEYS[1])\n"
-                "  redis.call('ZADD', KEYS[3], n, ARGV[4])\n"
-                "  redis.call('PUBLISH', ARGV[5], 'j' .. ns(ARGV[1]) .. ns(ARGV[3]) .. ns(d(n)) .. "
-                "ns(ARGV[2]))\n"
-                "end\n"
-                "return new\n";
+ * room, channel, silent ("1": a member written again after Redis lost its
+ * data, whom every node still shows: no join event). Returns 1 if the
+ * client was not a member yet. */
+static const char lua_join[] = LUA_PRELUDE
+    "local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '\\n' .. ARGV[3])\n"
+    "redis.call('SADD', KEYS[2], ns(ARGV[4]) .. ARGV[1])\n"
+    "if new == 1 then\n"
+    "  local n = redis.call('HLEN', KEYS[1])\n"
+    "  redis.call('ZADD', KEYS[3], n, ARGV[4])\n"
+    "  if ARGV[6] ~= '1' then\n"
+    "    redis.call('PUBLISH', ARGV[5], 'j' .. ns(ARGV[1]) .. ns(ARGV[3]) .. ns(d(n)) .. "
+    "ns(ARGV[2]))\n"
+    "  end\n"
+    "end\n"
+    "return new\n";
 
 /* KEYS: members, rooms zset. ARGV: client, room, channel, prefix.
  * Returns 1 if the client was a member. */
@@ -154,12 +158,18 @@ static const char lua_invite[] = LUA_PRELUDE
     ".. ns(ARGV[2]))\n"
     "return 1\n";
 
-/* KEYS: lease, nodes set. ARGV: node, lease ms. Returns 1 if the lease was
- * still alive (0: it lapsed, and others may have swept this node). */
+/* KEYS: lease, nodes set, node's mark. ARGV: node, lease ms, mark ttl (s).
+ * Returns 1 if the lease was still alive (0: it lapsed, and others may have
+ * swept this node), plus 2 if the node's mark was there: the mark outlives
+ * the lease (a week), so without it Redis lost its data (restarted empty,
+ * flushed) rather than swept this node, and nobody was told its members
+ * left. */
 static const char lua_lease[] = "local had = redis.call('EXISTS', KEYS[1])\n"
+                                "local kept = redis.call('EXISTS', KEYS[3])\n"
                                 "redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])\n"
+                                "redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])\n"
                                 "redis.call('SADD', KEYS[2], ARGV[1])\n"
-                                "return had\n";
+                                "return had + 2 * kept\n";
 
 /* KEYS: nodes set. ARGV: prefix, node to clean now ("" = every node whose
  * lease lapsed). Removes the node's members (publishing leave events with

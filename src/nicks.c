@@ -5,17 +5,18 @@
  * UTS #39 confusable skeleton, see ident.h), doubled when it fills, that
  * holds every JSON client of this node that said hello. Uniqueness across
  * nodes is the engine's (hub_engine_claim_nick, which chat calls with the
- * same ident key): a nick enters the table only once its claim succeeded,
+ * same key, chat_nick_key): a nick enters the table only once its claim succeeded,
  * so the table is the local part of the engine's claims, used to find local
  * clients by nick (DMs, invites) and to refuse a local duplicate without a
- * round trip. Raw clients use reserved guest-<n> nicks and are not in the
- * table.
+ * round trip. Raw clients use reserved guest-<n> nicks (guest-<node>-<n>
+ * with several nodes) and are not in the table.
  */
 #include "chat_int.h"
 #include "hub/history.h"
 #include "hub/ident.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
+#include "hub/sha1.h"
 #include "hub/utf8.h"
 #include "hub/ws.h"
 
@@ -24,19 +25,52 @@
 
 /* ---- nick table ----------------------------------------------------- */
 
-/* The table compares nicks by their ident key (confusable skeleton, see
- * ident.h), so look-alikes of a held nick are taken. Writes the key of s
- * into key (HUB_IDENT_KEY_MAX bytes) and returns its length, or returns
- * SIZE_MAX when s has no key (not a nick at all: never found). */
+/* The table compares nicks by their claim key (the ident key: confusable
+ * skeleton, see ident.h; hashed when long), the name the engine claims, so
+ * look-alikes of a held nick are taken here and on every node alike.
+ * Writes the claim key of s into key (CHAT_NICK_KEY_MAX bytes) and returns
+ * its length, or returns SIZE_MAX when s has no key (not a nick at all:
+ * never found). */
 static size_t nick_key(const char *s, size_t len, char *key)
 {
     size_t n = 0;
-    return hub_ident_nick_key(s, len, key, HUB_IDENT_KEY_MAX, &n) == 0 ? n : SIZE_MAX;
+    if (hub_ident_nick_key(s, len, key, CHAT_NICK_KEY_MAX, &n) != 0)
+        return SIZE_MAX;
+    if (n <= HUB_ENGINE_NICK_MAX)
+        return n;
+    /* The engine takes at most HUB_ENGINE_NICK_MAX bytes: a longer key is
+     * named by "#" and the hex SHA-1 of the key, as unique as SHA-1 is. */
+    uint8_t d[20];
+    struct hub_sha1 h;
+    hub_sha1_init(&h);
+    hub_sha1_update(&h, key, n);
+    hub_sha1_final(&h, d);
+    static const char hex[] = "0123456789abcdef";
+    key[0] = '#';
+    for (size_t i = 0; i < 20; i++) {
+        key[1 + 2 * i] = hex[d[i] >> 4];
+        key[2 + 2 * i] = hex[d[i] & 15];
+    }
+    key[41] = '\0';
+    return 41;
+}
+
+size_t chat_nick_key(const char *s, size_t len, char *key)
+{
+    size_t n = nick_key(s, len, key);
+    if (n != SIZE_MAX)
+        return n;
+    /* No key (never a nick that passed the rules): the bytes themselves,
+     * at most what the engine takes. */
+    n = len < HUB_ENGINE_NICK_MAX ? len : HUB_ENGINE_NICK_MAX;
+    memcpy(key, s, n);
+    key[n] = '\0';
+    return n;
 }
 
 static uint64_t nick_hash(const char *s, size_t len)
 {
-    char key[HUB_IDENT_KEY_MAX];
+    char key[CHAT_NICK_KEY_MAX];
     size_t n = nick_key(s, len, key);
     return n == SIZE_MAX ? hub_hash(s, len, 1) : hub_hash(key, n, 1);
 }
@@ -44,7 +78,7 @@ static uint64_t nick_hash(const char *s, size_t len)
 /* Do the nick at a (whose key is b_key, b_len bytes) and b share a key? */
 static int nick_key_eq(const char *a, size_t alen, const char *b_key, size_t b_len)
 {
-    char key[HUB_IDENT_KEY_MAX];
+    char key[CHAT_NICK_KEY_MAX];
     size_t n = nick_key(a, alen, key);
     return n != SIZE_MAX && n == b_len && memcmp(key, b_key, n) == 0;
 }
@@ -54,18 +88,31 @@ int chat_nick_eq(const char *a, size_t alen, const char *b, size_t blen)
     return hub_eq_ci(a, alen, b, blen);
 }
 
-struct hub_chat_client *chat_nick_find(const struct hub_chat *chat, const char *s, size_t len)
+int chat_nick_same(const char *a, size_t alen, const char *b, size_t blen)
 {
-    char key[HUB_IDENT_KEY_MAX];
-    size_t klen = nick_key(s, len, key);
-    if (klen == SIZE_MAX)
-        return NULL;
+    char key[CHAT_NICK_KEY_MAX];
+    size_t n = nick_key(b, blen, key);
+    return n != SIZE_MAX && nick_key_eq(a, alen, key, n);
+}
+
+struct hub_chat_client *chat_nick_find_key(const struct hub_chat *chat, const char *key,
+                                           size_t klen)
+{
     uint64_t h = hub_hash(key, klen, 1);
     for (struct hub_chat_client *c = chat->nicks[h & (chat->nnick_buckets - 1)]; c;
          c = c->nick_next)
         if (c->nick_hash == h && nick_key_eq(c->nick, c->nick_len, key, klen))
             return c;
     return NULL;
+}
+
+struct hub_chat_client *chat_nick_find(const struct hub_chat *chat, const char *s, size_t len)
+{
+    char key[CHAT_NICK_KEY_MAX];
+    size_t klen = nick_key(s, len, key);
+    if (klen == SIZE_MAX)
+        return NULL;
+    return chat_nick_find_key(chat, key, klen);
 }
 
 void chat_nick_unlink(struct hub_chat *chat, struct hub_chat_client *cl)

@@ -127,6 +127,7 @@ struct hub_engine_config {
 };
 
 #define HUB_ENGINE_MAX_SHARDS 64
+#define HUB_ENGINE_NICK_MAX 255 /* longest nick (claim name) the engine takes, in bytes */
 #define HUB_ENGINE_NODE_ID_MAX 64
 
 /* Fills cfg with the defaults above (urls NULL, nurls 0). */
@@ -272,7 +273,7 @@ typedef void (*hub_engine_done_cb)(void *data, int err);
  * claiming a nick client already holds succeeds. The claim lasts until
  * released or until this node's lease lapses. A client holds any number of
  * claims: release the old nick after a rename. Returns 0, HUB_EINVAL (empty
- * or longer than 255 bytes), HUB_EAGAIN, HUB_ENOMEM, HUB_ECLOSED. */
+ * or longer than HUB_ENGINE_NICK_MAX bytes), HUB_EAGAIN, HUB_ENOMEM, HUB_ECLOSED. */
 int hub_engine_claim_nick(struct hub_engine *e, struct hub_iov nick, struct hub_iov client,
                           hub_engine_done_cb cb, void *data);
 

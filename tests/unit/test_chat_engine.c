@@ -11,6 +11,7 @@
 #include "../../src/engine_impl.h"
 #include "check.h"
 #include "hub/chat.h"
+#include "hub/ident.h"
 #include "hub/metrics.h"
 #include "hub/ws.h"
 #include "ws_script.h"
@@ -379,8 +380,9 @@ static void hello(struct peer *p, struct hub_chat *chat, struct fake *f, const c
 
 /* ---- tests ------------------------------------------------------------ */
 
-/* A hello waits for its claim; ids carry the node id; a taken nick and a
- * second hello while the first is on its way are refused. */
+/* A hello waits for its claim; ids carry the node id; a taken nick is
+ * refused; a second hello sent while the first is on its way waits behind
+ * it. */
 static void test_claims(void)
 {
     struct fake *f;
@@ -392,12 +394,12 @@ static void test_claims(void)
     CHECK_STR(f->claimed, "alice");
     CHECK(read_none(&a)); /* no reply before the claim completes */
     peer_say(&a, 1, "{\"op\":\"hello\",\"id\":2,\"nick\":\"alice2\"}");
-    HAS(&a, "{\"id\":2,\"ok\":false,\"error\":{\"code\":\"unavailable\"");
+    CHECK(read_none(&a)); /* it waits behind the first */
     claim_done(f, HUB_EEXIST);
     HAS(&a, "{\"id\":1,\"ok\":false,\"error\":{\"code\":\"nick_taken\"");
-    peer_say(&a, 1, "{\"op\":\"hello\",\"id\":3,\"nick\":\"alice\"}");
+    CHECK_STR(f->claimed, "alice2"); /* then the second one claims */
     claim_done(f, HUB_EAGAIN);
-    HAS(&a, "{\"id\":3,\"ok\":false,\"error\":{\"code\":\"unavailable\"");
+    HAS(&a, "{\"id\":2,\"ok\":false,\"error\":{\"code\":\"unavailable\"");
     peer_say(&a, 1, "{\"op\":\"hello\",\"id\":4,\"nick\":\"alice\"}");
     claim_done(f, 0);
     HAS(&a, "{\"id\":4,\"ok\":true,\"client\":\"n1-c-1\",\"nick\":\"alice\"");
@@ -423,6 +425,154 @@ static void test_claims(void)
     /* And a close releases a held nick. */
     peer_close(&a);
     CHECK_STR(f->released, "alicia");
+    free_chat(chat, f);
+}
+
+/* Requests pipelined behind a hello (or a nick change) whose claim is on
+ * its way wait for it and are handled in order afterwards, not refused with
+ * hello_required; the wait is bounded (rate_limited past it). */
+static void test_pipelined(void)
+{
+    struct fake *f;
+    struct hub_chat *chat = new_chat(&f);
+    f->total = 1;
+    struct peer a;
+    peer_open(&a, chat, "ignored", HUB_CHAT_JSON);
+    HAS(&a, "\"t\":\"welcome\"");
+    peer_say(&a, 1, "{\"op\":\"hello\",\"id\":1,\"nick\":\"bob\"}");
+    peer_say(&a, 1, "{\"op\":\"join\",\"id\":2,\"room\":\"lobby\"}");
+    peer_say(&a, 1, "{\"op\":\"send\",\"id\":3,\"room\":\"lobby\",\"text\":\"hi\"}");
+    CHECK(read_none(&a));
+    CHECK_EQ(f->npub, 0);
+    claim_done(f, 0);
+    HAS(&a, "{\"id\":1,\"ok\":true", "{\"id\":2,\"ok\":true");
+    CHECK_EQ(f->npub, 1);
+    CHECK_STR(f->pub_text, "hi");
+    publish_done(f, 0);
+    HAS(&a, "{\"id\":3,\"ok\":true,\"room\":\"lobby\"");
+
+    /* A nick change behind it claims in turn; what follows waits for that. */
+    peer_say(&a, 1, "{\"op\":\"nick\",\"id\":4,\"nick\":\"bobby\"}");
+    peer_say(&a, 1, "{\"op\":\"nick\",\"id\":5,\"nick\":\"robert\"}");
+    peer_say(&a, 1, "{\"op\":\"ping\",\"id\":6}");
+    CHECK_STR(f->claimed, "bobby");
+    claim_done(f, 0);
+    HAS(&a, "{\"id\":4,\"ok\":true,\"nick\":\"bobby\"}");
+    CHECK_STR(f->claimed, "robert");
+    CHECK(read_none(&a)); /* the ping still waits */
+    claim_done(f, 0);
+    HAS(&a, "{\"id\":5,\"ok\":true,\"nick\":\"robert\"}", "{\"id\":6,\"ok\":true}");
+
+    /* With several nodes a join takes round trips: what follows waits for
+     * its reply, so that replies keep request order. */
+    f->hold_reads = 1;
+    peer_say(&a, 1, "{\"op\":\"join\",\"id\":7,\"room\":\"other\"}");
+    peer_say(&a, 1, "{\"op\":\"send\",\"id\":8,\"room\":\"other\",\"text\":\"after\"}");
+    CHECK_EQ(f->npub, 0);
+    CHECK(read_none(&a));
+    read_done(f, 1, 0);
+    f->hold_reads = 0;
+    HAS(&a, "{\"id\":7,\"ok\":true,\"room\":\"other\"");
+    CHECK_EQ(f->npub, 1);
+    CHECK_STR(f->pub_text, "after");
+    publish_done(f, 0);
+    HAS(&a, "{\"id\":8,\"ok\":true,\"room\":\"other\"");
+
+    /* Bounded: past CHAT_BACKLOG_MAX waiting requests, rate_limited. */
+    struct peer b;
+    peer_open(&b, chat, "ignored", HUB_CHAT_JSON);
+    HAS(&b, "\"t\":\"welcome\"");
+    peer_say(&b, 1, "{\"op\":\"hello\",\"id\":1,\"nick\":\"carol\"}");
+    char req[64];
+    for (int i = 0; i < CHAT_BACKLOG_MAX; i++) {
+        snprintf(req, sizeof(req), "{\"op\":\"ping\",\"id\":%d}", 100 + i);
+        peer_say(&b, 1, req);
+    }
+    CHECK(read_none(&b));
+    peer_say(&b, 1, "{\"op\":\"ping\",\"id\":99}");
+    HAS(&b, "{\"id\":99,\"ok\":false,\"error\":{\"code\":\"rate_limited\"");
+    claim_done(f, 0);
+    snprintf(req, sizeof(req), "{\"id\":%d,\"ok\":true}", 100 + CHAT_BACKLOG_MAX - 1);
+    HAS(&b, "{\"id\":1,\"ok\":true", "{\"id\":100,\"ok\":true}", req);
+
+    /* A client that goes with requests waiting: they go with it. */
+    struct peer c;
+    peer_open(&c, chat, "ignored", HUB_CHAT_JSON);
+    peer_say(&c, 1, "{\"op\":\"hello\",\"id\":1,\"nick\":\"dave\"}");
+    peer_say(&c, 1, "{\"op\":\"join\",\"id\":2,\"room\":\"lobby\"}");
+    peer_close(&c);
+    claim_done(f, 0);
+    CHECK_STR(f->released, "dave");
+    peer_close(&a);
+    peer_close(&b);
+    free_chat(chat, f);
+}
+
+/* Nicks are claimed, released and invited by their claim key (the look-alike
+ * key of the local table), so a look-alike on another node is refused too;
+ * an invite finds its client by that key and the client id; raw clients of
+ * a multi-node engine get guest nicks with the node in them. */
+static void test_nick_keys(void)
+{
+    struct fake *f;
+    struct hub_chat *chat = new_chat(&f);
+    char k1[CHAT_NICK_KEY_MAX], k2[CHAT_NICK_KEY_MAX];
+    size_t n1 = chat_nick_key("Alice", 5, k1);
+    CHECK_EQ(chat_nick_key("a1ice", 5, k2), n1);
+    CHECK_STR(k1, k2);
+    struct peer a, b;
+    peer_open(&a, chat, "ignored", HUB_CHAT_JSON);
+    peer_say(&a, 1, "{\"op\":\"hello\",\"id\":1,\"nick\":\"Alice\"}");
+    CHECK_STR(f->claimed, k1); /* the key, not the display nick */
+    claim_done(f, 0);
+    HAS(&a, "{\"id\":1,\"ok\":true,\"client\":\"n1-c-1\",\"nick\":\"Alice\"");
+    /* A new spelling of the same key keeps the one claim. */
+    f->released[0] = '\0';
+    peer_say(&a, 1, "{\"op\":\"nick\",\"id\":2,\"nick\":\"ALICE\"}");
+    CHECK_STR(f->claimed, k1);
+    claim_done(f, 0);
+    HAS(&a, "{\"id\":2,\"ok\":true,\"nick\":\"ALICE\"}");
+    CHECK_STR(f->released, "");
+
+    /* A key longer than the engine takes is named by its SHA-1. */
+    const char *lig = "\xef\xb7\xba"; /* U+FDFA, NFKC expands it to 18 characters */
+    char big[64] = "";
+    for (int i = 0; i < 9; i++)
+        strcat(big, lig);
+    char kb[CHAT_NICK_KEY_MAX];
+    if (hub_ident_unicode()) {
+        CHECK_EQ(chat_nick_key(big, strlen(big), kb), 41);
+        CHECK_EQ(kb[0], '#');
+        peer_open(&b, chat, "ignored", HUB_CHAT_JSON);
+        char req[128];
+        snprintf(req, sizeof(req), "{\"op\":\"hello\",\"id\":1,\"nick\":\"%s\"}", big);
+        peer_say(&b, 1, req);
+        CHECK_STR(f->claimed, kb);
+        claim_done(f, 0);
+        HAS(&b, "{\"id\":1,\"ok\":true,\"client\":\"n1-c-2\"");
+        peer_close(&b);
+        CHECK_STR(f->released, kb);
+    }
+
+    /* The engine hands the claim key back with an invite: the client is
+     * the one holding that key with that client id. */
+    const struct hub_engine_events *ev = &f->base.ev;
+    ev->on_invite(chat, (struct hub_iov){"n1-c-9", 6}, (struct hub_iov){k1, n1},
+                  (struct hub_iov){"@alice,zoe", 10}, (struct hub_iov){"zoe", 3});
+    CHECK(read_none(&a)); /* another client id: not this one */
+    ev->on_invite(chat, (struct hub_iov){"n1-c-1", 6}, (struct hub_iov){k1, n1},
+                  (struct hub_iov){"@alice,zoe", 10}, (struct hub_iov){"zoe", 3});
+    HAS(&a, "{\"t\":\"dm\",\"room\":\"@alice,zoe\",\"from\":\"zoe\"}");
+
+    /* Raw clients: the node id keeps guest nicks apart across nodes. */
+    struct peer r;
+    peer_open(&r, chat, "lobby", HUB_CHAT_RAW);
+    CHECK(r.cl != NULL);
+    if (r.cl != NULL)
+        CHECK_STR(r.cl->nick, "guest-n1-1");
+    peer_close(&r);
+    peer_close(&a);
+    CHECK_STR(f->released, k1);
     free_chat(chat, f);
 }
 
@@ -681,6 +831,8 @@ int main(void)
     test_remote_dm();
     test_join_race();
     test_claims();
+    test_pipelined();
+    test_nick_keys();
     test_unavailable();
     test_upcalls();
     return CHECK_DONE();

@@ -293,6 +293,23 @@ static void test_presence(void)
     CHECK_EQ(hub_engine_rooms(e, 1, on_rooms, &rs), 0);
     CHECK_EQ(rs.n, 1);
 
+    /* A nick longer than the one joined with is kept apart, a shorter one
+     * inline again; either way the members list shows the current one. */
+    CHECK_EQ(hub_engine_renick(e, S("b"), S("c-3"), S("Cy"), S("Cyrano")), 0);
+    struct members_seen mb = {0};
+    CHECK_EQ(hub_engine_members(e, S("b"), 10, on_members, &mb), 0);
+    int found = 0;
+    for (size_t i = 0; i < mb.n; i++)
+        found += strcmp(mb.nicks[i], "c-3=Cyrano") == 0;
+    CHECK_EQ(found, 1);
+    CHECK_EQ(hub_engine_renick(e, S("b"), S("c-3"), S("Cyrano"), S("C")), 0);
+    mb = (struct members_seen){0};
+    CHECK_EQ(hub_engine_members(e, S("b"), 10, on_members, &mb), 0);
+    found = 0;
+    for (size_t i = 0; i < mb.n; i++)
+        found += strcmp(mb.nicks[i], "c-3=C") == 0;
+    CHECK_EQ(found, 1);
+
     CHECK_EQ(hub_engine_renick(e, S("a"), S("c-1"), S("Ann"), S("Anna")), 0);
     CHECK_EQ(hub_engine_leave(e, S("a"), S("c-2")), 0);
     CHECK_EQ(hub_engine_leave(e, S("a"), S("c-2")), 0); /* not a member any more: silent */
