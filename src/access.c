@@ -164,6 +164,14 @@ int hub_cidr_match(const struct hub_cidr *c, const struct sockaddr *sa)
     return (b[full] & mask) == (c->addr[full] & mask);
 }
 
+int hub_cidr_match_any(const struct hub_cidr *list, size_t n, const struct sockaddr *sa)
+{
+    for (size_t i = 0; i < n; i++)
+        if (hub_cidr_match(&list[i], sa))
+            return 1;
+    return 0;
+}
+
 int hub_addr_is_loopback(const struct sockaddr *sa)
 {
     static const uint8_t v6_loopback[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};

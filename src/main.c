@@ -253,7 +253,7 @@ int main(int argc, char **argv)
     size_t nserver_names = 0;
     const char *metrics_allow[MAX_METRICS_ALLOW];
     size_t nmetrics_allow = 0;
-    struct hub_proxy_net proxies[MAX_PROXIES];
+    struct hub_cidr proxies[MAX_PROXIES];
     size_t nproxies = 0;
     const struct num_option nums[] = {
         {"--port", 0, 65535, 3, &cfg.port},
@@ -383,7 +383,7 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--strict-origin") == 0) {
             cfg.strict_origin = 1;
         } else if ((v = option_value(argc, argv, &i, "--trust-proxy", &missing)) != NULL) {
-            if (nproxies == MAX_PROXIES || hub_proxy_net_parse(v, &proxies[nproxies]) != 0)
+            if (nproxies == MAX_PROXIES || hub_cidr_parse(v, &proxies[nproxies]) != 0)
                 return usage_error("invalid --trust-proxy '%s': expected an address or a network "
                                    "such as 10.0.0.0/8 (at most %d)",
                                    v, MAX_PROXIES);

@@ -6,97 +6,12 @@
  * left part, but not into what a proxy it cannot control appended.
  */
 #include "hub/proxy.h"
+#include "hub/access.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #define HOP_MAX 64 /* longest address text considered, with port and brackets */
-
-/* Fills a[16] with the address of sa, mapping IPv4-mapped IPv6 to IPv4.
- * Returns the family, or 0 for another family. */
-static int addr_bytes(const struct sockaddr *sa, unsigned char a[16])
-{
-    static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
-    if (sa->sa_family == AF_INET) {
-        memcpy(a, &((const struct sockaddr_in *)sa)->sin_addr, 4);
-        return AF_INET;
-    }
-    if (sa->sa_family == AF_INET6) {
-        const unsigned char *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-        if (memcmp(b, mapped, 12) == 0) {
-            memcpy(a, b + 12, 4);
-            return AF_INET;
-        }
-        memcpy(a, b, 16);
-        return AF_INET6;
-    }
-    return 0;
-}
-
-int hub_proxy_net_parse(const char *text, struct hub_proxy_net *out)
-{
-    char host[HOP_MAX];
-    const char *slash = strchr(text, '/');
-    size_t hlen = slash ? (size_t)(slash - text) : strlen(text);
-    if (hlen == 0 || hlen >= sizeof(host))
-        return HUB_EINVAL;
-    memcpy(host, text, hlen);
-    host[hlen] = '\0';
-    memset(out, 0, sizeof(*out));
-    unsigned max;
-    if (uv_inet_pton(AF_INET, host, out->a) == 0) {
-        out->family = AF_INET;
-        max = 32;
-    } else if (uv_inet_pton(AF_INET6, host, out->a) == 0) {
-        out->family = AF_INET6;
-        max = 128;
-    } else {
-        return HUB_EINVAL;
-    }
-    out->bits = max;
-    if (slash != NULL) {
-        const char *p = slash + 1;
-        if (*p < '0' || *p > '9' || strlen(p) > 3)
-            return HUB_EINVAL;
-        char *end;
-        unsigned long b = strtoul(p, &end, 10);
-        if (*end != '\0' || b > max)
-            return HUB_EINVAL;
-        out->bits = (unsigned)b;
-    }
-    /* Clear the host bits, so that 10.1.2.3/8 means 10.0.0.0/8. */
-    for (unsigned i = 0; i < 16; i++) {
-        unsigned keep = out->bits > i * 8 ? out->bits - i * 8 : 0;
-        if (keep < 8)
-            out->a[i] &= (unsigned char)(0xff00u >> keep);
-    }
-    return 0;
-}
-
-static int cidr_contains(const struct hub_proxy_net *c, int family, const unsigned char a[16])
-{
-    if (c->family != family)
-        return 0;
-    unsigned full = c->bits / 8, rest = c->bits % 8;
-    if (memcmp(c->a, a, full) != 0)
-        return 0;
-    if (rest == 0)
-        return 1;
-    unsigned char mask = (unsigned char)(0xff00u >> rest);
-    return (a[full] & mask) == c->a[full];
-}
-
-int hub_proxy_net_match(const struct hub_proxy_net *list, size_t n, const struct sockaddr *sa)
-{
-    unsigned char a[16];
-    int family = addr_bytes(sa, a);
-    if (family == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (cidr_contains(&list[i], family, a))
-            return 1;
-    return 0;
-}
 
 static int is_space(char c)
 {
@@ -191,10 +106,10 @@ static struct hub_iov forwarded_for(struct hub_iov element)
     return none;
 }
 
-int hub_proxy_client(const struct hub_proxy_net *list, size_t n, const struct sockaddr *peer,
+int hub_proxy_client(const struct hub_cidr *list, size_t n, const struct sockaddr *peer,
                      struct hub_iov xff, struct hub_iov forwarded, struct sockaddr_storage *out)
 {
-    if (n == 0 || !hub_proxy_net_match(list, n, peer))
+    if (n == 0 || !hub_cidr_match_any(list, n, peer))
         return 0;
     int use_xff = trim(xff).len > 0;
     struct hub_iov rest = use_xff ? xff : forwarded;
@@ -209,7 +124,7 @@ int hub_proxy_client(const struct hub_proxy_net *list, size_t n, const struct so
             break; /* unknown or obfuscated: nothing further left is usable */
         *out = hop_addr;
         found = 1;
-        if (!hub_proxy_net_match(list, n, (const struct sockaddr *)&hop_addr))
+        if (!hub_cidr_match_any(list, n, (const struct sockaddr *)&hop_addr))
             break; /* the first untrusted hop from the right: the client */
     }
     return found;

@@ -262,7 +262,7 @@ static int peer_is_proxy(struct client *cl)
     int len = sizeof(ss);
     return s->cfg.ntrust_proxy > 0 &&
            uv_tcp_getpeername(&cl->conn.tcp, (struct sockaddr *)&ss, &len) == 0 &&
-           hub_proxy_net_match(s->cfg.trust_proxy, s->cfg.ntrust_proxy, (struct sockaddr *)&ss);
+           hub_cidr_match_any(s->cfg.trust_proxy, s->cfg.ntrust_proxy, (struct sockaddr *)&ss);
 }
 
 /* A request from a trusted proxy: the client is the one its headers name

@@ -60,6 +60,9 @@ int hub_cidr_parse(const char *text, struct hub_cidr *out);
  * address (::ffff:a.b.c.d) is matched as its IPv4 address. */
 int hub_cidr_match(const struct hub_cidr *c, const struct sockaddr *sa);
 
+/* Returns 1 when sa lies in one of the n networks of list (borrowed). */
+int hub_cidr_match_any(const struct hub_cidr *list, size_t n, const struct sockaddr *sa);
+
 /* Returns 1 for loopback addresses: 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
 int hub_addr_is_loopback(const struct sockaddr *sa);
 

@@ -21,21 +21,9 @@
 
 #include <uv.h>
 
-/* One network: an address family, the address, and the prefix length. */
-struct hub_proxy_net {
-    int family;          /* AF_INET or AF_INET6 */
-    unsigned char a[16]; /* the network address (4 bytes used for AF_INET) */
-    unsigned bits;       /* prefix length: 0-32 or 0-128 */
-};
-
-/* Parses "10.0.0.0/8", "192.0.2.7" (a /32), "fd00::/8" or "::1" (a /128)
- * into out; host bits beyond the prefix are cleared. Returns 0 or
- * HUB_EINVAL. text is borrowed. */
-int hub_proxy_net_parse(const char *text, struct hub_proxy_net *out);
-
-/* Returns 1 if sa (borrowed) lies in one of the n networks of list; an
- * IPv4-mapped IPv6 address is matched as its IPv4 address. Else 0. */
-int hub_proxy_net_match(const struct hub_proxy_net *list, size_t n, const struct sockaddr *sa);
+/* The proxies are networks of access.h (struct hub_cidr, parsed by
+ * hub_cidr_parse and matched by hub_cidr_match_any), as for --metrics-allow. */
+struct hub_cidr;
 
 /* Parses one hop of X-Forwarded-For or Forwarded's for= ("192.0.2.1",
  * "192.0.2.1:4711", "2001:db8::1", "[2001:db8::1]:4711", optionally in
@@ -47,7 +35,7 @@ int hub_proxy_parse_hop(struct hub_iov hop, struct sockaddr_storage *out);
  * len 0 if absent) or else forwarded (Forwarded) names a client, writes it
  * to out and returns 1; otherwise returns 0 and leaves out alone (use the
  * peer). Everything is borrowed. */
-int hub_proxy_client(const struct hub_proxy_net *list, size_t n, const struct sockaddr *peer,
+int hub_proxy_client(const struct hub_cidr *list, size_t n, const struct sockaddr *peer,
                      struct hub_iov xff, struct hub_iov forwarded, struct sockaddr_storage *out);
 
 #endif

@@ -61,7 +61,7 @@ struct hub_server_config {
     uint32_t deflate_min;             /* payloads shorter than this go uncompressed (128) */
     /* issue 18 (newcomer) */
     int strict_origin; /* 1: no local-dev Origin relaxation on loopback (origin.h) */
-    const struct hub_proxy_net *trust_proxy; /* --trust-proxy networks (borrowed), or NULL */
+    const struct hub_cidr *trust_proxy; /* --trust-proxy networks (borrowed), or NULL */
     size_t ntrust_proxy;                     /* number of networks */
 };
 
