@@ -124,6 +124,21 @@ void hub_auth_free(struct hub_auth *a)
     free(a);
 }
 
+void hub_auth_identity_clear(struct hub_auth_identity *id)
+{
+    free(id->sub);
+    free(id->name);
+    for (size_t i = 0; i < id->nrooms; i++)
+        free(id->rooms[i]);
+    free(id->rooms);
+    free(id->prefix);
+    memset(id, 0, sizeof(*id));
+}
+
+/* Everything below up to hub_auth_verify needs libcrypto's verifier, so a
+ * build without it leaves it out (it would be unused). */
+#ifdef HUB_HAVE_AUTH
+
 /* ---- base64url (RFC 4648 section 5, no padding, as JWS requires) ---- */
 
 static int b64url_value(unsigned char c)
@@ -197,17 +212,6 @@ static char *dup_str(const char *s, size_t len)
         p[len] = '\0';
     }
     return p;
-}
-
-void hub_auth_identity_clear(struct hub_auth_identity *id)
-{
-    free(id->sub);
-    free(id->name);
-    for (size_t i = 0; i < id->nrooms; i++)
-        free(id->rooms[i]);
-    free(id->rooms);
-    free(id->prefix);
-    memset(id, 0, sizeof(*id));
 }
 
 /* Copies the rooms claim. Returns 0, HUB_EINVAL (*why set) or HUB_ENOMEM. */
@@ -364,6 +368,8 @@ static const char *check_header(const json_t *h)
         return "unsupported crit header";
     return NULL;
 }
+
+#endif /* HUB_HAVE_AUTH */
 
 int hub_auth_verify(const struct hub_auth *a, const char *token, size_t len, int64_t now,
                     struct hub_auth_identity *id, const char **why)
