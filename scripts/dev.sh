@@ -16,6 +16,7 @@ APT_PACKAGES=(
   build-essential meson ninja-build pkg-config
   libuv1-dev libwslay-dev libhttp-parser-dev libjansson-dev libsqlite3-dev
   clang nodejs npm chromium
+  libssl-dev openssl
 )
 
 # Counts summed over all suites by run_suite.
