@@ -631,6 +631,9 @@ static int respond(struct hub_http *h, int status, const char *content_type, con
         rc = hub_buf_puts(&b, "Connection: keep-alive\r\n"); /* HTTP/1.0 needs to be told */
     if (rc == 0)
         rc = hub_buf_puts(&b, "X-Content-Type-Options: nosniff\r\n");
+    /* Served over TLS: browsers should not try plain http:// next time. */
+    if (rc == 0 && h->cfg->hsts)
+        rc = hub_buf_puts(&b, "Strict-Transport-Security: max-age=31536000\r\n");
     if (rc == 0 && extra != NULL)
         rc = hub_buf_puts(&b, extra);
     if (rc == 0)
@@ -1020,6 +1023,7 @@ void hub_http_config_default(struct hub_http_config *cfg)
     cfg->max_header_bytes = HTTP_DEFAULT_MAX_HEADER_BYTES;
     cfg->max_headers = HTTP_DEFAULT_MAX_HEADERS;
     cfg->site = NULL;
+    cfg->hsts = 0;
 }
 
 struct hub_http *hub_http_new(struct hub_conn *conn, const struct hub_http_config *cfg,

@@ -8,6 +8,9 @@
  */
 #include "hub/log.h"
 #include "hub/server.h"
+#ifdef HUB_HAVE_TLS
+#include "hub/tls.h"
+#endif
 
 #include <errno.h>
 #include <stdarg.h>
@@ -68,7 +71,54 @@ static void usage(FILE *f)
         "  --data-dir DIR        where the SQLite history lives (default ./chathub-data)\n"
         "  --history N           messages kept per room (default 1000)\n"
         "  --history-ttl S       drop messages older than S seconds (default 0: keep)\n"
-        "  --no-persist          keep history in memory only (lost on restart)\n");
+        "  --no-persist          keep history in memory only (lost on restart)\n"
+        "\n"
+        "TLS (see docs/operations.md):\n");
+    /* Apart, so that no preprocessor line sits inside a call's arguments. */
+#ifdef HUB_HAVE_TLS
+    fputs("  --tls-cert FILE       serve https:// and wss:// only, with this PEM certificate\n"
+          "                        (the chain may follow it in the file); needs --tls-key;\n"
+          "                        SIGHUP re-reads both files\n"
+          "  --tls-key FILE        the PEM private key of --tls-cert (unencrypted, chmod 600)\n",
+          f);
+#else
+    fputs("  not available in this build (built without OpenSSL 3, as the Windows and macOS\n"
+          "  cross builds are): the TLS flags exit 2; put a TLS proxy in front instead\n",
+          f);
+#endif
+}
+
+/* Loads --tls-cert/--tls-key into *out (NULL when neither is given) and logs
+ * the certificate and any warnings. Returns 0, or 2 (the usage-error exit
+ * status) after printing why. */
+static int load_tls(const char *cert, const char *key, struct hub_tls_ctx **out)
+{
+    *out = NULL;
+    if (cert == NULL && key == NULL)
+        return 0;
+    if (cert == NULL || key == NULL) {
+        fprintf(stderr, "chathub: %s needs %s as well\n", cert ? "--tls-cert" : "--tls-key",
+                cert ? "--tls-key" : "--tls-cert");
+        return 2;
+    }
+#ifdef HUB_HAVE_TLS
+    char err[512];
+    unsigned warn = 0;
+    if (hub_tls_ctx_new(out, cert, key, 0, &warn, err, sizeof(err)) != 0) {
+        fprintf(stderr, "chathub: %s\n", err);
+        return 2;
+    }
+    for (unsigned bit = 1; bit != 0 && bit <= warn; bit <<= 1)
+        if (warn & bit)
+            hub_log_warn("%s", hub_tls_warning_text(bit));
+    char desc[512];
+    hub_tls_ctx_describe(*out, desc, sizeof(desc));
+    hub_log_info("TLS certificate: %s", desc);
+    return 0;
+#else
+    fprintf(stderr, "chathub: --tls-cert: this chathub was built without TLS (OpenSSL 3)\n");
+    return 2;
+#endif
 }
 
 HUB_PRINTF_LIKE(1, 2) static int usage_error(const char *fmt, ...)
@@ -146,6 +196,7 @@ int main(int argc, char **argv)
     hub_server_config_default(&cfg);
     const char *origins[MAX_ORIGINS];
     size_t norigins = 0;
+    const char *tls_cert = NULL, *tls_key = NULL; /* --tls-cert, --tls-key */
     const struct num_option nums[] = {
         {"--port", 0, 65535, 3, &cfg.port},
         {"--max-message", 1, 1u << 30, 0, &cfg.max_message},
@@ -224,6 +275,10 @@ int main(int argc, char **argv)
                 return usage_error("invalid --log-level '%s': expected error, warn, info or debug",
                                    v);
             hub_log_set_level(level);
+        } else if ((v = option_value(argc, argv, &i, "--tls-cert", &missing)) != NULL) {
+            tls_cert = v;
+        } else if ((v = option_value(argc, argv, &i, "--tls-key", &missing)) != NULL) {
+            tls_key = v;
         } else if (missing) {
             return usage_error("option %s needs a value", a);
         } else {
@@ -236,6 +291,11 @@ int main(int argc, char **argv)
         cfg.soft_output = cfg.max_output;
     cfg.allow_origins = origins;
     cfg.nallow_origins = norigins;
+    struct hub_tls_ctx *tls = NULL;
+    int tls_rc = load_tls(tls_cert, tls_key, &tls);
+    if (tls_rc != 0)
+        return tls_rc;
+    cfg.tls = tls;
 
     raise_fd_limit();
 #ifndef _WIN32
@@ -253,6 +313,9 @@ int main(int argc, char **argv)
     if (hub_server_new(&server, &loop, &cfg, err, sizeof(err)) != 0) {
         fprintf(stderr, "chathub: %s\n", err);
         uv_loop_close(&loop);
+#ifdef HUB_HAVE_TLS
+        hub_tls_ctx_free(tls);
+#endif
         return 1;
     }
     /* The wildcard addresses are not something a browser can open. */
@@ -260,12 +323,15 @@ int main(int argc, char **argv)
     if (strcmp(shown, "0.0.0.0") == 0 || strcmp(shown, "::") == 0)
         shown = "localhost";
     int v6 = strchr(shown, ':') != NULL;
-    printf("chathub %s listening on http://%s%s%s:%d/\n", HUB_VERSION, v6 ? "[" : "", shown,
-           v6 ? "]" : "", hub_server_port(server));
+    printf("chathub %s listening on %s://%s%s%s:%d/\n", HUB_VERSION, tls ? "https" : "http",
+           v6 ? "[" : "", shown, v6 ? "]" : "", hub_server_port(server));
     fflush(stdout);
 
     uv_run(&loop, UV_RUN_DEFAULT);
     hub_server_free(server);
+#ifdef HUB_HAVE_TLS
+    hub_tls_ctx_free(tls);
+#endif
     int rc = uv_loop_close(&loop);
     if (rc != 0) {
         hub_log_error("event loop closed with live handles: %s", uv_strerror(rc));

@@ -53,6 +53,7 @@ struct hub_http_config {
     size_t max_header_bytes;       /* request line plus headers; over it: 431 (8192) */
     unsigned max_headers;          /* header lines; over it: 431 (100) */
     const struct hub_static *site; /* files to serve; borrowed, outlives every hub_http */
+    int hsts;                      /* 1: responses carry Strict-Transport-Security (TLS on) */
 };
 
 /* What the request callback did with a request. */
