@@ -55,6 +55,10 @@
 
 #define HUB_IO_READ_SIZE (64 * 1024)
 #define HUB_IO_MAX_IOVS 64
+/* Slices one TLS batch takes: the records are filled from all of them, so a
+ * fan-out of many small frames in one iteration still makes full records
+ * (512 frames of 32 bytes fill one). 16 KiB of stack for the three arrays. */
+#define HUB_IO_TLS_IOVS 512
 #define WHEEL_SLOTS 128   /* a power of two */
 #define WHEEL_TICK_MS 500 /* resolution of connection deadlines */
 
@@ -731,15 +735,15 @@ static int conn_start_write(struct hub_conn *c, uv_buf_t *bufs, unsigned n, size
  * through one hub_tls_flush batch, and the ciphertext due out in one socket
  * write (uv_try_write, then one uv_write for what the socket did not take).
  * It loops only when the socket took everything and plaintext is left (more
- * than HUB_IO_MAX_IOVS slices, or more than the ciphertext bound): the same
+ * than HUB_IO_TLS_IOVS slices, or more than the ciphertext bound): the same
  * rule as the plain flush. */
 static void conn_flush_tls(struct hub_conn *c)
 {
     for (;;) {
-        const char *bases[HUB_IO_MAX_IOVS];
-        size_t lens[HUB_IO_MAX_IOVS];
-        struct hub_iov iov[HUB_IO_MAX_IOVS];
-        unsigned n = hub_outq_peek(&c->out, bases, lens, HUB_IO_MAX_IOVS);
+        const char *bases[HUB_IO_TLS_IOVS];
+        size_t lens[HUB_IO_TLS_IOVS];
+        struct hub_iov iov[HUB_IO_TLS_IOVS];
+        unsigned n = hub_outq_peek(&c->out, bases, lens, HUB_IO_TLS_IOVS);
         for (unsigned i = 0; i < n; i++) {
             iov[i].base = bases[i];
             iov[i].len = lens[i];
