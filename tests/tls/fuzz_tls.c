@@ -16,13 +16,8 @@
  * In both modes every byte due to the socket is acknowledged in pieces and
  * the pending count must add up; the sanitizers catch the rest.
  *
- * Register it in tests/fuzz/meson.build (owned by the fuzz helper) with:
- *
- *   if ssl_dep.found()
- *     executable('fuzz_tls', '../tls/fuzz_tls.c', include_directories: inc,
- *       link_with: hubcore_fuzz, dependencies: hub_deps,
- *       c_args: fuzz_link, link_args: fuzz_link)
- *   endif
+ * It is built with the other fuzz targets (tests/fuzz/meson.build, -Dfuzz=true)
+ * when OpenSSL was found.
  *
  * and run it like the others (an empty corpus directory is fine; it finds
  * the 0x16 start within seconds):

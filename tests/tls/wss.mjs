@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { test, runChathub } from '../integration/lib.mjs';
+import { test, runChathub, startServer, httpRequest } from '../integration/lib.mjs';
 import {
   assert, withTimeout, requireTls, scratch, makeCert, startTlsServer, peerCert, httpsGet,
   wssConnect,
@@ -59,6 +59,10 @@ test('the page over https and chat over wss, TLS 1.3 with ALPN http/1.1', async 
   assert.equal(page.status, 200);
   assert.match(page.headers['content-type'], /^text\/html/);
   assert.match(page.body, /<html/i);
+  // HSTS on every HTTP response over TLS (the page, errors, /healthz).
+  assert.equal(page.headers['strict-transport-security'], 'max-age=31536000');
+  assert.equal((await httpsGet(s.port, main.pem, '/no-such-file')).headers['strict-transport-security'],
+    'max-age=31536000');
   assert.equal((await httpsGet(s.port, main.pem, '/healthz')).body, 'ok\n');
 
   // Raw mode: verbatim to everyone in the room, the sender included.
@@ -91,6 +95,13 @@ test('the page over https and chat over wss, TLS 1.3 with ALPN http/1.1', async 
   assert.equal(await s.stop(), 0, s.output());
   const codes = await withTimeout(closed, 5000, 'the clients were not closed');
   assert.ok(codes.every((c) => c === 1001 || c === 1012 || (c >= 4000 && c < 4500)), `close codes ${codes}`);
+});
+
+test('without TLS there is no HSTS header', async () => {
+  const s = await startServer(['--no-persist']);
+  const r = await httpRequest(s.port, 'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+  assert.equal(r.status, 200);
+  assert.equal(r.headers['strict-transport-security'], undefined);
 });
 
 test('plain HTTP and garbage to the TLS port are closed cleanly and counted', async () => {
