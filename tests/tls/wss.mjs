@@ -7,6 +7,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import path from 'node:path';
 import { test, runChathub, startServer, httpRequest } from '../integration/lib.mjs';
 import {
@@ -129,6 +130,44 @@ test('plain HTTP and garbage to the TLS port are closed cleanly and counted', as
   assert.equal(await metric(s, 'chathub_tls_failures_total{reason="plain_http"}'), 1);
   assert.equal(await metric(s, 'chathub_tls_failures_total{reason="not_tls"}'), 5);
   assert.equal(await metric(s, 'chathub_tls_failures_total{reason="handshake"}'), 1);
+});
+
+test('a TLS client pipelining requests without reading stops being read; the queue stays bounded', async () => {
+  const s = await startTlsServer(main);
+  const sock = await withTimeout(new Promise((resolve, reject) => {
+    const t = tls.connect({ host: '127.0.0.1', port: s.port, ca: main.pem, servername: 'localhost' },
+      () => resolve(t));
+    t.once('error', reject);
+  }), 5000, 'TLS connect');
+  sock.on('error', () => {});
+  sock.pause(); // never reads its responses
+  const chunk = Buffer.from('GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'.repeat(2048), 'latin1');
+  let sent = 0;
+  let stalled = false;
+  let peakQueued = 0;
+  while (sent < 40e6 && !stalled) {
+    sent += chunk.length;
+    if (!sock.write(chunk)) {
+      // The hub stops reading once its answers pass the high watermark:
+      // our writes then stop draining.
+      const drained = await Promise.race([
+        new Promise((r) => sock.once('drain', () => r(true))),
+        new Promise((r) => setTimeout(() => r(false), 1500)),
+      ]);
+      stalled = !drained;
+    }
+    const q = await metric(s, 'chathub_output_queued_bytes');
+    peakQueued = Math.max(peakQueued, q);
+  }
+  const pauses = await metric(s, 'chathub_read_pauses_total');
+  console.log(`# TLS pipelining: offered ${(sent / 1e6).toFixed(1)} MB, hub stopped reading: ${stalled}, ` +
+    `peak plaintext queued ${peakQueued} B, read pauses ${pauses}`);
+  assert.ok(stalled, 'the hub stopped reading a TLS client that does not read');
+  assert.ok(pauses >= 1);
+  assert.ok(peakQueued <= 1024 * 1024 + 1024, `peak queued ${peakQueued} B within --max-output`);
+  // Others are served meanwhile.
+  assert.equal((await httpsGet(s.port, main.pem, '/healthz')).body, 'ok\n');
+  sock.destroy();
 });
 
 test('the handshake deadline covers the TLS handshake', async () => {
