@@ -279,14 +279,15 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     BIO_write(c->rbio, b->base, (int)n);
     if (!SSL_is_init_finished(c->ssl)) {
         int r = SSL_do_handshake(c->ssl);
-        tls_push(c);
         if (r != 1) {
+            tls_push(c);
             if (SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ) {
                 G.errors++;
                 client_close(c);
             }
             return;
         }
+        /* The Finished and the request leave in one write. */
         send_plain(c, upgrade_req, sizeof(upgrade_req) - 1);
     }
     char plain[16384];
@@ -308,6 +309,7 @@ static void on_connect(uv_connect_t *req, int status)
         client_close(c);
         return;
     }
+    uv_tcp_nodelay(&c->tcp, 1);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (c->ssl == NULL) {
         send_plain(c, upgrade_req, sizeof(upgrade_req) - 1);

@@ -11,7 +11,9 @@
 # each transport starts a fresh `chathub --no-persist --rate 0
 # --max-conns-per-ip 0` pinned to CPU $SERVER_CPU, runs tls_bench pinned to
 # CPU $CLIENT_CPU against it, and stops the server by its PID (also on errors
-# and Ctrl-C). Every figure is the median of $RUNS runs; the raw key=value
+# and Ctrl-C). The reference is bench/tls_lws_ref.c on Debian's libwebsockets
+# (apt-get install libwebsockets-dev; without it those columns are left out),
+# under the same loads. Every figure is the median of $RUNS runs; the raw key=value
 # output of each run stays in $OUT_DIR. Benchmarks report figures: nothing
 # here passes or fails on a number. Loopback only.
 set -euo pipefail
@@ -41,6 +43,14 @@ CHATHUB="$BUILD_DIR/chathub"
 "$CHATHUB" --help | grep -q -- --tls-cert || { echo "this chathub has no TLS" >&2; exit 1; }
 cc -O2 -D_GNU_SOURCE -o "$OUT_DIR/tls_bench" "$ROOT/bench/tls_bench.c" -luv -lssl -lcrypto
 BENCH="$OUT_DIR/tls_bench"
+LWS=""
+if pkg-config --exists libwebsockets 2>/dev/null &&
+   cc -O2 -o "$OUT_DIR/tls_lws_ref" "$ROOT/bench/tls_lws_ref.c" \
+     $(pkg-config --cflags --libs libwebsockets) 2>"$OUT_DIR/lws-build.log"; then
+  LWS="$OUT_DIR/tls_lws_ref"
+else
+  say "libwebsockets-dev is missing or did not build: no reference columns"
+fi
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
@@ -59,13 +69,19 @@ stop_server() {
 }
 trap stop_server EXIT INT TERM
 
-# start_server TLS(0|1) LOG: starts chathub, sets SERVER_PID and PORT.
+# start_server KIND(hub|lws) TLS(0|1) LOG: starts the server, sets
+# SERVER_PID and PORT.
 start_server() {
   local tls_args=()
-  [ "$1" = 1 ] && tls_args=(--tls-cert "$OUT_DIR/cert.pem" --tls-key "$OUT_DIR/key.pem")
-  taskset -c "$SERVER_CPU" "$CHATHUB" --host 127.0.0.1 --port 0 --no-persist --rate 0 \
-    --max-conns-per-ip 0 --log-level warn "${tls_args[@]}" >"$2.out" 2>"$2.err" &
+  [ "$2" = 1 ] && tls_args=(--tls-cert "$OUT_DIR/cert.pem" --tls-key "$OUT_DIR/key.pem")
+  if [ "$1" = hub ]; then
+    taskset -c "$SERVER_CPU" "$CHATHUB" --host 127.0.0.1 --port 0 --no-persist --rate 0 \
+      --max-conns-per-ip 0 --log-level warn "${tls_args[@]}" >"$3.out" 2>"$3.err" &
+  else
+    taskset -c "$SERVER_CPU" "$LWS" --port 0 "${tls_args[@]}" >"$3.out" 2>"$3.err" &
+  fi
   SERVER_PID=$!
+  shift
   for _ in $(seq 100); do
     PORT="$(sed -n 's|.*listening on https\?://[^:]*:\([0-9]*\)/.*|\1|p' "$2.out")"
     [ -n "$PORT" ] && return 0
@@ -75,12 +91,12 @@ start_server() {
   exit 1
 }
 
-# run NAME TLS ARGS...: one run of tls_bench against a fresh server.
+# run KIND NAME TLS ARGS...: one run of tls_bench against a fresh server.
 run() {
-  local name=$1 tls=$2
-  shift 2
+  local kind=$1 name=$2 tls=$3
+  shift 3
   local log="$OUT_DIR/$name"
-  start_server "$tls" "$log"
+  start_server "$kind" "$tls" "$log"
   local t=()
   [ "$tls" = 1 ] && t=(--tls)
   taskset -c "$CLIENT_CPU" "$BENCH" --port "$PORT" --server-pid "$SERVER_PID" \
@@ -94,20 +110,28 @@ median() {
     awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'
 }
 
+KINDS="hub"
+[ -n "$LWS" ] && KINDS="hub lws"
 for i in $(seq "$RUNS"); do
-  for tls in 0 1; do
-    say "run $i/$RUNS, tls=$tls: handshakes"
-    run "hs$tls.$i" "$tls" --handshake --inflight "$INFLIGHT"
-    say "run $i/$RUNS, tls=$tls: fan-out to $CONNS"
-    run "fan$tls.$i" "$tls" --conns "$CONNS" --senders "$SENDERS" --window "$WINDOW" --size "$SIZE"
+  for kind in $KINDS; do
+    for tls in 0 1; do
+      say "run $i/$RUNS, $kind tls=$tls: handshakes"
+      run "$kind" "hs-$kind$tls.$i" "$tls" --handshake --inflight "$INFLIGHT"
+      say "run $i/$RUNS, $kind tls=$tls: fan-out to $CONNS"
+      run "$kind" "fan-$kind$tls.$i" "$tls" --conns "$CONNS" --senders "$SENDERS" \
+        --window "$WINDOW" --size "$SIZE"
+    done
   done
 done
 
-hs0=$(median hs0 handshakes_per_s); hs1=$(median hs1 handshakes_per_s)
-hc0=$(median hs0 server_cpu_us_per_handshake); hc1=$(median hs1 server_cpu_us_per_handshake)
-fd0=$(median fan0 deliveries_per_s); fd1=$(median fan1 deliveries_per_s)
-fc0=$(median fan0 server_cpu_ns_per_delivery); fc1=$(median fan1 server_cpu_ns_per_delivery)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+# row LABEL RUN KEY: chathub ws, wss, wss/ws, then lws ws, wss, chathub wss / lws wss.
+row() {
+  local h0 h1 l0="-" l1="-"
+  h0=$(median "$2-hub0" "$3"); h1=$(median "$2-hub1" "$3")
+  if [ -n "$LWS" ]; then l0=$(median "$2-lws0" "$3"); l1=$(median "$2-lws1" "$3"); fi
+  echo "| $1 | $h0 | $h1 | $(ratio "$h1" "$h0") | $l0 | $l1 | $(ratio "$h1" "$l1") |"
+}
 
 cat <<EOF
 
@@ -115,12 +139,12 @@ chathub without and with TLS (median of $RUNS runs of ${DURATION} s; server on C
 tls_bench on CPU $CLIENT_CPU; fan-out: $CONNS connections, $SENDERS senders, window $WINDOW,
 $SIZE-byte messages; handshakes: $INFLIGHT at a time, full TLS handshakes + WebSocket upgrade)
 
-| figure | ws:// | wss:// | wss / ws |
-|---|---|---|---|
-| handshakes/s | $hs0 | $hs1 | $(ratio "$hs1" "$hs0") |
-| server CPU µs per handshake | $hc0 | $hc1 | $(ratio "$hc1" "$hc0") |
-| broadcast deliveries/s | $fd0 | $fd1 | $(ratio "$fd1" "$fd0") |
-| server CPU ns per delivery | $fc0 | $fc1 | $(ratio "$fc1" "$fc0") |
+| figure | chathub ws:// | chathub wss:// | wss / ws | lws ws:// | lws wss:// | chathub / lws (wss) |
+|---|---|---|---|---|---|---|
+$(row "handshakes/s" hs handshakes_per_s)
+$(row "server CPU µs per handshake" hs server_cpu_us_per_handshake)
+$(row "broadcast deliveries/s" fan deliveries_per_s)
+$(row "server CPU ns per delivery" fan server_cpu_ns_per_delivery)
 
 raw output: $OUT_DIR
 EOF
