@@ -3,8 +3,8 @@
  *
  * Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the hub
  * cannot start (port in use, unreadable --public directory), 2 for a usage
- * error. The loop must close with no live handles; anything else is a bug
- * and exits 1.
+ * error or an unusable --tls-cert/--tls-key. The loop must close with no
+ * live handles; anything else is a bug and exits 1.
  */
 #include "hub/log.h"
 #include "hub/server.h"
