@@ -1,6 +1,7 @@
 // TLS on the listening port (--tls-cert/--tls-key), driven by Node clients
 // that trust exactly a throwaway certificate made at test time with
 // `openssl req`: the page over https, chat over wss (raw and chathub.v1),
+// HSTS, TLS versions, ALPN and ticket resumption, watermarks over TLS,
 // plain HTTP and garbage to the TLS port, the handshake deadline, SIGHUP
 // reload of a renewed certificate while an old connection stays open, and
 // the start-up errors and warnings. SKIPs (77) when the binary has no TLS.
@@ -96,6 +97,36 @@ test('the page over https and chat over wss, TLS 1.3 with ALPN http/1.1', async 
   assert.equal(await s.stop(), 0, s.output());
   const codes = await withTimeout(closed, 5000, 'the clients were not closed');
   assert.ok(codes.every((c) => c === 1001 || c === 1012 || (c >= 4000 && c < 4500)), `close codes ${codes}`);
+});
+
+// One TLS connection with options; resolves with what was negotiated, or
+// with {error} when the handshake failed.
+function tlsProbe(port, opts = {}) {
+  return withTimeout(new Promise((resolve) => {
+    const t = tls.connect({ host: '127.0.0.1', port, ca: main.pem, servername: 'localhost', ...opts },
+      () => {
+        const info = { protocol: t.getProtocol(), reused: t.isSessionReused(), alpn: t.alpnProtocol };
+        // The TLS 1.3 ticket arrives after the handshake: wait for it.
+        const done = (session) => { t.end(); resolve({ ...info, session }); };
+        if (t.getProtocol() === 'TLSv1.3') t.once('session', done); else done(t.getSession());
+      });
+    t.once('error', (error) => resolve({ error }));
+  }), 5000, 'TLS probe');
+}
+
+test('TLS 1.2 and 1.3 only, ALPN http/1.1 only when offered, resumption with a ticket', async () => {
+  const s = await startTlsServer(main);
+  assert.equal((await tlsProbe(s.port, { maxVersion: 'TLSv1.2' })).protocol, 'TLSv1.2');
+  const old = await tlsProbe(s.port, { minVersion: 'TLSv1', maxVersion: 'TLSv1.1',
+    ciphers: 'DEFAULT@SECLEVEL=0' });
+  assert.ok(old.error, `TLS 1.1 must be refused, got ${old.protocol}`);
+  assert.equal((await tlsProbe(s.port, { ALPNProtocols: ['h2'] })).alpn, false);
+  const first = await tlsProbe(s.port);
+  assert.equal(first.reused, false);
+  const again = await tlsProbe(s.port, { session: first.session });
+  assert.equal(again.reused, true, 'the second connection resumed with the ticket');
+  assert.equal(await metric(s, 'chathub_tls_resumed_total'), 1);
+  assert.equal(await metric(s, 'chathub_tls_failures_total{reason="handshake"}'), 1);
 });
 
 test('without TLS there is no HSTS header', async () => {
