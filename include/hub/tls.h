@@ -22,9 +22,12 @@
  *   one per frame.
  * - Ciphertext waiting for the socket is bounded (max_out): hub_tls_flush
  *   takes no more plaintext than fits, and leaves the rest in the caller's
- *   queue, where the caller's own output limits see it. Ciphertext produced
- *   while reading (handshake flights, tickets, alerts) counts too; past the
- *   limit the connection fails with HUB_TLS_FAIL_LIMIT.
+ *   queue, where the caller's own output limits see it (the last records'
+ *   overhead may pass max_out by a few bytes each). Ciphertext produced
+ *   while reading (handshake flights, tickets, key updates, alerts) counts
+ *   too: a read that makes more due when the bound is passed fails the
+ *   connection with HUB_TLS_FAIL_LIMIT; a read that makes nothing due never
+ *   does.
  * - Incoming ciphertext is never buffered here beyond OpenSSL's one partial
  *   record: every hub_tls_feed decrypts all it can before it returns.
  * - An idle connection holds no buffers of its own (OpenSSL's are released

@@ -195,6 +195,9 @@ test('a TLS client pipelining requests without reading stops being read; the que
     `peak plaintext queued ${peakQueued} B, read pauses ${pauses}`);
   assert.ok(stalled, 'the hub stopped reading a TLS client that does not read');
   assert.ok(pauses >= 1);
+  // Stopped reading, not failed: a slow reader is over no TLS bound.
+  assert.equal(await metric(s, 'chathub_tls_failures_total{reason="limit"}'), 0);
+  assert.equal(sock.destroyed, false, 'the connection is still open');
   assert.ok(peakQueued <= 1024 * 1024 + 1024, `peak queued ${peakQueued} B within --max-output`);
   // Others are served meanwhile.
   assert.equal((await httpsGet(s.port, main.pem, '/healthz')).body, 'ok\n');
