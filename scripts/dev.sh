@@ -17,6 +17,7 @@ APT_PACKAGES=(
   libuv1-dev libwslay-dev libhttp-parser-dev libjansson-dev libsqlite3-dev
   clang nodejs npm chromium
   redis-server libhiredis-dev
+  libicu-dev
   libssl-dev openssl
 )
 

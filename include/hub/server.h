@@ -46,6 +46,19 @@ struct hub_server_config {
     int persist;                      /* 1: history in SQLite; 0: in memory only */
     uint32_t history;                 /* messages kept per room (1000) */
     uint32_t history_ttl_s;           /* age limit of history in seconds (0 = none) */
+    /* The engine (docs/engine.md): none of these means the memory engine. */
+    const char *const *redis_urls; /* --redis: one URL per shard (borrowed); history then lives
+                                      in Redis and data_dir/persist are not used */
+    size_t nredis;                 /* number of URLs (0: memory engine) */
+    const char *node_id;           /* --node-id, or NULL for a random one */
+    const char *redis_prefix;      /* --redis-prefix: key and channel prefix ("chathub:") */
+    uint32_t node_lease_ms;        /* --node-lease: a dead node's members and nicks vanish
+                                      after it (30000) */
+    /* Issue 20: Host names and /metrics peers (include/hub/access.h). */
+    const char *const *server_names;  /* --server-name values (borrowed) */
+    size_t nserver_names;             /* number of names */
+    const char *const *metrics_allow; /* --metrics-allow CIDRs (borrowed); replace loopback */
+    size_t nmetrics_allow;            /* number of CIDRs */
     struct hub_tls_ctx *tls;          /* TLS on the port (borrowed, reloaded on SIGHUP), or NULL */
 };
 
@@ -53,7 +66,8 @@ void hub_server_config_default(struct hub_server_config *cfg);
 
 /* Creates the server on loop, loads the site, binds and listens, and installs
  * the signal handlers. The strings in cfg are borrowed and must outlive the
- * server. Returns 0; HUB_EIO when the address cannot be bound (err gets a
+ * server. Returns 0; HUB_EINVAL for a malformed --metrics-allow CIDR or
+ * --server-name (err says which); HUB_EIO when the address cannot be bound (err gets a
  * one-line reason such as "cannot listen on 0.0.0.0:8080: address already in
  * use"); HUB_ENOENT/HUB_ELIMIT for a bad --public directory; HUB_ENOMEM. */
 int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_server_config *cfg,
@@ -61,6 +75,10 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
 
 /* The port actually bound (useful with port 0). */
 int hub_server_port(const struct hub_server *s);
+
+/* Writes a one-line description of the engine into buf, e.g. "engine redis
+ * (2 shards), node n1" or "engine memory, history in SQLite (DIR)". */
+void hub_server_engine_info(const struct hub_server *s, char *buf, size_t n);
 
 /* Starts the same orderly shutdown a signal does. */
 void hub_server_shutdown(struct hub_server *s);
