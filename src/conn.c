@@ -31,10 +31,22 @@
  * handle closed during the closing phase is finished in the next iteration,
  * after that iteration's prepare and check), and both flushes drain the list
  * completely, so a closed connection is never left linked.
+ *
+ * TLS: a connection with a hub_tls (hub_conn_use_tls) feeds what it reads to
+ * hub_tls_feed, whose plaintext callback calls on_read, and its flush runs
+ * the plaintext queue through hub_tls_flush: one batch of records, then the
+ * ciphertext in one socket write (conn_flush_tls). The queue keeps holding
+ * plaintext, so conn_queued and first_unstarted work as without TLS; the
+ * bytes of the in-flight write are ciphertext owned by the hub_tls, so under
+ * TLS `inflight` is acknowledged with hub_tls_sent instead of consumed from
+ * the queue. Everything TLS is compiled only with HUB_HAVE_TLS.
  */
 #include "hub/conn.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
+#ifdef HUB_HAVE_TLS
+#include "hub/tls.h"
+#endif
 
 #include <assert.h>
 #include <stdio.h>
@@ -43,6 +55,10 @@
 
 #define HUB_IO_READ_SIZE (64 * 1024)
 #define HUB_IO_MAX_IOVS 64
+/* Slices one TLS batch takes: the records are filled from all of them, so a
+ * fan-out of many small frames in one iteration still makes full records
+ * (512 frames of 32 bytes fill one). 16 KiB of stack for the three arrays. */
+#define HUB_IO_TLS_IOVS 512
 #define WHEEL_SLOTS 128   /* a power of two */
 #define WHEEL_TICK_MS 500 /* resolution of connection deadlines */
 
@@ -377,6 +393,70 @@ static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = sizeof(c->io->rbuf);
 }
 
+#ifdef HUB_HAVE_TLS
+/* Plaintext from the TLS layer goes up exactly as socket bytes do without
+ * TLS. Returns nonzero once the connection is closing, which makes
+ * hub_tls_feed drop the rest (see conn_read_cb). */
+static int conn_tls_plain(void *user, const char *data, size_t len)
+{
+    struct hub_conn *c = user;
+    if (hub_conn_closing(c) || c->on_read == NULL)
+        return 1;
+    c->on_read(c, data, len);
+    return hub_conn_closing(c);
+}
+
+/* Ciphertext arrived: decrypt it, and flush whatever the TLS layer now has
+ * due (a handshake flight, a ticket, an alert). A failure or the peer's
+ * close_notify ends the connection once the bytes due are out; the layers
+ * above are not told anything but on_close. */
+static void conn_tls_read(struct hub_conn *c, const char *data, size_t len)
+{
+    int rc = hub_tls_feed(c->tls, data, len, conn_tls_plain, c);
+    if (c->flags & HUB_CONN_CLOSING)
+        return;
+    if (rc != 0) {
+        if (rc != HUB_ECLOSED)
+            hub_log_debug("%s: TLS: %s", hub_conn_peer(c), hub_tls_failure_text(c->tls));
+        /* Not hub_conn_close_after_flush's "nothing queued: close now": the
+         * alert or the 400 is in the TLS layer, not in out. */
+        c->flags |= HUB_CONN_CLOSE_AFTER_FLUSH;
+        conn_schedule(c);
+        return;
+    }
+    if (hub_tls_pending(c->tls) > 0 || c->out.bytes > 0)
+        conn_schedule(c);
+}
+#endif
+
+int hub_conn_use_tls(struct hub_conn *c, struct hub_tls_ctx *ctx)
+{
+#ifdef HUB_HAVE_TLS
+    if (c->io == NULL)
+        return HUB_EINVAL;
+    assert(c->tls == NULL);
+    c->tls = hub_tls_new(ctx, 0);
+    return c->tls != NULL ? 0 : HUB_ENOMEM;
+#else
+    (void)c;
+    (void)ctx;
+    return HUB_EINVAL;
+#endif
+}
+
+/* Hands bytes read from the socket up: through TLS when it is on. */
+static void conn_deliver(struct hub_conn *c, const char *data, size_t len)
+{
+#ifdef HUB_HAVE_TLS
+    if (c->tls != NULL) {
+        conn_tls_read(c, data, len);
+        return;
+    }
+#endif
+    if (c->on_read != NULL)
+        c->on_read(c, data, len);
+}
+
 static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct hub_conn *c = s->data;
@@ -386,8 +466,8 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         c->bytes_in += (uint64_t)nread;
         /* Input after a close decision is discarded: the peer is being
          * dropped and nothing it says can matter any more. */
-        if (!hub_conn_closing(c) && c->on_read != NULL)
-            c->on_read(c, buf->base, (size_t)nread);
+        if (!hub_conn_closing(c))
+            conn_deliver(c, buf->base, (size_t)nread);
         if ((size_t)nread == sizeof(c->io->rbuf) && !(c->flags & HUB_CONN_CLOSING)) {
             /* There may be more: libuv would read on, up to 32 buffers in
              * one go. Take no more from this peer until what this input
@@ -466,7 +546,8 @@ int hub_conn_send(struct hub_conn *c, struct hub_shared *chunk)
 static uint32_t first_unstarted(const struct hub_conn *c)
 {
     const struct hub_outq *q = &c->out;
-    size_t skip = c->inflight;
+    /* Under TLS the in-flight bytes are ciphertext, outside the queue. */
+    size_t skip = c->tls != NULL ? 0 : c->inflight;
     uint32_t i = 0;
     while (i < q->count) {
         const struct hub_outq_item *it = &q->items[(q->head + i) & (q->cap - 1)];
@@ -614,6 +695,14 @@ static void conn_write_cb(uv_write_t *req, int status)
     }
     hub_metrics.bytes_out += c->inflight;
     c->bytes_out += c->inflight;
+#ifdef HUB_HAVE_TLS
+    if (c->tls != NULL) {
+        hub_tls_sent(c->tls, c->inflight);
+        c->inflight = 0;
+        conn_flush(c);
+        return;
+    }
+#endif
     size_t before = c->out.bytes;
     hub_outq_consume(&c->out, c->inflight);
     c->inflight = 0;
@@ -621,10 +710,110 @@ static void conn_write_cb(uv_write_t *req, int status)
     conn_flush(c);
 }
 
+/* Hands bytes to one uv_write (the socket took none or part of them). On
+ * failure the connection is closed. Returns 0 or HUB_EIO. */
+static int conn_start_write(struct hub_conn *c, uv_buf_t *bufs, unsigned n, size_t total)
+{
+    c->wreq = wreq_get(c->io);
+    if (c->wreq == NULL) {
+        hub_conn_close(c);
+        return HUB_EIO;
+    }
+    c->wreq->data = c;
+    int rc = uv_write(c->wreq, (uv_stream_t *)&c->tcp, bufs, n, conn_write_cb);
+    if (rc != 0) {
+        wreq_put(c->io, c->wreq);
+        c->wreq = NULL;
+        hub_conn_close(c);
+        return HUB_EIO;
+    }
+    c->inflight = total;
+    c->flags |= HUB_CONN_WRITING;
+    return 0;
+}
+
+#ifdef HUB_HAVE_TLS
+/* The flush of a TLS connection: the leading plaintext of the queue goes
+ * through one hub_tls_flush batch, and the ciphertext due out in one socket
+ * write (uv_try_write, then one uv_write for what the socket did not take).
+ * It loops only when the socket took everything and plaintext is left (more
+ * than HUB_IO_TLS_IOVS slices, or more than the ciphertext bound): the same
+ * rule as the plain flush. */
+static void conn_flush_tls(struct hub_conn *c)
+{
+    for (;;) {
+        const char *bases[HUB_IO_TLS_IOVS];
+        size_t lens[HUB_IO_TLS_IOVS];
+        struct hub_iov iov[HUB_IO_TLS_IOVS];
+        unsigned n = hub_outq_peek(&c->out, bases, lens, HUB_IO_TLS_IOVS);
+        for (unsigned i = 0; i < n; i++) {
+            iov[i].base = bases[i];
+            iov[i].len = lens[i];
+        }
+        /* close_notify goes behind the last plaintext byte (a no-op unless
+         * the session is open). */
+        if ((c->flags & HUB_CONN_CLOSE_AFTER_FLUSH) && c->out.bytes == 0)
+            hub_tls_shutdown(c->tls);
+        size_t taken = 0;
+        struct hub_iov wire;
+        int rc = hub_tls_flush(c->tls, iov, n, &taken, &wire);
+        if (taken > 0) {
+            size_t before = c->out.bytes;
+            hub_outq_consume(&c->out, taken);
+            conn_queued(c, before);
+            if (c->flags & HUB_CONN_CLOSING)
+                return; /* resuming reads failed */
+        }
+        if (rc != 0) {
+            hub_log_debug("%s: TLS: %s", hub_conn_peer(c), hub_tls_failure_text(c->tls));
+            hub_conn_close(c);
+            return;
+        }
+        if (wire.len == 0) {
+            if (taken > 0 && c->out.bytes > 0)
+                continue; /* dropped after a failure or close_notify */
+            break;        /* nothing due; plaintext may wait for the handshake */
+        }
+        uv_buf_t b = uv_buf_init((char *)wire.base, (unsigned)wire.len);
+        int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (w > 0) {
+            hub_metrics.bytes_out += (uint64_t)w;
+            hub_tls_sent(c->tls, (size_t)w);
+            if ((size_t)w == wire.len)
+                continue;
+        } else if (w != UV_EAGAIN && w != UV_ENOSYS) {
+            hub_log_debug("write to %s failed: %s", hub_conn_peer(c), uv_strerror(w));
+            hub_conn_close(c);
+            return;
+        }
+        /* The socket is full: the rest of the view goes to one uv_write;
+         * the view stays valid and unchanged until hub_tls_sent. */
+        size_t done = w > 0 ? (size_t)w : 0;
+        b = uv_buf_init((char *)wire.base + done, (unsigned)(wire.len - done));
+        conn_start_write(c, &b, 1, wire.len - done);
+        return;
+    }
+    /* Everything due is written: an idle connection keeps no ring. */
+    hub_outq_trim(&c->out);
+    /* Plaintext still queued once the session has ended (a failure, the
+     * peer's close_notify, or a close before the handshake finished) can
+     * never be sent: close without it. */
+    if ((c->flags & HUB_CONN_CLOSE_AFTER_FLUSH) && hub_tls_pending(c->tls) == 0 &&
+        (c->out.bytes == 0 || hub_tls_state(c->tls) != HUB_TLS_OPEN))
+        conn_do_close(c);
+}
+#endif
+
 static void conn_flush(struct hub_conn *c)
 {
     if (c->flags & (HUB_CONN_WRITING | HUB_CONN_CLOSING))
         return;
+#ifdef HUB_HAVE_TLS
+    if (c->tls != NULL) {
+        conn_flush_tls(c);
+        return;
+    }
+#endif
     while (c->out.bytes > 0) {
         const char *bases[HUB_IO_MAX_IOVS];
         size_t lens[HUB_IO_MAX_IOVS];
@@ -659,21 +848,7 @@ static void conn_flush(struct hub_conn *c)
             bufs[i] = uv_buf_init((char *)bases[i], (unsigned)lens[i]);
             total += lens[i];
         }
-        c->wreq = wreq_get(c->io);
-        if (c->wreq == NULL) {
-            hub_conn_close(c);
-            return;
-        }
-        c->wreq->data = c;
-        int rc = uv_write(c->wreq, (uv_stream_t *)&c->tcp, bufs, n, conn_write_cb);
-        if (rc != 0) {
-            wreq_put(c->io, c->wreq);
-            c->wreq = NULL;
-            hub_conn_close(c);
-            return;
-        }
-        c->inflight = total;
-        c->flags |= HUB_CONN_WRITING;
+        conn_start_write(c, bufs, n, total);
         return;
     }
     /* Everything is written: an idle connection keeps no ring. */
@@ -688,6 +863,10 @@ static void conn_close_cb(uv_handle_t *h)
     assert(!(c->flags & HUB_CONN_IN_FLUSH_LIST));
     hub_metrics.output_queued -= c->out.bytes;
     hub_outq_free(&c->out);
+#ifdef HUB_HAVE_TLS
+    hub_tls_free(c->tls);
+    c->tls = NULL;
+#endif
     c->on_close(c);
 }
 
@@ -722,7 +901,8 @@ void hub_conn_close_after_flush(struct hub_conn *c)
     c->flags |= HUB_CONN_CLOSE_AFTER_FLUSH;
     if (c->io == NULL)
         return;
-    if (c->out.bytes == 0 && !(c->flags & HUB_CONN_WRITING))
+    /* Under TLS the flush decides: close_notify is still to go out. */
+    if (c->out.bytes == 0 && !(c->flags & HUB_CONN_WRITING) && c->tls == NULL)
         conn_do_close(c);
     else
         conn_schedule(c);

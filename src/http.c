@@ -712,6 +712,9 @@ static int respond(struct hub_http *h, int status, const char *content_type, con
                             "Content-Security-Policy: %s\r\nX-Frame-Options: DENY\r\n"
                             "Referrer-Policy: no-referrer\r\n",
                             h->cfg->csp != NULL ? h->cfg->csp : HUB_HTTP_CSP_PAGE);
+    /* Served over TLS: browsers should not try plain http:// next time. */
+    if (rc == 0 && h->cfg->hsts)
+        rc = hub_buf_puts(&b, "Strict-Transport-Security: max-age=31536000\r\n");
     if (rc == 0 && extra != NULL)
         rc = hub_buf_puts(&b, extra);
     if (rc == 0)
@@ -1127,6 +1130,7 @@ void hub_http_config_default(struct hub_http_config *cfg)
     cfg->max_headers = HTTP_DEFAULT_MAX_HEADERS;
     cfg->site = NULL;
     cfg->csp = HUB_HTTP_CSP_PAGE;
+    cfg->hsts = 0;
 }
 
 struct hub_http *hub_http_new(struct hub_conn *conn, const struct hub_http_config *cfg,

@@ -3,8 +3,8 @@
  *
  * Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the hub
  * cannot start (port in use, unreadable --public directory), 2 for a usage
- * error. The loop must close with no live handles; anything else is a bug
- * and exits 1.
+ * error or an unusable --tls-cert/--tls-key. The loop must close with no
+ * live handles; anything else is a bug and exits 1.
  */
 #include "hub/engine.h"
 #include "hub/access.h"
@@ -12,6 +12,9 @@
 #include "hub/log.h"
 #include "hub/redisurl.h"
 #include "hub/server.h"
+#ifdef HUB_HAVE_TLS
+#include "hub/tls.h"
+#endif
 
 #include <errno.h>
 #include <stdarg.h>
@@ -109,10 +112,57 @@ static void usage(FILE *f)
         "  --trust-proxy CIDR    take the client address from X-Forwarded-For or Forwarded\n"
         "                        on connections from CIDR (e.g. 127.0.0.1/32; repeatable;\n"
         "                        default: trust nobody)\n"
-        "  --log-format FORMAT   text (default) or json: one JSON object per line\n",
+        "  --log-format FORMAT   text (default) or json: one JSON object per line\n"
+        "\n"
+        "TLS (see docs/operations.md):\n",
         hub_engine_have_redis() ? ""
                                 : "                        (not in this build: it was built "
                                   "without hiredis)\n");
+    /* Apart, so that no preprocessor line sits inside a call's arguments. */
+#ifdef HUB_HAVE_TLS
+    fputs("  --tls-cert FILE       serve https:// and wss:// only, with this PEM certificate\n"
+          "                        (the chain may follow it in the file); needs --tls-key;\n"
+          "                        SIGHUP re-reads both files\n"
+          "  --tls-key FILE        the PEM private key of --tls-cert (unencrypted, chmod 600)\n",
+          f);
+#else
+    fputs("  not available in this build (built without OpenSSL 3, as the Windows and macOS\n"
+          "  cross builds are): the TLS flags exit 2; put a TLS proxy in front instead\n",
+          f);
+#endif
+}
+
+/* Loads --tls-cert/--tls-key into *out (NULL when neither is given) and logs
+ * the certificate and any warnings. Returns 0, or 2 (the usage-error exit
+ * status) after printing why. */
+static int load_tls(const char *cert, const char *key, struct hub_tls_ctx **out)
+{
+    *out = NULL;
+    if (cert == NULL && key == NULL)
+        return 0;
+    if (cert == NULL || key == NULL) {
+        fprintf(stderr, "chathub: %s needs %s as well\n", cert ? "--tls-cert" : "--tls-key",
+                cert ? "--tls-key" : "--tls-cert");
+        return 2;
+    }
+#ifdef HUB_HAVE_TLS
+    char err[512];
+    unsigned warn = 0;
+    if (hub_tls_ctx_new(out, cert, key, 0, &warn, err, sizeof(err)) != 0) {
+        fprintf(stderr, "chathub: %s\n", err);
+        return 2;
+    }
+    for (unsigned bit = 1; bit != 0 && bit <= warn; bit <<= 1)
+        if (warn & bit)
+            hub_log_warn("%s", hub_tls_warning_text(bit));
+    char desc[512];
+    hub_tls_ctx_describe(*out, desc, sizeof(desc));
+    hub_log_info("TLS certificate: %s", desc);
+    return 0;
+#else
+    fprintf(stderr, "chathub: --tls-cert: this chathub was built without TLS (OpenSSL 3)\n");
+    return 2;
+#endif
 }
 
 /* Checks a --node-id: 1..64 of [A-Za-z0-9._-]. */
@@ -255,6 +305,7 @@ int main(int argc, char **argv)
     size_t nmetrics_allow = 0;
     struct hub_cidr proxies[MAX_PROXIES];
     size_t nproxies = 0;
+    const char *tls_cert = NULL, *tls_key = NULL; /* --tls-cert, --tls-key */
     const struct num_option nums[] = {
         {"--port", 0, 65535, 3, &cfg.port},
         {"--max-message", 1, 1u << 30, 0, &cfg.max_message},
@@ -393,6 +444,10 @@ int main(int argc, char **argv)
             if (format < 0)
                 return usage_error("invalid --log-format '%s': expected text or json", v);
             hub_log_set_format(format);
+        } else if ((v = option_value(argc, argv, &i, "--tls-cert", &missing)) != NULL) {
+            tls_cert = v;
+        } else if ((v = option_value(argc, argv, &i, "--tls-key", &missing)) != NULL) {
+            tls_key = v;
         } else if (missing) {
             return usage_error("option %s needs a value", a);
         } else if (a[0] == '-') {
@@ -418,6 +473,11 @@ int main(int argc, char **argv)
     cfg.nmetrics_allow = nmetrics_allow;
     cfg.trust_proxy = proxies;
     cfg.ntrust_proxy = nproxies;
+    struct hub_tls_ctx *tls = NULL;
+    int tls_rc = load_tls(tls_cert, tls_key, &tls);
+    if (tls_rc != 0)
+        return tls_rc;
+    cfg.tls = tls;
 
     raise_fd_limit();
 #ifndef _WIN32
@@ -439,6 +499,9 @@ int main(int argc, char **argv)
     if (hub_server_new(&server, &loop, &cfg, err, sizeof(err)) != 0) {
         fprintf(stderr, "chathub: %s\n", err);
         uv_loop_close(&loop);
+#ifdef HUB_HAVE_TLS
+        hub_tls_ctx_free(tls);
+#endif
         return 1;
     }
     /* The wildcard addresses are not something a browser can open. */
@@ -446,8 +509,8 @@ int main(int argc, char **argv)
     if (strcmp(shown, "0.0.0.0") == 0 || strcmp(shown, "::") == 0)
         shown = "localhost";
     int v6 = strchr(shown, ':') != NULL;
-    printf("chathub %s listening on http://%s%s%s:%d/\n", HUB_VERSION, v6 ? "[" : "", shown,
-           v6 ? "]" : "", hub_server_port(server));
+    printf("chathub %s listening on %s://%s%s%s:%d/\n", HUB_VERSION, tls ? "https" : "http",
+           v6 ? "[" : "", shown, v6 ? "]" : "", hub_server_port(server));
     char engine[256];
     hub_server_engine_info(server, engine, sizeof(engine));
     printf("%s\n", engine);
@@ -455,6 +518,9 @@ int main(int argc, char **argv)
 
     uv_run(&loop, UV_RUN_DEFAULT);
     hub_server_free(server);
+#ifdef HUB_HAVE_TLS
+    hub_tls_ctx_free(tls);
+#endif
     int rc = uv_loop_close(&loop);
     if (rc != 0) {
         hub_log_error("event loop closed with live handles: %s", uv_strerror(rc));

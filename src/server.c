@@ -40,6 +40,9 @@
 #include "hub/origin.h"
 #include "hub/static.h"
 #include "hub/ws.h"
+#ifdef HUB_HAVE_TLS
+#include "hub/tls.h"
+#endif
 
 #include <signal.h>
 #include <stdio.h>
@@ -69,6 +72,7 @@ struct hub_server {
     uv_tcp_t listener;                /* the listening socket */
     uv_signal_t sigint;               /* SIGINT handler */
     uv_signal_t sigterm;              /* SIGTERM handler */
+    uv_signal_t sighup;               /* SIGHUP: reload the TLS certificate (TLS only) */
     uv_timer_t drain_timer;           /* paces the drain, then bounds it */
     uv_timer_t tick;                  /* once a second: chat's deferred work */
     struct hub_io *io;                /* loop-wide connection state, owned */
@@ -307,22 +311,28 @@ static void server_close_handles(struct hub_server *s)
     uv_close((uv_handle_t *)&s->tick, server_handle_closed);
     uv_close((uv_handle_t *)&s->sigint, server_handle_closed);
     uv_close((uv_handle_t *)&s->sigterm, server_handle_closed);
+    uv_close((uv_handle_t *)&s->sighup, server_handle_closed);
     /* Closing the handles gives the signals their default action back; the
      * hub is finishing anyway, and a late SIGTERM must not turn a clean exit
      * into death by signal. (signal() is standard C, on Windows too.) */
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
+#if defined(HUB_HAVE_TLS) && defined(SIGHUP)
+    if (s->cfg.tls != NULL)
+        signal(SIGHUP, SIG_IGN); /* a late reload request is moot */
+#endif
     hub_io_close(s->io);
     s->io = NULL;
 }
 
 /* Start-up failed after hub_io_init: closes the handles initialised so far
- * (s->nhandles of listener, sigint, sigterm, drain_timer, tick) and the io. */
+ * (s->nhandles of listener, sigint, sigterm, drain_timer, tick, sighup) and
+ * the io. */
 static void server_close_some(struct hub_server *s)
 {
     uv_handle_t *hs[] = {(uv_handle_t *)&s->listener, (uv_handle_t *)&s->sigint,
-                         (uv_handle_t *)&s->sigterm, (uv_handle_t *)&s->drain_timer,
-                         (uv_handle_t *)&s->tick};
+                         (uv_handle_t *)&s->sigterm,  (uv_handle_t *)&s->drain_timer,
+                         (uv_handle_t *)&s->tick,     (uv_handle_t *)&s->sighup};
     for (int i = 0; i < s->nhandles; i++)
         uv_close(hs[i], server_handle_closed);
     signal(SIGINT, SIG_IGN);
@@ -670,6 +680,10 @@ static int client_on_request(struct hub_http *h, const struct hub_http_request *
         struct hub_buf b = {0};
         hub_metrics_render(&b, hub_chat_room_count(s->chat), s->stopping);
         render_engine_metrics(&b, hub_chat_engine(s->chat));
+#ifdef HUB_HAVE_TLS
+        if (s->cfg.tls != NULL)
+            hub_tls_metrics_render(&b);
+#endif
         hub_http_respond(h, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
         hub_buf_free(&b);
         return HUB_HTTP_DONE;
@@ -713,6 +727,12 @@ static void client_turn_away(struct client *cl, int reason)
                                          : cl->server->cfg.max_conns);
     client_log(cl, HUB_LOG_INFO, "refused", 503, why, NULL, NULL);
     hub_metrics.refused[reason]++;
+    if (cl->conn.tls != NULL) {
+        /* No TLS handshake (the costly part) for a connection that is
+         * turned away anyway, so no 503 either: it is closed at once. */
+        hub_conn_close(&cl->conn);
+        return;
+    }
     hub_conn_write_force(&cl->conn, busy, sizeof(busy) - 1);
     hub_conn_close_after_flush(&cl->conn);
 }
@@ -751,6 +771,11 @@ static void server_on_connection(uv_stream_t *listener, int status)
     /* The address, once: logs need it after the socket is gone too. */
     snprintf(cl->addr, sizeof(cl->addr), "%s", hub_conn_peer(&cl->conn));
     cl->conn.addr = cl->addr;
+    if (s->cfg.tls != NULL && hub_conn_use_tls(&cl->conn, s->cfg.tls) != 0) {
+        hub_metrics.refused[HUB_REFUSE_NOMEM]++;
+        hub_conn_close(&cl->conn);
+        return;
+    }
     if (s->cfg.max_conns != 0 && s->nclients > s->cfg.max_conns) {
         client_turn_away(cl, HUB_REFUSE_MAX_CONNS);
         return;
@@ -885,6 +910,29 @@ static void server_on_signal(uv_signal_t *sig, int signum)
     }
     hub_server_shutdown(s);
 }
+
+#ifdef HUB_HAVE_TLS
+/* SIGHUP: re-read the certificate and key (a renewal). New handshakes use
+ * the new ones, open connections keep theirs; a bad file is logged and the
+ * old certificate stays in use. */
+static void server_on_sighup(uv_signal_t *sig, int signum)
+{
+    struct hub_server *s = sig->data;
+    char err[512];
+    unsigned warn = 0;
+    (void)signum;
+    if (hub_tls_ctx_reload(s->cfg.tls, 0, &warn, err, sizeof(err)) != 0) {
+        hub_log_error("TLS reload failed, keeping the old certificate: %s", err);
+        return;
+    }
+    char desc[512];
+    hub_tls_ctx_describe(s->cfg.tls, desc, sizeof(desc));
+    hub_log_info("TLS certificate reloaded: %s", desc);
+    for (unsigned bit = 1; bit != 0 && bit <= warn; bit <<= 1)
+        if (warn & bit)
+            hub_log_warn("%s", hub_tls_warning_text(bit));
+}
+#endif
 
 /* ---- start-up ---------------------------------------------------------- */
 
@@ -1065,6 +1113,7 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     s->http_cfg.csp = cfg->public_dir != NULL ? HUB_HTTP_CSP_FRAMES : HUB_HTTP_CSP_PAGE;
     s->http_cfg.max_header_bytes = cfg->max_header_bytes;
     s->http_cfg.max_headers = cfg->max_headers;
+    s->http_cfg.hsts = cfg->tls != NULL;
     hub_ws_config_default(&s->ws_cfg);
     s->ws_cfg.max_message = cfg->max_message;
     s->ws_cfg.max_fragments = cfg->max_fragments;
@@ -1095,9 +1144,14 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
         s->nhandles = 4;
         uvrc = uv_timer_init(loop, &s->tick);
     }
-    s->listener.data = s->sigint.data = s->sigterm.data = s->drain_timer.data = s->tick.data = s;
     if (uvrc == 0) {
         s->nhandles = 5;
+        uvrc = uv_signal_init(loop, &s->sighup);
+    }
+    s->listener.data = s->sigint.data = s->sigterm.data = s->drain_timer.data = s->tick.data = s;
+    s->sighup.data = s;
+    if (uvrc == 0) {
+        s->nhandles = 6;
         uvrc = uv_timer_start(&s->tick, tick_cb, 1000, 1000);
     }
     if (uvrc != 0) {
@@ -1108,6 +1162,7 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     uv_unref((uv_handle_t *)&s->sigint);
     uv_unref((uv_handle_t *)&s->sigterm);
     uv_unref((uv_handle_t *)&s->tick);
+    uv_unref((uv_handle_t *)&s->sighup);
     rc = server_bind(s, err, errsz);
     if (rc != 0)
         goto fail_handles;
@@ -1119,6 +1174,14 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
         s->listening = 0;
         goto fail_handles;
     }
+#ifdef HUB_HAVE_TLS
+    if (cfg->tls != NULL && (uvrc = uv_signal_start(&s->sighup, server_on_sighup, SIGHUP)) != 0) {
+        snprintf(err, errsz, "cannot handle SIGHUP (TLS reload): %s", uv_strerror(uvrc));
+        rc = HUB_EIO;
+        s->listening = 0;
+        goto fail_handles;
+    }
+#endif
     *out = s;
     return 0;
 

@@ -45,6 +45,18 @@
  *   written before more is read.
  * - Accounting: hub_metrics.output_queued is the sum of out.bytes over
  *   every attached connection (the chathub_output_queued_bytes gauge).
+ * - TLS (hub_conn_use_tls): the layers above see exactly the same calls and
+ *   plaintext. on_read gets decrypted bytes; out holds plaintext, and every
+ *   limit, watermark and urgent-write rule above applies to it unchanged.
+ *   The flush hands the leading plaintext of out to one hub_tls_flush batch
+ *   (whole records, not one per frame) and writes the resulting ciphertext
+ *   with one socket write, as the plain flush does; plaintext leaves out only
+ *   as it is encrypted, and the ciphertext waiting for the socket is bounded
+ *   by the TLS layer (HUB_TLS_DEFAULT_MAX_OUT), so a slow reader's backlog
+ *   stays in out where the limits see it. hub_conn_close_after_flush sends
+ *   close_notify after the last byte. A TLS failure (plain HTTP, garbage, a
+ *   bad handshake) sends what the TLS layer has due (an alert, its 400) and
+ *   closes, without waking the layers above.
  */
 #ifndef HUB_CONN_H
 #define HUB_CONN_H
@@ -55,6 +67,8 @@
 
 struct hub_conn;
 struct hub_io;
+struct hub_tls;
+struct hub_tls_ctx;
 
 /* Bytes arrived. data is lent for the duration of the call only. */
 typedef void (*hub_conn_read_cb)(struct hub_conn *c, const char *data, size_t len);
@@ -112,6 +126,7 @@ struct hub_conn {
                            (forwarded by a trusted proxy), or NULL; borrowed from the owner */
     uint64_t bytes_in;  /* bytes read (for the close log line) */
     uint64_t bytes_out; /* bytes written */
+    struct hub_tls *tls;            /* TLS state when the port speaks TLS, owned; else NULL */
 };
 
 /* Creates the loop-wide state: the lent read buffer and the flush handle.
@@ -139,6 +154,15 @@ void hub_conn_init_detached(struct hub_conn *c, size_t out_limit);
 /* Accepts a pending connection from server into c and starts reading.
  * Returns 0 or HUB_EIO (then close c). */
 int hub_conn_accept(struct hub_conn *c, uv_stream_t *server);
+
+/* Makes c speak TLS with ctx's current certificate: call it after
+ * hub_conn_accept, before the loop runs again (before any byte is read).
+ * From then on on_read receives plaintext and out holds plaintext, which
+ * each flush encrypts in one batch (see TLS above). ctx is borrowed for the
+ * call (the connection keeps its own reference to the certificate, so a
+ * reload or ctx's release does not affect it). Returns 0, HUB_ENOMEM, or
+ * HUB_EINVAL when the hub was built without TLS or c is detached. */
+int hub_conn_use_tls(struct hub_conn *c, struct hub_tls_ctx *ctx);
 
 /* Accepts the pending connection of server and closes it at once, without
  * allocating: for when the memory for a hub_conn cannot be had. libuv stops

@@ -69,6 +69,7 @@ struct hub_http_config {
     unsigned max_headers;          /* header lines; over it: 431 (100) */
     const struct hub_static *site; /* files to serve; borrowed, outlives every hub_http */
     const char *csp;               /* CSP of HTML responses (HUB_HTTP_CSP_PAGE); borrowed */
+    int hsts;                      /* 1: responses carry Strict-Transport-Security (TLS on) */
 };
 
 /* What the request callback did with a request. */

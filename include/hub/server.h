@@ -5,7 +5,9 @@
  * (static files, health, metrics) and, on a valid upgrade, a WebSocket and
  * a chat client, and enforces the connection policies (limits, Origin,
  * deadlines, heartbeat). It handles SIGINT and SIGTERM itself: stop
- * accepting, drain every client, and let the loop run dry.
+ * accepting, drain every client, and let the loop run dry. With a TLS
+ * context (cfg.tls) the port speaks TLS only, responses carry HSTS, and
+ * SIGHUP reloads the certificate and key.
  */
 #ifndef HUB_SERVER_H
 #define HUB_SERVER_H
@@ -16,6 +18,7 @@
 #include <uv.h>
 
 struct hub_server;
+struct hub_tls_ctx;
 
 struct hub_server_config {
     const char *host;       /* address to bind ("0.0.0.0", "::", "127.0.0.1", a name) */
@@ -63,6 +66,7 @@ struct hub_server_config {
     int strict_origin; /* 1: no local-dev Origin relaxation on loopback (origin.h) */
     const struct hub_cidr *trust_proxy; /* --trust-proxy networks (borrowed), or NULL */
     size_t ntrust_proxy;                     /* number of networks */
+    struct hub_tls_ctx *tls;          /* TLS on the port (borrowed, reloaded on SIGHUP), or NULL */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);

@@ -12,11 +12,18 @@
 //   - encodeFrame / FrameParser: minimal client-side WebSocket framing.
 // Every wait has a timeout; nothing asserts on a sleep. Every child process
 // started here is killed by PID if the test file ends or times out.
-import { spawn } from 'node:child_process';
+//
+// With CHATHUB_TEST_TLS=1 (the wss variants registered in tests/meson.build)
+// every server started here speaks TLS with a throwaway certificate made
+// with `openssl req` when the file starts, and RawHttp, httpRequest,
+// wsConnect and wsUrl speak TLS to it, trusting exactly that certificate:
+// the same test file then runs over wss:// unchanged.
+import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
+import tls from 'node:tls';
 import crypto from 'node:crypto';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
@@ -56,6 +63,20 @@ process.on('exit', () => {
 process.on('unhandledRejection', (err) => {
   console.log(`# warning: unhandled rejection: ${String(err && err.stack || err).replace(/\n/g, '\n# ')}`);
 });
+
+// The TLS variant: the throwaway certificate, or null without TLS.
+export const testTls = process.env.CHATHUB_TEST_TLS === '1' ? makeTestCert() : null;
+
+function makeTestCert() {
+  const dir = fs.mkdtempSync(path.join(scratch(), 'tls-'));
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
+    '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=localhost',
+    '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'pipe' });
+  fs.chmodSync(key, 0o600);
+  return { cert, key, pem: fs.readFileSync(cert) };
+}
 
 export function chathubBin() {
   const bin = process.env.CHATHUB_BIN;
@@ -126,6 +147,7 @@ export async function startServer(args = [], { timeoutMs = 10000, host = '127.0.
   if (process.env.CHATHUB_EXTRA_ARGS) {
     argv.splice(argv.length - args.length, 0, ...process.env.CHATHUB_EXTRA_ARGS.split(/\s+/).filter(Boolean));
   }
+  if (testTls) argv.push('--tls-cert', testTls.cert, '--tls-key', testTls.key);
   const proc = spawn(chathubBin(), argv, { stdio: ['ignore', 'pipe', 'pipe'], cwd: scratch() });
   children.add(proc);
   let stdout = '';
@@ -138,7 +160,8 @@ export async function startServer(args = [], { timeoutMs = 10000, host = '127.0.
   const started = new Promise((resolve, reject) => {
     proc.stdout.on('data', (d) => {
       stdout += d;
-      const m = /listening on (http:\/\/\S+)/.exec(stdout);
+      const m = (testTls ? /listening on (https:\/\/\S+)/ : /listening on (http:\/\/\S+)/)
+        .exec(stdout);
       if (m) resolve(m[1]);
     });
     proc.once('error', reject);
@@ -162,7 +185,7 @@ export async function startServer(args = [], { timeoutMs = 10000, host = '127.0.
     port,
     proc,
     output,
-    wsUrl: (path = '/') => `ws://${u.hostname}:${port}${path}`,
+    wsUrl: (path = '/') => `${testTls ? 'wss' : 'ws'}://${u.hostname}:${port}${path}`,
     alive: () => proc.exitCode === null && proc.signalCode === null,
     async stop(signal = 'SIGTERM', stopTimeoutMs = 5000) {
       if (server.alive()) {
@@ -321,8 +344,13 @@ export function parseHead(buf) {
 export class RawHttp {
   static connect(port, host = '127.0.0.1', timeoutMs = 5000) {
     return withTimeout(new Promise((resolve, reject) => {
-      const sock = net.connect({ port, host });
-      sock.once('connect', () => { sock.off('error', reject); resolve(new RawHttp(sock)); });
+      const sock = testTls
+        ? tls.connect({ port, host, ca: testTls.pem, servername: 'localhost' })
+        : net.connect({ port, host });
+      sock.once(testTls ? 'secureConnect' : 'connect', () => {
+        sock.off('error', reject);
+        resolve(new RawHttp(sock));
+      });
       sock.once('error', reject);
     }), timeoutMs, `connect to ${host}:${port} timed out`);
   }
@@ -643,8 +671,10 @@ export class Client {
 // response is on client.response.
 // localAddress picks the source address (any 127.x.y.z works on Linux).
 export function wsConnect(url, { protocols, headers, timeoutMs = 5000, maxPayload, localAddress } = {}) {
+  if (testTls) url = String(url).replace(/^ws:/, 'wss:');
   const ws = new WebSocket(url, protocols, {
     headers,
+    ...(testTls ? { ca: testTls.pem, servername: 'localhost' } : {}),
     ...(localAddress ? { localAddress } : {}),
     perMessageDeflate: false,
     handshakeTimeout: timeoutMs,
