@@ -77,8 +77,9 @@
 /* Completions fired per wake-up of the loop: bounded work per iteration. */
 #define FIRE_PER_WAKEUP 1024
 
-/* The schema this file writes (PRAGMA user_version). Version 0 is the
- * schema before rooms counted their bytes; it is upgraded at open. */
+/* The schema this file writes (PRAGMA user_version; upgrade_sql and
+ * schema_open write the figure literally). Version 0 is the schema before
+ * rooms counted their bytes; it is upgraded at open. */
 #define SCHEMA_VERSION 2
 
 /* The writer takes at most this many bytes of requests (their strings and
@@ -1799,12 +1800,6 @@ static int db_open(struct sqlite_store *h, char *err, size_t errsz)
     }
     /* A budget lowered since the last run applies at once. */
     quota_pass(h, 0);
-    if (h->cfg.max_bytes > 0)
-        hub_log_info("history: %s holds %llu bytes of %llu allowed (--history-max-bytes)", h->path,
-                     (unsigned long long)h->pub.bytes, (unsigned long long)h->cfg.max_bytes);
-    else
-        hub_log_info("history: %s holds %llu bytes, no disk budget", h->path,
-                     (unsigned long long)h->pub.bytes);
     return 0;
 
 fail_db:

@@ -160,8 +160,9 @@ int hub_history_read(struct hub_history *h, struct hub_iov room, int dir, uint64
  * the space. Setting the same state twice is harmless. It takes effect at
  * once, outside the request order, and has no callback. room is copied.
  * Returns 0, or HUB_ENOMEM when holding a room the store had no state for
- * (the room still works, unprotected). The SQLite store keeps everything
- * on disk anyway and returns 0. */
+ * (the room still works, unprotected). The SQLite store returns 0 and
+ * ignores it: its disk budget keeps the newest message of every room,
+ * held or not. */
 int hub_history_hold(struct hub_history *h, struct hub_iov room, int held);
 
 /* What the store holds, for /metrics and tests. */
