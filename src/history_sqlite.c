@@ -45,7 +45,9 @@
  * deletions happen once per db_high/8 of new history, not per append.
  * Batches are capped (batch_max: BATCH_MAX_BYTES, and a quarter of the
  * log's share under a budget) so that one batch cannot take the files far
- * past the budget before the pass after it.
+ * past the budget before the pass after it. The pass measures only after
+ * check_every bytes of new rows (1/64 of the database's share, at most
+ * 1 MiB), so small transactions do not pay for it one by one.
  */
 #include "hub/history.h"
 #include "hub/hmap.h"
@@ -290,6 +292,9 @@ struct sqlite_store {
     uint64_t db_high;           /* the database's share of max_bytes */
     uint64_t db_low;            /* a pass that deletes brings live pages down to this */
     size_t batch_max;           /* request bytes per batch (read under mu) */
+    int64_t check_every;        /* ROW_EST bytes committed between two measurements */
+    int64_t since_check;        /* ROW_EST bytes committed since the last one */
+    uint64_t bytes_seen;        /* the files' size at the last measurement */
     int quota_warned;           /* a pass fell short; cleared once one reaches db_low */
 
     /* Loop thread, once the writer has exited. */
@@ -818,6 +823,8 @@ static int txn_commit(struct sqlite_store *h)
     h->tot_msgs += h->d_msgs;
     h->tot_est += h->d_est;
     h->tot_dropped += h->d_dropped;
+    if (h->d_est > 0)
+        h->since_check += h->d_est;
     h->d_rooms = h->d_msgs = h->d_est = h->d_dropped = 0;
     return 0;
 }
@@ -864,12 +871,15 @@ static void checkpoint(struct sqlite_store *h)
     (void)sqlite3_exec(h->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
 }
 
-/* Measures the files and publishes the figures for hub_history_stats. */
-static void publish(struct sqlite_store *h, int locked)
+/* Publishes the figures for hub_history_stats, measuring the files first
+ * when measure is set (else their size is the last one measured). */
+static void publish(struct sqlite_store *h, int locked, int measure)
 {
     struct hub_history_stats st;
-    st.bytes = file_size(h->db, SQLITE_FCNTL_FILE_POINTER) +
-               file_size(h->db, SQLITE_FCNTL_JOURNAL_POINTER);
+    if (measure)
+        h->bytes_seen = file_size(h->db, SQLITE_FCNTL_FILE_POINTER) +
+                        file_size(h->db, SQLITE_FCNTL_JOURNAL_POINTER);
+    st.bytes = h->bytes_seen;
     st.rooms = h->tot_rooms > 0 ? (uint64_t)h->tot_rooms : 0;
     st.held = 0;
     st.messages = h->tot_msgs > 0 ? (uint64_t)h->tot_msgs : 0;
@@ -973,12 +983,19 @@ static int trim_largest(struct sqlite_store *h, int64_t need, int *progress)
 }
 
 /* Brings the files back under the budget after a batch (see the top of the
- * file), then publishes the figures. */
-static void quota_pass(struct sqlite_store *h, int locked)
+ * file), then publishes the figures. Unless forced, it looks at the files
+ * only once check_every bytes were committed since it last did: a trickle
+ * of small appends, a transaction each, does not pay for it every time. */
+static void quota_pass(struct sqlite_store *h, int locked, int force)
 {
     int64_t pages = 0, free_pages = 0;
     int64_t ps = h->page_size;
 
+    if (!force && h->since_check < h->check_every) {
+        publish(h, locked, 0);
+        return;
+    }
+    h->since_check = 0;
     if (h->wal_max == 0 || page_counts(h, &pages, &free_pages) != 0)
         goto out;
     if ((uint64_t)(pages * ps) <= h->db_high)
@@ -1038,7 +1055,7 @@ wal:
     if (file_size(h->db, SQLITE_FCNTL_JOURNAL_POINTER) > h->wal_max)
         checkpoint(h);
 out:
-    publish(h, locked);
+    publish(h, locked, 1);
 }
 
 /* Runs the whole batch in one transaction. Returns 0 once it committed. */
@@ -1152,9 +1169,9 @@ static void writer_main(void *arg)
         if (closing) {
             /* The last batch gets its pass too; then one self-contained
              * file is left behind for backups and tools. */
-            quota_pass(h, 1);
+            quota_pass(h, 1, 1);
             checkpoint(h);
-            publish(h, 1);
+            publish(h, 1, 1);
             db_close(h);
             cache_free(h);
         }
@@ -1171,7 +1188,7 @@ static void writer_main(void *arg)
             return;
         /* After the completions are on their way: the acks do not wait for
          * the deletions, and the next batch sees them. */
-        quota_pass(h, 1);
+        quota_pass(h, 1, 0);
     }
 }
 
@@ -1680,6 +1697,7 @@ static int budget_open(struct sqlite_store *h)
         h->page_size = 4096;
 
     h->batch_max = BATCH_MAX_BYTES;
+    h->check_every = BATCH_MAX_BYTES;
     uint64_t b = h->cfg.max_bytes;
     if (b == 0)
         return SQLITE_OK;
@@ -1698,6 +1716,10 @@ static int budget_open(struct sqlite_store *h)
      * next to the log's share. */
     if (h->batch_max > w / 4)
         h->batch_max = w / 4 > (16u << 10) ? (size_t)(w / 4) : (16u << 10);
+    /* Measured often enough that the files pass db_high by little more
+     * than a batch before a pass sees it. */
+    int64_t every = (int64_t)((h->db_high - h->db_low) / 8);
+    h->check_every = every < (16 << 10) ? (16 << 10) : every > (1 << 20) ? (1 << 20) : every;
 
     char sql[96];
     snprintf(sql, sizeof(sql), "PRAGMA journal_size_limit=%llu", (unsigned long long)h->wal_max);
@@ -1799,7 +1821,7 @@ static int db_open(struct sqlite_store *h, char *err, size_t errsz)
             goto fail_db;
     }
     /* A budget lowered since the last run applies at once. */
-    quota_pass(h, 0);
+    quota_pass(h, 0, 1);
     return 0;
 
 fail_db:
