@@ -68,7 +68,17 @@ static void usage(FILE *f)
         "  --data-dir DIR        where the SQLite history lives (default ./chathub-data)\n"
         "  --history N           messages kept per room (default 1000)\n"
         "  --history-ttl S       drop messages older than S seconds (default 0: keep)\n"
-        "  --no-persist          keep history in memory only (lost on restart)\n");
+        "  --no-persist          keep history in memory only (lost on restart)\n"
+        "  --history-max-bytes N disk budget of the SQLite history, in bytes: past it the\n"
+        "                        oldest messages of the largest rooms go first (default\n"
+        "                        1073741824, 1 GiB; 0 = no limit)\n"
+        "\n"
+        "Global caps (see docs/operations.md):\n"
+        "  --max-total-rooms N   rooms that exist at once, over all clients (default 10000;\n"
+        "                        0 = no limit): joins past it fail too_many_rooms_total,\n"
+        "                        raw upgrades into a new room get 503\n"
+        "  --max-total-output BYTES  output queued to all clients together before the hub\n"
+        "                        stops reading from publishers (default 268435456; 0 = off)\n");
 }
 
 HUB_PRINTF_LIKE(1, 2) static int usage_error(const char *fmt, ...)
@@ -103,7 +113,8 @@ struct num_option {
     const char *name;       /* "--max-conns" */
     unsigned long long min; /* smallest accepted value */
     unsigned long long max; /* largest accepted value */
-    int kind;               /* 0: size_t, 1: uint32_t, 2: seconds into uint32_t ms, 3: int */
+    int kind;               /* 0: size_t, 1: uint32_t, 2: seconds into uint32_t ms, 3: int,
+                               4: uint64_t */
     void *dst;              /* the config field */
 };
 
@@ -166,6 +177,9 @@ int main(int argc, char **argv)
         {"--drain-timeout", 0, 3600, 2, &cfg.drain_ms},
         {"--history", 1, 1000000, 1, &cfg.history},
         {"--history-ttl", 0, 100u * 365 * 86400, 1, &cfg.history_ttl_s},
+        {"--history-max-bytes", 0, 1ull << 50, 4, &cfg.history_max_bytes},
+        {"--max-total-rooms", 0, 100000000, 1, &cfg.max_total_rooms},
+        {"--max-total-output", 0, 1ull << 40, 4, &cfg.max_total_output},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -195,6 +209,8 @@ int main(int argc, char **argv)
                 *(uint32_t *)o->dst = (uint32_t)n;
             else if (o->kind == 2)
                 *(uint32_t *)o->dst = (uint32_t)n * 1000;
+            else if (o->kind == 4)
+                *(uint64_t *)o->dst = (uint64_t)n;
             else
                 *(int *)o->dst = (int)n;
         } else if (missing) {
@@ -255,13 +271,28 @@ int main(int argc, char **argv)
         uv_loop_close(&loop);
         return 1;
     }
-    /* The wildcard addresses are not something a browser can open. */
-    const char *shown = cfg.host;
-    if (strcmp(shown, "0.0.0.0") == 0 || strcmp(shown, "::") == 0)
-        shown = "localhost";
-    int v6 = strchr(shown, ':') != NULL;
-    printf("chathub %s listening on http://%s%s%s:%d/\n", HUB_VERSION, v6 ? "[" : "", shown,
-           v6 ? "]" : "", hub_server_port(server));
+    /* The line names the address actually bound, so that an operator sees
+     * at once whether the hub is open to the network. A wildcard address is
+     * not something a browser can open: the note gives the local URL. */
+    char bound[80];
+    int loopback = 0;
+    hub_server_bound(server, bound, sizeof(bound), &loopback);
+    int port = hub_server_port(server);
+    if (loopback)
+        printf("chathub %s listening on http://%s/ (loopback only)", HUB_VERSION, bound);
+    else if (strncmp(bound, "0.0.0.0:", 8) == 0 || strncmp(bound, "[::]:", 5) == 0)
+        printf("chathub %s listening on http://%s/ (all interfaces: reachable from the network; "
+               "on this machine open http://localhost:%d/)",
+               HUB_VERSION, bound, port);
+    else
+        printf("chathub %s listening on http://%s/ (reachable from the network)", HUB_VERSION,
+               bound);
+    if (cfg.persist)
+        printf("; history in %s, disk budget %llu bytes%s\n", cfg.data_dir,
+               (unsigned long long)cfg.history_max_bytes,
+               cfg.history_max_bytes == 0 ? " (no limit)" : "");
+    else
+        printf("; history in memory only\n");
     fflush(stdout);
 
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -80,6 +80,7 @@ struct hub_server {
     int nhandles;                     /* start-up: handles initialised so far */
     uint64_t drain_deadline;          /* loop time when the drain gives up */
     uint64_t rng;                     /* jitter for bye retry delays */
+    struct sockaddr_storage bound;    /* the address the listener is bound to */
 };
 
 enum client_phase {
@@ -125,6 +126,9 @@ void hub_server_config_default(struct hub_server_config *cfg)
     cfg->data_dir = "./chathub-data";
     cfg->persist = 1;
     cfg->history = 1000;
+    cfg->history_max_bytes = HUB_HISTORY_DISK_MAX_BYTES_DEFAULT;
+    cfg->max_total_rooms = 10000;
+    cfg->max_total_output = 256u << 20;
 }
 
 static uint64_t *phase_gauge(int phase)
@@ -356,6 +360,31 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
 
 /* ---- HTTP phase -------------------------------------------------------- */
 
+/* The /metrics rows of the history store's budget and of the global caps
+ * (issue 14), appended after the common ones. */
+static void render_limits(struct hub_server *s, struct hub_buf *b)
+{
+    struct hub_history_stats hs;
+    hub_history_stats(s->history, &hs);
+    uint64_t max = s->cfg.persist ? s->cfg.history_max_bytes : HUB_HISTORY_MAX_BYTES_DEFAULT;
+    hub_buf_printf(b,
+                   "# HELP chathub_history_bytes Bytes the history store counts against its "
+                   "budget (SQLite: its files on disk).\n# TYPE chathub_history_bytes gauge\n"
+                   "chathub_history_bytes %llu\n"
+                   "# HELP chathub_history_max_bytes The history store's byte budget (0 = none).\n"
+                   "# TYPE chathub_history_max_bytes gauge\nchathub_history_max_bytes %llu\n"
+                   "# HELP chathub_history_rooms Rooms the history store holds a stream for.\n"
+                   "# TYPE chathub_history_rooms gauge\nchathub_history_rooms %llu\n"
+                   "# HELP chathub_history_messages Messages the history store holds.\n"
+                   "# TYPE chathub_history_messages gauge\nchathub_history_messages %llu\n"
+                   "# HELP chathub_history_dropped_total Messages dropped to keep the budget.\n"
+                   "# TYPE chathub_history_dropped_total counter\n"
+                   "chathub_history_dropped_total %llu\n",
+                   (unsigned long long)hs.bytes, (unsigned long long)max,
+                   (unsigned long long)hs.rooms, (unsigned long long)hs.messages,
+                   (unsigned long long)hs.dropped);
+}
+
 static int client_on_request(struct hub_http *h, const struct hub_http_request *req, void *data)
 {
     struct client *cl = data;
@@ -379,6 +408,7 @@ static int client_on_request(struct hub_http *h, const struct hub_http_request *
     if (hub_iov_eq_ci(req->path, "/metrics")) {
         struct hub_buf b = {0};
         hub_metrics_render(&b, hub_chat_room_count(s->chat), s->stopping);
+        render_limits(s, &b);
         hub_http_respond(h, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
         hub_buf_free(&b);
         return HUB_HTTP_DONE;
@@ -616,6 +646,7 @@ static int server_bind(struct hub_server *s, char *err, size_t errsz)
     }
     s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    s->bound = ss;
     return 0;
 }
 
@@ -650,6 +681,8 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     hub_history_config_default(&hist_cfg);
     hist_cfg.max_per_room = cfg->history;
     hist_cfg.ttl_ms = (int64_t)cfg->history_ttl_s * 1000;
+    if (cfg->persist)
+        hist_cfg.max_bytes = cfg->history_max_bytes; /* a disk budget, not the memory one */
     if (cfg->persist)
         rc = hub_history_open_sqlite(&s->history, loop, cfg->data_dir, &hist_cfg, err, errsz);
     else
@@ -751,6 +784,23 @@ fail:
 int hub_server_port(const struct hub_server *s)
 {
     return s->port;
+}
+
+void hub_server_bound(const struct hub_server *s, char *out, size_t outsz, int *loopback)
+{
+    char ip[64] = "?";
+    int v6 = s->bound.ss_family == AF_INET6;
+    if (v6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&s->bound;
+        uv_ip6_name(a, ip, sizeof(ip));
+        static const unsigned char one[16] = {[15] = 1};
+        *loopback = memcmp(&a->sin6_addr, one, 16) == 0;
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&s->bound;
+        uv_ip4_name(a, ip, sizeof(ip));
+        *loopback = (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+    }
+    snprintf(out, outsz, "%s%s%s:%d", v6 ? "[" : "", ip, v6 ? "]" : "", s->port);
 }
 
 void hub_server_free(struct hub_server *s)

@@ -43,6 +43,11 @@ struct hub_server_config {
     int persist;                      /* 1: history in SQLite; 0: in memory only */
     uint32_t history;                 /* messages kept per room (1000) */
     uint32_t history_ttl_s;           /* age limit of history in seconds (0 = none) */
+    uint64_t history_max_bytes;       /* disk budget of the SQLite history
+                                         (HUB_HISTORY_DISK_MAX_BYTES_DEFAULT; 0 = none) */
+    uint32_t max_total_rooms;         /* rooms that exist at once (10000; 0 = no limit) */
+    uint64_t max_total_output;        /* output queued to all clients before publishers stop
+                                         being read (256 MiB; 0 = no limit) */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
@@ -57,6 +62,11 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
 
 /* The port actually bound (useful with port 0). */
 int hub_server_port(const struct hub_server *s);
+
+/* Writes the address actually bound, numeric, with the port
+ * ("0.0.0.0:8080", "[::1]:8080"), into out. Sets *loopback to 1 when only
+ * this host can reach it (127.0.0.0/8, ::1). */
+void hub_server_bound(const struct hub_server *s, char *out, size_t outsz, int *loopback);
 
 /* Starts the same orderly shutdown a signal does. */
 void hub_server_shutdown(struct hub_server *s);

@@ -4,8 +4,10 @@
 // and the newest message of every room is readable and intact. A room that
 // lost its oldest messages says so: a join with `since` before them gets a
 // `gap` push with reason `expired`. /metrics shows the bytes used.
+// The other history rows of /metrics (max, rooms, messages, dropped) agree
+// with what was written, and the hub's memory is reported.
 //
-// Exits 77 (meson: SKIP) while the binary does not have the flag yet.
+// Exits 77 (meson: SKIP) when the binary does not have the flag.
 import fs from 'node:fs';
 import path from 'node:path';
 import { test, assert, startServer, runChathub } from '../integration/lib.mjs';
@@ -118,6 +120,22 @@ test(`${(TOTAL / 1048576).toFixed(0)} MiB into ${ROOMS} rooms under --history-ma
   await readNewest(reader, last);
   const running = duB(dir);
   const bytesMetric = await metric(s, 'chathub_history_bytes');
+  assert.equal(await metric(s, 'chathub_history_max_bytes'), BUDGET, 'chathub_history_max_bytes');
+  const roomsMetric = await metric(s, 'chathub_history_rooms');
+  const msgsMetric = await metric(s, 'chathub_history_messages');
+  const droppedMetric = await metric(s, 'chathub_history_dropped_total');
+  assert.ok(roomsMetric >= ROOMS, `chathub_history_rooms ${roomsMetric}`);
+  assert.ok(msgsMetric >= ROOMS && msgsMetric < N, `chathub_history_messages ${msgsMetric}`);
+  assert.ok(droppedMetric > 0 && droppedMetric + msgsMetric <= N,
+    `chathub_history_dropped_total ${droppedMetric} (held ${msgsMetric} of ${N})`);
+  // The hub's memory: resident now and at its peak (Linux only).
+  const rss = (() => {
+    try {
+      const st = fs.readFileSync(`/proc/${s.proc.pid}/status`, 'utf8');
+      const kb = (k) => Number((new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(st) || [0, 0])[1]);
+      return `VmRSS ${kb('VmRSS')} kB, VmHWM ${kb('VmHWM')} kB`;
+    } catch { return 'RSS not available'; }
+  })();
 
   // A resume from before the cut: gap `expired`, then the newest page.
   const room = roomOf(7);
@@ -145,6 +163,8 @@ test(`${(TOTAL / 1048576).toFixed(0)} MiB into ${ROOMS} rooms under --history-ma
   console.log(`# data dir (du -b): peak sampled during the fill ${peakDu}, after it ${running}, ` +
     `after a clean stop ${stopped}; chathub_history_bytes ${bytesMetric}; ` +
     `gap on resume from 0 in ${room}: ${gap.from}..${gap.to}`);
+  console.log(`# /metrics: chathub_history_rooms ${roomsMetric}, chathub_history_messages ${msgsMetric}, ` +
+    `chathub_history_dropped_total ${droppedMetric}; hub memory after the fill: ${rss}`);
   assert.ok(peakDu < LIMIT, `data dir reached ${peakDu} bytes during the fill (limit ${LIMIT})`);
   assert.ok(running < LIMIT, `data dir ${running} bytes after the fill (limit ${LIMIT})`);
   assert.ok(stopped <= BUDGET + 4096, `data dir ${stopped} bytes after a clean stop (budget ${BUDGET})`);
