@@ -26,6 +26,7 @@
  *   flight (a reference each); once the connection is gone it sends nothing.
  */
 #include "chat_int.h"
+#include "hub/flow.h"
 #include "hub/history.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
@@ -289,6 +290,18 @@ size_t hub_chat_room_count(const struct hub_chat *chat)
     return hub_rooms_count(chat->rooms);
 }
 
+int hub_chat_room_admits(const struct hub_chat *chat, struct hub_iov name)
+{
+    uint32_t max = chat->cfg.max_total_rooms;
+    return max == 0 || hub_rooms_count(chat->rooms) < max ||
+           hub_rooms_find(chat->rooms, name.base, name.len) != NULL;
+}
+
+uint64_t hub_chat_rooms_refused(const struct hub_chat *chat)
+{
+    return chat->rooms_refused;
+}
+
 /* ---- sequencing ------------------------------------------------------ */
 
 /* A message on its way through history: everything the completion needs,
@@ -334,6 +347,8 @@ static void pm_appended(void *data, int err, uint64_t offset, int64_t ts, int du
 {
     struct pending_msg *pm = data;
     struct hub_chat_client *cl = pm->cl;
+    if (!cl->dead) /* delivered below: no longer in flight (flow.h) */
+        hub_flow_published(cl->chat->cfg.flow, hub_ws_conn(cl->ws), pm->text_len);
     if (err != 0) {
         int64_t now = chat_now(cl->chat);
         if (now - cl->chat->storage_warned >= 10000) {
@@ -375,6 +390,8 @@ static void pm_relay(void *data)
 {
     struct pending_msg *pm = data;
     struct hub_chat_client *cl = pm->cl;
+    if (!cl->dead)
+        hub_flow_published(cl->chat->cfg.flow, hub_ws_conn(cl->ws), pm->text_len);
     pm_broadcast(pm, 0, 0);
     free(pm);
     chat_client_unref(cl);
@@ -412,14 +429,25 @@ void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov r
         chat_send_error(cl, id, "internal", "the message could not be queued");
         free(pm);
         chat_client_unref(cl);
+        return;
     }
+    /* Backpressure (flow.h): counted in flight until delivered; a sender
+     * into a congested room, or with too much in flight, stops being read. */
+    hub_flow_publish(chat->cfg.flow, hub_ws_conn(cl->ws), room.base, room.len, text.len);
 }
 
 /* Token bucket: rate tokens a second, at most burst saved up. Returns 1 if
- * the client may send one more message now. */
-static int take_token(struct hub_chat_client *cl)
+ * the client may send one more message now. Over the limit the hub stops
+ * reading the connection until the bucket holds a token again (*pause_ms,
+ * 0 for no pause; TCP then slows the sender), but the messages already read
+ * must be handled: a JSON request is refused (rate_limited, which the client
+ * can retry), while a raw line, which has no way to be refused but to be
+ * lost, is relayed on credit, up to CHAT_RATE_DEBT_S seconds of the rate,
+ * and the pause lasts until the debt is paid back. */
+static int take_token(struct hub_chat_client *cl, uint32_t *pause_ms)
 {
     const struct hub_chat_config *cfg = &cl->chat->cfg;
+    *pause_ms = 0;
     if (cfg->rate == 0)
         return 1;
     int64_t now = chat_now(cl->chat);
@@ -429,15 +457,19 @@ static int take_token(struct hub_chat_client *cl)
             cl->tokens = cfg->burst;
         cl->refilled = now;
     }
+    double floor = cl->mode == HUB_CHAT_RAW ? -(double)cfg->rate * CHAT_RATE_DEBT_S : 0.0;
+    int ok = cl->tokens - 1.0 >= floor;
+    if (ok)
+        cl->tokens -= 1.0;
     if (cl->tokens < 1.0)
-        return 0;
-    cl->tokens -= 1.0;
-    return 1;
+        *pause_ms = (uint32_t)((1.0 - cl->tokens) * 1000.0 / cfg->rate) + 1;
+    return ok;
 }
 
 /* A message over the rate limit: JSON clients get an error reply, raw ones
- * lose it silently; a client that keeps going after a whole burst of
- * refusals is closed with 4013 (it may reconnect and slow down). */
+ * (past their credit) lose it; a client that keeps going after a whole
+ * burst of refusals, all read before the hub could stop reading it, is
+ * closed with 4013 (it may reconnect and slow down). */
 static void refuse_rate(struct hub_chat_client *cl, const char *data, size_t len)
 {
     hub_metrics.rate_limited++;
@@ -459,7 +491,11 @@ void hub_chat_client_message(struct hub_chat_client *cl, int opcode, const char 
 {
     if (data == NULL)
         data = ""; /* an empty message may come without a buffer */
-    if (!take_token(cl)) {
+    uint32_t pause_ms;
+    int ok = take_token(cl, &pause_ms);
+    if (pause_ms > 0) /* backpressure: no more reads until the bucket refills */
+        hub_flow_rate_hold(cl->chat->cfg.flow, hub_ws_conn(cl->ws), pause_ms);
+    if (!ok) {
         refuse_rate(cl, data, len);
         return;
     }

@@ -36,6 +36,9 @@ struct hello_state;
 #define CHAT_PAGE_DEFAULT (256 * 1024) /* page bytes without an output limit */
 #define CHAT_PAGE_SLACK 8192           /* output room kept for a reply's other fields */
 #define ROOMS_LIST_MAX 200             /* rooms in a rooms reply */
+#define CHAT_RATE_DEBT_S                                                                           \
+    10 /* raw lines read past the bucket: up to this many                                          \
+          seconds of the rate are still relayed */
 
 /* Per-room bookkeeping for presence in big rooms, kept only for rooms that
  * passed HUB_CHAT_LIST_MAX members. */
@@ -57,6 +60,7 @@ struct hub_chat {
     struct count_entry *counts;     /* big rooms, owned */
     size_t ncounts;                 /* entries in counts */
     int64_t storage_warned;         /* when a failed store was last logged */
+    uint64_t rooms_refused;         /* joins and upgrades refused by max_total_rooms */
 };
 
 struct typing_mark {

@@ -22,6 +22,10 @@
 int chat_join_room(struct hub_chat_client *cl, struct hub_iov name, struct hub_room **out)
 {
     struct hub_room *room;
+    if (!hub_chat_room_admits(cl->chat, name)) {
+        cl->chat->rooms_refused++; /* --max-total-rooms: a new room would pass it */
+        return HUB_EAGAIN;
+    }
     int rc = hub_rooms_join(cl->chat->rooms, &cl->member, name.base, name.len, &room);
     if (rc != 0)
         return rc;
@@ -493,6 +497,11 @@ int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_s
     if (rc == HUB_ELIMIT) {
         *code = "too_many_rooms";
         *message = "you are in the maximum number of rooms already";
+        goto fail_free;
+    }
+    if (rc == HUB_EAGAIN) {
+        *code = "too_many_rooms_total";
+        *message = "the hub has as many rooms as it may; try again later";
         goto fail_free;
     }
     if (rc != 0 || sub_add(cl, room, hello) != 0)

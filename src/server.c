@@ -27,6 +27,7 @@
 #include "hub/server.h"
 #include "hub/chat.h"
 #include "hub/conn.h"
+#include "hub/flow.h"
 #include "hub/history.h"
 #include "hub/http.h"
 #include "hub/log.h"
@@ -68,6 +69,7 @@ struct hub_server {
     struct hub_static *site;          /* files served, owned */
     struct hub_history *history;      /* message store, owned */
     struct hub_chat *chat;            /* chat state, owned */
+    struct hub_flow *flow;            /* backpressure on senders, owned (freed by its close) */
     struct hub_http_config http_cfg;  /* per-connection HTTP limits */
     struct hub_ws_config ws_cfg;      /* per-connection WebSocket limits */
     struct hub_origin_policy origins; /* --allow-origin patterns */
@@ -80,6 +82,7 @@ struct hub_server {
     int nhandles;                     /* start-up: handles initialised so far */
     uint64_t drain_deadline;          /* loop time when the drain gives up */
     uint64_t rng;                     /* jitter for bye retry delays */
+    uint64_t raw_rooms_refused;       /* raw upgrades answered 503 by --max-total-rooms */
     struct sockaddr_storage bound;    /* the address the listener is bound to */
 };
 
@@ -212,6 +215,8 @@ static void server_close_handles(struct hub_server *s)
     signal(SIGTERM, SIG_IGN);
     hub_io_close(s->io);
     s->io = NULL;
+    hub_flow_close(s->flow);
+    s->flow = NULL;
 }
 
 /* Start-up failed after hub_io_init: closes the handles initialised so far
@@ -254,6 +259,7 @@ static void client_on_close(struct hub_conn *c)
 {
     struct client *cl = HUB_CONTAINER_OF(c, struct client, conn);
     struct hub_server *s = cl->server;
+    hub_flow_forget(s->flow, c);
     hub_chat_client_free(cl->chat);
     hub_ws_free(cl->ws);
     hub_http_free(cl->http);
@@ -291,7 +297,9 @@ static void client_on_timeout(struct hub_conn *c)
         return;
     }
     uint64_t now = hub_conn_now(c);
-    if (cl->ping_sent != 0 && c->last_rx < cl->ping_sent) {
+    /* A connection the hub itself does not read (flow.h) cannot show that
+     * it is alive: its silence is not held against it. */
+    if (cl->ping_sent != 0 && c->last_rx < cl->ping_sent && !(c->flags & HUB_CONN_PAUSED_OWNER)) {
         /* Not a single byte since our ping: the peer or the path is dead. */
         hub_metrics.heartbeat_closes++;
         hub_log_debug("%s: no answer to ping, closing", hub_conn_peer(c));
@@ -338,12 +346,22 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
         hub_http_respond(h, 400, "text/plain; charset=utf-8", NULL, msg, sizeof(msg) - 1);
         return HUB_HTTP_DONE;
     }
+    int json = hub_iov_has_token(req->ws_protocol, "chathub.v1");
+    if (!json && !hub_chat_room_admits(s->chat, room)) {
+        /* --max-total-rooms: a raw client would create a room past it. */
+        hub_log_info("%s: refused a new room: --max-total-rooms %u reached",
+                     hub_conn_peer(&cl->conn), s->cfg.max_total_rooms);
+        s->raw_rooms_refused++;
+        static const char msg[] = "503 too many rooms on this hub; try again later\n";
+        hub_http_respond(h, 503, "text/plain; charset=utf-8", "Retry-After: 30\r\n", msg,
+                         sizeof(msg) - 1);
+        return HUB_HTTP_DONE;
+    }
     cl->ws = hub_ws_new(&cl->conn, &s->ws_cfg, client_on_ws_message, cl);
     if (cl->ws == NULL)
         return refuse(h, 503, HUB_REFUSE_MAX_CONNS);
     /* Offering chathub.v1 selects the JSON protocol; anything else (or no
      * subprotocol) is raw mode, and the 101 then names no subprotocol. */
-    int json = hub_iov_has_token(req->ws_protocol, "chathub.v1");
     if (hub_http_accept_websocket(h, req, json ? "chathub.v1" : NULL) != 0) {
         hub_ws_free(cl->ws);
         cl->ws = NULL;
@@ -383,6 +401,32 @@ static void render_limits(struct hub_server *s, struct hub_buf *b)
                    (unsigned long long)hs.bytes, (unsigned long long)max,
                    (unsigned long long)hs.rooms, (unsigned long long)hs.messages,
                    (unsigned long long)hs.dropped);
+    struct hub_flow_stats fs;
+    hub_flow_stats(s->flow, &fs);
+    hub_buf_printf(b,
+                   "# HELP chathub_rooms_refused_total Joins and raw upgrades refused by "
+                   "--max-total-rooms.\n# TYPE chathub_rooms_refused_total counter\n"
+                   "chathub_rooms_refused_total %llu\n"
+                   "# HELP chathub_max_total_rooms The --max-total-rooms cap (0 = none).\n"
+                   "# TYPE chathub_max_total_rooms gauge\nchathub_max_total_rooms %u\n"
+                   "# HELP chathub_max_total_output_bytes The --max-total-output cap (0 = none).\n"
+                   "# TYPE chathub_max_total_output_bytes gauge\n"
+                   "chathub_max_total_output_bytes %llu\n"
+                   "# HELP chathub_flow_holds_total Times a sender stopped being read, by reason.\n"
+                   "# TYPE chathub_flow_holds_total counter\n"
+                   "chathub_flow_holds_total{reason=\"rate\"} %llu\n"
+                   "chathub_flow_holds_total{reason=\"room\"} %llu\n"
+                   "chathub_flow_holds_total{reason=\"inflight\"} %llu\n"
+                   "chathub_flow_holds_total{reason=\"output\"} %llu\n"
+                   "# HELP chathub_flow_held Connections not being read now (backpressure).\n"
+                   "# TYPE chathub_flow_held gauge\nchathub_flow_held %llu\n"
+                   "# HELP chathub_flow_congested_rooms Rooms with a member over --soft-output.\n"
+                   "# TYPE chathub_flow_congested_rooms gauge\nchathub_flow_congested_rooms %llu\n",
+                   (unsigned long long)(hub_chat_rooms_refused(s->chat) + s->raw_rooms_refused),
+                   s->cfg.max_total_rooms, (unsigned long long)s->cfg.max_total_output,
+                   (unsigned long long)fs.holds[0], (unsigned long long)fs.holds[1],
+                   (unsigned long long)fs.holds[2], (unsigned long long)fs.holds[3],
+                   (unsigned long long)fs.held, (unsigned long long)fs.rooms);
 }
 
 static int client_on_request(struct hub_http *h, const struct hub_http_request *req, void *data)
@@ -677,6 +721,15 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
                  hub_strerror(rc));
         goto fail_free;
     }
+    struct hub_flow_config flow_cfg = {
+        .max_total_output = cfg->max_total_output,
+        /* What one publisher may have on its way through history before
+         * the congestion it causes shows: half a member's soft limit. */
+        .inflight_max = cfg->soft_output / 2 > 65536 ? cfg->soft_output / 2 : 65536,
+    };
+    rc = hub_flow_new(&s->flow, loop, &flow_cfg);
+    if (rc != 0)
+        goto fail_site;
     struct hub_history_config hist_cfg;
     hub_history_config_default(&hist_cfg);
     hist_cfg.max_per_room = cfg->history;
@@ -688,7 +741,7 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     else
         rc = hub_history_open_memory(&s->history, &hist_cfg);
     if (rc != 0)
-        goto fail_site;
+        goto fail_flow;
     struct hub_chat_config chat_cfg;
     hub_chat_config_default(&chat_cfg);
     chat_cfg.welcome = cfg->welcome;
@@ -700,6 +753,8 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     chat_cfg.rate = cfg->rate;
     chat_cfg.ping_interval_s = cfg->ping_interval_ms / 1000;
     chat_cfg.burst = cfg->burst;
+    chat_cfg.flow = s->flow;
+    chat_cfg.max_total_rooms = cfg->max_total_rooms;
     rc = hub_chat_new(&s->chat, &chat_cfg);
     if (rc != 0)
         goto fail_history;
@@ -770,6 +825,8 @@ fail_chat:
     hub_chat_free(s->chat);
 fail_history:
     hub_history_free(s->history);
+fail_flow:
+    hub_flow_close(s->flow);
 fail_site:
     hub_static_free(s->site);
     /* Lets the close callbacks of whatever was opened run (handles embedded
