@@ -462,6 +462,15 @@ void hub_flow_forget(struct hub_flow *f, struct hub_conn *c)
     arm(f);
 }
 
+void hub_flow_release(struct hub_flow *f, struct hub_conn *c)
+{
+    struct flow_conn *fc = f != NULL ? conn_find(f, c) : NULL;
+    int paused = fc != NULL && fc->paused;
+    hub_flow_forget(f, c);
+    if (paused)
+        hub_conn_pause(c, 0);
+}
+
 unsigned hub_flow_holds(const struct hub_flow *f, const struct hub_conn *c)
 {
     const struct flow_conn *fc = f != NULL ? conn_find(f, c) : NULL;

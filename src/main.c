@@ -6,6 +6,7 @@
  * error. The loop must close with no live handles; anything else is a bug
  * and exits 1.
  */
+#include "hub/history.h"
 #include "hub/log.h"
 #include "hub/server.h"
 
@@ -69,9 +70,11 @@ static void usage(FILE *f)
         "  --history N           messages kept per room (default 1000)\n"
         "  --history-ttl S       drop messages older than S seconds (default 0: keep)\n"
         "  --no-persist          keep history in memory only (lost on restart)\n"
-        "  --history-max-bytes N disk budget of the SQLite history, in bytes: past it the\n"
-        "                        oldest messages of the largest rooms go first (default\n"
-        "                        1073741824, 1 GiB; 0 = no limit)\n"
+        "  --history-max-bytes N bytes of history kept: on disk, database and log\n"
+        "                        (default 1073741824, 1 GiB); with --no-persist, in\n"
+        "                        memory (default 67108864); at least 1048576, 0 = no\n"
+        "                        limit. Past it the oldest messages of the largest rooms go\n"
+        "                        first (each keeps its newest)\n"
         "\n"
         "Global caps (see docs/operations.md):\n"
         "  --max-total-rooms N   rooms that exist at once, over all clients (default 10000;\n"
@@ -246,6 +249,15 @@ int main(int argc, char **argv)
             return usage_error("unknown option '%s'", a);
         }
     }
+    int max_bytes_given = 0;
+    for (int i = 1; i < argc; i++)
+        if (strncmp(argv[i], "--history-max-bytes", 19) == 0)
+            max_bytes_given = 1;
+    if (!cfg.persist && !max_bytes_given)
+        cfg.history_max_bytes = HUB_HISTORY_MAX_BYTES_DEFAULT; /* the memory store's own */
+    if (cfg.history_max_bytes != 0 && cfg.history_max_bytes < 1048576)
+        return usage_error("invalid --history-max-bytes %llu: expected 0 or at least 1048576",
+                           (unsigned long long)cfg.history_max_bytes);
     if (cfg.pong_timeout_ms >= cfg.ping_interval_ms)
         return usage_error("--pong-timeout must be shorter than --ping-interval");
     if (cfg.soft_output > cfg.max_output)
@@ -292,7 +304,9 @@ int main(int argc, char **argv)
                (unsigned long long)cfg.history_max_bytes,
                cfg.history_max_bytes == 0 ? " (no limit)" : "");
     else
-        printf("; history in memory only\n");
+        printf("; history in memory only, budget %llu bytes%s\n",
+               (unsigned long long)cfg.history_max_bytes,
+               cfg.history_max_bytes == 0 ? " (no limit)" : "");
     fflush(stdout);
 
     uv_run(&loop, UV_RUN_DEFAULT);

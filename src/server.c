@@ -384,7 +384,7 @@ static void render_limits(struct hub_server *s, struct hub_buf *b)
 {
     struct hub_history_stats hs;
     hub_history_stats(s->history, &hs);
-    uint64_t max = s->cfg.persist ? s->cfg.history_max_bytes : HUB_HISTORY_MAX_BYTES_DEFAULT;
+    uint64_t max = s->cfg.history_max_bytes;
     hub_buf_printf(b,
                    "# HELP chathub_history_bytes Bytes the history store counts against its "
                    "budget (SQLite: its files on disk).\n# TYPE chathub_history_bytes gauge\n"
@@ -568,6 +568,9 @@ static void tell_to_go(struct hub_server *s, struct client *cl)
         return;
     }
     cl->told_to_go = 1;
+    /* A sender held back by the flow must be read again to hear its answer
+     * to the close; nothing it sends now is relayed. */
+    hub_flow_release(s->flow, &cl->conn);
     if (hub_ws_close_sent(cl->ws))
         return;
     if (cl->phase == PHASE_JSON) {
@@ -734,8 +737,7 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     hub_history_config_default(&hist_cfg);
     hist_cfg.max_per_room = cfg->history;
     hist_cfg.ttl_ms = (int64_t)cfg->history_ttl_s * 1000;
-    if (cfg->persist)
-        hist_cfg.max_bytes = cfg->history_max_bytes; /* a disk budget, not the memory one */
+    hist_cfg.max_bytes = cfg->history_max_bytes; /* on disk, or in memory with --no-persist */
     if (cfg->persist)
         rc = hub_history_open_sqlite(&s->history, loop, cfg->data_dir, &hist_cfg, err, errsz);
     else

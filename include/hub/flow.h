@@ -103,6 +103,10 @@ static inline void hub_flow_delivered(struct hub_flow *f, struct hub_conn *c, co
  * bytes in flight, the rooms its queue congested). */
 void hub_flow_forget(struct hub_flow *f, struct hub_conn *c);
 
+/* Like hub_flow_forget, and reads c again if the flow held it: for a
+ * connection that must still be heard (the answer to a shutdown's close). */
+void hub_flow_release(struct hub_flow *f, struct hub_conn *c);
+
 /* The holds in force on c (enum hub_flow_hold bits), for tests. */
 unsigned hub_flow_holds(const struct hub_flow *f, const struct hub_conn *c);
 

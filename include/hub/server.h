@@ -43,8 +43,10 @@ struct hub_server_config {
     int persist;                      /* 1: history in SQLite; 0: in memory only */
     uint32_t history;                 /* messages kept per room (1000) */
     uint32_t history_ttl_s;           /* age limit of history in seconds (0 = none) */
-    uint64_t history_max_bytes;       /* disk budget of the SQLite history
-                                         (HUB_HISTORY_DISK_MAX_BYTES_DEFAULT; 0 = none) */
+    uint64_t history_max_bytes;       /* history byte budget: on disk for SQLite
+                                         (HUB_HISTORY_DISK_MAX_BYTES_DEFAULT), in memory with
+                                         persist 0 (give it HUB_HISTORY_MAX_BYTES_DEFAULT);
+                                         0 = none */
     uint32_t max_total_rooms;         /* rooms that exist at once (10000; 0 = no limit) */
     uint64_t max_total_output;        /* output queued to all clients before publishers stop
                                          being read (256 MiB; 0 = no limit) */
