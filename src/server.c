@@ -724,11 +724,15 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
                  hub_strerror(rc));
         goto fail_free;
     }
+    /* What one publisher may have on its way through history before the
+     * congestion it causes shows: a member just under its soft limit must
+     * still have room for it under the hard one. Half that room, so that two
+     * publishers at once fit too; at least 64 KiB, so that history's group
+     * commit still has something to batch. */
+    size_t headroom = cfg->max_output > cfg->soft_output ? cfg->max_output - cfg->soft_output : 0;
     struct hub_flow_config flow_cfg = {
         .max_total_output = cfg->max_total_output,
-        /* What one publisher may have on its way through history before
-         * the congestion it causes shows: half a member's soft limit. */
-        .inflight_max = cfg->soft_output / 2 > 65536 ? cfg->soft_output / 2 : 65536,
+        .inflight_max = headroom / 2 > 65536 ? headroom / 2 : 65536,
     };
     rc = hub_flow_new(&s->flow, loop, &flow_cfg);
     if (rc != 0)

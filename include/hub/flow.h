@@ -14,7 +14,8 @@
  * - inflight: more than inflight_max bytes of its messages are on their way
  *   through the history store (published, not yet delivered), until that
  *   falls to half: what a publisher can put into its room's queues before
- *   the room's congestion shows is bounded by this;
+ *   the room's congestion shows is bounded by this (the server gives it
+ *   half the room between the soft and the hard output limit);
  * - output: the output queued to all connections (hub_metrics.output_queued)
  *   is over max_total_output, until it falls to three quarters of it.
  * Fan-out frames stay shared (one refcounted frame per broadcast), so

@@ -395,7 +395,12 @@ testCase('--soft-output 64 KiB --soft-hold 1: a backlog held over the soft limit
     until: async () => metric(await metrics(s.port), 'chathub_slow_client_closes_total') >= 1,
   });
   await eventually(async () => metric(await metrics(s.port), 'chathub_slow_client_closes_total') >= 1,
-    5000, 'a slow-client close after --soft-hold');
+    5000, 'a slow-client close after --soft-hold').catch(async (e) => {
+    // What held the flood back (backpressure) helps to tell why.
+    const m = await metrics(s.port);
+    console.log(`# not closed: ${JSON.stringify(Object.entries(m).filter(([k]) => /flow|queued|slow|heartbeat/.test(k)))}`);
+    throw e;
+  });
   console.log(`# soft limit: flooded ${(sent / 1048576).toFixed(1)} MiB; closed after ${Date.now() - t0} ms`);
   const r = await probe(10000);
   console.log(`# non-reader got ${r.bytes} more bytes before the end (4008 seen: ${r.saw4008})`);
