@@ -27,10 +27,13 @@
  *   transaction is run at open, so the file lock is held for the life of
  *   the store and a second hub on the same directory fails at start.
  * - rooms.bytes and rooms.msgs are the sum of ROW_EST and the count of the
- *   room's rows in messages: every statement that inserts or deletes rows
- *   moves them in the same transaction. The writer's totals (tot_*) are
- *   their sums as of the last commit; a transaction's changes to them wait
- *   in d_* until it commits.
+ *   room's rows in messages: every transaction that inserts or deletes rows
+ *   moves them before it commits. Appends do so once per room and
+ *   transaction (room_flush, with the retention by count), not once per
+ *   message: a room's row and its rooms_bytes index entry are the costliest
+ *   part of an append otherwise. The writer's totals (tot_*) are their
+ *   sums as of the last commit; a transaction's changes to them wait in d_*
+ *   until it commits.
  *
  * The disk budget (max_bytes, see history.h) is split into a share for the
  * write-ahead log (wal_max: the log is checkpointed and truncated past it)
@@ -153,6 +156,9 @@ struct room {
     uint64_t dirty_gen;                    /* transaction that last changed it */
     int persisted;                         /* the rooms row exists */
     int stale;                             /* reload from the database before use */
+    int pend;                              /* its rooms row awaits the changes below */
+    int64_t pend_bytes, pend_msgs;         /* ... to bytes and msgs, written at commit */
+    struct room *pend_next;                /* in sqlite_store.pend_head */
     char epoch[HUB_HISTORY_EPOCH_LEN + 1]; /* this incarnation */
     size_t name_len;                       /* length of name */
     char name[];                           /* NUL-terminated */
@@ -287,6 +293,7 @@ struct sqlite_store {
     int64_t tot_dropped;        /* rows deleted by the quota since open */
     int64_t d_rooms, d_msgs;    /* the open transaction's changes to tot_rooms, tot_msgs */
     int64_t d_est, d_dropped;   /* ... to tot_est, tot_dropped */
+    struct room *pend_head;     /* rooms whose row the open transaction must still update */
     int64_t page_size;          /* the database's page size in bytes */
     uint64_t wal_max;           /* the log is truncated past this (0: no budget) */
     uint64_t db_high;           /* the database's share of max_bytes */
@@ -415,7 +422,10 @@ static int room_get(struct sqlite_store *h, struct hub_iov room, struct room **o
         return 0;
     }
 
-    if (h->rooms.count >= h->cfg.max_rooms && !hub_lru_empty(&h->lru))
+    /* A room whose row still awaits this transaction's update stays: the
+     * cache then passes max_rooms by at most the rooms of one batch. */
+    if (h->rooms.count >= h->cfg.max_rooms && !hub_lru_empty(&h->lru) &&
+        !room_of_lru(hub_lru_back(&h->lru))->pend)
         room_evict(h, room_of_lru(hub_lru_back(&h->lru)));
     e = calloc(1, sizeof(*e) + room.len + 1);
     if (e == NULL)
@@ -517,7 +527,7 @@ static int do_append(struct sqlite_store *h, struct req *r)
     }
 
     uint64_t off = e->last + 1;
-    int64_t est = row_est(r), gone = 0, gone_est = 0;
+    int64_t est = row_est(r);
     st = h->st[ST_INSERT];
     bind_iov(st, 1, r->room);
     sqlite3_bind_int64(st, 2, (sqlite3_int64)off);
@@ -529,32 +539,24 @@ static int do_append(struct sqlite_store *h, struct req *r)
     if (rc != 0)
         return rc;
 
-    /* Retention by count is applied as rows arrive, so the table never
-     * holds more than max_per_room rows of a room that is written to. The
-     * rows are measured first, for rooms.bytes. */
-    if (off > h->cfg.max_per_room) {
-        st = h->st[ST_TRIM_SIZE];
-        bind_iov(st, 1, r->room);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64)(off - h->cfg.max_per_room));
-        rc = step_size(st, &gone, &gone_est);
-        if (rc != 0)
-            return rc;
-        if (gone > 0) {
-            st = h->st[ST_TRIM];
-            bind_iov(st, 1, r->room);
-            sqlite3_bind_int64(st, 2, (sqlite3_int64)(off - h->cfg.max_per_room));
-            rc = step_done(st);
-            if (rc != 0)
-                return rc;
-        }
-    }
+    /* Retention by count (rows at or below kept_floor) is applied once per
+     * room and transaction, by room_flush at commit: reads and the dedupe
+     * never look below kept_floor, so the rows that wait for it are
+     * invisible, and the table holds no more than max_per_room rows of a
+     * room between transactions. */
 
     if (e->persisted) {
-        st = h->st[ST_ROOM_UPD];
-        bind_iov(st, 1, r->room);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64)off);
-        sqlite3_bind_int64(st, 3, est - gone_est);
-        sqlite3_bind_int64(st, 4, 1 - gone);
+        /* The room's row (last, bytes, msgs, and the rooms_bytes index
+         * entry) is updated once per transaction, at commit, not once per
+         * message: see room_flush. */
+        if (!e->pend) {
+            e->pend = 1;
+            e->pend_next = h->pend_head;
+            h->pend_head = e;
+        }
+        e->pend_bytes += est;
+        e->pend_msgs += 1;
+        rc = 0;
     } else {
         /* No row yet means no messages yet, so nothing was trimmed. */
         st = h->st[ST_ROOM_INS];
@@ -562,13 +564,13 @@ static int do_append(struct sqlite_store *h, struct req *r)
         sqlite3_bind_text(st, 2, e->epoch, HUB_HISTORY_EPOCH_LEN, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, (sqlite3_int64)off);
         sqlite3_bind_int64(st, 4, est);
+        rc = step_done(st);
     }
-    rc = step_done(st);
     if (rc != 0)
         return rc;
     h->d_rooms += e->persisted ? 0 : 1;
-    h->d_msgs += 1 - gone;
-    h->d_est += est - gone_est;
+    h->d_msgs += 1;
+    h->d_est += est;
 
     /* The cache moves only once every statement succeeded; if the
      * transaction later rolls back, dirty_gen marks the entry stale. */
@@ -796,8 +798,67 @@ static int maybe_sweep(struct sqlite_store *h)
     return ret;
 }
 
+/* Forgets the row updates that the transaction did not write. */
+static void pend_clear(struct sqlite_store *h)
+{
+    while (h->pend_head != NULL) {
+        struct room *e = h->pend_head;
+        h->pend_head = e->pend_next;
+        e->pend = 0;
+        e->pend_bytes = e->pend_msgs = 0;
+        e->pend_next = NULL;
+    }
+}
+
+/* Finishes the appends of the open transaction room by room: deletes the
+ * rows past max_per_room (measured first, for rooms.bytes) and writes the
+ * room's row, once per room rather than once per message (group commit of
+ * the retention and of the room sizes). Returns 0 or an error, after which
+ * the transaction rolls back. */
+static int room_flush(struct sqlite_store *h)
+{
+    while (h->pend_head != NULL) {
+        struct room *e = h->pend_head;
+        struct hub_iov name = {e->name, e->name_len};
+        uint64_t floor = kept_floor(h, e->last);
+        if (floor > 0) {
+            int64_t gone = 0, gone_est = 0;
+            sqlite3_stmt *st = h->st[ST_TRIM_SIZE];
+            bind_iov(st, 1, name);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)floor);
+            int rc = step_size(st, &gone, &gone_est);
+            if (rc == 0 && gone > 0) {
+                st = h->st[ST_TRIM];
+                bind_iov(st, 1, name);
+                sqlite3_bind_int64(st, 2, (sqlite3_int64)floor);
+                rc = step_done(st);
+            }
+            if (rc != 0)
+                return rc;
+            e->pend_bytes -= gone_est;
+            e->pend_msgs -= gone;
+            h->d_msgs -= gone;
+            h->d_est -= gone_est;
+        }
+        sqlite3_stmt *st = h->st[ST_ROOM_UPD];
+        bind_iov(st, 1, name);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)e->last);
+        sqlite3_bind_int64(st, 3, e->pend_bytes);
+        sqlite3_bind_int64(st, 4, e->pend_msgs);
+        int rc = step_done(st);
+        if (rc != 0)
+            return rc;
+        h->pend_head = e->pend_next;
+        e->pend = 0;
+        e->pend_bytes = e->pend_msgs = 0;
+        e->pend_next = NULL;
+    }
+    return 0;
+}
+
 static void txn_rollback(struct sqlite_store *h)
 {
+    pend_clear(h);
     /* Some errors (SQLITE_FULL, SQLITE_IOERR) may already have rolled the
      * transaction back; then there is nothing to undo in the file. */
     if (!sqlite3_get_autocommit(h->db))
@@ -816,7 +877,10 @@ static int txn_begin(struct sqlite_store *h)
 /* Commits, and only then counts what the transaction changed. */
 static int txn_commit(struct sqlite_store *h)
 {
-    int rc = step_done(h->st[ST_COMMIT]);
+    int rc = room_flush(h);
+    if (rc != 0)
+        return rc;
+    rc = step_done(h->st[ST_COMMIT]);
     if (rc != 0)
         return rc;
     h->tot_rooms += h->d_rooms;
