@@ -421,19 +421,21 @@ void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov r
     memcpy(p += cl->nick_len, text.base, text.len);
     memcpy(p + text.len, cmid.base, cmid.len);
     chat_client_ref(cl);
+    /* Backpressure (flow.h): counted in flight until delivered (before the
+     * call, since the memory store completes within it); a sender into a
+     * congested room, or with too much in flight, stops being read. */
+    struct hub_conn *conn = hub_ws_conn(cl->ws);
+    hub_flow_publish(chat->cfg.flow, conn, room.base, room.len, text.len);
     int rc = opcode == HUB_WS_TEXT
                  ? hub_history_append(chat->cfg.history, room, pm_part(pm, 1), pm_part(pm, 2),
                                       pm_part(pm, 3), chat_now(chat), pm_appended, pm)
                  : hub_history_barrier(chat->cfg.history, pm_relay, pm);
     if (rc != 0) {
+        hub_flow_published(chat->cfg.flow, conn, text.len);
         chat_send_error(cl, id, "internal", "the message could not be queued");
         free(pm);
         chat_client_unref(cl);
-        return;
     }
-    /* Backpressure (flow.h): counted in flight until delivered; a sender
-     * into a congested room, or with too much in flight, stops being read. */
-    hub_flow_publish(chat->cfg.flow, hub_ws_conn(cl->ws), room.base, room.len, text.len);
 }
 
 /* Token bucket: rate tokens a second, at most burst saved up. Returns 1 if

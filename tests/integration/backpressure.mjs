@@ -8,7 +8,9 @@
 //   and the hub's RSS grows by less than 40 MB;
 // - --max-total-rooms: a join past it fails too_many_rooms_total, a raw
 //   upgrade into a new room gets 503 with Retry-After, and a room whose last
-//   member left frees its place.
+//   member left frees its place;
+// - with --no-persist (the memory store) a sender's bytes in flight come
+//   back to zero, so it is never held for good.
 import fs from 'node:fs';
 import net from 'node:net';
 import { test, assert, startServer, wsConnect, upgradeHeaders, buildRequest, parseHead } from './lib.mjs';
@@ -153,6 +155,30 @@ test('64 MiB flood: the fast reader gets every message, only the non-reader is c
   await until(() => echoes >= N, 20000, `the sender's ${N} echoes (has ${echoes})`);
   slow.sock.destroy();
 }, { timeout: 150000 });
+
+// The memory store completes an append before the call that made it
+// returns: the count of what a sender has in flight must still come back
+// to zero after a flood, and the sender must not stay held.
+test('--no-persist: 4 MiB from one sender all arrive, and nothing stays held', async () => {
+  const s = await startServer(['--no-persist', '--rate', '0']);
+  const reader = await wsConnect(s.wsUrl('/ws/mem'));
+  const sender = await wsConnect(s.wsUrl('/ws/mem'));
+  const got = collect(reader);
+  collect(sender);
+  const N = 512;
+  const line = (i) => `${String(i).padStart(6, '0')}:${'m'.repeat(8185)}`;
+  for (let i = 0; i < N; i++) {
+    sender.ws.send(line(i));
+    while (sender.ws.bufferedAmount > 1 << 20) await sleep(2);
+  }
+  await until(() => got.length >= N, 20000, `${N} lines (have ${got.length})`);
+  assert.ok(got.every((t, i) => t === line(i)), 'every line, in order');
+  await sleep(100);
+  const m = await metricsText(s);
+  assert.equal(metric(m, 'chathub_flow_held'), 0, 'no connection held once the flood is over');
+  sender.ws.send('last');
+  await until(() => got.length === N + 1, 5000, 'one more line');
+});
 
 async function rawUpgrade(port, path) {
   const sock = net.connect(port, '127.0.0.1');
