@@ -402,6 +402,12 @@ static void op_dm(struct request *rq)
                             : "the recipient is in the maximum number of rooms");
         return;
     }
+    if (!hub_chat_room_admits(cl->chat, room_name)) { /* --max-total-rooms */
+        cl->chat->rooms_refused++;
+        chat_send_error(cl, rq->id, "too_many_rooms_total",
+                        "the hub has as many rooms as it may; try again later");
+        return;
+    }
     if (dm_ensure_member(cl, cl, room_name, &room) != 0 ||
         dm_ensure_member(peer, cl, room_name, &room) != 0) {
         chat_send_error(cl, rq->id, "internal", "out of memory");

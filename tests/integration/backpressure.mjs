@@ -213,6 +213,13 @@ test('--max-total-rooms 3: join past it -> too_many_rooms_total, raw upgrade -> 
   const over = await req({ op: 'join', room: 'r4' });
   assert.equal(over.ok, false);
   assert.equal(over.error.code, 'too_many_rooms_total', JSON.stringify(over));
+  // A direct message would open a room too.
+  const peer = await wsConnect(s.wsUrl('/'), { protocols: 'chathub.v1' });
+  peer.ws.send(JSON.stringify({ op: 'hello', nick: 'peer', id: 1 }));
+  await sleep(200);
+  const dm = await req({ op: 'dm', to: 'peer', text: 'hi' });
+  assert.equal(dm.ok, false);
+  assert.equal(dm.error.code, 'too_many_rooms_total', JSON.stringify(dm));
   // An existing room still admits.
   const raw = await rawUpgrade(s.port, '/ws/r1');
   assert.equal(raw.status, 101, 'a raw client into an existing room');
@@ -224,7 +231,8 @@ test('--max-total-rooms 3: join past it -> too_many_rooms_total, raw upgrade -> 
   await sleep(100);
   assert.equal((await req({ op: 'join', room: 'r4' })).ok, true, 'a freed place is usable');
   const m = await metricsText(s);
-  assert.equal(metric(m, 'chathub_rooms_refused_total'), 2);
+  assert.equal(metric(m, 'chathub_rooms_refused_total'), 3);
   assert.equal(metric(m, 'chathub_max_total_rooms'), 3);
   j.terminate();
+  peer.terminate();
 });
