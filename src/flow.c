@@ -39,6 +39,9 @@ struct flow_conn {
     struct flow_conn *hprev, *hnext; /* in held_by's held list */
     struct flow_room **congests;     /* owned: rooms its queue congests */
     uint32_t ncongests;              /* entries in congests */
+    uint64_t congested_since;        /* flow time its queue first congested a room, 0 = not */
+    int spent;                       /* it held rooms for its soft hold: it holds no more
+                                        until it drains to half its soft limit */
     unsigned holds;                  /* enum hub_flow_hold bits in force */
     int paused;                      /* the flow asked the connection to pause */
 };
@@ -63,6 +66,7 @@ struct hub_flow {
     struct hub_flow_stats stats; /* counters and gauges */
     uint32_t noutput;            /* connections with HUB_FLOW_OUTPUT */
     uint32_t nrate;              /* connections with HUB_FLOW_RATE */
+    uint32_t nspent;             /* connections with spent set */
     int running;                 /* the timer is started */
     int closing;                 /* hub_flow_close was called */
 };
@@ -130,7 +134,7 @@ static void timer_cb(uv_timer_t *t);
 /* Starts the poll if something waits for it, stops it when nothing does. */
 static void arm(struct hub_flow *f)
 {
-    int need = f->rooms.count > 0 || f->nrate > 0 || f->noutput > 0;
+    int need = f->rooms.count > 0 || f->nrate > 0 || f->noutput > 0 || f->nspent > 0;
     if (f->loop == NULL || f->closing || need == f->running)
         return;
     if (need)
@@ -169,7 +173,7 @@ static void apply(struct hub_flow *f, struct flow_conn *fc)
          * follows from its close path. */
         hub_conn_pause(fc->conn, want);
     }
-    if (fc->holds == 0 && fc->inflight == 0 && fc->ncongests == 0)
+    if (fc->holds == 0 && fc->inflight == 0 && fc->ncongests == 0 && !fc->spent)
         conn_free(f, fc);
 }
 
@@ -244,7 +248,11 @@ static void uncongest(struct hub_flow *f, struct flow_conn *fc)
 }
 
 /* A member past its soft hold no longer holds anyone: its next send closes
- * it (4008), and a room must not wait on a member that will not read. */
+ * it (4008), and a room must not wait on a member that will not read. The
+ * connection's own clock of it restarts whenever its queue dips under the
+ * soft limit, so the flow also keeps one (congested_since) that restarts
+ * only once the queue is down to half: a member that stops reading just
+ * under its soft limit must not hold a room for good either. */
 static int past_hold(const struct hub_flow *f, const struct hub_conn *c)
 {
     if (c->over_soft_since == 0)
@@ -327,10 +335,25 @@ void hub_flow_poll(struct hub_flow *f)
         if (fc->ncongests == 0)
             continue;
         struct hub_conn *c = fc->conn;
-        if (c->out.bytes <= c->soft_limit / 2 || hub_conn_closing(c) || past_hold(f, c)) {
+        int drained = c->out.bytes <= c->soft_limit / 2 || hub_conn_closing(c);
+        if (drained || past_hold(f, c) || now + 1 - fc->congested_since >= c->soft_hold_ms) {
             uncongest(f, fc);
+            fc->congested_since = 0;
+            if (!drained && !fc->spent) {
+                fc->spent = 1; /* until it drains: see past_hold */
+                f->nspent++;
+            }
             apply(f, fc);
             next = f->conn_list; /* releases may have freed any entry */
+        }
+    }
+    for (struct flow_conn *fc = f->conn_list, *next; fc != NULL && f->nspent > 0; fc = next) {
+        next = fc->next;
+        struct hub_conn *c = fc->conn;
+        if (fc->spent && (c->out.bytes <= c->soft_limit / 2 || hub_conn_closing(c))) {
+            fc->spent = 0;
+            f->nspent--;
+            apply(f, fc);
         }
     }
     for (struct flow_conn *fc = f->conn_list, *next; fc != NULL; fc = next) {
@@ -412,6 +435,8 @@ void hub_flow_congested(struct hub_flow *f, struct hub_conn *c, const char *room
         return;
     struct flow_conn *fc = conn_find(f, c);
     struct flow_room *r = room_find(f, room, len);
+    if (fc != NULL && fc->spent)
+        return; /* it held rooms for its soft hold already */
     if (fc != NULL && r != NULL)
         for (uint32_t i = 0; i < fc->ncongests; i++)
             if (fc->congests[i] == r)
@@ -440,6 +465,8 @@ void hub_flow_congested(struct hub_flow *f, struct hub_conn *c, const char *room
         f->stats.rooms++;
     }
     fc->congests[fc->ncongests++] = r;
+    if (fc->congested_since == 0)
+        fc->congested_since = flow_now(f) + 1; /* + 1: never 0 once set */
     r->nmembers++;
     arm(f);
 }
@@ -456,6 +483,8 @@ void hub_flow_forget(struct hub_flow *f, struct hub_conn *c)
     unhold(f, fc, HUB_FLOW_OUTPUT);
     unhold(f, fc, HUB_FLOW_ROOM);
     fc->holds = 0;
+    if (fc->spent)
+        f->nspent--;
     if (fc->paused)
         f->stats.held--;
     conn_free(f, fc); /* the connection is closing: no resume */

@@ -7,10 +7,12 @@
  * - rate: its rate-limit bucket is dry (hub_flow_rate_hold, for a time);
  * - room: it published into a room where a member's output queue is over
  *   that member's soft limit (delivery marks the room, hub_flow_delivered),
- *   until every such member has drained to half its soft limit or has been
- *   over the soft limit for longer than its soft_hold_ms (such a member is
- *   closed 4008 by its next send, as any slow client is, so that one member
- *   that does not read cannot stall a room for good);
+ *   until every such member has drained to half its soft limit or has held
+ *   it for its soft_hold_ms (counted from when it first congested a room,
+ *   and restarted only once it has drained to half; it is closed 4008 by
+ *   its next send once over the soft limit that long, as any slow client
+ *   is), after which that member holds no one until it has drained to
+ *   half: one member that does not read cannot stall a room for good;
  * - inflight: more than inflight_max bytes of its messages are on their way
  *   through the history store (published, not yet delivered), until that
  *   falls to half: what a publisher can put into its room's queues before

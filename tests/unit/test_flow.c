@@ -139,6 +139,57 @@ static void test_room_hold_expires(void)
     hub_outq_free(&pub.out);
 }
 
+/* A member that stops reading just under its soft limit (its queue dipped
+ * under it once, which restarts the connection's own clock, and never got
+ * down to half) still holds its room for its soft hold at most; it then
+ * holds no one until it has drained to half its limit. */
+static void test_room_dip(void)
+{
+    struct hub_flow *f = flow_new(0, 0);
+    struct hub_conn member, pub;
+    hub_conn_init_detached(&member, 0);
+    hub_conn_init_detached(&pub, 0);
+    hub_conn_set_soft_limit(&member, 16384, 3000);
+    now = 20000;
+    fill(&member, 20000);
+    hub_flow_delivered(f, &member, "d", 1);
+    hub_flow_publish(f, &pub, "d", 1, 10);
+    CHECK_EQ(hub_flow_holds(f, &pub), HUB_FLOW_ROOM);
+    /* The dip: 12 KiB queued (over half, under the limit), no soft clock. */
+    hub_conn_drop_backlog(&member);
+    fill(&member, 12000);
+    member.over_soft_since = 0;
+    now = 22999;
+    hub_flow_poll(f);
+    CHECK_EQ(hub_flow_holds(f, &pub), HUB_FLOW_ROOM);
+    now = 23000;
+    hub_flow_poll(f);
+    CHECK_EQ(hub_flow_holds(f, &pub), 0);
+    /* Spent: over its limit again, it holds no one. */
+    fill(&member, 20000);
+    hub_flow_delivered(f, &member, "d", 1);
+    hub_flow_publish(f, &pub, "d", 1, 10);
+    CHECK_EQ(hub_flow_holds(f, &pub), 0);
+    /* Drained to half: it may hold the room again later. */
+    hub_conn_drop_backlog(&member);
+    hub_flow_poll(f);
+    fill(&member, 20000);
+    hub_flow_delivered(f, &member, "d", 1);
+    hub_flow_publish(f, &pub, "d", 1, 10);
+    CHECK_EQ(hub_flow_holds(f, &pub), HUB_FLOW_ROOM);
+    hub_flow_forget(f, &member);
+    CHECK_EQ(hub_flow_holds(f, &pub), 0);
+    struct hub_flow_stats st;
+    hub_flow_stats(f, &st);
+    CHECK_EQ(st.held, 0);
+    CHECK_EQ(st.rooms, 0);
+    hub_flow_close(f);
+    hub_conn_close(&member);
+    hub_outq_free(&member.out);
+    hub_conn_close(&pub);
+    hub_outq_free(&pub.out);
+}
+
 /* Bytes in flight: held past inflight_max, released at half of it. */
 static void test_inflight(void)
 {
@@ -219,6 +270,7 @@ int main(void)
     test_rate();
     test_room();
     test_room_hold_expires();
+    test_room_dip();
     test_inflight();
     test_output();
     test_combined();
