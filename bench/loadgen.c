@@ -20,6 +20,11 @@
  * and missing = expected - delivered. With --idle the run only connects,
  * holds the connections and reports the server's memory per connection.
  *
+ * Several servers that share one chat (hubs over Redis) are measured as
+ * one: --also-port spreads the connections round-robin over more ports of
+ * the same host (connection i goes to port i mod n, so senders are spread
+ * too), --also-pid adds those servers' CPU and memory to the samples.
+ *
  * Senders either keep a fixed rate (open loop) or, with --rate 0, keep at
  * most --window messages each that have not yet reached every receiver:
  * receipts are counted per message in a small ring, so the window bounds
@@ -72,6 +77,7 @@
 #define MARK_LEN 2
 #define STAMP_LEN (MARK_LEN + 16 + 6 + 10) /* "LG" ts(16 hex) sender(6 hex) seq(10 hex) */
 #define NS_PER_SEC 1000000000.0
+#define MAX_SERVERS 8 /* --port plus at most 7 --also-port */
 
 /* Histogram: values below 2 * HIST_SUB are exact; above, every power of two
  * is split into HIST_SUB buckets, so a bucket is at most 1/64 of its value. */
@@ -99,34 +105,39 @@ enum phase {
 };
 
 struct config {
-    const char *host;             /* server address (numeric IPv4) */
-    int port;                     /* server port */
-    const char *path;             /* request target, e.g. /ws/bench */
-    unsigned conns;               /* connections, senders included */
-    unsigned senders;             /* the first conns that also publish */
-    double rate;                  /* messages per second per sender; 0: window mode */
-    unsigned window;              /* window mode: messages in flight per sender */
-    size_t size;                  /* payload bytes */
-    double duration;              /* measured window, seconds */
-    double warmup;                /* seconds before it */
-    double grace;                 /* seconds at the end of it not counted */
-    double drain;                 /* seconds after senders stop */
-    double hold;                  /* --idle: seconds held before the sample */
-    double connect_timeout;       /* seconds the connect phase may take */
-    double stall;                 /* seconds a window may stand still before it is reopened */
-    const char *joins[MAX_JOINS]; /* messages sent after the upgrade */
-    unsigned njoins;              /* entries in joins */
-    int json;                     /* chathub.v1: hello + join, no echo */
-    const char *room;             /* --json room */
-    const char *protocol;         /* Sec-WebSocket-Protocol, or NULL */
-    int echo;                     /* a sender receives its own messages */
-    unsigned sources;             /* spread over 127.0.0.1..127.0.0.N */
-    double ramp;                  /* connections opened per second; 0: no limit */
-    unsigned max_pending;         /* handshakes in flight at once */
-    int idle;                     /* only connect and hold */
-    int server_pid;               /* sampled in /proc, or 0 */
-    int server_cpu;               /* the core the server is pinned to, or -1 */
-    int binary;                   /* publish binary frames instead of text */
+    const char *host;                /* server address (numeric IPv4) */
+    int port;                        /* server port */
+    const char *path;                /* request target, e.g. /ws/bench */
+    unsigned conns;                  /* connections, senders included */
+    unsigned senders;                /* the first conns that also publish */
+    double rate;                     /* messages per second per sender; 0: window mode */
+    unsigned window;                 /* window mode: messages in flight per sender */
+    size_t size;                     /* payload bytes */
+    double duration;                 /* measured window, seconds */
+    double warmup;                   /* seconds before it */
+    double grace;                    /* seconds at the end of it not counted */
+    double drain;                    /* seconds after senders stop */
+    double hold;                     /* --idle: seconds held before the sample */
+    double connect_timeout;          /* seconds the connect phase may take */
+    double stall;                    /* seconds a window may stand still before it is reopened */
+    const char *joins[MAX_JOINS];    /* messages sent after the upgrade */
+    unsigned njoins;                 /* entries in joins */
+    int json;                        /* chathub.v1: hello + join, no echo */
+    const char *room;                /* --json room */
+    const char *protocol;            /* Sec-WebSocket-Protocol, or NULL */
+    int echo;                        /* a sender receives its own messages */
+    unsigned sources;                /* spread over 127.0.0.1..127.0.0.N */
+    double ramp;                     /* connections opened per second; 0: no limit */
+    unsigned max_pending;            /* handshakes in flight at once */
+    int idle;                        /* only connect and hold */
+    int server_pid;                  /* sampled in /proc, or 0 */
+    int also_ports[MAX_SERVERS - 1]; /* more servers on the same host (--also-port) */
+    unsigned nalso_ports;            /* entries in also_ports */
+    int also_pids[MAX_SERVERS - 1];  /* their processes, sampled with server_pid */
+    unsigned nalso_pids;             /* entries in also_pids */
+    int watch_pid;                   /* another process (Redis) sampled apart, or 0 */
+    int server_cpu;                  /* the core the server is pinned to, or -1 */
+    int binary;                      /* publish binary frames instead of text */
 };
 
 /* Per-sender state; senders are conns[0 .. senders-1]. */
@@ -184,46 +195,50 @@ struct histogram {
 
 /* A /proc sample of the server. */
 struct proc_sample {
-    int ok;              /* the sample was read */
-    uint64_t cpu_ticks;  /* utime + stime */
-    uint64_t rss_kb;     /* VmRSS */
-    int core_ok;         /* the core's line of /proc/stat was read */
-    uint64_t core_total; /* all ticks of the server's core */
-    uint64_t core_idle;  /* its idle and iowait ticks */
-    uint64_t core_soft;  /* its softirq ticks */
+    int ok;                      /* the sample was read */
+    uint64_t cpu_ticks;          /* utime + stime */
+    uint64_t rss_kb;             /* VmRSS */
+    int core_ok;                 /* the core's line of /proc/stat was read */
+    uint64_t core_total;         /* all ticks of the server's core */
+    uint64_t core_idle;          /* its idle and iowait ticks */
+    uint64_t core_soft;          /* its softirq ticks */
+    uint64_t ticks[MAX_SERVERS]; /* utime + stime of each sampled server */
+    int watch_ok;                /* --watch-pid was read */
+    uint64_t watch_ticks;        /* its utime + stime */
 };
 
 /* The whole generator; one per process. */
 struct loadgen {
-    struct config cfg;            /* parsed options */
-    uv_loop_t *loop;              /* the default loop */
-    uv_timer_t tick;              /* connector and sender pacing */
-    uv_timer_t phase_timer;       /* phase transitions */
-    uv_check_t flusher;           /* writes dirty connections once per iteration */
-    uv_signal_t sigint;           /* stops the run early */
-    struct sockaddr_in server;    /* resolved --host/--port */
-    struct conn *conns;           /* cfg.conns connections, owned */
-    struct sender *senders;       /* cfg.senders senders, owned */
-    uint64_t *last_seq;           /* [receiver * senders + sender]: order check, owned */
-    struct conn *dirty;           /* flush list head */
-    enum phase phase;             /* where the run is */
-    uint64_t t_connect_begin;     /* first TCP connect started */
-    uint64_t t_connect_end;       /* last connection became ready */
-    uint64_t t_last_handshake;    /* last 101 accepted */
-    uint64_t t_send_begin;        /* senders started */
-    uint64_t win_start;           /* measured window start (ns), UINT64_MAX until then */
-    uint64_t win_stop;            /* measured window stop, UINT64_MAX until known */
-    unsigned opened;              /* connections started */
-    unsigned pending;             /* connections between start and ready */
-    unsigned handshakes;          /* 101 responses accepted */
-    unsigned ready;               /* connections in the room */
-    unsigned failures;            /* failed or unexpectedly closed connections */
-    unsigned closed;              /* close callbacks seen */
-    unsigned receivers;           /* receivers per message, fixed at window start */
-    uint64_t published;           /* messages sent inside the window */
-    uint64_t published_total;     /* messages sent overall */
-    uint64_t delivered;           /* deliveries of messages sent inside the window */
-    uint64_t delivered_total;     /* deliveries overall */
+    struct config cfg;                      /* parsed options */
+    uv_loop_t *loop;                        /* the default loop */
+    uv_timer_t tick;                        /* connector and sender pacing */
+    uv_timer_t phase_timer;                 /* phase transitions */
+    uv_check_t flusher;                     /* writes dirty connections once per iteration */
+    uv_signal_t sigint;                     /* stops the run early */
+    struct sockaddr_in server[MAX_SERVERS]; /* resolved --host with --port, --also-port */
+    unsigned nservers;                      /* entries in server and request */
+    struct conn *conns;                     /* cfg.conns connections, owned */
+    struct sender *senders;                 /* cfg.senders senders, owned */
+    uint64_t *last_seq;                     /* [receiver * senders + sender]: order check, owned */
+    struct conn *dirty;                     /* flush list head */
+    enum phase phase;                       /* where the run is */
+    uint64_t t_connect_begin;               /* first TCP connect started */
+    uint64_t t_connect_end;                 /* last connection became ready */
+    uint64_t t_last_handshake;              /* last 101 accepted */
+    uint64_t t_send_begin;                  /* senders started */
+    uint64_t win_start;                     /* measured window start (ns), UINT64_MAX until then */
+    uint64_t win_stop;                      /* measured window stop, UINT64_MAX until known */
+    unsigned opened;                        /* connections started */
+    unsigned pending;                       /* connections between start and ready */
+    unsigned handshakes;                    /* 101 responses accepted */
+    unsigned ready;                         /* connections in the room */
+    unsigned failures;                      /* failed or unexpectedly closed connections */
+    unsigned closed;                        /* close callbacks seen */
+    unsigned receivers;                     /* receivers per message, fixed at window start */
+    uint64_t published;                     /* messages sent inside the window */
+    uint64_t published_total;               /* messages sent overall */
+    uint64_t delivered;                     /* deliveries of messages sent inside the window */
+    uint64_t delivered_total;               /* deliveries overall */
     uint64_t out_of_order;        /* deliveries not after the previous one of their sender */
     uint64_t gaps;                /* deliveries that skipped sequence numbers */
     uint64_t stalls;              /* windows given up after --stall seconds */
@@ -240,7 +255,7 @@ struct loadgen {
     size_t send_prefix_len;       /* length of send_prefix */
     const char *send_suffix;      /* bytes after it */
     size_t send_suffix_len;       /* length of send_suffix */
-    char *request;                /* the upgrade request without the key line, owned */
+    char *request[MAX_SERVERS];   /* the upgrade request per server without the key line, owned */
     int exit_code;                /* 0, or 1 when the run could not be measured */
     int opening;                  /* open_more is on the stack */
     unsigned ready_at_end;        /* connections still in the room at the end */
@@ -434,6 +449,27 @@ static struct proc_sample proc_sample(int pid)
             s.rss_kb = strtoull(buf + 6, NULL, 10);
     fclose(f);
     s.ok = 1;
+    return s;
+}
+
+/* Samples every server (--server-pid and --also-pid): CPU and memory are
+ * summed, ticks are also kept per server; ok only if every one was read. */
+static struct proc_sample sample_servers(void)
+{
+    struct proc_sample s = proc_sample(lg->cfg.server_pid);
+    s.ticks[0] = s.cpu_ticks;
+    for (unsigned i = 0; i < lg->cfg.nalso_pids; i++) {
+        struct proc_sample o = proc_sample(lg->cfg.also_pids[i]);
+        s.ok = s.ok && o.ok;
+        s.cpu_ticks += o.cpu_ticks;
+        s.rss_kb += o.rss_kb;
+        s.ticks[i + 1] = o.cpu_ticks;
+    }
+    if (lg->cfg.watch_pid > 0) {
+        struct proc_sample w = proc_sample(lg->cfg.watch_pid);
+        s.watch_ok = w.ok;
+        s.watch_ticks = w.cpu_ticks;
+    }
     return s;
 }
 
@@ -739,6 +775,7 @@ static const char *json_after(const char *h, size_t len, const char *key)
 }
 
 static void became_ready(struct conn *c);
+static void send_join(struct conn *c);
 
 /* A JSON message other than a published one: replies to hello and join,
  * errors. Only the head is looked at; replies start with their id. */
@@ -755,8 +792,10 @@ static void on_json(struct conn *c, const char *h, size_t len)
             conn_close(c, 1, "hello or join refused");
         return;
     }
-    if (id != NULL && id < end && *id == '2' && (id + 1 == end || id[1] < '0' || id[1] > '9') &&
-        c->state == CONN_JOINING)
+    int one_digit = id != NULL && id < end && (id + 1 == end || id[1] < '0' || id[1] > '9');
+    if (one_digit && *id == '1' && c->state == CONN_JOINING)
+        send_join(c);
+    else if (one_digit && *id == '2' && c->state == CONN_JOINING)
         became_ready(c);
     else if (id == NULL && json_after(h, len, "t") != NULL) {
         const char *t = json_after(h, len, "t");
@@ -933,10 +972,17 @@ static void send_joins(struct conn *c)
         int n =
             snprintf(msg, sizeof(msg), "{\"op\":\"hello\",\"id\":1,\"nick\":\"lg-%u\"}", c->index);
         frame_put(c, 1, msg, (size_t)n);
-        n = snprintf(msg, sizeof(msg), "{\"op\":\"join\",\"id\":2,\"room\":\"%s\",\"history\":0}",
-                     lg->cfg.room);
-        frame_put(c, 1, msg, (size_t)n);
     }
+}
+
+/* --json: the join follows the hello's reply, as a browser client does; a
+ * hub with a shared engine answers hello only once the nick is claimed. */
+static void send_join(struct conn *c)
+{
+    char msg[256];
+    int n = snprintf(msg, sizeof(msg), "{\"op\":\"join\",\"id\":2,\"room\":\"%s\",\"history\":0}",
+                     lg->cfg.room);
+    frame_put(c, 1, msg, (size_t)n);
 }
 
 static void became_ready(struct conn *c)
@@ -1112,7 +1158,8 @@ static void on_connect(uv_connect_t *req, int status)
     c->state = CONN_HANDSHAKE;
     int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rc == 0)
-        rc = out_put(c, lg->request, strlen(lg->request));
+        rc = out_put(c, lg->request[c->index % lg->nservers],
+                     strlen(lg->request[c->index % lg->nservers]));
     if (rc == 0) {
         char line[64];
         int n = snprintf(line, sizeof(line), "Sec-WebSocket-Key: %s\r\n\r\n", c->key);
@@ -1161,7 +1208,8 @@ static void conn_open(struct conn *c)
         rc = uv_tcp_bind(&c->tcp, (const struct sockaddr *)&src, 0);
     }
     if (rc == 0)
-        rc = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&lg->server,
+        rc = uv_tcp_connect(&c->connect_req, &c->tcp,
+                            (const struct sockaddr *)&lg->server[c->index % lg->nservers],
                             on_connect);
     if (rc != 0)
         conn_close(c, 1, uv_strerror(rc));
@@ -1252,7 +1300,7 @@ static void phase_next(uv_timer_t *t)
         maybe_connected();
         break;
     case PHASE_HOLD:
-        lg->after = proc_sample(lg->cfg.server_pid);
+        lg->after = sample_servers();
         getrusage(RUSAGE_SELF, &lg->self_after);
         finish();
         break;
@@ -1260,14 +1308,14 @@ static void phase_next(uv_timer_t *t)
         lg->phase = PHASE_MEASURE;
         lg->win_start = now_ns();
         lg->receivers = lg->ready - (lg->cfg.echo ? 0 : 1);
-        lg->before = proc_sample(lg->cfg.server_pid);
+        lg->before = sample_servers();
         getrusage(RUSAGE_SELF, &lg->self_before);
         phase_after(lg->cfg.duration - lg->cfg.grace);
         break;
     case PHASE_MEASURE:
         lg->phase = PHASE_GRACE;
         lg->win_stop = now_ns();
-        lg->after = proc_sample(lg->cfg.server_pid);
+        lg->after = sample_servers();
         getrusage(RUSAGE_SELF, &lg->self_after);
         phase_after(lg->cfg.grace);
         break;
@@ -1374,7 +1422,12 @@ static void usage(FILE *f)
         "  --hold S                   --idle: seconds before the memory sample (default 2)\n"
         "Measuring:\n"
         "  --server-pid PID           sample the server's CPU and memory in /proc\n"
-        "  --server-cpu N             also sample core N (the server's) in /proc/stat\n",
+        "  --server-cpu N             also sample core N (the server's) in /proc/stat\n"
+        "  --also-port N              one more server on the same host (repeatable, 7 at\n"
+        "                             most): connection i goes to port i mod servers\n"
+        "  --also-pid PID             sample that server too (CPU and memory are summed)\n"
+        "  --watch-pid PID            sample another process (Redis) apart: its CPU per\n"
+        "                             message published in the window\n",
         STAMP_LEN);
 }
 
@@ -1463,6 +1516,9 @@ enum {
     OPT_BINARY,
     OPT_STALL,
     OPT_SERVER_CPU,
+    OPT_ALSO_PORT,
+    OPT_ALSO_PID,
+    OPT_WATCH_PID,
     OPT_HELP,
 };
 
@@ -1497,6 +1553,9 @@ static int parse_options(int argc, char **argv, struct config *cfg)
         {"binary", no_argument, NULL, OPT_BINARY},
         {"stall", required_argument, NULL, OPT_STALL},
         {"server-cpu", required_argument, NULL, OPT_SERVER_CPU},
+        {"also-port", required_argument, NULL, OPT_ALSO_PORT},
+        {"also-pid", required_argument, NULL, OPT_ALSO_PID},
+        {"watch-pid", required_argument, NULL, OPT_WATCH_PID},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -1600,6 +1659,20 @@ static int parse_options(int argc, char **argv, struct config *cfg)
             bad = parse_uint(optarg, 4095, &u);
             cfg->server_cpu = (int)u;
             break;
+        case OPT_ALSO_PORT:
+            bad = cfg->nalso_ports == MAX_SERVERS - 1 || parse_uint(optarg, 65535, &u) || u == 0;
+            if (!bad)
+                cfg->also_ports[cfg->nalso_ports++] = (int)u;
+            break;
+        case OPT_ALSO_PID:
+            bad = cfg->nalso_pids == MAX_SERVERS - 1 || parse_uint(optarg, INT_MAX, &u) || u == 0;
+            if (!bad)
+                cfg->also_pids[cfg->nalso_pids++] = (int)u;
+            break;
+        case OPT_WATCH_PID:
+            bad = parse_uint(optarg, INT_MAX, &u) || u == 0;
+            cfg->watch_pid = (int)u;
+            break;
         case OPT_HELP:
             usage(stdout);
             exit(0);
@@ -1637,25 +1710,29 @@ static int parse_options(int argc, char **argv, struct config *cfg)
 static int prepare(void)
 {
     struct config *cfg = &lg->cfg;
-    int rc = uv_ip4_addr(cfg->host, cfg->port, &lg->server);
-    if (rc != 0) {
-        say("--host must be a numeric IPv4 address: %s", cfg->host);
-        return -1;
+    lg->nservers = 1 + cfg->nalso_ports;
+    for (unsigned i = 0; i < lg->nservers; i++) {
+        int port = i == 0 ? cfg->port : cfg->also_ports[i - 1];
+        int rc = uv_ip4_addr(cfg->host, port, &lg->server[i]);
+        if (rc != 0) {
+            say("--host must be a numeric IPv4 address: %s", cfg->host);
+            return -1;
+        }
+        size_t cap = 512 + strlen(cfg->path) + strlen(cfg->host) +
+                     (cfg->protocol ? strlen(cfg->protocol) : 0);
+        lg->request[i] = malloc(cap);
+        if (lg->request[i] == NULL)
+            return -1;
+        snprintf(lg->request[i], cap,
+                 "GET %s HTTP/1.1\r\n"
+                 "Host: %s:%d\r\n"
+                 "Upgrade: websocket\r\n"
+                 "Connection: Upgrade\r\n"
+                 "Sec-WebSocket-Version: 13\r\n"
+                 "%s%s%s",
+                 cfg->path, cfg->host, port, cfg->protocol ? "Sec-WebSocket-Protocol: " : "",
+                 cfg->protocol ? cfg->protocol : "", cfg->protocol ? "\r\n" : "");
     }
-    size_t cap =
-        512 + strlen(cfg->path) + strlen(cfg->host) + (cfg->protocol ? strlen(cfg->protocol) : 0);
-    lg->request = malloc(cap);
-    if (lg->request == NULL)
-        return -1;
-    snprintf(lg->request, cap,
-             "GET %s HTTP/1.1\r\n"
-             "Host: %s:%d\r\n"
-             "Upgrade: websocket\r\n"
-             "Connection: Upgrade\r\n"
-             "Sec-WebSocket-Version: 13\r\n"
-             "%s%s%s",
-             cfg->path, cfg->host, cfg->port, cfg->protocol ? "Sec-WebSocket-Protocol: " : "",
-             cfg->protocol ? cfg->protocol : "", cfg->protocol ? "\r\n" : "");
     if (cfg->json) {
         size_t n = strlen(cfg->room) + 64;
         lg->send_prefix = malloc(n);
@@ -1780,6 +1857,15 @@ static void report(void)
     printf("latency_max_us=%.1f\n", h->max / 1e3);
     printf("server_cpu_sec=%.2f\n", cpu);
     printf("server_cpu_ns_per_delivery=%.1f\n", lg->delivered ? cpu * 1e9 / lg->delivered : 0);
+    printf("servers=%u\n", lg->nservers);
+    for (unsigned i = 0; have && i < 1 + cfg->nalso_pids; i++)
+        printf("server%u_cpu_sec=%.2f\n", i,
+               (double)(lg->after.ticks[i] - lg->before.ticks[i]) / (double)hz);
+    if (lg->before.watch_ok && lg->after.watch_ok) {
+        double w = (double)(lg->after.watch_ticks - lg->before.watch_ticks) / (double)hz;
+        printf("watch_cpu_sec=%.2f\n", w);
+        printf("watch_cpu_us_per_published=%.2f\n", lg->published ? w * 1e6 / lg->published : 0);
+    }
     printf("server_rss_kb=%" PRIu64 "\n", lg->after.rss_kb);
     printf("loadgen_cpu_sec=%.2f\n", cpu_sec(&lg->self_after) - cpu_sec(&lg->self_before));
     report_core();
@@ -1854,7 +1940,7 @@ int main(int argc, char **argv)
 
     lg->phase = PHASE_CONNECT;
     if (cfg->idle) {
-        lg->before = proc_sample(cfg->server_pid);
+        lg->before = sample_servers();
         getrusage(RUSAGE_SELF, &lg->self_before);
     }
     phase_after(cfg->connect_timeout);
@@ -1878,7 +1964,8 @@ int main(int argc, char **argv)
     free(lg->senders);
     free(lg->last_seq);
     free(lg->send_prefix);
-    free(lg->request);
+    for (unsigned i = 0; i < lg->nservers; i++)
+        free(lg->request[i]);
     int exit_code = rc != 0 ? 1 : lg->exit_code;
     free(lg);
     return exit_code;

@@ -17,6 +17,8 @@ APT_PACKAGES=(
   libuv1-dev libwslay-dev libhttp-parser-dev libjansson-dev libsqlite3-dev
   clang nodejs npm chromium
   redis-server libhiredis-dev
+  libicu-dev
+  zlib1g-dev
 )
 
 # Counts summed over all suites by run_suite.

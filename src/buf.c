@@ -96,8 +96,10 @@ struct hub_shared *hub_shared_new(size_t len)
         return NULL;
     s->refs = 1;
     s->is_static = 0;
+    s->alt_tag = 0;
     s->len = len;
     s->data = (char *)(s + 1);
+    s->alt = NULL;
     return s;
 }
 
@@ -116,8 +118,10 @@ struct hub_shared *hub_shared_static(const void *data, size_t len)
         return NULL;
     s->refs = 1;
     s->is_static = 1;
+    s->alt_tag = 0;
     s->len = len;
     s->data = (char *)data;
+    s->alt = NULL;
     return s;
 }
 
@@ -125,9 +129,33 @@ void hub_shared_unref(struct hub_shared *s)
 {
     if (s == NULL)
         return;
-    assert(s->refs > 0);
-    if (--s->refs == 0)
+    /* The derived forms are a list each of whose links owns the next: drop
+     * them iteratively, so a long list cannot recurse deeply. */
+    while (s != NULL) {
+        assert(s->refs > 0);
+        if (--s->refs != 0)
+            return;
+        struct hub_shared *next = s->alt;
         free(s);
+        s = next;
+    }
+}
+
+void hub_shared_set_alt(struct hub_shared *s, struct hub_shared *alt, uint16_t tag)
+{
+    assert(tag != 0 && alt->alt == NULL);
+    while (s->alt != NULL)
+        s = s->alt;
+    alt->alt_tag = tag;
+    s->alt = hub_shared_ref(alt);
+}
+
+struct hub_shared *hub_shared_find_alt(const struct hub_shared *s, uint16_t tag)
+{
+    for (struct hub_shared *a = s->alt; a != NULL; a = a->alt)
+        if (a->alt_tag == tag)
+            return a;
+    return NULL;
 }
 
 void hub_outq_init(struct hub_outq *q, size_t limit)

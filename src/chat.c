@@ -1,10 +1,11 @@
 /*
- * chat.c: raw relay and the chathub.v1 JSON protocol over rooms and history:
- * client lifetime, references, the rate limit, sequencing, the reply writers
- * (chat_int.h lists the files that do the rest).
+ * chat.c: raw relay and the chathub.v1 JSON protocol over rooms and the
+ * engine: client lifetime, references, the rate limit, publishing, the
+ * engine's message upcall, the reply writers (chat_int.h lists the files
+ * that do the rest).
  *
  * Every client embeds a room_member. Anything said in a room becomes one
- * struct hub_room_event; the rooms module hands it to every member, and the
+ * struct hub_room_event; the rooms module hands it to every local member, and the
  * first recipient of each wire format encodes the frame that the others of
  * that format then share. Requests are parsed with jansson; replies and
  * pushes are written by hand with the jsonw writer, which keeps the per-message
@@ -13,20 +14,22 @@
  * Invariants:
  * - A client joins or leaves rooms only from its own request handler or from
  *   its close path, never from a deliver callback (rooms asserts this).
- * - Nicks are unique hub-wide under ASCII case folding; the nick table holds
- *   JSON clients that said hello. Raw clients use reserved guest-<n> nicks.
- * - A message is sequenced into history before anyone sees it, so offsets in
- *   pushes, replies and history always agree. History completes requests in
- *   the order they were made (history.h), so messages are delivered and
- *   acknowledged in the order they were received, whatever the store.
- * - A join answers with the history read that follows it in that order;
- *   until the read completes, the room's msg pushes are held back from the
- *   joiner (they are in the read), so each message reaches it exactly once.
- * - A client outlives its connection while history requests it made are in
+ * - Nicks are unique across nodes under ASCII case folding (the engine's
+ *   claims); the local nick table holds this node's JSON clients that said
+ *   hello. Raw clients use reserved guest-<n> nicks.
+ * - A message is sequenced and stored by the engine before anyone sees it,
+ *   so offsets in pushes, replies and history always agree. Local members
+ *   get it only from on_msg, which fires in offset order per room; the
+ *   sender's ack comes from the publish completion.
+ * - A join answers with a history read made after the room was subscribed;
+ *   msg pushes for the joiner are reconciled with that read by offset (its
+ *   chat_sub), so each message reaches it exactly once.
+ * - A client outlives its connection while engine requests it made are in
  *   flight (a reference each); once the connection is gone it sends nothing.
  */
 #include "chat_int.h"
 #include "hub/flow.h"
+#include "hub/engine.h"
 #include "hub/history.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
@@ -110,12 +113,46 @@ void chat_send_ok(struct hub_chat_client *cl, struct req_id id)
     hub_jsonw_free(&b);
 }
 
-/* Appends ,"client":"c-<id>". */
+void chat_send_engine_error(struct hub_chat_client *cl, struct req_id id, int err, const char *what)
+{
+    if (err == HUB_EAGAIN && cl->mode == HUB_CHAT_JSON)
+        hub_metrics.unavailable++;
+    if (err == HUB_EAGAIN)
+        chat_send_error(cl, id, "unavailable",
+                        "the hub cannot reach its message broker right now; try again");
+    else
+        chat_send_error(cl, id, err == HUB_EIO ? "storage" : "internal", what);
+}
+
+size_t chat_client_id(const struct hub_chat_client *cl, char *buf)
+{
+    int n = snprintf(buf, CHAT_ID_MAX, "%sc-%llu", cl->chat->id_prefix, (unsigned long long)cl->id);
+    return n > 0 && n < CHAT_ID_MAX ? (size_t)n : 0;
+}
+
+uint64_t chat_local_id(const struct hub_chat *chat, struct hub_iov client)
+{
+    size_t p = chat->id_prefix_len;
+    if (client.len <= p + 2 || client.len > p + 22 ||
+        memcmp(client.base, chat->id_prefix, p) != 0 || client.base[p] != 'c' ||
+        client.base[p + 1] != '-')
+        return 0;
+    uint64_t v = 0;
+    for (size_t i = p + 2; i < client.len; i++) {
+        char c = client.base[i];
+        if (c < '0' || c > '9')
+            return 0;
+        v = v * 10 + (uint64_t)(c - '0');
+    }
+    return v;
+}
+
+/* Appends ,"client":"<id>". */
 void chat_jw_client_id(struct hub_jsonw *b, const struct hub_chat_client *cl)
 {
-    char id[24];
-    int n = snprintf(id, sizeof(id), "c-%llu", (unsigned long long)cl->id);
-    hub_jsonw_kstr(b, "client", id, (size_t)n);
+    char id[CHAT_ID_MAX];
+    size_t n = chat_client_id(cl, id);
+    hub_jsonw_kstr(b, "client", id, n);
 }
 
 /* ---- configuration and lifetime ------------------------------------- */
@@ -134,29 +171,95 @@ void hub_chat_config_default(struct hub_chat_config *cfg)
     cfg->ping_interval_s = 25;
 }
 
+/* The engine's readiness changed. The engine logs the reason itself; chat
+ * has nothing to change (requests it cannot serve answer "unavailable"). */
+static void chat_on_state(void *data, int ready, const char *reason)
+{
+    (void)data;
+    hub_log_debug("engine %s%s%s", ready ? "ready" : "not ready", ready ? "" : ": ",
+                  ready    ? ""
+                  : reason ? reason
+                           : "");
+}
+
+void hub_chat_engine_events(struct hub_engine_events *ev)
+{
+    memset(ev, 0, sizeof(*ev));
+    ev->on_msg = chat_on_msg;
+    ev->on_presence = chat_on_presence;
+    ev->on_typing = chat_on_typing;
+    ev->on_epoch = chat_on_epoch;
+    ev->on_invite = chat_on_invite;
+    ev->on_state = chat_on_state;
+}
+
 int hub_chat_new(struct hub_chat **out, const struct hub_chat_config *cfg)
 {
-    if (cfg->history == NULL)
-        return HUB_EINVAL;
     struct hub_chat *chat = calloc(1, sizeof(*chat));
     if (chat == NULL)
         return HUB_ENOMEM;
     chat->cfg = *cfg;
     chat->nnick_buckets = 64;
     chat->nicks = calloc(chat->nnick_buckets, sizeof(*chat->nicks));
-    if (chat->nicks == NULL || hub_rooms_new(&chat->rooms, cfg->max_rooms_per_client) != 0) {
-        free(chat->nicks);
-        free(chat);
-        return HUB_ENOMEM;
+    if (chat->nicks == NULL || hub_rooms_new(&chat->rooms, cfg->max_rooms_per_client) != 0)
+        goto fail;
+    if (cfg->history != NULL) {
+        struct hub_engine_events ev;
+        hub_chat_engine_events(&ev);
+        if (hub_engine_open_memory(&chat->engine, cfg->history, &ev, chat) != 0)
+            goto fail;
+        chat->own_engine = 1;
     }
     *out = chat;
     return 0;
+
+fail:
+    hub_rooms_free(chat->rooms);
+    free(chat->nicks);
+    free(chat);
+    return HUB_ENOMEM;
+}
+
+/* Closing a memory engine with nothing in flight completes at once. */
+static void own_engine_closed(void *data)
+{
+    (void)data;
+}
+
+static void free_own_engine(struct hub_chat *chat)
+{
+    if (!chat->own_engine)
+        return;
+    hub_engine_close(chat->engine, own_engine_closed, NULL);
+    hub_engine_free(chat->engine);
+    chat->engine = NULL;
+    chat->own_engine = 0;
+}
+
+void hub_chat_use_engine(struct hub_chat *chat, struct hub_engine *engine)
+{
+    free_own_engine(chat);
+    chat->engine = engine;
+    struct hub_engine_stats st;
+    hub_engine_stats(engine, &st);
+    /* The memory engine is one node: its client ids stay "c-<n>". */
+    chat->id_prefix[0] = '\0';
+    if (strcmp(st.kind, "memory") != 0)
+        snprintf(chat->id_prefix, sizeof(chat->id_prefix), "%s-", hub_engine_node_id(engine));
+    chat->id_prefix_len = strlen(chat->id_prefix);
+}
+
+struct hub_engine *hub_chat_engine(const struct hub_chat *chat)
+{
+    return chat->engine;
 }
 
 void hub_chat_free(struct hub_chat *chat)
 {
     if (chat == NULL)
         return;
+    chat_dm_tick(chat, 0, 1);
+    free_own_engine(chat);
     hub_rooms_free(chat->rooms);
     free(chat->nicks);
     free(chat->counts);
@@ -277,8 +380,12 @@ void hub_chat_client_free(struct hub_chat_client *cl)
     while (cl->member.nrooms > 0)
         chat_leave_room(cl, cl->member.rooms[cl->member.nrooms - 1].room);
     hub_rooms_leave_all(chat->rooms, &cl->member);
-    if (cl->hello)
+    if (cl->hello) {
         chat_nick_unlink(chat, cl);
+        char id[CHAT_ID_MAX];
+        struct hub_iov cid = {id, chat_client_id(cl, id)};
+        hub_engine_release_nick(chat->engine, (struct hub_iov){cl->nick, cl->nick_len}, cid);
+    }
     chat->nclients--;
     cl->dead = 1;
     cl->ws = NULL;
@@ -302,72 +409,50 @@ uint64_t hub_chat_rooms_refused(const struct hub_chat *chat)
     return chat->rooms_refused;
 }
 
-/* ---- sequencing ------------------------------------------------------ */
+/* ---- publishing ------------------------------------------------------ */
 
-/* A message on its way through history: everything the completion needs,
- * copied, because the request that carried it is gone by then. */
+/* A message on its way through the engine: what the ack needs, because the
+ * request that carried it is gone by then (the engine copied the rest). */
 struct pending_msg {
-    struct hub_chat_client *cl;                    /* the sender (a reference) */
-    struct req_id id;                              /* the send request's id, for the ack */
-    int opcode;                                    /* HUB_WS_TEXT or HUB_WS_BINARY */
-    size_t room_len, from_len, text_len, cmid_len; /* lengths in bytes[] */
-    char bytes[];                                  /* room, from, text, cmid */
+    struct hub_chat_client *cl; /* the sender (a reference) */
+    struct req_id id;           /* the send request's id, for the ack */
+    size_t room_len;            /* bytes in room */
+    size_t text_len;            /* bytes of text counted in flight (flow.h) */
+    char room[];                /* the room */
 };
 
-static struct hub_iov pm_part(const struct pending_msg *pm, int k)
+/* A publish failed with err: a JSON sender gets an error reply; a raw line
+ * is dropped, and counted when the engine was unreachable. */
+static void publish_failed(struct hub_chat_client *cl, struct req_id id, int err)
 {
-    size_t lens[4] = {pm->room_len, pm->from_len, pm->text_len, pm->cmid_len};
-    size_t off = 0;
-    for (int i = 0; i < k; i++)
-        off += lens[i];
-    struct hub_iov v = {pm->bytes + off, lens[k]};
-    return v;
-}
-
-/* Delivers a sequenced message to the room it was sent to (if anyone is
- * still there). Raw senders get their own message back (the tutorial relay);
- * JSON senders get the ack instead. */
-static void pm_broadcast(struct pending_msg *pm, uint64_t offset, int64_t ts)
-{
-    struct hub_chat_client *cl = pm->cl;
-    struct hub_iov room = pm_part(pm, 0);
-    struct hub_room *r = hub_rooms_find(cl->chat->rooms, room.base, room.len);
-    if (r == NULL)
-        return;
-    struct hub_room_event ev = {.kind = EV_MSG, .room = r, .who = cl, .opcode = pm->opcode};
-    ev.from = pm_part(pm, 1);
-    ev.text = pm_part(pm, 2);
-    ev.cmid = pm_part(pm, 3);
-    ev.offset = offset;
-    ev.ts = ts;
-    chat_broadcast(&ev, cl->mode == HUB_CHAT_RAW ? NULL : cl);
-}
-
-static void pm_appended(void *data, int err, uint64_t offset, int64_t ts, int duplicate)
-{
-    struct pending_msg *pm = data;
-    struct hub_chat_client *cl = pm->cl;
-    if (!cl->dead) /* delivered below: no longer in flight (flow.h) */
-        hub_flow_published(cl->chat->cfg.flow, hub_ws_conn(cl->ws), pm->text_len);
-    if (err != 0) {
+    if (err == HUB_EAGAIN && cl->mode == HUB_CHAT_RAW)
+        hub_metrics.raw_dropped++;
+    if (err == HUB_EIO) {
         int64_t now = chat_now(cl->chat);
         if (now - cl->chat->storage_warned >= 10000) {
             /* Once per 10 s: a full disk fails every send. */
             cl->chat->storage_warned = now;
             hub_log_warn("cannot store messages: %s", hub_strerror(err));
         }
-        chat_send_error(cl, pm->id, err == HUB_EIO ? "storage" : "internal",
-                        "the message could not be stored; try again");
+    }
+    chat_send_engine_error(cl, id, err, "the message could not be stored; try again");
+}
+
+static void pm_published(void *data, int err, uint64_t offset, int64_t ts, int duplicate)
+{
+    struct pending_msg *pm = data;
+    struct hub_chat_client *cl = pm->cl;
+    if (!cl->dead) /* sequenced (or failed): no longer in flight (flow.h) */
+        hub_flow_published(cl->chat->cfg.flow, hub_ws_conn(cl->ws), pm->text_len);
+    if (err != 0) {
+        publish_failed(cl, pm->id, err);
     } else {
-        if (!duplicate) {
+        if (!duplicate && offset > 0)
             hub_metrics.published++;
-            pm_broadcast(pm, offset, ts);
-        }
         if (pm->id.has && !cl->dead) {
-            struct hub_iov room = pm_part(pm, 0);
             struct hub_jsonw b = {0};
             chat_begin_reply(&b, pm->id);
-            hub_jsonw_kstr(&b, "room", room.base, room.len);
+            hub_jsonw_kstr(&b, "room", pm->room, pm->room_len);
             hub_jsonw_kint(&b, "offset", (long long)offset);
             hub_jsonw_kint(&b, "ts", ts);
             if (duplicate) {
@@ -384,58 +469,70 @@ static void pm_appended(void *data, int err, uint64_t offset, int64_t ts, int du
     chat_client_unref(cl);
 }
 
-/* Binary relays are not stored; a barrier keeps them in order with the
- * text messages around them. */
-static void pm_relay(void *data)
-{
-    struct pending_msg *pm = data;
-    struct hub_chat_client *cl = pm->cl;
-    if (!cl->dead)
-        hub_flow_published(cl->chat->cfg.flow, hub_ws_conn(cl->ws), pm->text_len);
-    pm_broadcast(pm, 0, 0);
-    free(pm);
-    chat_client_unref(cl);
-}
-
-/* Sends text (or a raw binary message) from cl into room through history.
- * The ack (for requests with an id) and the pushes follow its completion. */
+/* Publishes text (or a raw binary message) from cl into room through the
+ * engine. The ack (for requests with an id) follows its completion; the
+ * pushes, the sender's raw echo included, come from on_msg. */
 void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov room, int opcode,
                   struct hub_iov text, struct hub_iov cmid)
 {
     struct hub_chat *chat = cl->chat;
-    struct pending_msg *pm = malloc(sizeof(*pm) + room.len + cl->nick_len + text.len + cmid.len);
+    struct pending_msg *pm = malloc(sizeof(*pm) + room.len);
     if (pm == NULL) {
         chat_send_error(cl, id, "internal", "out of memory");
         return;
     }
     pm->cl = cl;
     pm->id = id;
-    pm->opcode = opcode;
     pm->room_len = room.len;
-    pm->from_len = cl->nick_len;
     pm->text_len = text.len;
-    pm->cmid_len = cmid.len;
-    char *p = pm->bytes;
-    memcpy(p, room.base, room.len);
-    memcpy(p += room.len, cl->nick, cl->nick_len);
-    memcpy(p += cl->nick_len, text.base, text.len);
-    memcpy(p + text.len, cmid.base, cmid.len);
+    memcpy(pm->room, room.base, room.len);
+    char cid[CHAT_ID_MAX];
+    struct hub_engine_pub pub = {0};
+    pub.room = room;
+    pub.from.base = cl->nick;
+    pub.from.len = cl->nick_len;
+    pub.text = text;
+    pub.cmid = cmid;
+    pub.client.base = cid;
+    pub.client.len = chat_client_id(cl, cid);
+    pub.ts = chat_now(chat);
+    pub.binary = opcode != HUB_WS_TEXT;
     chat_client_ref(cl);
-    /* Backpressure (flow.h): counted in flight until delivered (before the
-     * call, since the memory store completes within it); a sender into a
+    /* Backpressure (flow.h): counted in flight until sequenced (before the
+     * call, since the memory engine completes within it); a sender into a
      * congested room, or with too much in flight, stops being read. */
     struct hub_conn *conn = hub_ws_conn(cl->ws);
     hub_flow_publish(chat->cfg.flow, conn, room.base, room.len, text.len);
-    int rc = opcode == HUB_WS_TEXT
-                 ? hub_history_append(chat->cfg.history, room, pm_part(pm, 1), pm_part(pm, 2),
-                                      pm_part(pm, 3), chat_now(chat), pm_appended, pm)
-                 : hub_history_barrier(chat->cfg.history, pm_relay, pm);
+    int rc = hub_engine_publish(chat->engine, &pub, pm_published, pm);
     if (rc != 0) {
         hub_flow_published(chat->cfg.flow, conn, text.len);
-        chat_send_error(cl, id, "internal", "the message could not be queued");
+        if (rc == HUB_EAGAIN)
+            publish_failed(cl, id, rc);
+        else
+            chat_send_error(cl, id, "internal", "the message could not be queued");
         free(pm);
         chat_client_unref(cl);
     }
+}
+
+/* The engine's on_msg: a message for a room this node subscribed, in offset
+ * order. One event for every local member; the frames are encoded once per
+ * wire format by the first recipient. */
+void chat_on_msg(void *data, const struct hub_engine_msg *m)
+{
+    struct hub_chat *chat = data;
+    struct hub_room *r = hub_rooms_find(chat->rooms, m->room.base, m->room.len);
+    if (r == NULL)
+        return;
+    struct hub_room_event ev = {.kind = EV_MSG, .room = r};
+    ev.opcode = m->binary ? HUB_WS_BINARY : HUB_WS_TEXT;
+    ev.skip = m->client.len > 0 ? chat_local_id(chat, m->client) : 0;
+    ev.from = m->from;
+    ev.text = m->text;
+    ev.cmid = m->cmid;
+    ev.offset = m->offset;
+    ev.ts = m->ts;
+    chat_broadcast(&ev);
 }
 
 /* Token bucket: rate tokens a second, at most burst saved up. Returns 1 if

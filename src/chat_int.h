@@ -7,18 +7,26 @@
  * wslay's wslay_event.h sits next to wslay_event.c. The files (DESIGN.md
  * section 2):
  * - chat.c: client lifetime, references, the rate limit, raw relay,
- *   sequencing through history, and the reply/error writers;
+ *   publishing through the engine, the engine's upcalls, and the reply and
+ *   error writers;
  * - chat_json.c: the chathub.v1 operations and their dispatch;
  * - chat_join.c: joining and leaving, and the join/resume state machine that
  *   assembles join and hello replies from history reads;
  * - chat_fanout.c: turning an event into frames, delivery, presence pushes;
- * - nicks.c: the hub-wide nick table and the nick rules.
+ * - nicks.c: this node's nick table (the engine's claims make nicks unique
+ *   across nodes; the table finds local clients by nick) and the nick rules.
+ *
+ * Everything that must be true across nodes goes through the engine
+ * (hub/engine.h): messages are published to it and reach local members only
+ * from its on_msg upcall; presence, nick claims, typing and DM invites are
+ * its calls and upcalls. rooms is this node's delivery index.
  */
 #ifndef HUB_CHAT_INT_H
 #define HUB_CHAT_INT_H
 
 #include "hub/chat.h"
 #include "hub/buf.h"
+#include "hub/engine.h"
 #include "hub/jsonw.h"
 #include "hub/rooms.h"
 
@@ -27,6 +35,7 @@
 
 struct hub_history_msg;
 struct hello_state;
+struct pending_dm;
 
 #define TYPING_INTERVAL_MS 3000        /* forward at most one typing per client and room */
 #define TYPING_TTL_MS 6000             /* how long a receiver shows it */
@@ -36,14 +45,18 @@ struct hello_state;
 #define CHAT_PAGE_DEFAULT (256 * 1024) /* page bytes without an output limit */
 #define CHAT_PAGE_SLACK 8192           /* output room kept for a reply's other fields */
 #define ROOMS_LIST_MAX 200             /* rooms in a rooms reply */
-#define CHAT_RATE_DEBT_S                                                                           \
-    10 /* raw lines read past the bucket: up to this many                                          \
-          seconds of the rate are still relayed */
+/* Raw lines read past the rate bucket: up to this many seconds of the
+ * rate are still relayed, on credit. */
+#define CHAT_RATE_DEBT_S 10
+#define DM_WAIT_MS 2000    /* a remote dm waits at most this for the peer's join */
+#define ROOMS_ASK_MAX 1000 /* rooms asked of the engine (DM rooms are left out) */
+#define CHAT_ID_MAX (HUB_ENGINE_NODE_ID_MAX + 24) /* bytes in a client id and its NUL */
 
 /* Per-room bookkeeping for presence in big rooms, kept only for rooms that
  * passed HUB_CHAT_LIST_MAX members. */
 struct count_entry {
     char name[HUB_ROOM_NAME_MAX + 1]; /* room name */
+    uint64_t members;                 /* members on all nodes, from the engine */
     int64_t last_push;                /* when the last count went out */
     int dirty;                        /* membership changed since */
 };
@@ -61,6 +74,11 @@ struct hub_chat {
     size_t ncounts;                 /* entries in counts */
     int64_t storage_warned;         /* when a failed store was last logged */
     uint64_t rooms_refused;         /* joins and upgrades refused by max_total_rooms */
+    struct hub_engine *engine;      /* the engine: owned if own_engine, else borrowed */
+    int own_engine;                 /* opened by hub_chat_new over cfg.history */
+    struct pending_dm *dm_waits;    /* remote dms waiting for their peer's join, owned */
+    char id_prefix[HUB_ENGINE_NODE_ID_MAX + 2]; /* "<node id>-", or "" (memory engine) */
+    size_t id_prefix_len;                       /* bytes in id_prefix */
 };
 
 struct typing_mark {
@@ -99,11 +117,12 @@ struct hub_chat_client {
     struct hub_ws *ws;                 /* the client's WebSocket, borrowed */
     int mode;                          /* enum hub_chat_mode */
     int hello;                         /* JSON: hello succeeded */
+    int claiming;                      /* a nick claim (hello or nick) is in flight */
     struct hub_chat_client *nick_next; /* nick table chain */
     uint64_t nick_hash;                /* hash of the folded nick */
     size_t nick_len;                   /* bytes in nick */
     char *nick;                        /* current nick, NUL-terminated, owned */
-    uint64_t id;                       /* the client id is "c-<id>" */
+    uint64_t id;                       /* the client id is "<id_prefix>c-<id>" */
     struct typing_mark *typing;        /* owned, one per room typed in */
     uint32_t ntyping;                  /* entries in typing */
     double tokens;                     /* rate limit: messages it may send now */
@@ -122,22 +141,30 @@ enum event_kind {
     EV_TYPING, /* a member is typing */
     EV_NICK,   /* a member changed nick */
     EV_COUNT,  /* member count of a big room */
+    EV_GAP,    /* the room's epoch changed: a gap push with reason "epoch" */
 };
 
 /* One broadcast, with its frames encoded lazily once per wire format. */
 struct hub_room_event {
-    int kind;                    /* enum event_kind */
-    struct hub_room *room;       /* where it happens */
-    struct hub_chat_client *who; /* the actor (NULL for counts) */
-    int opcode;                  /* EV_MSG: HUB_WS_TEXT or HUB_WS_BINARY */
-    struct hub_iov text;         /* EV_MSG: the payload, borrowed */
-    struct hub_iov cmid;         /* EV_MSG: client message id, borrowed */
-    struct hub_iov from;         /* EV_MSG: the sender's nick when it was sent, borrowed */
-    uint64_t offset;             /* EV_MSG: position in history (0 for binary) */
-    int64_t ts;                  /* EV_MSG: when it was sequenced */
-    struct hub_iov old_nick;     /* EV_NICK: the previous nick, borrowed */
-    struct hub_shared *raw;      /* the raw frame once encoded, owned */
-    struct hub_shared *json;     /* the JSON frame once encoded, owned */
+    int kind;                /* enum event_kind */
+    struct hub_room *room;   /* where it happens */
+    uint64_t skip;           /* a local client id that does not get it (0: none); for
+                                EV_MSG only a JSON sender is skipped (raw ones get
+                                their own lines back) */
+    struct hub_iov nick;     /* EV_JOIN/LEAVE/TYPING: the actor's nick; EV_NICK: the
+                                new one (borrowed) */
+    struct hub_iov client;   /* EV_JOIN/LEAVE: the actor's client id, borrowed */
+    uint64_t members;        /* EV_COUNT: members on all nodes */
+    struct hub_iov epoch;    /* EV_GAP: the new epoch, borrowed */
+    int opcode;              /* EV_MSG: HUB_WS_TEXT or HUB_WS_BINARY */
+    struct hub_iov text;     /* EV_MSG: the payload, borrowed */
+    struct hub_iov cmid;     /* EV_MSG: client message id, borrowed */
+    struct hub_iov from;     /* EV_MSG: the sender's nick when it was sent, borrowed */
+    uint64_t offset;         /* EV_MSG: position in history (0 for binary) */
+    int64_t ts;              /* EV_MSG: when it was sequenced */
+    struct hub_iov old_nick; /* EV_NICK: the previous nick, borrowed */
+    struct hub_shared *raw;  /* the raw frame once encoded, owned */
+    struct hub_shared *json; /* the JSON frame once encoded, owned */
 };
 
 /* A request's id: present (has) and its value. */
@@ -181,16 +208,31 @@ void chat_send_error(struct hub_chat_client *cl, struct req_id id, const char *c
 
 void chat_send_ok(struct hub_chat_client *cl, struct req_id id);
 
-/* Appends ,"client":"c-<id>". */
+/* Appends ,"client":"<id>". */
 void chat_jw_client_id(struct hub_jsonw *b, const struct hub_chat_client *cl);
+
+/* Writes cl's client id ("<node id>-c-<n>", or "c-<n>" with the memory
+ * engine) and a NUL into buf (CHAT_ID_MAX bytes). Returns its length. */
+size_t chat_client_id(const struct hub_chat_client *cl, char *buf);
+
+/* The local client number n of a client id of this node, or 0 if the id is
+ * another node's (or not a client id). */
+uint64_t chat_local_id(const struct hub_chat *chat, struct hub_iov client);
+
+/* The error reply for an engine failure err (HUB_EAGAIN: "unavailable";
+ * HUB_EIO: "storage"; anything else "internal"), with what as the message
+ * of the non-temporary codes. */
+void chat_send_engine_error(struct hub_chat_client *cl, struct req_id id, int err,
+                            const char *what);
 
 /* A reference for work in flight, and its release (the last one frees). */
 void chat_client_ref(struct hub_chat_client *cl);
 
 void chat_client_unref(struct hub_chat_client *cl);
 
-/* Sends text (or a raw binary message) from cl into room through history;
- * the ack (for an id) and the pushes follow its completion. Views borrowed. */
+/* Publishes text (or a raw binary message) from cl into room through the
+ * engine; the ack (for an id) follows its completion, the pushes come from
+ * on_msg. Views borrowed. */
 void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov room, int opcode,
                   struct hub_iov text, struct hub_iov cmid);
 
@@ -215,23 +257,28 @@ int chat_set_nick(struct hub_chat_client *cl, const char *s, size_t len);
 /* The room_member deliver callback of every client. */
 void chat_deliver(struct room_member *m, struct hub_room *room, struct hub_room_event *ev);
 
-/* Hands ev to every member of ev->room but except (may be NULL), then frees
- * the frames encoded for it. */
-void chat_broadcast(struct hub_room_event *ev, struct hub_chat_client *except);
+/* Hands ev to every member of ev->room but ev->skip, then frees the frames
+ * encoded for it. */
+void chat_broadcast(struct hub_room_event *ev);
 
-/* Tells a room that who joined: a join push while it has at most
- * HUB_CHAT_LIST_MAX members, a coalesced count push above. */
-void chat_announce_join(struct hub_chat_client *who, struct hub_room *room);
-
-/* Removes who from room and tells the others: a leave push while the room
- * is small, a count push (taken after the removal) when it is big. room must
- * not be used afterwards. */
+/* Removes who from room: the engine hears of the leave (its on_presence
+ * tells the others), and the room's last local member unsubscribes. room
+ * must not be used afterwards. */
 void chat_remove_member(struct hub_chat_client *who, struct hub_room *room);
+
+/* The engine's upcalls (the engine's data is the hub_chat). */
+void chat_on_msg(void *data, const struct hub_engine_msg *m);
+void chat_on_presence(void *data, const struct hub_engine_presence *p);
+void chat_on_typing(void *data, struct hub_iov room, struct hub_iov client, struct hub_iov nick);
+void chat_on_epoch(void *data, struct hub_iov room, struct hub_iov epoch);
 
 /* ---- chat_join.c -------------------------------------------------------- */
 
-/* Joins cl to a room (name copied) and tells the others. Returns as
- * hub_rooms_join; *out (may be NULL) receives the room. */
+/* Joins cl to a room (name copied): the first local member subscribes the
+ * room, and the engine hears of the join (its on_presence tells the
+ * others). Returns as hub_rooms_join, or HUB_EAGAIN/HUB_ENOMEM from the
+ * engine for a JSON client (nothing joined then; a raw client stays in the
+ * room without presence); *out (may be NULL) receives the room. */
 int chat_join_room(struct hub_chat_client *cl, struct hub_iov name, struct hub_room **out);
 
 /* Tells the others cl is leaving, then removes it from room. */
@@ -304,6 +351,17 @@ extern unsigned chat_alloc_fail_in;
 void *chat_calloc(size_t size);
 
 /* ---- chat_json.c -------------------------------------------------------- */
+
+/* The engine's on_invite: puts the local client holding nick in room. */
+void chat_on_invite(void *data, struct hub_iov client, struct hub_iov nick, struct hub_iov room,
+                    struct hub_iov from);
+
+/* nick joined room (on_presence): remote dms waiting for that releases go. */
+void chat_dm_peer_joined(struct hub_chat *chat, struct hub_iov room, struct hub_iov nick);
+
+/* Sends the remote dms that waited DM_WAIT_MS for their peer's join (or,
+ * with all, frees every waiting one: the hub is going). */
+void chat_dm_tick(struct hub_chat *chat, int64_t now, int all);
 
 /* Checks that cl may use a room of this name. Returns NULL or the reason. */
 const char *chat_room_problem(const struct hub_chat_client *cl, struct hub_iov room);

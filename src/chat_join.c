@@ -1,14 +1,18 @@
 /*
  * chat_join.c: joining and leaving rooms, and the join/resume state machine.
  *
- * A join (or a hello resume entry) joins the room at once, then reads its
- * history; the reply is written by the read's completion. History completes
- * requests in order, so a hello's entries assemble in order whatever the
- * store, and a refused entry waits its turn behind the reads ahead of it
+ * A join (or a hello resume entry) joins the room at once (the first local
+ * member subscribes it), asks the engine for the room's members on every
+ * node, then reads its history; the reply is written by the read's
+ * completion. The msg pushes that race the read are reconciled with it by
+ * offset (chat_sub). A hello's entries are keys of one object, written as
+ * each completes; with a local store, whose completions come in request
+ * order, a refused entry still waits its turn behind the reads ahead of it
  * through a barrier.
  */
 #include "chat_int.h"
 #include "hub/conn.h"
+#include "hub/engine.h"
 #include "hub/history.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
@@ -18,28 +22,47 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Joins cl to a room and tells the others. Returns as hub_rooms_join. */
+/* Joins cl to a room; the engine tells the others. Returns as
+ * hub_rooms_join, or the engine's HUB_EAGAIN/HUB_ENOMEM for a JSON client. */
 int chat_join_room(struct hub_chat_client *cl, struct hub_iov name, struct hub_room **out)
 {
+    struct hub_chat *chat = cl->chat;
     struct hub_room *room;
-    if (!hub_chat_room_admits(cl->chat, name)) {
-        cl->chat->rooms_refused++; /* --max-total-rooms: a new room would pass it */
-        return HUB_EAGAIN;
-    }
-    int rc = hub_rooms_join(cl->chat->rooms, &cl->member, name.base, name.len, &room);
+    int rc = hub_rooms_join(chat->rooms, &cl->member, name.base, name.len, &room);
     if (rc != 0)
         return rc;
-    if (hub_room_size(room) == 1) {
-        /* The room's first member on this hub: its history must not be
-         * evicted while anyone is in it. Failing that only leaves the room
-         * unprotected, so the join goes on. */
-        if (hub_history_hold(cl->chat->cfg.history, name, 1) != 0)
+    int first = hub_room_size(room) == 1;
+    if (first) {
+        /* The room's first member on this node: this node wants its events
+         * now (before the join's history read, which the engine orders
+         * behind the subscription). */
+        rc = hub_engine_subscribe(chat->engine, name);
+        if (rc != 0)
+            goto fail_leave;
+        /* Its history must not be evicted while anyone is in it. Failing
+         * that only leaves the room unprotected, so the join goes on. */
+        if (chat->cfg.history != NULL && hub_history_hold(chat->cfg.history, name, 1) != 0)
             hub_log_debug("history: could not hold room %.*s", (int)name.len, name.base);
     }
-    chat_announce_join(cl, room);
+    char id[CHAT_ID_MAX];
+    struct hub_iov cid = {id, chat_client_id(cl, id)};
+    rc = hub_engine_join(chat->engine, name, cid, (struct hub_iov){cl->nick, cl->nick_len});
+    if (rc != 0 && cl->mode == HUB_CHAT_JSON)
+        goto fail_unhold;
+    /* A raw client stays in its room without presence: it has no way to be
+     * told, and its lines still go through (or are counted as dropped). */
     if (out != NULL)
         *out = room;
     return 0;
+
+fail_unhold:
+    if (first && chat->cfg.history != NULL)
+        hub_history_hold(chat->cfg.history, name, 0);
+    if (first)
+        hub_engine_unsubscribe(chat->engine, name);
+fail_leave:
+    hub_rooms_leave(chat->rooms, &cl->member, room);
+    return rc;
 }
 
 /* Tells the others cl is leaving, then removes it. */
@@ -218,21 +241,20 @@ void chat_jw_next(struct hub_jsonw *b, const char *dir, uint64_t pos)
     hub_jsonw_raw(b, "}");
 }
 
-static void chat_jw_members(struct hub_jsonw *b, struct hub_room *room)
+/* Members on every node, as the engine listed them for the join. */
+static void chat_jw_members(struct hub_jsonw *b, uint64_t total, const struct hub_engine_member *m,
+                            size_t n)
 {
-    size_t n = room != NULL ? hub_room_size(room) : 0;
-    if (n > HUB_CHAT_LIST_MAX) {
-        hub_jsonw_kint(b, "count", (long long)n);
+    if (total > HUB_CHAT_LIST_MAX) {
+        hub_jsonw_kint(b, "count", (long long)total);
         return;
     }
     hub_jsonw_key(b, "members");
     hub_jsonw_raw(b, "[");
     for (size_t i = 0; i < n; i++) {
-        struct hub_chat_client *m =
-            HUB_CONTAINER_OF(hub_room_member(room, i), struct hub_chat_client, member);
         hub_jsonw_raw(b, i ? ",{" : "{");
-        hub_jsonw_kstr(b, "nick", m->nick, m->nick_len);
-        chat_jw_client_id(b, m);
+        hub_jsonw_kstr(b, "nick", m[i].nick.base, m[i].nick.len);
+        hub_jsonw_kstr(b, "client", m[i].client.base, m[i].client.len);
         hub_jsonw_raw(b, "}");
     }
     hub_jsonw_raw(b, "]");
@@ -276,6 +298,9 @@ struct pending_join {
     uint64_t since;                        /* its offset */
     char epoch[HUB_HISTORY_EPOCH_LEN + 2]; /* its epoch (longer ones cannot match) */
     unsigned history;                      /* messages wanted without a position */
+    uint64_t total;                        /* members on all nodes (the engine's answer) */
+    struct hub_engine_member *members;     /* owned copy, when total <= HUB_CHAT_LIST_MAX */
+    size_t nmembers;                       /* entries in members */
     size_t room_len;                       /* length of room */
     char room[];                           /* the room's name */
 };
@@ -332,7 +357,7 @@ static void refusal_cb(void *data)
 static void chat_hello_refuse(struct hello_state *hs, const char *room, const char *code,
                               const char *message)
 {
-    if (hs->outstanding > 0) {
+    if (hs->outstanding > 0 && hs->cl->chat->cfg.history != NULL) {
         size_t n = strlen(room);
         struct hello_refusal *r = malloc(sizeof(*r) + n + 1);
         if (r != NULL) {
@@ -379,7 +404,7 @@ static void send_gap(struct hub_chat_client *cl, struct hub_iov room, const char
  * push. */
 static void jw_join_state(struct pending_join *pj, struct hub_jsonw *b,
                           const struct hub_history_pos *pos, const struct hub_history_msg *msgs,
-                          size_t n, struct hub_room *room)
+                          size_t n)
 {
     struct hub_iov name = {pj->room, pj->room_len};
     hub_jsonw_kstr(b, "epoch", pos->epoch, strlen(pos->epoch));
@@ -425,7 +450,42 @@ static void jw_join_state(struct pending_join *pj, struct hub_jsonw *b,
         chat_jw_next(b, "before", k > 0 ? msgs[n - k].offset : pos->last + 1);
         hub_jsonw_kbool(b, "complete", 0);
     }
-    chat_jw_members(b, room);
+    chat_jw_members(b, pj->total, pj->members, pj->nmembers);
+}
+
+static void pending_join_free(struct pending_join *pj)
+{
+    free(pj->members);
+    free(pj);
+}
+
+/* A join's members query or history request failed with err before any
+ * reply: the client gets an error (or the hello entry does) and leaves the
+ * room again, so that a resend can join it. */
+static void join_failed(struct pending_join *pj, int err)
+{
+    struct hub_chat_client *cl = pj->cl;
+    struct hub_room *room = hub_rooms_find(cl->chat->rooms, pj->room, pj->room_len);
+    if (room != NULL && !hub_rooms_is_member(&cl->member, room))
+        room = NULL;
+    const char *code = err == HUB_EAGAIN ? "unavailable" : "internal";
+    const char *message = err == HUB_EAGAIN
+                              ? "the hub cannot reach its message broker right now; try again"
+                              : "history is not available";
+    if (room != NULL)
+        chat_leave_room(cl, room); /* the join did not happen: a resend may try again */
+    if (pj->hello != NULL) {
+        struct hello_state *hs = pj->hello;
+        if (err == HUB_EAGAIN)
+            hub_metrics.unavailable++;
+        jw_refusal(&hs->b, pj->room, code, message);
+        if (--hs->outstanding == 0 && hs->issued)
+            chat_hello_finish(hs);
+    } else {
+        chat_send_engine_error(cl, pj->id, err, message);
+    }
+    pending_join_free(pj);
+    chat_client_unref(cl);
 }
 
 static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
@@ -433,6 +493,10 @@ static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
 {
     struct pending_join *pj = data;
     struct hub_chat_client *cl = pj->cl;
+    if (err == HUB_EAGAIN) {
+        join_failed(pj, err);
+        return;
+    }
     struct hub_room *room = hub_rooms_find(cl->chat->rooms, pj->room, pj->room_len);
     struct chat_sub *sub = NULL;
     if (room != NULL && hub_rooms_is_member(&cl->member, room))
@@ -459,7 +523,7 @@ static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
     } else {
         if (pj->hello == NULL)
             hub_jsonw_kstr(b, "room", pj->room, pj->room_len);
-        jw_join_state(pj, b, pos, msgs, n, room);
+        jw_join_state(pj, b, pos, msgs, n);
     }
     hub_jsonw_raw(b, "}");
     if (pj->hello != NULL) {
@@ -472,8 +536,49 @@ static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
     if (sub != NULL && pj->hello == NULL)
         sub_release(cl, sub); /* a hello's rooms wait for the whole reply */
     hub_jsonw_free(&own);
-    free(pj);
+    pending_join_free(pj);
     chat_client_unref(cl);
+}
+
+/* The members of the joined room, on every node: kept for the reply, then
+ * the history read (the engine orders it behind the join's subscription). */
+static void join_members_cb(void *data, int err, uint64_t total, const struct hub_engine_member *m,
+                            size_t n)
+{
+    struct pending_join *pj = data;
+    if (err != 0) {
+        join_failed(pj, err);
+        return;
+    }
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        bytes += m[i].client.len + m[i].nick.len;
+    pj->total = total;
+    if (n > 0) {
+        pj->members = malloc(n * sizeof(*pj->members) + bytes);
+        if (pj->members == NULL) {
+            join_failed(pj, HUB_ENOMEM);
+            return;
+        }
+        char *w = (char *)(pj->members + n);
+        for (size_t i = 0; i < n; i++) {
+            memcpy(w, m[i].client.base, m[i].client.len);
+            pj->members[i].client.base = w;
+            pj->members[i].client.len = m[i].client.len;
+            w += m[i].client.len;
+            memcpy(w, m[i].nick.base, m[i].nick.len);
+            pj->members[i].nick.base = w;
+            pj->members[i].nick.len = m[i].nick.len;
+            w += m[i].nick.len;
+        }
+        pj->nmembers = n;
+    }
+    struct hub_iov name = {pj->room, pj->room_len};
+    unsigned limit = pj->has_since ? RESUME_MAX : pj->history;
+    int rc =
+        hub_engine_read(pj->cl->chat->engine, name, HUB_HISTORY_LATEST, 0, limit, join_read_cb, pj);
+    if (rc != 0)
+        join_failed(pj, rc);
 }
 
 /* Joins a room for a join request or a hello resume entry and requests its
@@ -488,6 +593,12 @@ int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_s
     if (pj == NULL)
         goto fail_memory;
     struct hub_room *room;
+    if (!hub_chat_room_admits(chat, name)) {
+        chat->rooms_refused++; /* --max-total-rooms: a new room would pass it */
+        *code = "too_many_rooms_total";
+        *message = "the hub has as many rooms as it may; try again later";
+        goto fail_free;
+    }
     int rc = chat_join_room(cl, name, &room);
     if (rc == HUB_EEXIST) {
         *code = "already_joined";
@@ -497,11 +608,6 @@ int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_s
     if (rc == HUB_ELIMIT) {
         *code = "too_many_rooms";
         *message = "you are in the maximum number of rooms already";
-        goto fail_free;
-    }
-    if (rc == HUB_EAGAIN) {
-        *code = "too_many_rooms_total";
-        *message = "the hub has as many rooms as it may; try again later";
         goto fail_free;
     }
     if (rc != 0 || sub_add(cl, room, hello) != 0)
@@ -521,17 +627,32 @@ int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_s
     chat_client_ref(cl);
     if (hello != NULL)
         hello->outstanding++;
-    unsigned limit = since_epoch != NULL ? RESUME_MAX : history;
-    if (hub_history_read(chat->cfg.history, name, HUB_HISTORY_LATEST, 0, limit, join_read_cb, pj) ==
-        0)
+    /* From here on the completions answer: join_failed if they fail. */
+    rc = hub_engine_members(chat->engine, name, HUB_CHAT_LIST_MAX, join_members_cb, pj);
+    if (rc == 0)
         return 0;
     if (hello != NULL)
         hello->outstanding--;
     chat_client_unref(cl);
     chat_sub_remove(cl, room);
+    chat_leave_room(cl, room);
+    if (rc == HUB_EAGAIN) {
+        *code = "unavailable";
+        *message = "the hub cannot reach its message broker right now; try again";
+        hub_metrics.unavailable++;
+    }
+    free(pj);
+    if (*code != NULL)
+        return -1;
+    goto fail_memory;
 fail_leave:
     if (rc == 0)
         chat_leave_room(cl, room);
+    if (rc == HUB_EAGAIN) {
+        *code = "unavailable";
+        *message = "the hub cannot reach its message broker right now; try again";
+        hub_metrics.unavailable++;
+    }
 fail_free:
     free(pj);
     if (*code != NULL)

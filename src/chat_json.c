@@ -2,9 +2,17 @@
  * chat_json.c: the chathub.v1 operations (docs/protocol.md) and their
  * dispatch: one JSON request per text frame, parsed with jansson, checked,
  * and answered through the writers of chat.c.
+ *
+ * Operations that need the engine's answer (hello and nick claim a nick,
+ * history reads, rooms counts, a dm to a client of another node) keep a
+ * reference to the client and answer from the completion, which may come
+ * after the connection is gone (then nothing is sent, and a nick claimed
+ * for a dead client is released again).
  */
 #include "chat_int.h"
+#include "hub/engine.h"
 #include "hub/history.h"
+#include "hub/ident.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
 #include "hub/utf8.h"
@@ -136,6 +144,11 @@ static int get_text(const struct request *rq, struct hub_iov *text, struct hub_i
         chat_send_error(rq->cl, rq->id, "bad_text", "\"text\" must be a non-empty string");
         return -1;
     }
+    const char *why = hub_ident_text_check(text->base, text->len);
+    if (why != NULL) {
+        chat_send_error(rq->cl, rq->id, "bad_text", why);
+        return -1;
+    }
     if (hub_utf8_length(text->base, text->len) > rq->cl->chat->cfg.max_text) {
         chat_send_error(rq->cl, rq->id, "too_long", "the text is longer than max_text characters");
         return -1;
@@ -181,7 +194,7 @@ static void history_read_cb(void *data, int err, const struct hub_history_pos *p
     struct pending_history *ph = data;
     struct hub_chat_client *cl = ph->cl;
     if (err != 0) {
-        chat_send_error(cl, ph->id, "internal", "history is not available");
+        chat_send_engine_error(cl, ph->id, err, "history is not available");
     } else if (ph->id.has) {
         struct hub_jsonw b = {0};
         chat_begin_reply(&b, ph->id);
@@ -244,9 +257,10 @@ static void op_history(struct request *rq)
     int dir = hb > 0 ? HUB_HISTORY_BEFORE : ha > 0 ? HUB_HISTORY_AFTER : HUB_HISTORY_LATEST;
     ph->dir = dir;
     ph->anchor = hb > 0 ? before : after;
-    if (hub_history_read(rq->cl->chat->cfg.history, name, dir, hb > 0 ? before : after,
-                         (unsigned)limit, history_read_cb, ph) != 0) {
-        chat_send_error(rq->cl, rq->id, "internal", "history is not available");
+    int rc = hub_engine_read(rq->cl->chat->engine, name, dir, hb > 0 ? before : after,
+                             (unsigned)limit, history_read_cb, ph);
+    if (rc != 0) {
+        chat_send_engine_error(rq->cl, rq->id, rc, "history is not available");
         free(ph);
         chat_client_unref(rq->cl);
     }
@@ -281,8 +295,10 @@ static void op_typing(struct request *rq)
      * keeps the indicator on without a push per keystroke. */
     if (now - mark->last >= TYPING_INTERVAL_MS) {
         mark->last = now;
-        struct hub_room_event ev = {.kind = EV_TYPING, .room = room, .who = cl};
-        chat_broadcast(&ev, cl);
+        char id[CHAT_ID_MAX];
+        struct hub_iov cid = {id, chat_client_id(cl, id)};
+        /* Fire-and-forget: a typing lost in an outage is not worth an error. */
+        hub_engine_typing(cl->chat->engine, name, cid, (struct hub_iov){cl->nick, cl->nick_len});
     }
     /* No success reply: typing is fire-and-forget (docs/protocol.md). */
 }
@@ -295,6 +311,8 @@ static int check_nick(const struct request *rq, struct hub_iov *nick)
         return -1;
     }
     const char *why = chat_nick_problem(nick->base, nick->len);
+    if (why == NULL)
+        why = hub_ident_nick_check(nick->base, nick->len); /* scripts, invisibles */
     if (why != NULL) {
         chat_send_error(rq->cl, rq->id, "bad_nick", why);
         return -1;
@@ -307,39 +325,155 @@ static int check_nick(const struct request *rq, struct hub_iov *nick)
     return 0;
 }
 
-static void op_nick(struct request *rq)
+/* A nick claim (hello or nick) waiting for the engine. */
+struct pending_claim {
+    struct hub_chat_client *cl; /* the client (a reference) */
+    struct req_id id;           /* the request's id */
+    struct hello_state *hs;     /* hello: its reply state (owned until resumed); nick: NULL */
+    json_t *resume;             /* hello: its resume object (a reference), or NULL */
+    size_t nick_len;            /* bytes in nick */
+    char nick[];                /* the nick claimed, NUL-terminated */
+};
+
+static void claim_free(struct pending_claim *pc)
 {
-    struct hub_chat_client *cl = rq->cl;
-    struct hub_iov nick;
-    if (check_nick(rq, &nick) != 0)
-        return;
+    if (pc->hs != NULL)
+        chat_hello_discard(pc->hs);
+    json_decref(pc->resume);
+    chat_client_unref(pc->cl);
+    free(pc);
+}
+
+/* The claim of a nick change succeeded: switch, answer, tell the rooms. */
+static void nick_claimed(struct pending_claim *pc)
+{
+    struct hub_chat_client *cl = pc->cl;
+    struct hub_chat *chat = cl->chat;
+    char id[CHAT_ID_MAX];
+    struct hub_iov cid = {id, chat_client_id(cl, id)};
     char old[HUB_CHAT_NICK_BYTES + 1];
     size_t old_len = cl->nick_len;
     memcpy(old, cl->nick, old_len + 1);
-    chat_nick_unlink(cl->chat, cl);
-    int rc = chat_set_nick(cl, nick.base, nick.len);
-    chat_nick_link(cl->chat, cl);
+    struct hub_iov old_v = {old, old_len}, new_v = {pc->nick, pc->nick_len};
+    chat_nick_unlink(chat, cl);
+    int rc = chat_set_nick(cl, pc->nick, pc->nick_len);
+    chat_nick_link(chat, cl);
     if (rc != 0) {
-        chat_send_error(cl, rq->id, "internal", "out of memory");
+        if (!chat_nick_eq(old, old_len, pc->nick, pc->nick_len))
+            hub_engine_release_nick(chat->engine, new_v, cid);
+        chat_send_error(cl, pc->id, "internal", "out of memory");
         return;
     }
+    /* The old claim goes, unless it is the same nick in another case (one
+     * claim, kept with its new spelling). */
+    if (!chat_nick_eq(old, old_len, pc->nick, pc->nick_len))
+        hub_engine_release_nick(chat->engine, old_v, cid);
     struct hub_jsonw b = {0};
-    chat_begin_reply(&b, rq->id);
+    chat_begin_reply(&b, pc->id);
     hub_jsonw_kstr(&b, "nick", cl->nick, cl->nick_len);
     hub_jsonw_raw(&b, "}");
-    if (rq->id.has)
-        chat_send_json(cl, &b, rq->id);
+    if (pc->id.has)
+        chat_send_json(cl, &b, pc->id);
     hub_jsonw_free(&b);
+    /* Every node with members in these rooms pushes the change (on_presence). */
     for (uint32_t i = 0; i < cl->member.nrooms; i++) {
-        struct hub_room_event ev = {.kind = EV_NICK, .room = cl->member.rooms[i].room, .who = cl};
-        ev.old_nick.base = old;
-        ev.old_nick.len = old_len;
-        chat_broadcast(&ev, cl);
+        struct hub_room *r = cl->member.rooms[i].room;
+        struct hub_iov name = {hub_room_name(r), hub_room_name_len(r)};
+        if (hub_engine_renick(chat->engine, name, cid, old_v, new_v) != 0)
+            hub_log_debug("engine: could not record a nick change in %s", hub_room_name(r));
     }
 }
 
+/* The claim of a hello's nick succeeded: the client is in. */
+static void hello_claimed(struct pending_claim *pc)
+{
+    struct hub_chat_client *cl = pc->cl;
+    struct hub_chat *chat = cl->chat;
+    if (chat_set_nick(cl, pc->nick, pc->nick_len) != 0) {
+        char id[CHAT_ID_MAX];
+        struct hub_iov cid = {id, chat_client_id(cl, id)};
+        hub_engine_release_nick(chat->engine, (struct hub_iov){pc->nick, pc->nick_len}, cid);
+        chat_send_error(cl, pc->id, "internal", "out of memory");
+        return;
+    }
+    chat_nick_link(chat, cl);
+    cl->hello = 1;
+    struct hello_state *hs = pc->hs;
+    pc->hs = NULL; /* taken by chat_hello_resume */
+    chat_hello_resume(hs, pc->resume);
+}
+
+static void claim_done(void *data, int err)
+{
+    struct pending_claim *pc = data;
+    struct hub_chat_client *cl = pc->cl;
+    cl->claiming = 0;
+    if (cl->dead) {
+        /* The client went while the claim was on its way: give it back. */
+        if (err == 0) {
+            char id[CHAT_ID_MAX];
+            struct hub_iov cid = {id, chat_client_id(cl, id)};
+            hub_engine_release_nick(cl->chat->engine, (struct hub_iov){pc->nick, pc->nick_len},
+                                    cid);
+        }
+    } else if (err == HUB_EEXIST) {
+        chat_send_error(cl, pc->id, "nick_taken", "another client uses this nick");
+    } else if (err != 0) {
+        chat_send_engine_error(cl, pc->id, err, "the nick could not be claimed");
+    } else if (pc->hs != NULL) {
+        hello_claimed(pc);
+    } else {
+        nick_claimed(pc);
+    }
+    claim_free(pc);
+}
+
+/* Claims nick for cl through the engine (unique across nodes); the reply
+ * comes from claim_done. hs and resume (hello only) are taken. */
+static void start_claim(struct request *rq, struct hub_iov nick, struct hello_state *hs,
+                        json_t *resume)
+{
+    struct hub_chat_client *cl = rq->cl;
+    struct pending_claim *pc = malloc(sizeof(*pc) + nick.len + 1);
+    if (pc == NULL) {
+        if (hs != NULL)
+            chat_hello_discard(hs);
+        chat_send_error(cl, rq->id, "internal", "out of memory");
+        return;
+    }
+    pc->cl = cl;
+    pc->id = rq->id;
+    pc->hs = hs;
+    pc->resume = resume != NULL && json_is_object(resume) ? json_incref(resume) : NULL;
+    pc->nick_len = nick.len;
+    memcpy(pc->nick, nick.base, nick.len);
+    pc->nick[nick.len] = '\0';
+    chat_client_ref(cl);
+    cl->claiming = 1;
+    char id[CHAT_ID_MAX];
+    struct hub_iov cid = {id, chat_client_id(cl, id)};
+    int rc = hub_engine_claim_nick(cl->chat->engine, nick, cid, claim_done, pc);
+    if (rc != 0) {
+        cl->claiming = 0;
+        chat_send_engine_error(cl, rq->id, rc, "the nick could not be claimed");
+        claim_free(pc);
+    }
+}
+
+static void op_nick(struct request *rq)
+{
+    struct hub_iov nick;
+    if (rq->cl->claiming) {
+        chat_send_error(rq->cl, rq->id, "unavailable", "a nick change is on its way; try again");
+        return;
+    }
+    if (check_nick(rq, &nick) != 0)
+        return;
+    start_claim(rq, nick, NULL, NULL);
+}
+
 /* Makes sure c is in the room, telling it so with a dm push. */
-static int dm_ensure_member(struct hub_chat_client *c, struct hub_chat_client *from,
+static int dm_ensure_member(struct hub_chat_client *c, struct hub_iov from, int self,
                             struct hub_iov name, struct hub_room **room)
 {
     struct hub_room *r = hub_rooms_find(c->chat->rooms, name.base, name.len);
@@ -348,17 +482,319 @@ static int dm_ensure_member(struct hub_chat_client *c, struct hub_chat_client *f
         return 0;
     }
     int rc = chat_join_room(c, name, room);
-    if (rc != 0 || c == from)
+    if (rc != 0 || self)
         return rc;
     struct hub_jsonw b = {0};
     hub_jsonw_raw(&b, "{");
     hub_jsonw_kstr(&b, "t", "dm", 2);
     hub_jsonw_kstr(&b, "room", name.base, name.len);
-    hub_jsonw_kstr(&b, "from", from->nick, from->nick_len);
+    hub_jsonw_kstr(&b, "from", from.base, from.len);
     hub_jsonw_raw(&b, "}");
     chat_send_json(c, &b, NO_ID);
     hub_jsonw_free(&b);
     return 0;
+}
+
+/* "@a,b" for nicks a and b, folded and sorted so that both sides name it
+ * alike. Returns its length (0 if a nick is too long). */
+static size_t dm_room_name(char *name, struct hub_iov x, struct hub_iov y)
+{
+    char a[HUB_CHAT_NICK_BYTES + 1], b[HUB_CHAT_NICK_BYTES + 1];
+    if (x.len > HUB_CHAT_NICK_BYTES || y.len > HUB_CHAT_NICK_BYTES)
+        return 0;
+    for (size_t i = 0; i < x.len; i++)
+        a[i] = (char)hub_ascii_lower((unsigned char)x.base[i]);
+    a[x.len] = '\0';
+    for (size_t i = 0; i < y.len; i++)
+        b[i] = (char)hub_ascii_lower((unsigned char)y.base[i]);
+    b[y.len] = '\0';
+    int cmp = strcmp(a, b);
+    int n = snprintf(name, 2 * HUB_CHAT_NICK_BYTES + 3, "@%s,%s", cmp < 0 ? a : b, cmp < 0 ? b : a);
+    return n > 0 ? (size_t)n : 0;
+}
+
+/* A dm to a nick no client of this node holds. The message may go out only
+ * once the peer's node is subscribed to the room, or the peer would miss
+ * it: the peer's join (which its node makes after subscribing) comes back
+ * here as on_presence, and releases the message (chat_dm_peer_joined). If
+ * the peer is a member already, the message goes at once; if its join does
+ * not come within DM_WAIT_MS, the message goes anyway (the peer's client
+ * reads the room on the dm push). */
+struct pending_dm {
+    struct pending_dm *next;    /* in chat->dm_waits while waiting for the join */
+    struct hub_chat_client *cl; /* the sender (a reference) */
+    struct req_id id;           /* the request's id */
+    int64_t since;              /* when it started waiting */
+    int joined_self;            /* the sender joined the room for it */
+    int behind;                 /* it waits behind an earlier dm to the room (no invite) */
+    size_t room_len, text_len;  /* bytes of room and text in bytes[] */
+    size_t cmid_len, to_len;    /* bytes of cmid and of the peer's nick in bytes[] */
+    char bytes[];               /* room, text, cmid, to */
+};
+
+static struct hub_iov pd_room(const struct pending_dm *pd)
+{
+    return (struct hub_iov){pd->bytes, pd->room_len};
+}
+
+static struct hub_iov pd_to(const struct pending_dm *pd)
+{
+    return (struct hub_iov){pd->bytes + pd->room_len + pd->text_len + pd->cmid_len, pd->to_len};
+}
+
+static void pd_free(struct pending_dm *pd)
+{
+    struct hub_chat_client *cl = pd->cl;
+    free(pd);
+    chat_client_unref(cl);
+}
+
+/* The dm failed before its message went out: the sender leaves a room it
+ * joined for it (a refused dm joins nobody) and gets the error. */
+static void pd_fail(struct pending_dm *pd, const char *code, const char *message, int err)
+{
+    struct hub_chat_client *cl = pd->cl;
+    if (!cl->dead) {
+        struct hub_iov room = pd_room(pd);
+        struct hub_room *r = hub_rooms_find(cl->chat->rooms, room.base, room.len);
+        if (pd->joined_self && r != NULL && hub_rooms_is_member(&cl->member, r))
+            chat_leave_room(cl, r);
+        if (code != NULL)
+            chat_send_error(cl, pd->id, code, message);
+        else
+            chat_send_engine_error(cl, pd->id, err, message);
+    }
+    pd_free(pd);
+}
+
+/* Publishes the dm's message (the sender is in the room). */
+static void pd_send(struct pending_dm *pd)
+{
+    struct hub_chat_client *cl = pd->cl;
+    if (!cl->dead) {
+        struct hub_room *r;
+        struct hub_iov room = pd_room(pd);
+        int rc = dm_ensure_member(cl, (struct hub_iov){cl->nick, cl->nick_len}, 1, room, &r);
+        if (rc == HUB_ELIMIT)
+            chat_send_error(cl, pd->id, "too_many_rooms", "you are in the maximum number of rooms");
+        else if (rc != 0)
+            chat_send_engine_error(cl, pd->id, rc, "out of memory");
+        else
+            chat_publish(cl, pd->id, room, HUB_WS_TEXT,
+                         (struct hub_iov){pd->bytes + pd->room_len, pd->text_len},
+                         (struct hub_iov){pd->bytes + pd->room_len + pd->text_len, pd->cmid_len});
+    }
+    pd_free(pd);
+}
+
+static void pd_unlink(struct pending_dm *pd)
+{
+    struct pending_dm **pp = &pd->cl->chat->dm_waits;
+    while (*pp != NULL && *pp != pd)
+        pp = &(*pp)->next;
+    if (*pp == pd)
+        *pp = pd->next;
+    pd->next = NULL;
+}
+
+/* Takes the waiting dms that match out of the list first, then sends them:
+ * sending may join rooms, whose presence upcalls may come back here. */
+void chat_dm_peer_joined(struct hub_chat *chat, struct hub_iov room, struct hub_iov nick)
+{
+    struct pending_dm *due = NULL, **tail = &due;
+    for (struct pending_dm **pp = &chat->dm_waits; *pp != NULL;) {
+        struct pending_dm *pd = *pp;
+        struct hub_iov r = pd_room(pd), to = pd_to(pd);
+        if (r.len == room.len && memcmp(r.base, room.base, r.len) == 0 &&
+            chat_nick_eq(to.base, to.len, nick.base, nick.len)) {
+            *pp = pd->next;
+            pd->next = NULL;
+            *tail = pd;
+            tail = &pd->next;
+            continue;
+        }
+        pp = &pd->next;
+    }
+    while (due != NULL) {
+        struct pending_dm *pd = due;
+        due = pd->next;
+        pd->next = NULL;
+        pd_send(pd);
+    }
+}
+
+void chat_dm_tick(struct hub_chat *chat, int64_t now, int all)
+{
+    struct pending_dm *due = NULL, **tail = &due;
+    for (struct pending_dm **pp = &chat->dm_waits; *pp != NULL;) {
+        struct pending_dm *pd = *pp;
+        if (all || pd->cl->dead || now - pd->since >= DM_WAIT_MS) {
+            *pp = pd->next;
+            pd->next = NULL;
+            *tail = pd;
+            tail = &pd->next;
+            continue;
+        }
+        pp = &pd->next;
+    }
+    while (due != NULL) {
+        struct pending_dm *pd = due;
+        due = pd->next;
+        pd->next = NULL;
+        if (all)
+            pd_free(pd);
+        else
+            pd_send(pd); /* no join seen in time: send anyway */
+    }
+}
+
+static void dm_invited(void *data, int err)
+{
+    struct pending_dm *pd = data;
+    if (err == 0)
+        return; /* it waits for the peer's join (or the tick) */
+    pd_unlink(pd);
+    /* The dms queued behind it fail alike. */
+    struct hub_chat *chat = pd->cl->chat;
+    for (struct pending_dm **pp = &chat->dm_waits; *pp != NULL;) {
+        struct pending_dm *w = *pp;
+        if (w->behind && w->room_len == pd->room_len &&
+            memcmp(w->bytes, pd->bytes, pd->room_len) == 0) {
+            *pp = w->next;
+            w->next = NULL;
+            if (err == HUB_ENOENT)
+                pd_fail(w, "no_such_nick", "no connected client has that nick", 0);
+            else
+                pd_fail(w, NULL, "the direct message could not be sent", err);
+            continue;
+        }
+        pp = &w->next;
+    }
+    if (err == HUB_ENOENT)
+        pd_fail(pd, "no_such_nick", "no connected client has that nick", 0);
+    else
+        pd_fail(pd, NULL, "the direct message could not be sent", err);
+}
+
+/* The room's members: is the peer in it already (then its node is
+ * subscribed and the message can go), or must it be invited first? */
+static void dm_members_cb(void *data, int err, uint64_t total, const struct hub_engine_member *m,
+                          size_t n)
+{
+    (void)total;
+    struct pending_dm *pd = data;
+    struct hub_chat_client *cl = pd->cl;
+    struct hub_iov to = pd_to(pd), room = pd_room(pd);
+    if (cl->dead) {
+        pd_free(pd);
+        return;
+    }
+    if (err != 0) {
+        pd_fail(pd, NULL, "the direct message could not be sent", err);
+        return;
+    }
+    /* Behind an earlier dm to the same room still waiting, whatever the
+     * members say: the messages keep their order. */
+    int behind = 0;
+    for (struct pending_dm *w = cl->chat->dm_waits; w != NULL; w = w->next)
+        if (w->room_len == room.len && memcmp(w->bytes, room.base, room.len) == 0)
+            behind = 1;
+    for (size_t i = 0; i < n && !behind; i++)
+        if (chat_nick_eq(m[i].nick.base, m[i].nick.len, to.base, to.len)) {
+            pd_send(pd);
+            return;
+        }
+    /* The sender joins first, so that this node is subscribed to the room
+     * and hears the peer's join. */
+    struct hub_room *r = hub_rooms_find(cl->chat->rooms, room.base, room.len);
+    pd->joined_self = !behind && (r == NULL || !hub_rooms_is_member(&cl->member, r));
+    int rc = dm_ensure_member(cl, (struct hub_iov){cl->nick, cl->nick_len}, 1, room, &r);
+    if (rc != 0) {
+        pd->joined_self = 0;
+        pd_fail(pd, NULL, "out of memory", rc);
+        return;
+    }
+    pd->since = chat_now(cl->chat);
+    /* Oldest first, so that several dms to one peer go out in order. */
+    struct pending_dm **pp = &cl->chat->dm_waits;
+    while (*pp != NULL)
+        pp = &(*pp)->next;
+    pd->next = NULL;
+    *pp = pd;
+    pd->behind = behind;
+    if (behind)
+        return; /* released with the one ahead of it */
+    rc = hub_engine_invite(cl->chat->engine, to, room, (struct hub_iov){cl->nick, cl->nick_len},
+                           dm_invited, pd);
+    if (rc != 0) {
+        pd_unlink(pd);
+        pd_fail(pd, NULL, "the direct message could not be sent", rc);
+    }
+}
+
+/* A dm to a nick held on another node (if anywhere). */
+static void dm_remote(struct request *rq, struct hub_iov to)
+{
+    struct hub_chat_client *cl = rq->cl;
+    struct hub_iov text, cmid;
+    if (chat_nick_eq(to.base, to.len, cl->nick, cl->nick_len)) {
+        chat_send_error(cl, rq->id, "bad_request", "a direct message needs another nick");
+        return;
+    }
+    if (to.len == 0 || to.len > HUB_CHAT_NICK_BYTES || memchr(to.base, ',', to.len) != NULL) {
+        chat_send_error(cl, rq->id, "no_such_nick", "no connected client has that nick");
+        return;
+    }
+    if (get_text(rq, &text, &cmid) != 0)
+        return;
+    char name[2 * HUB_CHAT_NICK_BYTES + 3];
+    size_t n = dm_room_name(name, (struct hub_iov){cl->nick, cl->nick_len}, to);
+    struct hub_room *room = hub_rooms_find(cl->chat->rooms, name, n);
+    if ((room == NULL || !hub_rooms_is_member(&cl->member, room)) &&
+        cl->member.nrooms >= cl->chat->cfg.max_rooms_per_client) {
+        chat_send_error(cl, rq->id, "too_many_rooms", "you are in the maximum number of rooms");
+        return;
+    }
+    struct pending_dm *pd = calloc(1, sizeof(*pd) + n + text.len + cmid.len + to.len);
+    if (pd == NULL) {
+        chat_send_error(cl, rq->id, "internal", "out of memory");
+        return;
+    }
+    pd->cl = cl;
+    pd->id = rq->id;
+    pd->room_len = n;
+    pd->text_len = text.len;
+    pd->cmid_len = cmid.len;
+    pd->to_len = to.len;
+    char *w = pd->bytes;
+    memcpy(w, name, n);
+    memcpy(w += n, text.base, text.len);
+    if (cmid.len > 0)
+        memcpy(w + text.len, cmid.base, cmid.len);
+    memcpy(w + text.len + cmid.len, to.base, to.len);
+    chat_client_ref(cl);
+    int rc = hub_engine_members(cl->chat->engine, (struct hub_iov){name, n}, HUB_CHAT_LIST_MAX,
+                                dm_members_cb, pd);
+    if (rc != 0) {
+        chat_send_engine_error(cl, rq->id, rc, "the direct message could not be sent");
+        pd_free(pd);
+    }
+}
+
+/* The engine's on_invite: the local holder of nick joins room (a dm push
+ * tells it), wherever the sender is. */
+void chat_on_invite(void *data, struct hub_iov client, struct hub_iov nick, struct hub_iov room,
+                    struct hub_iov from)
+{
+    struct hub_chat *chat = data;
+    struct hub_chat_client *c = chat_nick_find(chat, nick.base, nick.len);
+    if (c == NULL || c->dead || chat_local_id(chat, client) != c->id)
+        return; /* gone, or renamed since */
+    struct hub_room *r;
+    if (room.len == 0 || room.len > HUB_ROOM_NAME_MAX || room.base[0] != '@')
+        return;
+    if (dm_ensure_member(c, from, 0, room, &r) != 0)
+        hub_log_debug("dm: could not join %s to %.*s", c->nick, (int)room.len, room.base);
 }
 
 static void op_dm(struct request *rq)
@@ -370,8 +806,13 @@ static void op_dm(struct request *rq)
         return;
     }
     struct hub_chat_client *peer = chat_nick_find(cl->chat, to.base, to.len);
-    if (peer == NULL) {
+    if (peer == NULL && cl->chat->id_prefix_len == 0) {
+        /* The memory engine is one node: every nick is in the local table. */
         chat_send_error(cl, rq->id, "no_such_nick", "no connected client has that nick");
+        return;
+    }
+    if (peer == NULL) {
+        dm_remote(rq, to);
         return;
     }
     if (peer == cl) {
@@ -380,17 +821,11 @@ static void op_dm(struct request *rq)
     }
     if (get_text(rq, &text, &cmid) != 0)
         return;
-    /* "@a,b" with both nicks folded and sorted, so both sides name it alike. */
-    char a[HUB_CHAT_NICK_BYTES + 1], b[HUB_CHAT_NICK_BYTES + 1];
-    for (size_t i = 0; i <= cl->nick_len; i++)
-        a[i] = (char)hub_ascii_lower((unsigned char)cl->nick[i]);
-    for (size_t i = 0; i <= peer->nick_len; i++)
-        b[i] = (char)hub_ascii_lower((unsigned char)peer->nick[i]);
+    struct hub_iov me = {cl->nick, cl->nick_len};
     char name[2 * HUB_CHAT_NICK_BYTES + 3];
-    int cmp = strcmp(a, b);
-    int n = snprintf(name, sizeof(name), "@%s,%s", cmp < 0 ? a : b, cmp < 0 ? b : a);
-    struct hub_iov room_name = {name, (size_t)n};
-    struct hub_room *room = hub_rooms_find(cl->chat->rooms, name, (size_t)n);
+    size_t n = dm_room_name(name, me, (struct hub_iov){peer->nick, peer->nick_len});
+    struct hub_iov room_name = {name, n};
+    struct hub_room *room = hub_rooms_find(cl->chat->rooms, name, n);
     uint32_t max = cl->chat->cfg.max_rooms_per_client;
     int cl_in = room != NULL && hub_rooms_is_member(&cl->member, room);
     int peer_in = room != NULL && hub_rooms_is_member(&peer->member, room);
@@ -408,71 +843,87 @@ static void op_dm(struct request *rq)
                         "the hub has as many rooms as it may; try again later");
         return;
     }
-    if (dm_ensure_member(cl, cl, room_name, &room) != 0 ||
-        dm_ensure_member(peer, cl, room_name, &room) != 0) {
-        chat_send_error(cl, rq->id, "internal", "out of memory");
+    int rc = dm_ensure_member(cl, me, 1, room_name, &room);
+    if (rc == 0)
+        rc = dm_ensure_member(peer, me, 0, room_name, &room);
+    if (rc != 0) {
+        chat_send_engine_error(cl, rq->id, rc, "out of memory");
         return;
     }
     chat_publish(cl, rq->id, room_name, HUB_WS_TEXT, text, cmid);
 }
 
-struct room_count {
-    const char *name; /* borrowed from the room */
-    size_t members;   /* its size */
+/* A rooms request waiting for the engine's counts. */
+struct pending_rooms {
+    struct hub_chat_client *cl; /* the client (a reference) */
+    struct req_id id;           /* the request's id */
 };
-
-struct rooms_list {
-    struct room_count *items; /* owned */
-    size_t n, cap;            /* used and allocated */
-};
-
-static void collect_room(struct hub_room *room, void *arg)
-{
-    struct rooms_list *l = arg;
-    if (hub_room_name(room)[0] == '@')
-        return; /* direct-message rooms are private */
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        struct room_count *a = realloc(l->items, cap * sizeof(*a));
-        if (a == NULL)
-            return;
-        l->items = a;
-        l->cap = cap;
-    }
-    l->items[l->n].name = hub_room_name(room);
-    l->items[l->n].members = hub_room_size(room);
-    l->n++;
-}
 
 static int by_size_desc(const void *x, const void *y)
 {
-    const struct room_count *a = x, *b = y;
+    const struct hub_engine_room_count *a = x, *b = y;
     if (a->members != b->members)
         return a->members < b->members ? 1 : -1;
-    return strcmp(a->name, b->name);
+    size_t n = a->room.len < b->room.len ? a->room.len : b->room.len;
+    int c = memcmp(a->room.base, b->room.base, n);
+    if (c != 0)
+        return c;
+    return a->room.len < b->room.len ? -1 : a->room.len > b->room.len;
+}
+
+static void rooms_cb(void *data, int err, const struct hub_engine_room_count *r, size_t n)
+{
+    struct pending_rooms *pr = data;
+    struct hub_chat_client *cl = pr->cl;
+    struct hub_engine_room_count *l = NULL;
+    size_t k = 0;
+    if (err == 0 && n > 0 && (l = malloc(n * sizeof(*l))) == NULL)
+        err = HUB_ENOMEM;
+    if (err != 0) {
+        chat_send_engine_error(cl, pr->id, err, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (r[i].room.len > 0 && r[i].room.base[0] != '@') /* direct-message rooms are private */
+            l[k++] = r[i];
+    if (k > 1)
+        qsort(l, k, sizeof(*l), by_size_desc);
+    struct hub_jsonw b = {0};
+    chat_begin_reply(&b, pr->id);
+    hub_jsonw_key(&b, "rooms");
+    hub_jsonw_raw(&b, "[");
+    for (size_t i = 0; i < k && i < ROOMS_LIST_MAX; i++) {
+        hub_jsonw_raw(&b, i ? ",{" : "{");
+        hub_jsonw_kstr(&b, "room", l[i].room.base, l[i].room.len);
+        hub_jsonw_kint(&b, "members", (long long)l[i].members);
+        hub_jsonw_raw(&b, "}");
+    }
+    hub_jsonw_raw(&b, "]}");
+    if (pr->id.has)
+        chat_send_json(cl, &b, pr->id);
+    hub_jsonw_free(&b);
+done:
+    free(l);
+    free(pr);
+    chat_client_unref(cl);
 }
 
 static void op_rooms(struct request *rq)
 {
-    struct rooms_list l = {0};
-    hub_rooms_foreach(rq->cl->chat->rooms, collect_room, &l);
-    if (l.n > 1)
-        qsort(l.items, l.n, sizeof(*l.items), by_size_desc);
-    struct hub_jsonw b = {0};
-    chat_begin_reply(&b, rq->id);
-    hub_jsonw_key(&b, "rooms");
-    hub_jsonw_raw(&b, "[");
-    for (size_t i = 0; i < l.n && i < ROOMS_LIST_MAX; i++) {
-        hub_jsonw_raw(&b, i ? ",{" : "{");
-        hub_jsonw_kstr(&b, "room", l.items[i].name, strlen(l.items[i].name));
-        hub_jsonw_kint(&b, "members", (long long)l.items[i].members);
-        hub_jsonw_raw(&b, "}");
+    struct pending_rooms *pr = malloc(sizeof(*pr));
+    if (pr == NULL) {
+        chat_send_error(rq->cl, rq->id, "internal", "out of memory");
+        return;
     }
-    hub_jsonw_raw(&b, "]}");
-    if (rq->id.has)
-        chat_send_json(rq->cl, &b, rq->id);
-    hub_jsonw_free(&b);
-    free(l.items);
+    pr->cl = rq->cl;
+    pr->id = rq->id;
+    chat_client_ref(rq->cl);
+    int rc = hub_engine_rooms(rq->cl->chat->engine, ROOMS_ASK_MAX, rooms_cb, pr);
+    if (rc != 0) {
+        chat_send_engine_error(rq->cl, rq->id, rc, "out of memory");
+        free(pr);
+        chat_client_unref(rq->cl);
+    }
 }
 
 static void op_ping(struct request *rq)
@@ -490,9 +941,12 @@ static void op_ping(struct request *rq)
 static void op_hello(struct request *rq)
 {
     struct hub_chat_client *cl = rq->cl;
-    struct hub_chat *chat = cl->chat;
     if (cl->hello) {
         chat_send_error(cl, rq->id, "already_hello", "hello was already done");
+        return;
+    }
+    if (cl->claiming) {
+        chat_send_error(cl, rq->id, "unavailable", "a hello is on its way; try again");
         return;
     }
     struct hub_iov nick;
@@ -507,15 +961,11 @@ static void op_hello(struct request *rq)
     /* Everything that can fail comes before the nick is committed, so a
      * refused hello leaves the client as it was and a retry can succeed. */
     struct hello_state *hs = chat_hello_new(cl, rq->id);
-    if (hs == NULL || chat_set_nick(cl, nick.base, nick.len) != 0) {
-        if (hs != NULL)
-            chat_hello_discard(hs);
+    if (hs == NULL) {
         chat_send_error(cl, rq->id, "internal", "out of memory");
         return;
     }
-    chat_nick_link(chat, cl);
-    cl->hello = 1;
-    chat_hello_resume(hs, resume);
+    start_claim(rq, nick, hs, resume);
 }
 
 /* ---- dispatch ------------------------------------------------------- */
@@ -550,8 +1000,8 @@ void chat_json_message(struct hub_chat_client *cl, const char *data, size_t len)
 {
     json_error_t err;
     struct request rq = {cl, NULL, {0, 0}};
-    /* JSON allows \u0000 in strings; the nick and room rules refuse it where
-     * it matters, and message text may carry it. */
+    /* JSON allows \u0000 in strings; the nick, room and text rules refuse
+     * it (message text: bad_text, see hub_ident_text_check). */
     rq.root = json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
     if (rq.root == NULL || !json_is_object(rq.root)) {
         chat_send_error(cl, rq.id, "bad_json", "each frame must hold one JSON object");

@@ -56,7 +56,7 @@
  * larger ones are queued by reference to the site's memory. */
 #define HTTP_COPY_BODY_MAX 2048
 
-/* Longest header name we recognise ("Sec-WebSocket-Protocol" is 22). */
+/* Longest header name we recognise ("Sec-WebSocket-Extensions" is 24). */
 #define HTTP_NAME_MAX 32
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -71,6 +71,7 @@ enum known_header {
     KH_WS_VERSION,
     KH_WS_PROTOCOL,
     KH_IF_NONE_MATCH,
+    KH_WS_EXTENSIONS,
     KH_COUNT,
     KH_NONE = -1,
 };
@@ -84,6 +85,7 @@ static const char *const known_names[KH_COUNT] = {
     "Sec-WebSocket-Version",
     "Sec-WebSocket-Protocol",
     "If-None-Match",
+    "Sec-WebSocket-Extensions",
 };
 
 enum http_state {
@@ -98,6 +100,14 @@ enum piece {
     PIECE_NONE,
     PIECE_FIELD,
     PIECE_VALUE,
+};
+
+/* Where the head scanner is in the current line (see head_scan). */
+enum scan_state {
+    SC_REQLINE,    /* in the request line */
+    SC_LINE_START, /* at the first byte of a header line (or of the blank line) */
+    SC_NAME,       /* in a header name, before its colon */
+    SC_VALUE,      /* after the colon, up to the end of the line */
 };
 
 /* What one run of the parser stopped at. */
@@ -149,6 +159,7 @@ struct hub_http {
     uint64_t last_end;         /* stream offset just past the last URL/header piece */
     unsigned nheaders;         /* header lines so far */
     int host_lines;            /* Host header lines so far */
+    int scan;                  /* enum scan_state of the head scanner */
     int piece;                 /* enum piece */
     char name[HTTP_NAME_MAX];  /* current header name (first bytes) */
     size_t name_len;           /* its full length, even past HTTP_NAME_MAX */
@@ -182,6 +193,7 @@ static void req_reset(struct hub_http *h)
     h->last_end = 0;
     h->nheaders = 0;
     h->host_lines = 0;
+    h->scan = SC_REQLINE;
     h->piece = PIECE_NONE;
     h->name_len = 0;
     h->cur_hdr = KH_NONE;
@@ -379,6 +391,51 @@ static int req_value(struct hub_http *h, const char *at, size_t len)
     return 0;
 }
 
+/* Scans len bytes of a request head for what http-parser lets through but
+ * RFC 9112 says to refuse, because a proxy in front may read the same bytes
+ * differently (request smuggling): white space between a header name and
+ * its colon (section 5.1; http-parser takes "Content-Length : 5" as a
+ * length), and a line that starts with white space, which is obs-fold or
+ * white space before the first header (sections 5.2 and 2.2). The scanner
+ * keeps its state across calls, so cuts do not matter. Returns the index of
+ * the first offending byte, or len. */
+static size_t head_scan(struct hub_http *h, const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        char c = p[i];
+        switch (h->scan) {
+        case SC_REQLINE:
+        case SC_VALUE:
+            if (c == '\n')
+                h->scan = SC_LINE_START;
+            break;
+        case SC_LINE_START:
+            if (c == ' ' || c == '\t')
+                return i;
+            if (c != '\r' && c != '\n')
+                h->scan = c == ':' ? SC_VALUE : SC_NAME;
+            break;
+        case SC_NAME:
+            if (c == ' ' || c == '\t')
+                return i;
+            if (c == ':')
+                h->scan = SC_VALUE;
+            else if (c == '\n')
+                h->scan = SC_LINE_START; /* no colon: http-parser refuses it */
+            break;
+        }
+    }
+    return len;
+}
+
+/* RFC 3986 host and port characters (reg-name, IP literals, ":port"). */
+static int host_char(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return 1;
+    return c != '\0' && strchr("-._~%!$&'()*+,;=:[]", c) != NULL;
+}
+
 /* The head is complete and ends at stream offset end (h->head was filled by
  * the adapter). Returns 0, or the status to fail the request with. */
 static int req_head_done(struct hub_http *h, uint64_t end)
@@ -393,9 +450,16 @@ static int req_head_done(struct hub_http *h, uint64_t end)
     h->keep_alive = h->head.keep_alive && !h->head.upgrade;
     if (end - h->head_start > h->cfg->max_header_bytes || h->nheaders > h->cfg->max_headers)
         return 431;
-    /* Two Host lines make the target ambiguous (RFC 9112 section 3.2). */
+    /* Two Host lines make the target ambiguous, and HTTP/1.1 requires one
+     * (RFC 9112 section 3.2: 400 for a missing, repeated or invalid Host). */
     if (h->head.major != 1 || h->host_lines > 1)
         return 400;
+    if (h->head.minor >= 1 && h->host_lines == 0)
+        return 400;
+    const struct span *host = &h->hdr[KH_HOST];
+    for (size_t i = 0; i < host->len; i++)
+        if (!host_char((unsigned char)h->store[host->off + i]))
+            return 400;
     if (h->head.has_length && h->head.content_length > HTTP_MAX_BODY)
         return 413;
     return 0;
@@ -565,6 +629,8 @@ const char *hub_http_reason(int status)
         return "Content Too Large";
     case 414:
         return "URI Too Long";
+    case 421:
+        return "Misdirected Request";
     case 426:
         return "Upgrade Required";
     case 429:
@@ -581,6 +647,11 @@ const char *hub_http_reason(int status)
         return "HTTP Version Not Supported";
     }
     return "Unknown";
+}
+
+static int is_html(const char *content_type)
+{
+    return content_type != NULL && strncmp(content_type, "text/html", 9) == 0;
 }
 
 /* Statuses whose responses never carry a body (RFC 9110 section 6.4.1);
@@ -631,6 +702,12 @@ static int respond(struct hub_http *h, int status, const char *content_type, con
         rc = hub_buf_puts(&b, "Connection: keep-alive\r\n"); /* HTTP/1.0 needs to be told */
     if (rc == 0)
         rc = hub_buf_puts(&b, "X-Content-Type-Options: nosniff\r\n");
+    /* Every HTML page: its CSP (http.h), no framing, no Referer sent on. */
+    if (rc == 0 && is_html(content_type))
+        rc = hub_buf_printf(&b,
+                            "Content-Security-Policy: %s\r\nX-Frame-Options: DENY\r\n"
+                            "Referrer-Policy: no-referrer\r\n",
+                            h->cfg->csp != NULL ? h->cfg->csp : HUB_HTTP_CSP_PAGE);
     if (rc == 0 && extra != NULL)
         rc = hub_buf_puts(&b, extra);
     if (rc == 0)
@@ -774,8 +851,21 @@ static int is_token(const char *s)
 int hub_http_accept_websocket(struct hub_http *h, const struct hub_http_request *req,
                               const char *subprotocol)
 {
+    return hub_http_accept_websocket_ext(h, req, subprotocol, NULL);
+}
+
+/* Also HUB_EINVAL when the extensions line is not one header line. */
+int hub_http_accept_websocket_ext(struct hub_http *h, const struct hub_http_request *req,
+                                  const char *subprotocol, const char *extensions)
+{
     if (subprotocol != NULL && !is_token(subprotocol))
         return HUB_EINVAL;
+    if (extensions != NULL) {
+        size_t n = strlen(extensions);
+        if (n < 2 || strcmp(extensions + n - 2, "\r\n") != 0 ||
+            strpbrk(extensions, "\r\n") != extensions + n - 2)
+            return HUB_EINVAL;
+    }
     if (h->state != ST_OPEN || hub_conn_closing(h->conn))
         return HUB_ECLOSED;
     char accept[29];
@@ -791,6 +881,8 @@ int hub_http_accept_websocket(struct hub_http *h, const struct hub_http_request 
                             accept);
     if (rc == 0 && subprotocol != NULL)
         rc = hub_buf_printf(&b, "Sec-WebSocket-Protocol: %s\r\n", subprotocol);
+    if (rc == 0 && extensions != NULL)
+        rc = hub_buf_puts(&b, extensions);
     if (rc == 0)
         rc = hub_buf_puts(&b, "\r\n");
     /* A handful of bytes that decide whether the connection lives: they go
@@ -889,7 +981,8 @@ static int starts_with_ci(struct hub_iov v, const char *lit)
 }
 
 /* Splits the request target into path and query. Accepts origin-form
- * ("/p?q"), absolute-form ("http://host/p?q", RFC 9112 section 3.2.2), and
+ * ("/p?q"), absolute-form ("http://host/p?q", RFC 9112 section 3.2.2, when
+ * its authority equals req->host, which must be set already), and
  * for other methods the asterisk and authority forms as a raw path. Returns
  * 0, or HUB_EINVAL for a target no server could mean. */
 static int split_target(struct hub_iov url, int method, struct hub_http_request *req)
@@ -897,8 +990,14 @@ static int split_target(struct hub_iov url, int method, struct hub_http_request 
     struct hub_iov rest = url;
     if (starts_with_ci(url, "http://") || starts_with_ci(url, "https://")) {
         size_t i = url.base[4] == ':' ? 7 : 8;
+        size_t auth = i;
         while (i < url.len && url.base[i] != '/' && url.base[i] != '?' && url.base[i] != '#')
             i++;
+        /* The target's authority names the host (RFC 9112 section 3.2.2);
+         * one that differs from Host is a conflicting Host. */
+        struct hub_iov authority = {url.base + auth, i - auth};
+        if (!hub_eq_ci(authority.base, authority.len, req->host.base, req->host.len))
+            return HUB_EINVAL;
         rest.base = url.base + i;
         rest.len = url.len - i;
     } else if (url.len == 0 || url.base[0] != '/') {
@@ -942,6 +1041,7 @@ static int build_request(const struct hub_http *h, struct hub_http_request *req)
     req->ws_version = view(h, &h->hdr[KH_WS_VERSION]);
     req->ws_protocol = view(h, &h->hdr[KH_WS_PROTOCOL]);
     req->if_none_match = view(h, &h->hdr[KH_IF_NONE_MATCH]);
+    req->ws_extensions = view(h, &h->hdr[KH_WS_EXTENSIONS]);
     return split_target(view(h, &h->url), req->method, req);
 }
 
@@ -1020,6 +1120,7 @@ void hub_http_config_default(struct hub_http_config *cfg)
     cfg->max_header_bytes = HTTP_DEFAULT_MAX_HEADER_BYTES;
     cfg->max_headers = HTTP_DEFAULT_MAX_HEADERS;
     cfg->site = NULL;
+    cfg->csp = HUB_HTTP_CSP_PAGE;
 }
 
 struct hub_http *hub_http_new(struct hub_conn *conn, const struct hub_http_config *cfg,
@@ -1065,7 +1166,27 @@ int hub_http_feed(struct hub_http *h, const char *data, size_t len, size_t *cons
         int status;
         h->chunk = data + off;
         h->chunk_pos = h->stream_pos;
+        int in_head = h->in_message && !h->headers_done;
         size_t n = pa_execute(h, data + off, len - off, &ev, &status);
+        /* The head scanner sees every byte of a head once: the request's
+         * first byte from the run that began it, then the runs up to
+         * EV_HEADERS (whose last byte is parsed again, with the body). A bad
+         * byte within the head limit comes first in the stream of any
+         * other error the run found; one past it is the limit's (431). */
+        size_t from = in_head ? 0 : n;
+        if (!in_head && ev == EV_BEGIN && n > 0) {
+            h->scan = SC_REQLINE;
+            from = n - 1;
+        }
+        size_t bad = from + head_scan(h, data + off + from, n - from);
+        if (bad < n) {
+            uint64_t at = h->stream_pos + bad;
+            uint64_t start = in_head ? h->head_start : h->stream_pos + n - 1;
+            if (at - start < h->cfg->max_header_bytes) {
+                h->stream_pos += n;
+                return fail(h, 400);
+            }
+        }
         off += n;
         h->stream_pos += n;
         if (ev == EV_ERROR) {

@@ -7,7 +7,11 @@
  * and exits 1.
  */
 #include "hub/history.h"
+#include "hub/engine.h"
+#include "hub/access.h"
+#include "hub/deflate.h"
 #include "hub/log.h"
+#include "hub/redisurl.h"
 #include "hub/server.h"
 
 #include <errno.h>
@@ -26,6 +30,8 @@
 #endif
 
 #define MAX_ORIGINS 64
+#define MAX_SERVER_NAMES 64  /* --server-name values */
+#define MAX_METRICS_ALLOW 64 /* --metrics-allow networks */
 
 static void usage(FILE *f)
 {
@@ -43,6 +49,12 @@ static void usage(FILE *f)
         "  --allow-origin PAT    also accept WebSockets from pages at PAT: an origin\n"
         "                        (https://chat.example.com), a wildcard (*.example.com)\n"
         "                        or * (repeatable; default: same origin only)\n"
+        "  --server-name NAME    answer only to Host NAME (and localhost), others get 421\n"
+        "                        (repeatable; default: any Host, or only localhost,\n"
+        "                        127.0.0.1 and [::1] when bound to loopback)\n"
+        "  --metrics-allow CIDR  serve /metrics to peers in CIDR, e.g. 10.0.0.0/8, others\n"
+        "                        get 403 (repeatable; default: loopback peers only,\n"
+        "                        127.0.0.0/8 and ::1; list those too to keep them)\n"
         "  --log-level LEVEL     error, warn, info or debug (default info)\n"
         "  --help                show this help and exit\n"
         "  --version             show the version and exit\n"
@@ -85,7 +97,58 @@ static void usage(FILE *f)
         "                        0 = no limit): joins past it fail too_many_rooms_total,\n"
         "                        raw upgrades into a new room get 503\n"
         "  --max-total-output BYTES  output queued to all clients together before the hub\n"
-        "                        stops reading from publishers (default 268435456; 0 = off)\n");
+        "                        stops reading from publishers (default 268435456; 0 = off)\n"
+        "\n"
+        "Compression:\n"
+        "  --deflate on|off      accept permessage-deflate from clients that offer it\n"
+        "                        (default on when built with zlib)\n"
+        "  --deflate-min BYTES   send messages shorter than this uncompressed (default 128)\n"
+        "\n"
+        "Several hubs, one chat (Redis; see docs/operations.md):\n"
+        "  --redis URL           share rooms, history, presence and nicks with other hubs\n"
+        "                        through Redis at redis://[:password@]host:port[/db];\n"
+        "                        repeat to shard rooms over several Redis servers. History\n"
+        "                        then lives in Redis: --data-dir and --no-persist do not\n"
+        "                        apply, --history sets the stream length kept per room.\n"
+        "%s"
+        "  --node-id ID          this hub's name among the others: 1-64 of A-Z a-z 0-9 . _ -\n"
+        "                        (default: random at each start)\n"
+        "  --redis-prefix P      prefix of every Redis key and channel (default chathub:)\n"
+        "  --node-lease S        seconds after which a dead hub's members and nicks vanish\n"
+        "                        from the others (default 30; fractions such as 1.5 allowed)\n",
+        hub_engine_have_redis() ? ""
+                                : "                        (not in this build: it was built "
+                                  "without hiredis)\n");
+}
+
+/* Checks a --node-id: 1..64 of [A-Za-z0-9._-]. */
+static int valid_node_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > HUB_ENGINE_NODE_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Parses seconds with an optional fraction ("30", "1.5") into ms in
+ * [min_ms, max_ms]. Returns 0 or -1. */
+static int parse_seconds_ms(const char *s, uint32_t min_ms, uint32_t max_ms, uint32_t *out)
+{
+    if (*s < '0' || *s > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno != 0 || *end != '\0' || !(v * 1000.0 >= min_ms) || !(v * 1000.0 <= max_ms))
+        return -1;
+    *out = (uint32_t)(v * 1000.0 + 0.5);
+    return 0;
 }
 
 HUB_PRINTF_LIKE(1, 2) static int usage_error(const char *fmt, ...)
@@ -164,6 +227,13 @@ int main(int argc, char **argv)
     hub_server_config_default(&cfg);
     const char *origins[MAX_ORIGINS];
     size_t norigins = 0;
+    const char *redis[HUB_ENGINE_MAX_SHARDS];
+    size_t nredis = 0;
+    int history_flag = 0; /* --data-dir or --no-persist was given */
+    const char *server_names[MAX_SERVER_NAMES];
+    size_t nserver_names = 0;
+    const char *metrics_allow[MAX_METRICS_ALLOW];
+    size_t nmetrics_allow = 0;
     const struct num_option nums[] = {
         {"--port", 0, 65535, 3, &cfg.port},
         {"--max-message", 1, 1u << 30, 0, &cfg.max_message},
@@ -187,6 +257,7 @@ int main(int argc, char **argv)
         {"--history-max-bytes", 0, 1ull << 50, 4, &cfg.history_max_bytes},
         {"--max-total-rooms", 0, 100000000, 1, &cfg.max_total_rooms},
         {"--max-total-output", 0, 1ull << 40, 4, &cfg.max_total_output},
+        {"--deflate-min", 0, 1u << 30, 1, &cfg.deflate_min},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -228,10 +299,12 @@ int main(int argc, char **argv)
             cfg.host = v;
         } else if (strcmp(a, "--no-persist") == 0) {
             cfg.persist = 0;
+            history_flag = 1;
         } else if ((v = option_value(argc, argv, &i, "--data-dir", &missing)) != NULL) {
             if (*v == '\0')
                 return usage_error("invalid --data-dir '': expected a directory");
             cfg.data_dir = v;
+            history_flag = 1;
         } else if ((v = option_value(argc, argv, &i, "--public", &missing)) != NULL) {
             cfg.public_dir = v;
         } else if ((v = option_value(argc, argv, &i, "--welcome", &missing)) != NULL) {
@@ -241,12 +314,56 @@ int main(int argc, char **argv)
                 return usage_error("invalid --allow-origin '%s' (at most %d patterns)", v,
                                    MAX_ORIGINS);
             origins[norigins++] = v;
+        } else if ((v = option_value(argc, argv, &i, "--redis-prefix", &missing)) != NULL) {
+            if (*v == '\0' || strlen(v) > 64)
+                return usage_error("invalid --redis-prefix '%s': expected 1-64 characters", v);
+            cfg.redis_prefix = v;
+        } else if ((v = option_value(argc, argv, &i, "--redis", &missing)) != NULL) {
+            if (!hub_engine_have_redis()) {
+                fprintf(stderr, "chathub: --redis is not available: this build has no Redis "
+                                "engine (built without hiredis)\n");
+                return 2;
+            }
+            struct hub_redisurl url;
+            char why[160];
+            if (hub_redisurl_parse(v, &url, why, sizeof(why)) != 0)
+                return usage_error("invalid --redis: %s", why);
+            if (nredis == HUB_ENGINE_MAX_SHARDS)
+                return usage_error("at most %d --redis servers", HUB_ENGINE_MAX_SHARDS);
+            redis[nredis++] = v;
+        } else if ((v = option_value(argc, argv, &i, "--node-id", &missing)) != NULL) {
+            if (!valid_node_id(v))
+                return usage_error("invalid --node-id '%s': expected 1-64 of A-Z a-z 0-9 . _ -", v);
+            cfg.node_id = v;
+        } else if ((v = option_value(argc, argv, &i, "--node-lease", &missing)) != NULL) {
+            if (parse_seconds_ms(v, 100, 86400000, &cfg.node_lease_ms) != 0)
+                return usage_error("invalid --node-lease '%s': expected seconds from 0.1 to 86400",
+                                   v);
+        } else if ((v = option_value(argc, argv, &i, "--server-name", &missing)) != NULL) {
+            if (!hub_server_name_valid(v) || nserver_names == MAX_SERVER_NAMES)
+                return usage_error("invalid --server-name '%s': expected a host name or address "
+                                   "without a port (at most %d names)",
+                                   v, MAX_SERVER_NAMES);
+            server_names[nserver_names++] = v;
+        } else if ((v = option_value(argc, argv, &i, "--metrics-allow", &missing)) != NULL) {
+            struct hub_cidr cidr;
+            if (hub_cidr_parse(v, &cidr) != 0 || nmetrics_allow == MAX_METRICS_ALLOW)
+                return usage_error("invalid --metrics-allow '%s': expected ADDR/LEN such as "
+                                   "10.0.0.0/8 (at most %d networks)",
+                                   v, MAX_METRICS_ALLOW);
+            metrics_allow[nmetrics_allow++] = v;
         } else if ((v = option_value(argc, argv, &i, "--log-level", &missing)) != NULL) {
             int level = hub_log_parse_level(v);
             if (level < 0)
                 return usage_error("invalid --log-level '%s': expected error, warn, info or debug",
                                    v);
             hub_log_set_level(level);
+        } else if ((v = option_value(argc, argv, &i, "--deflate", &missing)) != NULL) {
+            if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+                return usage_error("invalid --deflate '%s': expected on or off", v);
+            if (strcmp(v, "on") == 0 && !hub_deflate_available())
+                return usage_error("--deflate on: this build has no zlib (meson -Ddeflate)");
+            cfg.deflate = strcmp(v, "on") == 0;
         } else if (missing) {
             return usage_error("option %s needs a value", a);
         } else {
@@ -268,6 +385,15 @@ int main(int argc, char **argv)
         cfg.soft_output = cfg.max_output;
     cfg.allow_origins = origins;
     cfg.nallow_origins = norigins;
+    cfg.redis_urls = redis;
+    cfg.nredis = nredis;
+    if (nredis > 0 && history_flag)
+        hub_log_warn(
+            "--data-dir and --no-persist do not apply with --redis: history lives in Redis");
+    cfg.server_names = server_names;
+    cfg.nserver_names = nserver_names;
+    cfg.metrics_allow = metrics_allow;
+    cfg.nmetrics_allow = nmetrics_allow;
 
     raise_fd_limit();
 #ifndef _WIN32
@@ -303,7 +429,9 @@ int main(int argc, char **argv)
     else
         printf("chathub %s listening on http://%s/ (reachable from the network)", HUB_VERSION,
                bound);
-    if (cfg.persist)
+    if (cfg.nredis > 0)
+        printf("; history in Redis\n");
+    else if (cfg.persist)
         printf("; history in %s, disk budget %llu bytes%s\n", cfg.data_dir,
                (unsigned long long)cfg.history_max_bytes,
                cfg.history_max_bytes == 0 ? " (no limit)" : "");
@@ -311,6 +439,9 @@ int main(int argc, char **argv)
         printf("; history in memory only, budget %llu bytes%s\n",
                (unsigned long long)cfg.history_max_bytes,
                cfg.history_max_bytes == 0 ? " (no limit)" : "");
+    char engine[256];
+    hub_server_engine_info(server, engine, sizeof(engine));
+    printf("%s\n", engine);
     fflush(stdout);
 
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -59,6 +59,13 @@ int hub_metrics_render(struct hub_buf *b, size_t rooms, int draining)
     counter(b, "chathub_bytes_in_total", "Bytes read from clients.", m->bytes_in);
     counter(b, "chathub_bytes_out_total", "Bytes written to clients.", m->bytes_out);
     counter(b, "chathub_published_total", "Chat messages sequenced into rooms.", m->published);
+    hub_buf_puts(b, "# HELP chathub_raw_dropped_total Raw lines dropped unsent, by reason.\n"
+                    "# TYPE chathub_raw_dropped_total counter\n");
+    hub_buf_printf(b, "chathub_raw_dropped_total{reason=\"unavailable\"} %llu\n",
+                   (unsigned long long)m->raw_dropped);
+    counter(b, "chathub_unavailable_total",
+            "Requests answered \"unavailable\" because the engine could not serve them.",
+            m->unavailable);
     counter(b, "chathub_slow_client_closes_total", "Clients closed for not reading (4008).",
             m->slow_closes);
     counter(b, "chathub_rate_limited_total", "Requests refused by the rate limit.",

@@ -1,13 +1,19 @@
 /*
- * nicks.c: the hub-wide nick table and the nick rules.
+ * nicks.c: this node's nick table and the nick rules.
  *
- * A chained hash keyed by the ASCII-folded nick, doubled when it fills, that
- * holds every JSON client that said hello. Nicks are unique under folding;
- * raw clients use reserved guest-<n> nicks and are not in the table. This is
- * the piece an engine's nick claims will sit on.
+ * A chained hash keyed by the nick's ident key (NFKC, case folding and the
+ * UTS #39 confusable skeleton, see ident.h), doubled when it fills, that
+ * holds every JSON client of this node that said hello. Uniqueness across
+ * nodes is the engine's (hub_engine_claim_nick, which chat calls with the
+ * same ident key): a nick enters the table only once its claim succeeded,
+ * so the table is the local part of the engine's claims, used to find local
+ * clients by nick (DMs, invites) and to refuse a local duplicate without a
+ * round trip. Raw clients use reserved guest-<n> nicks and are not in the
+ * table.
  */
 #include "chat_int.h"
 #include "hub/history.h"
+#include "hub/ident.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
 #include "hub/utf8.h"
@@ -18,9 +24,29 @@
 
 /* ---- nick table ----------------------------------------------------- */
 
+/* The table compares nicks by their ident key (confusable skeleton, see
+ * ident.h), so look-alikes of a held nick are taken. Writes the key of s
+ * into key (HUB_IDENT_KEY_MAX bytes) and returns its length, or returns
+ * SIZE_MAX when s has no key (not a nick at all: never found). */
+static size_t nick_key(const char *s, size_t len, char *key)
+{
+    size_t n = 0;
+    return hub_ident_nick_key(s, len, key, HUB_IDENT_KEY_MAX, &n) == 0 ? n : SIZE_MAX;
+}
+
 static uint64_t nick_hash(const char *s, size_t len)
 {
-    return hub_hash(s, len, 1);
+    char key[HUB_IDENT_KEY_MAX];
+    size_t n = nick_key(s, len, key);
+    return n == SIZE_MAX ? hub_hash(s, len, 1) : hub_hash(key, n, 1);
+}
+
+/* Do the nick at a (whose key is b_key, b_len bytes) and b share a key? */
+static int nick_key_eq(const char *a, size_t alen, const char *b_key, size_t b_len)
+{
+    char key[HUB_IDENT_KEY_MAX];
+    size_t n = nick_key(a, alen, key);
+    return n != SIZE_MAX && n == b_len && memcmp(key, b_key, n) == 0;
 }
 
 int chat_nick_eq(const char *a, size_t alen, const char *b, size_t blen)
@@ -30,10 +56,14 @@ int chat_nick_eq(const char *a, size_t alen, const char *b, size_t blen)
 
 struct hub_chat_client *chat_nick_find(const struct hub_chat *chat, const char *s, size_t len)
 {
-    uint64_t h = nick_hash(s, len);
+    char key[HUB_IDENT_KEY_MAX];
+    size_t klen = nick_key(s, len, key);
+    if (klen == SIZE_MAX)
+        return NULL;
+    uint64_t h = hub_hash(key, klen, 1);
     for (struct hub_chat_client *c = chat->nicks[h & (chat->nnick_buckets - 1)]; c;
          c = c->nick_next)
-        if (c->nick_hash == h && chat_nick_eq(c->nick, c->nick_len, s, len))
+        if (c->nick_hash == h && nick_key_eq(c->nick, c->nick_len, key, klen))
             return c;
     return NULL;
 }

@@ -20,17 +20,23 @@
  * batches so that they do not all reconnect to the next server at once.
  * Whoever has not finished the close handshake after drain_ms is cut; a
  * second signal cuts everyone at once. When the last client is gone the
- * server closes its own handles so that uv_run returns and uv_loop_close
- * succeeds. There is no list of clients: the shutdown finds them by walking
- * the loop's handles.
+ * server closes the engine (a Redis engine's connections; the memory
+ * engine is chat's), flushes history, and closes its own handles so that
+ * uv_run returns and uv_loop_close succeeds. There is no list of clients:
+ * the shutdown finds them by walking the loop's handles, and takes only TCP
+ * handles that carry a client's marker (the Redis engine owns poll and
+ * timer handles of its own).
  */
 #include "hub/server.h"
 #include "hub/chat.h"
 #include "hub/conn.h"
 #include "hub/flow.h"
+#include "hub/engine.h"
+#include "hub/deflate.h"
 #include "hub/history.h"
 #include "hub/http.h"
 #include "hub/log.h"
+#include "hub/access.h"
 #include "hub/metrics.h"
 #include "hub/origin.h"
 #include "hub/static.h"
@@ -45,10 +51,11 @@
 #define HUB_VERSION "0.0.0"
 #endif
 
-#define DRAIN_BATCH 500      /* WebSockets told to go per drain step */
-#define DRAIN_STEP_MS 50     /* time between drain steps */
-#define RETRY_MIN_MS 1000    /* bye: earliest suggested reconnect */
-#define RETRY_SPREAD_MS 4000 /* bye: spread of the suggested reconnects */
+#define DRAIN_BATCH 500          /* WebSockets told to go per drain step */
+#define DRAIN_STEP_MS 50         /* time between drain steps */
+#define RETRY_MIN_MS 1000        /* bye: earliest suggested reconnect */
+#define RETRY_SPREAD_MS 4000     /* bye: spread of the suggested reconnects */
+#define CLIENT_MAGIC 0x63687562u /* marks a struct client, for the drain walk */
 
 /* Connections per peer address: per IPv4 address, per IPv6 /64
  * (hub_conn_addr_key). */
@@ -70,9 +77,12 @@ struct hub_server {
     struct hub_history *history;      /* message store, owned */
     struct hub_chat *chat;            /* chat state, owned */
     struct hub_flow *flow;            /* backpressure on senders, owned (freed by its close) */
+    struct hub_engine *engine;        /* the Redis engine, owned (NULL: chat's memory engine) */
     struct hub_http_config http_cfg;  /* per-connection HTTP limits */
     struct hub_ws_config ws_cfg;      /* per-connection WebSocket limits */
     struct hub_origin_policy origins; /* --allow-origin patterns */
+    struct hub_host_policy hosts;     /* Host names answered (DNS rebinding) */
+    struct hub_cidr *metrics_allow;   /* --metrics-allow networks, owned */
     struct hub_server_config cfg;     /* copied configuration */
     struct ip_count *ips[256];        /* connections per address */
     int port;                         /* bound port */
@@ -93,7 +103,8 @@ enum client_phase {
 };
 
 struct client {
-    struct hub_conn conn;         /* the socket, embedded */
+    struct hub_conn conn;         /* the socket, embedded; must be first */
+    uint32_t magic;               /* CLIENT_MAGIC */
     struct hub_server *server;    /* borrowed */
     struct hub_http *http;        /* HTTP state until the upgrade, owned */
     struct hub_ws *ws;            /* WebSocket state after it, owned */
@@ -132,6 +143,11 @@ void hub_server_config_default(struct hub_server_config *cfg)
     cfg->history_max_bytes = HUB_HISTORY_DISK_MAX_BYTES_DEFAULT;
     cfg->max_total_rooms = 10000;
     cfg->max_total_output = 256u << 20;
+    cfg->redis_prefix = "chathub:";
+    cfg->node_lease_ms = 30000;
+    /* permessage-deflate: on when this build has zlib. */
+    cfg->deflate = hub_deflate_available();
+    cfg->deflate_min = 128;
 }
 
 static uint64_t *phase_gauge(int phase)
@@ -239,6 +255,24 @@ static void history_closed(void *data)
     server_close_handles(data);
 }
 
+/* Shutdown, after the engine: make history durable, then let the loop end. */
+static void flush_history(struct hub_server *s)
+{
+    if (s->history == NULL) {
+        server_close_handles(s);
+        return;
+    }
+    hub_log_info("flushing history");
+    hub_history_close(s->history, history_closed, s);
+}
+
+/* The Redis engine has answered or failed everything in flight and closed
+ * its connections (their handles finish closing in the next iteration). */
+static void engine_closed(void *data)
+{
+    flush_history(data);
+}
+
 static void stop_listening(struct hub_server *s)
 {
     if (!s->listening)
@@ -247,12 +281,17 @@ static void stop_listening(struct hub_server *s)
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
 }
 
-/* Shutdown, last client gone: make history durable, then let the loop end. */
+/* Shutdown, last client gone: close the engine chat is done with, make
+ * history durable, then let the loop end. */
 static void server_finish(struct hub_server *s)
 {
     stop_listening(s);
-    hub_log_info("flushing history");
-    hub_history_close(s->history, history_closed, s);
+    if (s->engine != NULL) {
+        hub_log_info("closing the engine");
+        hub_engine_close(s->engine, engine_closed, s);
+        return;
+    }
+    flush_history(s);
 }
 
 static void client_on_close(struct hub_conn *c)
@@ -265,6 +304,7 @@ static void client_on_close(struct hub_conn *c)
     hub_http_free(cl->http);
     ip_release(cl);
     (*phase_gauge(cl->phase))--;
+    cl->magic = 0;
     free(cl);
     s->nclients--;
     if (s->stopping && s->nclients == 0)
@@ -362,7 +402,15 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
         return refuse(h, 503, HUB_REFUSE_MAX_CONNS);
     /* Offering chathub.v1 selects the JSON protocol; anything else (or no
      * subprotocol) is raw mode, and the 101 then names no subprotocol. */
-    if (hub_http_accept_websocket(h, req, json ? "chathub.v1" : NULL) != 0) {
+    /* permessage-deflate, when on and offered (deflate.h). */
+    struct hub_deflate_params dp;
+    char ext_line[160];
+    int deflate = s->cfg.deflate &&
+                  hub_deflate_negotiate(req->ws_extensions, &dp, ext_line, sizeof(ext_line));
+    if (deflate)
+        hub_ws_set_deflate(cl->ws, dp.server_max_window_bits);
+    if (hub_http_accept_websocket_ext(h, req, json ? "chathub.v1" : NULL,
+                                      deflate ? ext_line : NULL) != 0) {
         hub_ws_free(cl->ws);
         cl->ws = NULL;
         return HUB_HTTP_DONE;
@@ -429,6 +477,93 @@ static void render_limits(struct hub_server *s, struct hub_buf *b)
                    (unsigned long long)fs.held, (unsigned long long)fs.rooms);
 }
 
+static void engine_row(struct hub_buf *b, const char *type, const char *name, const char *help,
+                       unsigned long long v)
+{
+    hub_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name, v);
+}
+
+/* The engine's figures (docs/operations.md lists them). */
+static void render_engine_metrics(struct hub_buf *b, struct hub_engine *e)
+{
+    struct hub_engine_stats st;
+    hub_engine_stats(e, &st);
+    hub_buf_printf(b,
+                   "# HELP chathub_engine_info The engine this hub uses, and its node id.\n"
+                   "# TYPE chathub_engine_info gauge\n"
+                   "chathub_engine_info{engine=\"%s\",node=\"%s\"} 1\n",
+                   st.kind, hub_engine_node_id(e));
+    engine_row(b, "gauge", "chathub_engine_ready", "1 when the engine serves requests.",
+               st.state == HUB_ENGINE_READY);
+    engine_row(b, "gauge", "chathub_engine_shards", "Redis servers the engine uses.", st.shards);
+    engine_row(b, "gauge", "chathub_engine_shards_ready", "Redis servers connected.",
+               st.shards_ready);
+    engine_row(b, "counter", "chathub_engine_published_total",
+               "Messages this node published (acknowledged).", st.published);
+    engine_row(b, "counter", "chathub_engine_duplicates_total",
+               "Publishes answered as duplicates of an earlier cmid.", st.duplicates);
+    engine_row(b, "counter", "chathub_engine_received_total",
+               "Messages the engine delivered to this node.", st.received);
+    engine_row(b, "counter", "chathub_engine_dropped_total",
+               "Engine requests failed as unavailable (not connected, timeout, queue full).",
+               st.dropped);
+    engine_row(b, "counter", "chathub_engine_fills_total",
+               "Reads issued to fill a hole in a room's offsets.", st.fills);
+    engine_row(b, "counter", "chathub_engine_filled_total", "Messages delivered from hole fills.",
+               st.filled);
+    engine_row(b, "counter", "chathub_engine_skipped_total",
+               "Offsets skipped because the store no longer had them.", st.skipped);
+    engine_row(b, "counter", "chathub_engine_reconnects_total",
+               "Engine connections re-established after a loss.", st.reconnects);
+    engine_row(b, "counter", "chathub_engine_epochs_total", "Room epoch changes seen.", st.epochs);
+    engine_row(b, "counter", "chathub_engine_swept_total",
+               "Dead nodes whose members this node removed.", st.swept);
+    engine_row(b, "gauge", "chathub_engine_queue", "Engine requests in flight or held.", st.queue);
+    engine_row(b, "gauge", "chathub_engine_rooms", "Rooms this node is subscribed to.", st.rooms);
+    hub_buf_printf(b,
+                   "# HELP chathub_engine_rtt_seconds Moving average of engine round trips.\n"
+                   "# TYPE chathub_engine_rtt_seconds gauge\nchathub_engine_rtt_seconds %.6f\n"
+                   "# HELP chathub_engine_rtt_max_seconds Longest engine round trip since the "
+                   "last scrape.\n# TYPE chathub_engine_rtt_max_seconds gauge\n"
+                   "chathub_engine_rtt_max_seconds %.6f\n",
+                   (double)st.rtt_us / 1e6, (double)st.rtt_max_us / 1e6);
+}
+
+/* Issue 20 (include/hub/access.h). The Host policy against DNS rebinding
+ * covers every request but /healthz, which reveals nothing and which
+ * health checkers call by address. A refused request gets 421 (an upgrade
+ * is counted as refused for its Origin). Returns 1 when the request may go
+ * on, 0 after the response. */
+static int host_allowed(struct client *cl, struct hub_http *h, const struct hub_http_request *req)
+{
+    struct hub_server *s = cl->server;
+    if (hub_host_allowed(&s->hosts, req->host) || hub_iov_eq_ci(req->path, "/healthz"))
+        return 1;
+    hub_log_info("%s: refused Host %.*s (not a name this hub answers to)", hub_conn_peer(&cl->conn),
+                 (int)(req->host.len > 200 ? 200 : req->host.len), req->host.base);
+    if (req->upgrade_hdr.len > 0 || req->upgrade)
+        hub_metrics.refused[HUB_REFUSE_ORIGIN]++;
+    hub_http_respond_status(h, 421);
+    return 0;
+}
+
+/* /metrics is for loopback peers (127.0.0.0/8, ::1) by default; a
+ * --metrics-allow list replaces that default with its networks. */
+static int metrics_peer_allowed(struct client *cl)
+{
+    struct hub_server *s = cl->server;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&cl->conn.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    if (s->cfg.nmetrics_allow == 0)
+        return hub_addr_is_loopback((const struct sockaddr *)&ss);
+    for (size_t i = 0; i < s->cfg.nmetrics_allow; i++)
+        if (hub_cidr_match(&s->metrics_allow[i], (const struct sockaddr *)&ss))
+            return 1;
+    return 0;
+}
+
 static int client_on_request(struct hub_http *h, const struct hub_http_request *req, void *data)
 {
     struct client *cl = data;
@@ -437,22 +572,44 @@ static int client_on_request(struct hub_http *h, const struct hub_http_request *
     cl->requests++;
     /* The next request on this connection gets a fresh deadline. */
     hub_conn_set_timeout(&cl->conn, s->cfg.handshake_ms);
+    if (!host_allowed(cl, h, req))
+        return HUB_HTTP_DONE;
     if (req->upgrade_hdr.len > 0 || req->upgrade)
         return client_upgrade(cl, h, req);
     if (req->method == HUB_HTTP_OTHER)
         return HUB_HTTP_PASS; /* 405 from the static handler */
     if (hub_iov_eq_ci(req->path, "/healthz")) {
-        if (s->stopping)
+        struct hub_engine *e = hub_chat_engine(s->chat);
+        if (s->stopping) {
             hub_http_respond(h, 503, "text/plain; charset=utf-8", "Retry-After: 5\r\n",
                              "draining\n", 9);
-        else
+        } else if (!hub_engine_ready(e)) {
+            /* Not ready to serve chat: say why, for the operator and the
+             * load balancer's logs. */
+            struct hub_engine_stats st;
+            hub_engine_stats(e, &st);
+            char body[512];
+            int n = snprintf(body, sizeof(body), "engine %s: %s\n",
+                             st.state == HUB_ENGINE_CLOSING ? "closing" : "connecting",
+                             st.reason && st.reason[0] ? st.reason : "not ready");
+            if (n < 0 || (size_t)n >= sizeof(body))
+                n = (int)sizeof(body) - 1;
+            hub_http_respond(h, 503, "text/plain; charset=utf-8", "Retry-After: 1\r\n", body,
+                             (size_t)n);
+        } else {
             hub_http_respond(h, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
+        }
         return HUB_HTTP_DONE;
     }
     if (hub_iov_eq_ci(req->path, "/metrics")) {
+        if (!metrics_peer_allowed(cl)) {
+            hub_http_respond_status(h, 403);
+            return HUB_HTTP_DONE;
+        }
         struct hub_buf b = {0};
         hub_metrics_render(&b, hub_chat_room_count(s->chat), s->stopping);
         render_limits(s, &b);
+        render_engine_metrics(&b, hub_chat_engine(s->chat));
         hub_http_respond(h, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
         hub_buf_free(&b);
         return HUB_HTTP_DONE;
@@ -513,6 +670,7 @@ static void server_on_connection(uv_stream_t *listener, int status)
         return;
     }
     cl->server = s;
+    cl->magic = CLIENT_MAGIC;
     cl->phase = PHASE_HTTP;
     hub_metrics.conns_http++;
     hub_metrics.accepted++;
@@ -595,9 +753,14 @@ struct drain_walk {
 static void drain_walk_cb(uv_handle_t *h, void *arg)
 {
     struct drain_walk *w = arg;
-    if (h->type != UV_TCP || h == (uv_handle_t *)&w->s->listener || uv_is_closing(h))
+    /* Only client connections: the listener, and the engine's poll and timer
+     * handles (and any other TCP handle), are not clients. */
+    if (uv_handle_get_type(h) != UV_TCP || h == (uv_handle_t *)&w->s->listener ||
+        uv_is_closing(h) || h->data == NULL)
         return;
     struct client *cl = HUB_CONTAINER_OF(h->data, struct client, conn);
+    if (cl->magic != CLIENT_MAGIC)
+        return;
     if (w->cut) {
         hub_conn_close(&cl->conn);
     } else if (!cl->told_to_go && w->budget > 0) {
@@ -694,7 +857,56 @@ static int server_bind(struct hub_server *s, char *err, size_t errsz)
     s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
     s->bound = ss;
+    /* A hub bound to loopback answers only to loopback names (access.h). */
+    s->hosts.loopback_only = hub_addr_is_loopback((const struct sockaddr *)&ss);
     return 0;
+}
+
+static void engine_abandoned(void *data)
+{
+    (void)data;
+}
+
+/* Opens the Redis engine for chat and hands it over (it starts connecting;
+ * /healthz says when it is ready). */
+static int open_redis(struct hub_server *s, const struct hub_history_config *hist_cfg, char *err,
+                      size_t errsz)
+{
+    struct hub_engine_config ecfg;
+    hub_engine_config_default(&ecfg);
+    ecfg.urls = s->cfg.redis_urls;
+    ecfg.nurls = s->cfg.nredis;
+    ecfg.node_id = s->cfg.node_id;
+    if (s->cfg.redis_prefix != NULL)
+        ecfg.prefix = s->cfg.redis_prefix;
+    ecfg.history_max = hist_cfg->max_per_room;
+    if (s->cfg.node_lease_ms > 0)
+        ecfg.lease_ms = s->cfg.node_lease_ms;
+    struct hub_engine_events ev;
+    hub_chat_engine_events(&ev);
+    char why[256] = "";
+    int rc = hub_engine_open_redis(&s->engine, s->loop, &ecfg, &ev, s->chat, why, sizeof(why));
+    if (rc != 0) {
+        snprintf(err, errsz, "cannot use --redis: %s", why[0] ? why : hub_strerror(rc));
+        s->engine = NULL;
+        return rc;
+    }
+    hub_chat_use_engine(s->chat, s->engine);
+    return 0;
+}
+
+void hub_server_engine_info(const struct hub_server *s, char *buf, size_t n)
+{
+    struct hub_engine *e = hub_chat_engine(s->chat);
+    struct hub_engine_stats st;
+    hub_engine_stats(e, &st);
+    if (s->engine != NULL)
+        snprintf(buf, n, "engine redis (%u shard%s), node %s", st.shards, st.shards == 1 ? "" : "s",
+                 hub_engine_node_id(e));
+    else if (s->cfg.persist)
+        snprintf(buf, n, "engine memory, history in SQLite (%s)", s->cfg.data_dir);
+    else
+        snprintf(buf, n, "engine memory, history in memory only");
 }
 
 int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_server_config *cfg,
@@ -716,6 +928,27 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     s->cfg = *cfg;
     s->origins.allow = cfg->allow_origins;
     s->origins.n = cfg->nallow_origins;
+    /* Issue 20: --server-name and --metrics-allow (access.h). */
+    s->hosts.names = cfg->server_names;
+    s->hosts.nnames = cfg->nserver_names;
+    for (size_t i = 0; i < cfg->nserver_names; i++)
+        if (!hub_server_name_valid(cfg->server_names[i])) {
+            snprintf(err, errsz, "invalid --server-name '%s'", cfg->server_names[i]);
+            rc = HUB_EINVAL;
+            goto fail_free;
+        }
+    if (cfg->nmetrics_allow > 0) {
+        s->metrics_allow = calloc(cfg->nmetrics_allow, sizeof(*s->metrics_allow));
+        if (s->metrics_allow == NULL)
+            goto fail_free;
+    }
+    for (size_t i = 0; i < cfg->nmetrics_allow; i++)
+        if (hub_cidr_parse(cfg->metrics_allow[i], &s->metrics_allow[i]) != 0) {
+            snprintf(err, errsz, "invalid --metrics-allow '%s': expected ADDR/LEN",
+                     cfg->metrics_allow[i]);
+            rc = HUB_EINVAL;
+            goto fail_free;
+        }
     s->rng = uv_hrtime() | 1;
     rc = cfg->public_dir ? hub_static_open_dir(&s->site, cfg->public_dir)
                          : hub_static_open_embedded(&s->site);
@@ -742,7 +975,11 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     hist_cfg.max_per_room = cfg->history;
     hist_cfg.ttl_ms = (int64_t)cfg->history_ttl_s * 1000;
     hist_cfg.max_bytes = cfg->history_max_bytes; /* on disk, or in memory with --no-persist */
-    if (cfg->persist)
+    /* With Redis, history lives in Redis (the engine's streams): no local
+     * store, and --data-dir/--no-persist do not apply. */
+    if (cfg->nredis > 0)
+        rc = 0;
+    else if (cfg->persist)
         rc = hub_history_open_sqlite(&s->history, loop, cfg->data_dir, &hist_cfg, err, errsz);
     else
         rc = hub_history_open_memory(&s->history, &hist_cfg);
@@ -764,13 +1001,21 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     rc = hub_chat_new(&s->chat, &chat_cfg);
     if (rc != 0)
         goto fail_history;
+    if (cfg->nredis > 0) {
+        rc = open_redis(s, &hist_cfg, err, errsz);
+        if (rc != 0)
+            goto fail_chat;
+    }
     hub_http_config_default(&s->http_cfg);
     s->http_cfg.site = s->site;
+    /* An operator's --public pages may need inline script (http.h). */
+    s->http_cfg.csp = cfg->public_dir != NULL ? HUB_HTTP_CSP_FRAMES : HUB_HTTP_CSP_PAGE;
     s->http_cfg.max_header_bytes = cfg->max_header_bytes;
     s->http_cfg.max_headers = cfg->max_headers;
     hub_ws_config_default(&s->ws_cfg);
     s->ws_cfg.max_message = cfg->max_message;
     s->ws_cfg.max_fragments = cfg->max_fragments;
+    s->ws_cfg.deflate_min = cfg->deflate_min;
     rc = hub_io_init(&s->io, loop);
     if (rc != 0) {
         snprintf(err, errsz, "cannot set up the event loop: %s", hub_strerror(rc));
@@ -828,6 +1073,8 @@ fail_handles:
     s->stopping = 1;
     server_close_some(s);
 fail_chat:
+    if (s->engine != NULL)
+        hub_engine_close(s->engine, engine_abandoned, NULL);
     hub_chat_free(s->chat);
 fail_history:
     hub_history_free(s->history);
@@ -836,9 +1083,11 @@ fail_flow:
 fail_site:
     hub_static_free(s->site);
     /* Lets the close callbacks of whatever was opened run (handles embedded
-     * in s, the store's thread handle) before s goes. */
+     * in s, the store's thread handle, the engine's) before s goes. */
     uv_run(loop, UV_RUN_DEFAULT);
+    hub_engine_free(s->engine);
 fail_free:
+    free(s->metrics_allow);
     free(s);
 fail:
     return rc;
@@ -871,7 +1120,10 @@ void hub_server_free(struct hub_server *s)
     if (s == NULL)
         return;
     hub_chat_free(s->chat);
+    hub_engine_free(s->engine);
     hub_history_free(s->history);
     hub_static_free(s->site);
+    free(s->metrics_allow);
     free(s);
+    hub_deflate_release();
 }

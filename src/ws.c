@@ -30,9 +30,21 @@
  * a message read just before a close is still relayed and acknowledged, and
  * then the close goes out. Input that arrives once a close is decided is
  * ignored, except for the peer's answering close.
+ *
+ * permessage-deflate (RFC 7692, negotiated with no context takeover both
+ * ways, see deflate.h): wslay checks the RSV1 rules (allowed only on the
+ * first frame of a data message, and only once the extension is on) and
+ * hands over the compressed message whole; it is inflated here into one
+ * buffer shared by every connection, bounded by max_message, and a text
+ * message is checked for UTF-8 after inflation (wslay cannot before it).
+ * Outgoing data frames are replaced by their compressed form, made once per
+ * frame and kept on the shared chunk (hub_shared's alt), so the zlib work of
+ * a broadcast does not grow with its recipients. No zlib state lives in a
+ * hub_ws: deflate.c keeps one stream per process.
  */
 #include "hub/ws.h"
 #include "hub/conn.h"
+#include "hub/deflate.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
 #include "hub/utf8.h"
@@ -62,6 +74,8 @@ struct hub_ws {
     unsigned finished : 1;        /* the connection is set to close */
     unsigned close_received : 1;  /* the peer's close frame arrived */
     unsigned in_message : 1;      /* shadow parser: a fragmented data message is open */
+    unsigned deflate : 1;         /* permessage-deflate was negotiated */
+    unsigned deflate_bits : 4;    /* its server_max_window_bits (8..15) */
 };
 
 /* The bytes being fed and the control frames wslay makes are only ever
@@ -71,6 +85,22 @@ static const char *feed_in;  /* bytes being fed, borrowed during hub_ws_feed */
 static size_t feed_len;      /* bytes left at feed_in */
 static struct hub_buf stage; /* control frames made by wslay, not yet queued */
 
+/* permessage-deflate scratch space, in use during one call at a time like
+ * the above: the message being inflated (lent to on_message), and the
+ * compressed payload of a frame being made. Either is freed after a message
+ * that made it larger than this, so a rare big message does not pin its
+ * size for the life of the process. */
+static struct hub_buf inflated; /* the inflated incoming message */
+static struct hub_buf zpayload; /* a compressed outgoing payload */
+#define SCRATCH_KEEP (64 * 1024)
+
+static void scratch_trim(struct hub_buf *b)
+{
+    if (b->cap > SCRATCH_KEEP)
+        hub_buf_free(b);
+    b->len = 0;
+}
+
 /* How long a peer gets to answer our close frame before the TCP connection
  * is cut. */
 #define CLOSE_TIMEOUT_MS 5000
@@ -79,6 +109,7 @@ void hub_ws_config_default(struct hub_ws_config *cfg)
 {
     cfg->max_message = 64 * 1024;
     cfg->max_fragments = 128;
+    cfg->deflate_min = 128;
 }
 
 static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
@@ -198,9 +229,31 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         return; /* pong and close are handled by wslay itself */
     if (ws->closing || ws->fail_code != 0)
         return; /* we are closing: what the peer says now has no audience */
+    const char *msg = (const char *)arg->msg;
+    size_t len = arg->msg_length;
+    int compressed = (arg->rsv & WSLAY_RSV1_BIT) != 0;
+    if (compressed) {
+        /* wslay lets RSV1 through only when deflate is on (allowed bits). */
+        int rc = hub_deflate_inflate(arg->msg, arg->msg_length, ws->cfg.max_message, &inflated);
+        if (rc == 0 && arg->opcode == WSLAY_TEXT_FRAME &&
+            !hub_utf8_valid(inflated.data, inflated.len))
+            rc = HUB_EINVAL;
+        if (rc != 0) {
+            ws->fail_code = rc == HUB_ENOBUFS  ? HUB_WS_TOO_BIG
+                            : rc == HUB_ENOMEM ? HUB_WS_INTERNAL_ERROR
+                                               : HUB_WS_INVALID_PAYLOAD;
+            scratch_trim(&inflated);
+            wslay_event_shutdown_read(ctx); /* stop parsing after this frame */
+            return;
+        }
+        msg = inflated.data ? inflated.data : "";
+        len = inflated.len;
+    }
     hub_metrics.messages_in++;
-    ws->on_message(ws, arg->opcode == WSLAY_TEXT_FRAME ? HUB_WS_TEXT : HUB_WS_BINARY,
-                   (const char *)arg->msg, arg->msg_length, ws->user);
+    ws->on_message(ws, arg->opcode == WSLAY_TEXT_FRAME ? HUB_WS_TEXT : HUB_WS_BINARY, msg, len,
+                   ws->user);
+    if (compressed)
+        scratch_trim(&inflated);
 }
 
 /* Creates the wslay context when input arrives. Returns 0 or HUB_ENOMEM. */
@@ -217,6 +270,8 @@ static int ws_ctx_open(struct hub_ws *ws)
     if (wslay_event_context_server_init(&ws->ctx, &cbs, ws) != 0)
         return HUB_ENOMEM;
     wslay_event_config_set_max_recv_msg_length(ws->ctx, ws->cfg.max_message);
+    if (ws->deflate)
+        wslay_event_config_set_allowed_rsv_bits(ws->ctx, WSLAY_RSV1_BIT);
     return 0;
 }
 
@@ -273,6 +328,17 @@ struct hub_ws *hub_ws_new(struct hub_conn *conn, const struct hub_ws_config *cfg
     ws->user = user;
     ws->close_code_rx = 1006;
     return ws;
+}
+
+void hub_ws_set_deflate(struct hub_ws *ws, int server_max_window_bits)
+{
+    ws->deflate = 1;
+    ws->deflate_bits = (unsigned)(server_max_window_bits < 8    ? 8
+                                  : server_max_window_bits > 15 ? 15
+                                                                : server_max_window_bits) &
+                       15;
+    if (ws->ctx != NULL)
+        wslay_event_config_set_allowed_rsv_bits(ws->ctx, WSLAY_RSV1_BIT);
 }
 
 void hub_ws_free(struct hub_ws *ws)
@@ -450,10 +516,68 @@ struct hub_shared *hub_ws_frame(int opcode, const void *payload, size_t len)
     return s;
 }
 
+/* The tag of a frame's compressed form made with a window of 2^bits bytes
+ * (hub_shared alt). An empty form marks a frame that compression would not
+ * make smaller. */
+#define ALT_DEFLATE(bits) ((uint16_t)(0x7700 | (bits)))
+
+/* Returns the compressed form of frame (a chunk made by hub_ws_frame) for a
+ * peer whose window is 2^bits bytes, making and keeping it on first use;
+ * NULL when the frame goes out as it is: not a data frame, shorter than min,
+ * not made smaller by compression, or out of memory. Borrowed: valid while
+ * frame is. */
+static struct hub_shared *ws_deflated(struct hub_shared *frame, int bits, uint32_t min)
+{
+    const uint8_t *p = (const uint8_t *)frame->data;
+    if (frame->len < 2 || (p[0] & 0xf0) != 0x80)
+        return NULL; /* not FIN with clear RSV bits: not one of ours */
+    int opcode = p[0] & 15;
+    if (opcode != HUB_WS_TEXT && opcode != HUB_WS_BINARY)
+        return NULL;
+    size_t hdr = (p[1] & 127) < 126 ? 2 : (p[1] & 127) == 126 ? 4 : 10;
+    if (frame->len < hdr || frame->len - hdr < min)
+        return NULL;
+    size_t plen = frame->len - hdr;
+    /* Without context takeover no match reaches back past the payload's
+     * start, so for a payload no longer than the peer's window the 15-bit
+     * form, the one every other recipient shares, is valid as well. zlib
+     * cannot make a 256-byte raw window: such a peer gets longer payloads
+     * uncompressed, which RFC 7692 allows. */
+    int use = plen <= ((size_t)1 << bits) ? 15 : bits;
+    if (use < 9)
+        return NULL;
+    struct hub_shared *z = hub_shared_find_alt(frame, ALT_DEFLATE(use));
+    if (z == NULL) {
+        zpayload.len = 0;
+        if (hub_deflate_compress(frame->data + hdr, plen, use, &zpayload) != 0) {
+            scratch_trim(&zpayload);
+            return NULL;
+        }
+        if (zpayload.len < plen) {
+            z = hub_ws_frame(opcode, zpayload.data, zpayload.len);
+            if (z != NULL)
+                z->data[0] |= 0x40; /* RSV1: a compressed message */
+        } else {
+            z = hub_shared_new(0); /* not worth it: remember that */
+        }
+        scratch_trim(&zpayload);
+        if (z == NULL)
+            return NULL;
+        hub_shared_set_alt(frame, z, ALT_DEFLATE(use));
+        hub_shared_unref(z); /* frame holds it now */
+    }
+    return z->len > 0 ? z : NULL;
+}
+
 int hub_ws_send_frame(struct hub_ws *ws, struct hub_shared *frame)
 {
     if (ws->close_sent || ws->finished)
         return HUB_ECLOSED;
+    if (ws->deflate) {
+        struct hub_shared *z = ws_deflated(frame, (int)ws->deflate_bits, ws->cfg.deflate_min);
+        if (z != NULL)
+            frame = z;
+    }
     int rc = hub_conn_send(ws->conn, frame);
     if (rc == 0)
         hub_metrics.messages_out++;

@@ -46,12 +46,22 @@ int hub_buf_printf(struct hub_buf *b, const char *fmt, ...) HUB_PRINTF_LIKE(2, 3
 /* Drops the first n bytes (n <= len), moving the rest to the front. */
 void hub_buf_consume(struct hub_buf *b, size_t n);
 
-/* Immutable reference-counted bytes. Fields are read-only for users. */
+/* Immutable reference-counted bytes. Fields are read-only for users, except
+ * alt and alt_tag, which hub_shared_set_alt sets.
+ *
+ * alt is another form of the same content that a consumer derived once and
+ * keeps with the chunk, so that every later consumer reuses it: ws.c hangs a
+ * broadcast frame's permessage-deflate form here, so that a thousand
+ * recipients who negotiated compression cost one compression. The chunk owns
+ * one reference to alt and drops it when the chunk is freed; alt can carry
+ * its own alt (a list of forms, told apart by alt_tag). */
 struct hub_shared {
-    uint32_t refs;      /* live references; the creator holds the first */
-    uint32_t is_static; /* 1: data points at memory this object does not own */
-    size_t len;         /* payload length */
-    char *data;         /* payload: the inline tail, or static memory */
+    uint32_t refs;          /* live references; the creator holds the first */
+    uint16_t is_static;     /* 1: data points at memory this object does not own */
+    uint16_t alt_tag;       /* what this chunk is as someone's alt (its user's code), else 0 */
+    size_t len;             /* payload length */
+    char *data;             /* payload: the inline tail, or static memory */
+    struct hub_shared *alt; /* a derived form of these bytes, owned (one reference), or NULL */
 };
 
 /* Allocates a chunk of len uninitialised bytes with one reference. The
@@ -74,6 +84,15 @@ static inline struct hub_shared *hub_shared_ref(struct hub_shared *s)
 
 /* Drops a reference; the last one frees the chunk. NULL is ignored. */
 void hub_shared_unref(struct hub_shared *s);
+
+/* Hangs alt (the chunk takes one reference, the caller keeps its own) at the
+ * end of s's list of derived forms, tagged tag (non-zero). The list is
+ * released with s. */
+void hub_shared_set_alt(struct hub_shared *s, struct hub_shared *alt, uint16_t tag);
+
+/* Returns the derived form of s tagged tag (borrowed; valid while s is), or
+ * NULL. */
+struct hub_shared *hub_shared_find_alt(const struct hub_shared *s, uint16_t tag);
 
 /* One queued slice of a chunk: the queue owns one reference to chunk. */
 struct hub_outq_item {

@@ -16,6 +16,17 @@
  * event into a reference-counted frame that all recipients of that format
  * share. The chat layer never touches a socket or a timer: the server calls
  * hub_chat_tick once a second for the work that is due later.
+ *
+ * Everything that must hold across nodes goes through an engine
+ * (hub/engine.h): a message is published to it and reaches this node's
+ * members only from its on_msg upcall, in offset order; presence, nick
+ * claims, typing and direct-message invites are engine calls and upcalls.
+ * By default chat opens the memory engine over cfg.history itself; a server
+ * with another engine opens it with hub_chat_engine_events and hands it
+ * over with hub_chat_use_engine. A request the engine cannot serve now
+ * (HUB_EAGAIN) is answered with the error code "unavailable" (temporary:
+ * resend, with the same cmid for a send); raw lines that cannot be
+ * published are dropped and counted (hub_metrics.raw_dropped).
  */
 #ifndef HUB_CHAT_H
 #define HUB_CHAT_H
@@ -25,6 +36,8 @@
 struct hub_chat;
 struct hub_chat_client;
 struct hub_flow;
+struct hub_engine;
+struct hub_engine_events;
 struct hub_history;
 struct hub_ws;
 
@@ -42,7 +55,9 @@ enum hub_chat_mode {
 struct hub_chat_config {
     const char *welcome;             /* raw greeting / JSON motd, or NULL (borrowed) */
     const char *server_name;         /* e.g. "chathub 0.1.0" (borrowed) */
-    struct hub_history *history;     /* the message store, borrowed; required */
+    struct hub_history *history;     /* the message store, borrowed: chat opens the memory
+                                        engine over it; NULL: hub_chat_use_engine must give
+                                        an engine before the first client */
     uint32_t max_rooms_per_client;   /* rooms one connection may be in (64) */
     size_t max_text;                 /* characters in a message text (4000) */
     size_t max_message;              /* WebSocket message limit, announced in hello */
@@ -62,10 +77,26 @@ struct hub_chat_config {
 void hub_chat_config_default(struct hub_chat_config *cfg);
 
 /* Creates the hub-wide chat state. cfg is copied; its pointers stay borrowed
- * and must outlive chat. Returns 0, HUB_EINVAL (no history) or HUB_ENOMEM. */
+ * and must outlive chat. With cfg->history, chat opens (and owns) the memory
+ * engine over it. Returns 0 or HUB_ENOMEM. */
 int hub_chat_new(struct hub_chat **out, const struct hub_chat_config *cfg);
 
-/* Frees chat; every client must have been freed. */
+/* Fills ev with chat's engine upcalls; open an engine with them and the
+ * chat as data, then hand it over with hub_chat_use_engine. */
+void hub_chat_engine_events(struct hub_engine_events *ev);
+
+/* Makes chat use engine (borrowed: the caller closes and frees it after
+ * chat is done with it, i.e. after the last client was freed) instead of
+ * its own memory engine, which is freed. Call before the first client.
+ * Client ids become "<node id>-c-<n>" unless the engine is a memory one
+ * ("c-<n>"). */
+void hub_chat_use_engine(struct hub_chat *chat, struct hub_engine *engine);
+
+/* The engine chat uses (borrowed), or NULL. */
+struct hub_engine *hub_chat_engine(const struct hub_chat *chat);
+
+/* Frees chat (and the memory engine it opened); every client must have been
+ * freed. */
 void hub_chat_free(struct hub_chat *chat);
 
 /* Returns 1 if name is a valid public room name: 1-64 bytes of [A-Za-z0-9_.:-]. */

@@ -47,12 +47,26 @@ struct hub_http_request {
     struct hub_iov ws_version;    /* Sec-WebSocket-Version */
     struct hub_iov ws_protocol;   /* Sec-WebSocket-Protocol */
     struct hub_iov if_none_match; /* If-None-Match */
+    struct hub_iov ws_extensions; /* Sec-WebSocket-Extensions */
 };
+
+/* Content-Security-Policy values for HTML responses. The hub's own page
+ * satisfies PAGE: script, style and images from the hub only (no inline
+ * script or style attribute; the page's empty data: favicon is allowed),
+ * WebSockets to ws:/wss:, no plugins, no <base>, forms to the hub, never
+ * framed. Pages of a --public directory are the operator's and may carry
+ * inline script, so they get FRAMES, which only forbids framing. */
+#define HUB_HTTP_CSP_PAGE                                                                          \
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "              \
+    "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'self'; "        \
+    "frame-ancestors 'none'"
+#define HUB_HTTP_CSP_FRAMES "frame-ancestors 'none'"
 
 struct hub_http_config {
     size_t max_header_bytes;       /* request line plus headers; over it: 431 (8192) */
     unsigned max_headers;          /* header lines; over it: 431 (100) */
     const struct hub_static *site; /* files to serve; borrowed, outlives every hub_http */
+    const char *csp;               /* CSP of HTML responses (HUB_HTTP_CSP_PAGE); borrowed */
 };
 
 /* What the request callback did with a request. */
@@ -75,7 +89,7 @@ enum hub_http_feed_result {
                             marked close-after-flush; stop feeding */
 };
 
-/* Sets cfg to the defaults above (site left NULL). */
+/* Sets cfg to the defaults above (site left NULL, csp HUB_HTTP_CSP_PAGE). */
 void hub_http_config_default(struct hub_http_config *cfg);
 
 /* Creates the HTTP state of conn. conn, cfg and data are borrowed and must
@@ -93,7 +107,10 @@ int hub_http_feed(struct hub_http *h, const char *data, size_t len, size_t *cons
 
 /* Queues a complete response for the current request: status line, Date-less
  * headers (Content-Type if content_type is not NULL, Content-Length,
- * Connection: close when the request does not keep alive), extra_headers
+ * Connection: close when the request does not keep alive,
+ * X-Content-Type-Options: nosniff, and for text/html the security headers:
+ * Content-Security-Policy: cfg->csp, X-Frame-Options: DENY,
+ * Referrer-Policy: no-referrer), extra_headers
  * verbatim (each line ending in "\r\n", or NULL), then body unless the
  * request was HEAD. Returns 0, HUB_ENOMEM or HUB_ECLOSED. All borrowed. */
 int hub_http_respond(struct hub_http *h, int status, const char *content_type,
@@ -117,6 +134,13 @@ int hub_http_check_websocket(const struct hub_http_request *req);
  * the callback returns HUB_HTTP_UPGRADED. Returns 0 or HUB_ENOMEM/HUB_ECLOSED. */
 int hub_http_accept_websocket(struct hub_http *h, const struct hub_http_request *req,
                               const char *subprotocol);
+
+/* Like hub_http_accept_websocket, and appends extensions (a NUL-terminated
+ * header line ending in "\r\n", such as hub_deflate_negotiate makes; borrowed;
+ * NULL for none) to the 101. HUB_EINVAL (nothing queued) when it is not
+ * exactly one line. */
+int hub_http_accept_websocket_ext(struct hub_http *h, const struct hub_http_request *req,
+                                  const char *subprotocol, const char *extensions);
 
 /* Computes Sec-WebSocket-Accept for a key (RFC 6455 section 1.3) into out
  * (29 bytes: 28 characters and a NUL). */

@@ -39,6 +39,8 @@ struct hub_metrics {
     uint64_t bytes_in;                  /* bytes read from sockets */
     uint64_t bytes_out;                 /* bytes written to sockets */
     uint64_t published;                 /* chat messages sequenced into rooms */
+    uint64_t raw_dropped;               /* raw lines dropped: the engine was unreachable */
+    uint64_t unavailable;               /* requests answered "unavailable" (engine unreachable) */
     uint64_t slow_closes;               /* clients closed for not reading (4008) */
     uint64_t rate_limited;              /* requests refused by the rate limit */
     uint64_t heartbeat_closes;          /* clients dropped for not answering pings */

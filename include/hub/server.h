@@ -50,13 +50,29 @@ struct hub_server_config {
     uint32_t max_total_rooms;         /* rooms that exist at once (10000; 0 = no limit) */
     uint64_t max_total_output;        /* output queued to all clients before publishers stop
                                          being read (256 MiB; 0 = no limit) */
+    /* The engine (docs/engine.md): none of these means the memory engine. */
+    const char *const *redis_urls; /* --redis: one URL per shard (borrowed); history then lives
+                                      in Redis and data_dir/persist are not used */
+    size_t nredis;                 /* number of URLs (0: memory engine) */
+    const char *node_id;           /* --node-id, or NULL for a random one */
+    const char *redis_prefix;      /* --redis-prefix: key and channel prefix ("chathub:") */
+    uint32_t node_lease_ms;        /* --node-lease: a dead node's members and nicks vanish
+                                      after it (30000) */
+    /* Issue 20: Host names and /metrics peers (include/hub/access.h). */
+    const char *const *server_names;  /* --server-name values (borrowed) */
+    size_t nserver_names;             /* number of names */
+    const char *const *metrics_allow; /* --metrics-allow CIDRs (borrowed); replace loopback */
+    size_t nmetrics_allow;            /* number of CIDRs */
+    int deflate;                      /* 1: accept permessage-deflate (on when built with zlib) */
+    uint32_t deflate_min;             /* payloads shorter than this go uncompressed (128) */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
 
 /* Creates the server on loop, loads the site, binds and listens, and installs
  * the signal handlers. The strings in cfg are borrowed and must outlive the
- * server. Returns 0; HUB_EIO when the address cannot be bound (err gets a
+ * server. Returns 0; HUB_EINVAL for a malformed --metrics-allow CIDR or
+ * --server-name (err says which); HUB_EIO when the address cannot be bound (err gets a
  * one-line reason such as "cannot listen on 0.0.0.0:8080: address already in
  * use"); HUB_ENOENT/HUB_ELIMIT for a bad --public directory; HUB_ENOMEM. */
 int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_server_config *cfg,
@@ -69,6 +85,9 @@ int hub_server_port(const struct hub_server *s);
  * ("0.0.0.0:8080", "[::1]:8080"), into out. Sets *loopback to 1 when only
  * this host can reach it (127.0.0.0/8, ::1). */
 void hub_server_bound(const struct hub_server *s, char *out, size_t outsz, int *loopback);
+/* Writes a one-line description of the engine into buf, e.g. "engine redis
+ * (2 shards), node n1" or "engine memory, history in SQLite (DIR)". */
+void hub_server_engine_info(const struct hub_server *s, char *buf, size_t n);
 
 /* Starts the same orderly shutdown a signal does. */
 void hub_server_shutdown(struct hub_server *s);

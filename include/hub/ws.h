@@ -44,8 +44,11 @@ enum hub_ws_close_code {
 };
 
 struct hub_ws_config {
-    size_t max_message;     /* largest message accepted; larger ones close 1009 (65536) */
+    size_t max_message;     /* largest message accepted; larger ones close 1009 (65536); with
+                               permessage-deflate it bounds the inflated size too */
     uint32_t max_fragments; /* frames per message; more close 1008 (128) */
+    uint32_t deflate_min;   /* with permessage-deflate, payloads shorter than this go out
+                               uncompressed (128) */
 };
 
 /* A complete text or binary message arrived. data is borrowed for the call.
@@ -59,6 +62,15 @@ void hub_ws_config_default(struct hub_ws_config *cfg);
  * copied. Returns NULL when out of memory. */
 struct hub_ws *hub_ws_new(struct hub_conn *conn, const struct hub_ws_config *cfg,
                           hub_ws_message_cb on_message, void *user);
+
+/* Turns on permessage-deflate (RFC 7692) for ws, as negotiated by
+ * hub_deflate_negotiate, with no context takeover in both directions:
+ * incoming messages with RSV1 set are inflated (bounded by max_message:
+ * beyond it the close is 1009; corrupt data closes 1007), and data frames
+ * of at least deflate_min payload bytes go out compressed when that makes
+ * them smaller. server_max_window_bits (8..15) is the window the hub may
+ * use. Call before the first hub_ws_feed. Without it, RSV1 closes 1002. */
+void hub_ws_set_deflate(struct hub_ws *ws, int server_max_window_bits);
 
 /* Frees ws. Does not close the connection. */
 void hub_ws_free(struct hub_ws *ws);
@@ -80,6 +92,10 @@ struct hub_shared *hub_ws_frame(int opcode, const void *payload, size_t len);
 struct hub_shared *hub_ws_frame_alloc(int opcode, size_t len, char **payload);
 
 /* Queues a frame made by hub_ws_frame (the queue takes its own reference).
+ * On a connection with permessage-deflate, a text or binary frame of at
+ * least deflate_min payload bytes is replaced by its compressed form, which
+ * is made on first use and kept with the frame (see hub_shared's alt), so a
+ * broadcast frame is compressed once however many recipients it has.
  * Returns 0; HUB_ECLOSED if a close frame was already sent or received;
  * HUB_ENOBUFS if the connection's output limit is reached, in which case
  * the client is too slow: its unsent backlog is dropped and the close

@@ -120,6 +120,12 @@ export async function startServer(args = [], { timeoutMs = 10000, host = '127.0.
     argv.push('--data-dir', fs.mkdtempSync(path.join(scratch(), 'data-')));
   }
   argv.push(...args);
+  // CHATHUB_EXTRA_ARGS (space-separated) reruns whole suites with another
+  // setting, e.g. CHATHUB_EXTRA_ARGS="--deflate off"; a case's own args come
+  // after it and win.
+  if (process.env.CHATHUB_EXTRA_ARGS) {
+    argv.splice(argv.length - args.length, 0, ...process.env.CHATHUB_EXTRA_ARGS.split(/\s+/).filter(Boolean));
+  }
   const proc = spawn(chathubBin(), argv, { stdio: ['ignore', 'pipe', 'pipe'], cwd: scratch() });
   children.add(proc);
   let stdout = '';

@@ -58,7 +58,9 @@ test('send: ack (room, offset, ts); the others get msg (with cmid if given); the
 test('send: text round-trips exactly (escapes, controls, U+2028, emoji) in the push and in history', async () => {
   const s = await start();
   const [a, b] = await pair(s);
-  const texts = ['quote " backslash \\ slash /', 'line\nbreak\ttab\r', 'ctl \u0001\u001f\u007f',
+  // C0 controls other than tab and newline are bad_text (issue 20); DEL and
+  // C1 controls are kept.
+  const texts = ['quote " backslash \\ slash /', 'line\nbreak\ttab', 'ctl \u007f\u0085\u009f',
     'sep \u2028 \u2029', 'emoji 😀👍🏽', '  spaces  ', '<b>not html</b>', '{"op":"send"}', 'é'];
   for (const t of texts) {
     const r = await a.sendOk('r', t);
@@ -74,7 +76,8 @@ test('send errors: not_joined, bad_text (empty, non-string, missing), bad_room; 
   const s = await start();
   const [a] = await pair(s);
   assertErr(await a.req('send', { room: 'elsewhere', text: 'x' }), 'not_joined');
-  for (const f of [{ text: '' }, { text: 5 }, { text: null }, {}, { text: ['x'] }, { text: { a: 1 } }, { text: true }]) {
+  for (const f of [{ text: '' }, { text: 5 }, { text: null }, {}, { text: ['x'] }, { text: { a: 1 } }, { text: true },
+    { text: 'nul \u0000' }, { text: 'cr \r' }, { text: '\u0001' }, { text: 'esc \u001b[31m' }]) {
     const r = await a.req('send', { room: 'r', ...f });
     assertErr(r, 'bad_text');
     assert.equal((await a.req('ping')).ok, true);

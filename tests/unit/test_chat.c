@@ -3,11 +3,14 @@
  * relay to every member (sender included), isolation between rooms, one
  * shared frame per broadcast, the welcome line, the JSON operations, big-room
  * counts taken after the leaver is gone, a hello that fails to allocate
- * committing nothing, and replies paged by bytes.
+ * committing nothing, replies paged by bytes, and the memory engine under it
+ * (subscriptions while a room has members, messages through on_msg, nicks
+ * as claims).
  */
 #include "../../src/chat_int.h"
 #include "check.h"
 #include "hub/chat.h"
+#include "hub/engine.h"
 #include "hub/history.h"
 #include "hub/ws.h"
 #include "ws_script.h"
@@ -495,8 +498,66 @@ static void test_paging(void)
     free_chat(chat);
 }
 
+static void claim_cb(void *data, int err)
+{
+    *(int *)data = err;
+}
+
+/* The memory engine under chat: rooms are subscribed while they have
+ * members here, every message is published through it and comes back from
+ * on_msg once, nicks are claimed in it and released on close. */
+static void test_engine_wiring(void)
+{
+    struct hub_chat *chat = new_chat(NULL);
+    struct hub_engine *e = hub_chat_engine(chat);
+    CHECK(e != NULL);
+    struct hub_engine_stats st;
+    hub_engine_stats(e, &st);
+    CHECK_STR(st.kind, "memory");
+    CHECK_EQ(st.rooms, 0);
+    struct peer a, b, c, j;
+    peer_open(&a, chat, "room1");
+    peer_open(&b, chat, "room1");
+    peer_open(&c, chat, "room2");
+    hub_engine_stats(e, &st);
+    CHECK_EQ(st.rooms, 2);
+    peer_say(&a, 1, "one", 3);
+    hub_engine_stats(e, &st);
+    CHECK_EQ(st.published, 1);
+    CHECK_EQ(st.received, 1);
+    CHECK(read_is(&a, "1:one|"));
+    CHECK(read_is(&b, "1:one|"));
+    CHECK(read_is(&c, ""));
+    peer_close(&a);
+    peer_close(&b);
+    hub_engine_stats(e, &st);
+    CHECK_EQ(st.rooms, 1); /* room1's last member unsubscribed it */
+
+    /* A JSON client's nick is a claim in the engine, until it closes. */
+    peer_open_mode(&j, chat, "ignored", HUB_CHAT_JSON);
+    peer_json(&j, "{\"op\":\"hello\",\"id\":1,\"nick\":\"Zoe\"}");
+    HAS(&j, "\"id\":1,\"ok\":true,\"client\":\"c-4\"");
+    int err = 1;
+    struct hub_iov other = {"x-c-9", 5};
+    CHECK_EQ(hub_engine_claim_nick(e, (struct hub_iov){"zoe", 3}, other, claim_cb, &err), 0);
+    CHECK_EQ(err, HUB_EEXIST);
+    peer_json(&j, "{\"op\":\"join\",\"id\":2,\"room\":\"room2\"}");
+    HAS(&j, "\"members\":[{\"nick\":\"guest-3\",\"client\":\"c-3\"},",
+        "{\"nick\":\"Zoe\",\"client\":\"c-4\"}]");
+    CHECK(read_is(&c, "")); /* raw members see messages only */
+    peer_close(&j);
+    CHECK_EQ(hub_engine_claim_nick(e, (struct hub_iov){"zoe", 3}, other, claim_cb, &err), 0);
+    CHECK_EQ(err, 0);
+    hub_engine_release_nick(e, (struct hub_iov){"zoe", 3}, other);
+    peer_close(&c);
+    hub_engine_stats(e, &st);
+    CHECK_EQ(st.rooms, 0);
+    free_chat(chat);
+}
+
 int main(void)
 {
+    test_engine_wiring();
     test_paging();
     test_big_room_count();
     test_hello_alloc_failure();

@@ -522,7 +522,8 @@ static void test_addr_key(void)
     key_of6("::1:ffff:a01:203", k);
     CHECK_STR(k, "0:0:0:0::/64");
     struct sockaddr other = {0};
-    other.sa_family = 12345;
+    /* Neither AF_INET nor AF_INET6, and in range of macOS's 8-bit sa_family_t. */
+    other.sa_family = AF_UNIX;
     CHECK_EQ(hub_conn_addr_key(&other, k, sizeof(k)), HUB_EINVAL);
     CHECK_STR(k, "?");
 }
