@@ -430,8 +430,9 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
  * (issue 14), appended after the common ones. */
 static void render_limits(struct hub_server *s, struct hub_buf *b)
 {
-    struct hub_history_stats hs;
-    hub_history_stats(s->history, &hs);
+    struct hub_history_stats hs = {0};
+    if (s->history != NULL) /* none with --redis: history lives in Redis */
+        hub_history_stats(s->history, &hs);
     uint64_t max = s->cfg.history_max_bytes;
     hub_buf_printf(b,
                    "# HELP chathub_history_bytes Bytes the history store counts against its "
