@@ -206,9 +206,15 @@ run_windows() {
 cmd_run() {
   install_system_packages
   build build || die "build failed"
-  say "starting build/chathub --port 8080 $*"
-  # Flags given later win, so `dev.sh run --port 9000` overrides the default.
-  exec ./build/chathub --port 8080 "$@"
+  # --port 8080 unless the caller names a port; the command line is shown
+  # once, exactly as it runs (quoted as a shell would need it).
+  local args=("$@") a has_port=0
+  for a in "$@"; do
+    case "$a" in --port | --port=*) has_port=1 ;; esac
+  done
+  [ "$has_port" -eq 1 ] || args=(--port 8080 "${args[@]}")
+  say "running: ./build/chathub$(printf ' %q' "${args[@]}")"
+  exec ./build/chathub "${args[@]}"
 }
 
 # If `test` stops early (an install step failed), still end with the summary

@@ -30,6 +30,7 @@
  */
 #include "chat_int.h"
 #include "hub/conn.h"
+#include "hub/flow.h"
 #include "hub/engine.h"
 #include "hub/history.h"
 #include "hub/log.h"
@@ -404,6 +405,18 @@ size_t hub_chat_room_count(const struct hub_chat *chat)
     return hub_rooms_count(chat->rooms);
 }
 
+int hub_chat_room_admits(const struct hub_chat *chat, struct hub_iov name)
+{
+    uint32_t max = chat->cfg.max_total_rooms;
+    return max == 0 || hub_rooms_count(chat->rooms) < max ||
+           hub_rooms_find(chat->rooms, name.base, name.len) != NULL;
+}
+
+uint64_t hub_chat_rooms_refused(const struct hub_chat *chat)
+{
+    return chat->rooms_refused;
+}
+
 /* ---- publishing ------------------------------------------------------ */
 
 /* A message on its way through the engine: what the ack needs, because the
@@ -412,6 +425,7 @@ struct pending_msg {
     struct hub_chat_client *cl; /* the sender (a reference) */
     struct req_id id;           /* the send request's id, for the ack */
     size_t room_len;            /* bytes in room */
+    size_t text_len;            /* bytes of text counted in flight (flow.h) */
     char room[];                /* the room */
 };
 
@@ -436,6 +450,8 @@ static void pm_published(void *data, int err, uint64_t offset, int64_t ts, int d
 {
     struct pending_msg *pm = data;
     struct hub_chat_client *cl = pm->cl;
+    if (!cl->dead) /* sequenced (or failed): no longer in flight (flow.h) */
+        hub_flow_published(cl->chat->cfg.flow, hub_ws_conn(cl->ws), pm->text_len);
     if (err != 0) {
         publish_failed(cl, pm->id, err);
     } else {
@@ -476,6 +492,7 @@ void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov r
     pm->cl = cl;
     pm->id = id;
     pm->room_len = room.len;
+    pm->text_len = text.len;
     memcpy(pm->room, room.base, room.len);
     char cid[CHAT_ID_MAX];
     struct hub_engine_pub pub = {0};
@@ -489,8 +506,14 @@ void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov r
     pub.ts = chat_now(chat);
     pub.binary = opcode != HUB_WS_TEXT;
     chat_client_ref(cl);
+    /* Backpressure (flow.h): counted in flight until sequenced (before the
+     * call, since the memory engine completes within it); a sender into a
+     * congested room, or with too much in flight, stops being read. */
+    struct hub_conn *conn = hub_ws_conn(cl->ws);
+    hub_flow_publish(chat->cfg.flow, conn, room.base, room.len, text.len);
     int rc = hub_engine_publish(chat->engine, &pub, pm_published, pm);
     if (rc != 0) {
+        hub_flow_published(chat->cfg.flow, conn, text.len);
         if (rc == HUB_EAGAIN)
             publish_failed(cl, id, rc);
         else
@@ -521,10 +544,17 @@ void chat_on_msg(void *data, const struct hub_engine_msg *m)
 }
 
 /* Token bucket: rate tokens a second, at most burst saved up. Returns 1 if
- * the client may send one more message now. */
-static int take_token(struct hub_chat_client *cl)
+ * the client may send one more message now. Over the limit the hub stops
+ * reading the connection until the bucket holds a token again (*pause_ms,
+ * 0 for no pause; TCP then slows the sender), but the messages already read
+ * must be handled: a JSON request is refused (rate_limited, which the client
+ * can retry), while a raw line, which has no way to be refused but to be
+ * lost, is relayed on credit, up to CHAT_RATE_DEBT_S seconds of the rate,
+ * and the pause lasts until the debt is paid back. */
+static int take_token(struct hub_chat_client *cl, uint32_t *pause_ms)
 {
     const struct hub_chat_config *cfg = &cl->chat->cfg;
+    *pause_ms = 0;
     if (cfg->rate == 0)
         return 1;
     int64_t now = chat_now(cl->chat);
@@ -534,15 +564,19 @@ static int take_token(struct hub_chat_client *cl)
             cl->tokens = cfg->burst;
         cl->refilled = now;
     }
+    double floor = cl->mode == HUB_CHAT_RAW ? -(double)cfg->rate * CHAT_RATE_DEBT_S : 0.0;
+    int ok = cl->tokens - 1.0 >= floor;
+    if (ok)
+        cl->tokens -= 1.0;
     if (cl->tokens < 1.0)
-        return 0;
-    cl->tokens -= 1.0;
-    return 1;
+        *pause_ms = (uint32_t)((1.0 - cl->tokens) * 1000.0 / cfg->rate) + 1;
+    return ok;
 }
 
 /* A message over the rate limit: JSON clients get an error reply, raw ones
- * lose it silently; a client that keeps going after a whole burst of
- * refusals is closed with 4013 (it may reconnect and slow down). */
+ * (past their credit) lose it; a client that keeps going after a whole
+ * burst of refusals, all read before the hub could stop reading it, is
+ * closed with 4013 (it may reconnect and slow down). */
 static void refuse_rate(struct hub_chat_client *cl, const char *data, size_t len)
 {
     hub_metrics.rate_limited++;
@@ -566,7 +600,11 @@ void hub_chat_client_message(struct hub_chat_client *cl, int opcode, const char 
 {
     if (data == NULL)
         data = ""; /* an empty message may come without a buffer */
-    if (!take_token(cl)) {
+    uint32_t pause_ms;
+    int ok = take_token(cl, &pause_ms);
+    if (pause_ms > 0) /* backpressure: no more reads until the bucket refills */
+        hub_flow_rate_hold(cl->chat->cfg.flow, hub_ws_conn(cl->ws), pause_ms);
+    if (!ok) {
         refuse_rate(cl, data, len);
         return;
     }

@@ -10,6 +10,7 @@
  * most once per COUNT_INTERVAL_MS.
  */
 #include "chat_int.h"
+#include "hub/flow.h"
 #include "hub/engine.h"
 #include "hub/history.h"
 #include "hub/log.h"
@@ -115,8 +116,9 @@ void chat_deliver(struct room_member *m, struct hub_room *room, struct hub_room_
     }
     /* A full queue closes that client inside hub_ws_send_frame; the others
      * are unaffected. A failed encode loses this event for this format. */
-    if (*slot != NULL)
-        hub_ws_send_frame(cl->ws, *slot);
+    if (*slot != NULL && hub_ws_send_frame(cl->ws, *slot) == 0)
+        hub_flow_delivered(cl->chat->cfg.flow, hub_ws_conn(cl->ws), hub_room_name(room),
+                           hub_room_name_len(room)); /* over its soft limit: hold the senders */
 }
 
 void chat_broadcast(struct hub_room_event *ev)

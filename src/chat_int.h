@@ -47,8 +47,11 @@ struct chat_backlog;
 #define CHAT_PAGE_DEFAULT (256 * 1024) /* page bytes without an output limit */
 #define CHAT_PAGE_SLACK 8192           /* output room kept for a reply's other fields */
 #define ROOMS_LIST_MAX 200             /* rooms in a rooms reply */
-#define DM_WAIT_MS 2000                /* a remote dm waits at most this for the peer's join */
-#define ROOMS_ASK_MAX 1000             /* rooms asked of the engine (DM rooms are left out) */
+/* Raw lines read past the rate bucket: up to this many seconds of the
+ * rate are still relayed, on credit. */
+#define CHAT_RATE_DEBT_S 10
+#define DM_WAIT_MS 2000    /* a remote dm waits at most this for the peer's join */
+#define ROOMS_ASK_MAX 1000 /* rooms asked of the engine (DM rooms are left out) */
 #define CHAT_ID_MAX (HUB_ENGINE_NODE_ID_MAX + 24) /* bytes in a client id and its NUL */
 #define CHAT_BACKLOG_MAX 64                       /* requests waiting behind a nick claim */
 #define CHAT_BACKLOG_BYTES (256 * 1024)           /* their bytes */
@@ -74,6 +77,7 @@ struct hub_chat {
     struct count_entry *counts;     /* big rooms, owned */
     size_t ncounts;                 /* entries in counts */
     int64_t storage_warned;         /* when a failed store was last logged */
+    uint64_t rooms_refused;         /* joins and upgrades refused by max_total_rooms */
     struct hub_engine *engine;      /* the engine: owned if own_engine, else borrowed */
     int own_engine;                 /* opened by hub_chat_new over cfg.history */
     struct pending_dm *dm_waits;    /* remote dms waiting for their peer's join, owned */

@@ -623,6 +623,12 @@ int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_s
     if (pj == NULL)
         goto fail_memory;
     struct hub_room *room;
+    if (!hub_chat_room_admits(chat, name)) {
+        chat->rooms_refused++; /* --max-total-rooms: a new room would pass it */
+        *code = "too_many_rooms_total";
+        *message = "the hub has as many rooms as it may; try again later";
+        goto fail_free;
+    }
     int rc = chat_join_room(cl, name, &room);
     if (rc == HUB_EEXIST) {
         *code = "already_joined";

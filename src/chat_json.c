@@ -853,6 +853,12 @@ static void op_dm(struct request *rq)
                             : "the recipient is in the maximum number of rooms");
         return;
     }
+    if (!hub_chat_room_admits(cl->chat, room_name)) { /* --max-total-rooms */
+        cl->chat->rooms_refused++;
+        chat_send_error(cl, rq->id, "too_many_rooms_total",
+                        "the hub has as many rooms as it may; try again later");
+        return;
+    }
     int rc = dm_ensure_member(cl, me, 1, room_name, &room);
     if (rc == 0)
         rc = dm_ensure_member(peer, me, 0, room_name, &room);

@@ -26,9 +26,35 @@
  * - The database is opened in exclusive locking mode and a write
  *   transaction is run at open, so the file lock is held for the life of
  *   the store and a second hub on the same directory fails at start.
+ * - rooms.bytes and rooms.msgs are the sum of ROW_EST and the count of the
+ *   room's rows in messages: every transaction that inserts or deletes rows
+ *   moves them before it commits. Appends do so once per room and
+ *   transaction (room_flush, with the retention by count), not once per
+ *   message: a room's row and its rooms_bytes index entry are the costliest
+ *   part of an append otherwise. The writer's totals (tot_*) are their
+ *   sums as of the last commit; a transaction's changes to them wait in d_*
+ *   until it commits.
+ *
+ * The disk budget (max_bytes, see history.h) is split into a share for the
+ * write-ahead log (wal_max: the log is checkpointed and truncated past it)
+ * and one for the database (db_high). After each batch, quota_pass() looks
+ * at the page counts, which cost nothing to read; only when the database
+ * has more than db_high bytes of pages does it delete: it cuts the largest
+ * rooms down to a common size (water-filling over rooms.bytes, through a
+ * partial index) so that the live pages fall to db_low, 1/8 below db_high,
+ * then returns the free pages beyond db_high to the file system
+ * (auto_vacuum=INCREMENTAL, which old databases are converted to once at
+ * open) and checkpoints. Between passes, new rows reuse the free pages, so
+ * deletions happen once per db_high/8 of new history, not per append.
+ * Batches are capped (batch_max: BATCH_MAX_BYTES, and a quarter of the
+ * log's share under a budget) so that one batch cannot take the files far
+ * past the budget before the pass after it. The pass measures only after
+ * check_every bytes of new rows (1/64 of the database's share, at most
+ * 1 MiB), so small transactions do not pay for it one by one.
  */
 #include "hub/history.h"
 #include "hub/hmap.h"
+#include "hub/log.h"
 #include "hub/lru.h"
 #include "history_impl.h"
 
@@ -55,6 +81,34 @@
 
 /* Completions fired per wake-up of the loop: bounded work per iteration. */
 #define FIRE_PER_WAKEUP 1024
+
+/* The schema this file writes (PRAGMA user_version; upgrade_sql and
+ * schema_open write the figure literally). Version 0 is the schema before
+ * rooms counted their bytes; it is upgraded at open. */
+#define SCHEMA_VERSION 2
+
+/* The writer takes at most this many bytes of requests (their strings and
+ * REQ_COST each) into one transaction, less under a small budget (see
+ * budget_open); a lone bigger request goes alone. */
+#define BATCH_MAX_BYTES (1u << 20)
+#define REQ_COST 64
+
+/* Rooms cut per round of a quota pass, and rounds per pass: bounded work
+ * per batch. A pass that did not reach db_low is continued after the next
+ * batch. */
+#define QUOTA_ROOMS 256
+#define QUOTA_ROUNDS 4
+
+/* What one message row costs, in the units of rooms.bytes: its strings, the
+ * copies of the key and of the dedupe index's columns, and a fixed part for
+ * the integers and the record headers. It only has to rank rooms and be
+ * proportional to the pages used; the pages themselves are what the budget
+ * is enforced on. ROW_EST is the same figure computed by SQL from a row
+ * (CAST AS BLOB: length() of a TEXT counts characters). */
+#define ROW_FIXED 32 /* the 32 in ROW_EST */
+#define ROW_EST                                                                                    \
+    "(32 + 2 * length(CAST(room AS BLOB)) + 2 * length(CAST(sender AS BLOB))"                      \
+    " + length(CAST(text AS BLOB)) + 2 * length(CAST(cmid AS BLOB)))"
 
 enum req_type {
     REQ_APPEND,
@@ -102,6 +156,9 @@ struct room {
     uint64_t dirty_gen;                    /* transaction that last changed it */
     int persisted;                         /* the rooms row exists */
     int stale;                             /* reload from the database before use */
+    int pend;                              /* its rooms row awaits the changes below */
+    int64_t pend_bytes, pend_msgs;         /* ... to bytes and msgs, written at commit */
+    struct room *pend_next;                /* in sqlite_store.pend_head */
     char epoch[HUB_HISTORY_EPOCH_LEN + 1]; /* this incarnation */
     size_t name_len;                       /* length of name */
     char name[];                           /* NUL-terminated */
@@ -114,14 +171,21 @@ enum stmt_id {
     ST_ROOM_GET,
     ST_ROOM_INS,
     ST_ROOM_UPD,
+    ST_ROOM_SUB,
     ST_DEDUPE,
     ST_INSERT,
+    ST_TRIM_SIZE,
     ST_TRIM,
     ST_FIRST,
     ST_READ_DESC,
     ST_READ_ASC,
-    ST_SWEEP,
-    ST_SWEEP_NEXT,
+    ST_SWEEP_PAGE,
+    ST_SWEEP_SIZE,
+    ST_SWEEP_DEL,
+    ST_BIG_ROOMS,
+    ST_OLDEST,
+    ST_PAGE_COUNT,
+    ST_FREELIST,
     ST_COUNT,
 };
 
@@ -130,13 +194,17 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_ROOM_GET] = "SELECT epoch, last FROM rooms WHERE name = ?1",
-    [ST_ROOM_INS] = "INSERT INTO rooms(name, epoch, last) VALUES(?1, ?2, ?3)",
-    [ST_ROOM_UPD] = "UPDATE rooms SET last = ?2 WHERE name = ?1",
+    [ST_ROOM_INS] = "INSERT INTO rooms(name, epoch, last, bytes, msgs) VALUES(?1, ?2, ?3, ?4, 1)",
+    [ST_ROOM_UPD] =
+        "UPDATE rooms SET last = ?2, bytes = bytes + ?3, msgs = msgs + ?4 WHERE name = ?1",
+    [ST_ROOM_SUB] = "UPDATE rooms SET bytes = bytes - ?2, msgs = msgs - ?3 WHERE name = ?1",
     /* The cmid <> '' term lets the planner use the partial index. */
     [ST_DEDUPE] = "SELECT offset, ts FROM messages WHERE room = ?1 AND sender = ?2 AND cmid = ?3 "
                   "AND cmid <> '' AND offset > ?4 LIMIT 1",
     [ST_INSERT] = "INSERT INTO messages(room, offset, ts, sender, text, cmid) "
                   "VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_TRIM_SIZE] = "SELECT count(*), coalesce(sum(" ROW_EST "), 0) FROM messages "
+                     "WHERE room = ?1 AND offset <= ?2",
     [ST_TRIM] = "DELETE FROM messages WHERE room = ?1 AND offset <= ?2",
     [ST_FIRST] = "SELECT offset FROM messages WHERE room = ?1 AND offset > ?2 AND ts >= ?3 "
                  "ORDER BY offset LIMIT 1",
@@ -144,18 +212,41 @@ static const char *const stmt_sql[ST_COUNT] = {
                      "AND offset > ?2 AND offset < ?3 AND ts >= ?4 ORDER BY offset DESC LIMIT ?5",
     [ST_READ_ASC] = "SELECT offset, ts, sender, text, cmid FROM messages WHERE room = ?1 "
                     "AND offset > ?2 AND offset < ?3 AND ts >= ?4 ORDER BY offset LIMIT ?5",
-    [ST_SWEEP] = "DELETE FROM messages WHERE room IN (SELECT name FROM rooms WHERE name > ?1 "
-                 "ORDER BY name LIMIT 64) AND ts < ?2",
-    [ST_SWEEP_NEXT] = "SELECT name FROM rooms WHERE name > ?1 ORDER BY name LIMIT 1 OFFSET 63",
+    [ST_SWEEP_PAGE] = "SELECT name FROM rooms WHERE name > ?1 ORDER BY name LIMIT 64",
+    [ST_SWEEP_SIZE] = "SELECT count(*), coalesce(sum(" ROW_EST "), 0) FROM messages "
+                      "WHERE room = ?1 AND ts < ?2",
+    [ST_SWEEP_DEL] = "DELETE FROM messages WHERE room = ?1 AND ts < ?2",
+    /* msgs > 1 matches the partial index rooms_bytes: rooms down to their
+     * newest message have nothing left to give and are not in it. */
+    [ST_BIG_ROOMS] = "SELECT name, bytes FROM rooms WHERE msgs > 1 ORDER BY bytes DESC LIMIT ?1",
+    /* Every row of the room but its newest, oldest first. */
+    [ST_OLDEST] = "SELECT offset, " ROW_EST " FROM messages WHERE room = ?1 AND offset < "
+                  "(SELECT max(offset) FROM messages WHERE room = ?1) ORDER BY offset",
+    [ST_PAGE_COUNT] = "PRAGMA page_count",
+    [ST_FREELIST] = "PRAGMA freelist_count",
 };
 
+/* The current schema, for a new file (and harmless on a current one). An
+ * older file is upgraded by upgrade_sql first. */
 static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS rooms(name TEXT PRIMARY KEY, epoch TEXT NOT NULL,"
-    " last INTEGER NOT NULL);"
+    " last INTEGER NOT NULL, bytes INTEGER NOT NULL DEFAULT 0, msgs INTEGER NOT NULL DEFAULT 0);"
     "CREATE TABLE IF NOT EXISTS messages(room TEXT, offset INTEGER, ts INTEGER, sender TEXT,"
     " text TEXT, cmid TEXT, PRIMARY KEY(room, offset)) WITHOUT ROWID;"
     "CREATE INDEX IF NOT EXISTS messages_cmid ON messages(room, sender, cmid)"
-    " WHERE cmid <> '';";
+    " WHERE cmid <> '';"
+    "CREATE INDEX IF NOT EXISTS rooms_bytes ON rooms(bytes) WHERE msgs > 1;";
+
+/* From schema 0 (no room sizes) to SCHEMA_VERSION, in one transaction. */
+static const char upgrade_sql[] =
+    "BEGIN;"
+    "ALTER TABLE rooms ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE rooms ADD COLUMN msgs INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE rooms SET bytes = (SELECT coalesce(sum(" ROW_EST "), 0) FROM messages"
+    " WHERE room = rooms.name), msgs = (SELECT count(*) FROM messages WHERE room = rooms.name);"
+    "CREATE INDEX rooms_bytes ON rooms(bytes) WHERE msgs > 1;"
+    "PRAGMA user_version = 2;"
+    "COMMIT;";
 
 enum store_state {
     STATE_RUNNING,       /* requests accepted */
@@ -181,11 +272,12 @@ struct sqlite_store {
     void *close_data;               /* for close_cb */
 
     /* Shared, under mu. */
-    uv_mutex_t mu;                     /* guards the queues and stop */
+    uv_mutex_t mu;                     /* guards the queues, stop and pub */
     uv_cond_t cv;                      /* signals the writer: work or stop */
     struct req *in_head, *in_tail;     /* requests not yet taken by the writer */
     struct req *done_head, *done_tail; /* completions not yet fired */
     int stop;                          /* the writer must exit without more work */
+    struct hub_history_stats pub;      /* the writer's figures after its last batch */
 
     /* Writer thread only (the opening thread until it starts). */
     sqlite3 *db;                /* the connection, owned */
@@ -195,6 +287,25 @@ struct sqlite_store {
     uint64_t txn_gen;           /* counts transactions begun */
     int64_t last_sweep_ms;      /* when the TTL sweep last ran */
     char *sweep_cursor;         /* the sweep resumes after this room, owned */
+    int64_t tot_rooms;          /* rows in rooms, as of the last commit */
+    int64_t tot_msgs;           /* rows in messages, as of the last commit */
+    int64_t tot_est;            /* sum of rooms.bytes, as of the last commit */
+    int64_t tot_dropped;        /* rows deleted by the quota since open */
+    int64_t d_rooms, d_msgs;    /* the open transaction's changes to tot_rooms, tot_msgs */
+    int64_t d_est, d_dropped;   /* ... to tot_est, tot_dropped */
+    struct room *pend_head;     /* rooms whose row the open transaction must still update */
+    int64_t page_size;          /* the database's page size in bytes */
+    uint64_t wal_max;           /* the log is truncated past this (0: no budget) */
+    uint64_t db_high;           /* the database's share of max_bytes */
+    uint64_t db_low;            /* a pass that deletes brings live pages down to this */
+    size_t batch_max;           /* request bytes per batch (read under mu) */
+    int64_t check_every;        /* ROW_EST bytes committed between two measurements */
+    int64_t since_check;        /* ROW_EST bytes committed since the last one */
+    uint64_t bytes_seen;        /* the files' size at the last measurement */
+    int quota_warned;           /* a pass fell short; cleared once one reaches db_low */
+
+    /* Loop thread, once the writer has exited. */
+    struct hub_history_stats final; /* pub as the writer left it */
 };
 
 static const struct history_ops sqlite_ops;
@@ -311,7 +422,10 @@ static int room_get(struct sqlite_store *h, struct hub_iov room, struct room **o
         return 0;
     }
 
-    if (h->rooms.count >= h->cfg.max_rooms && !hub_lru_empty(&h->lru))
+    /* A room whose row still awaits this transaction's update stays: the
+     * cache then passes max_rooms by at most the rooms of one batch. */
+    if (h->rooms.count >= h->cfg.max_rooms && !hub_lru_empty(&h->lru) &&
+        !room_of_lru(hub_lru_back(&h->lru))->pend)
         room_evict(h, room_of_lru(hub_lru_back(&h->lru)));
     e = calloc(1, sizeof(*e) + room.len + 1);
     if (e == NULL)
@@ -349,6 +463,41 @@ static uint64_t kept_floor(const struct sqlite_store *h, uint64_t last)
     return last > h->cfg.max_per_room ? last - h->cfg.max_per_room : 0;
 }
 
+/* ROW_EST of the row an append writes. */
+static int64_t row_est(const struct req *r)
+{
+    return ROW_FIXED + 2 * (int64_t)r->room.len + 2 * (int64_t)r->from.len + (int64_t)r->text.len +
+           2 * (int64_t)r->cmid.len;
+}
+
+/* Reads the count and the ROW_EST sum of a size statement (bound by the
+ * caller), then resets it. */
+static int step_size(sqlite3_stmt *st, int64_t *n, int64_t *est)
+{
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *n = sqlite3_column_int64(st, 0);
+        *est = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : db_error(rc);
+}
+
+/* Takes n rows of est bytes off room's row in rooms. */
+static int room_sub(struct sqlite_store *h, struct hub_iov room, int64_t n, int64_t est)
+{
+    sqlite3_stmt *st = h->st[ST_ROOM_SUB];
+    bind_iov(st, 1, room);
+    sqlite3_bind_int64(st, 2, est);
+    sqlite3_bind_int64(st, 3, n);
+    int rc = step_done(st);
+    if (rc == 0) {
+        h->d_msgs -= n;
+        h->d_est -= est;
+    }
+    return rc;
+}
+
 static int do_append(struct sqlite_store *h, struct req *r)
 {
     struct room *e;
@@ -378,6 +527,7 @@ static int do_append(struct sqlite_store *h, struct req *r)
     }
 
     uint64_t off = e->last + 1;
+    int64_t est = row_est(r);
     st = h->st[ST_INSERT];
     bind_iov(st, 1, r->room);
     sqlite3_bind_int64(st, 2, (sqlite3_int64)off);
@@ -389,30 +539,38 @@ static int do_append(struct sqlite_store *h, struct req *r)
     if (rc != 0)
         return rc;
 
+    /* Retention by count (rows at or below kept_floor) is applied once per
+     * room and transaction, by room_flush at commit: reads and the dedupe
+     * never look below kept_floor, so the rows that wait for it are
+     * invisible, and the table holds no more than max_per_room rows of a
+     * room between transactions. */
+
     if (e->persisted) {
-        st = h->st[ST_ROOM_UPD];
-        bind_iov(st, 1, r->room);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64)off);
+        /* The room's row (last, bytes, msgs, and the rooms_bytes index
+         * entry) is updated once per transaction, at commit, not once per
+         * message: see room_flush. */
+        if (!e->pend) {
+            e->pend = 1;
+            e->pend_next = h->pend_head;
+            h->pend_head = e;
+        }
+        e->pend_bytes += est;
+        e->pend_msgs += 1;
+        rc = 0;
     } else {
+        /* No row yet means no messages yet, so nothing was trimmed. */
         st = h->st[ST_ROOM_INS];
         bind_iov(st, 1, r->room);
         sqlite3_bind_text(st, 2, e->epoch, HUB_HISTORY_EPOCH_LEN, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, (sqlite3_int64)off);
+        sqlite3_bind_int64(st, 4, est);
+        rc = step_done(st);
     }
-    rc = step_done(st);
     if (rc != 0)
         return rc;
-
-    /* Retention by count is applied as rows arrive, so the table never
-     * holds more than max_per_room rows of a room that is written to. */
-    if (off > h->cfg.max_per_room) {
-        st = h->st[ST_TRIM];
-        bind_iov(st, 1, r->room);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64)(off - h->cfg.max_per_room));
-        rc = step_done(st);
-        if (rc != 0)
-            return rc;
-    }
+    h->d_rooms += e->persisted ? 0 : 1;
+    h->d_msgs += 1;
+    h->d_est += est;
 
     /* The cache moves only once every statement succeeded; if the
      * transaction later rolls back, dirty_gen marks the entry stale. */
@@ -581,7 +739,8 @@ static int do_read(struct sqlite_store *h, struct req *r)
 }
 
 /* Deletes rows past the TTL in the next 64 rooms, at most once a
- * second, so that a large database never stalls a batch. */
+ * second, so that a large database never stalls a batch. Each room's rows
+ * are measured before they go, for rooms.bytes. */
 static int maybe_sweep(struct sqlite_store *h)
 {
     if (h->cfg.ttl_ms <= 0)
@@ -590,47 +749,377 @@ static int maybe_sweep(struct sqlite_store *h)
     if (now - h->last_sweep_ms < SWEEP_INTERVAL_MS)
         return 0;
     h->last_sweep_ms = now;
+    int64_t cutoff = now - h->cfg.ttl_ms;
 
+    /* The page is copied before any row changes: no statement reads a
+     * table while another one writes it. */
+    char *names[64];
+    int n = 0, rc;
     const char *cursor = h->sweep_cursor != NULL ? h->sweep_cursor : "";
-    sqlite3_stmt *st = h->st[ST_SWEEP];
+    sqlite3_stmt *st = h->st[ST_SWEEP_PAGE];
     sqlite3_bind_text(st, 1, cursor, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now - h->cfg.ttl_ms);
-    int rc = step_done(st);
-    if (rc != 0)
-        return rc;
-
-    st = h->st[ST_SWEEP_NEXT];
-    sqlite3_bind_text(st, 1, cursor, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    char *next = NULL;
-    if (rc == SQLITE_ROW) {
+    while (n < 64 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         const unsigned char *p = sqlite3_column_text(st, 0);
-        next = strdup(p != NULL ? (const char *)p : "");
+        names[n] = strdup(p != NULL ? (const char *)p : "");
+        if (names[n] == NULL) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        n++;
     }
     sqlite3_reset(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        free(next);
-        return db_error(rc);
+    int ret = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : db_error(rc);
+
+    for (int i = 0; i < n && ret == 0; i++) {
+        struct hub_iov room = {names[i], strlen(names[i])};
+        int64_t gone = 0, est = 0;
+        st = h->st[ST_SWEEP_SIZE];
+        bind_iov(st, 1, room);
+        sqlite3_bind_int64(st, 2, cutoff);
+        ret = step_size(st, &gone, &est);
+        if (ret != 0 || gone == 0)
+            continue;
+        st = h->st[ST_SWEEP_DEL];
+        bind_iov(st, 1, room);
+        sqlite3_bind_int64(st, 2, cutoff);
+        ret = step_done(st);
+        if (ret == 0)
+            ret = room_sub(h, room, gone, est);
     }
-    /* No next page (or no memory for it): start from the first room again. */
-    free(h->sweep_cursor);
-    h->sweep_cursor = next;
+    if (ret == 0) {
+        /* A short page was the last: start from the first room again. */
+        free(h->sweep_cursor);
+        h->sweep_cursor = n == 64 ? names[63] : NULL;
+        if (n == 64)
+            n = 63;
+    }
+    for (int i = 0; i < n; i++)
+        free(names[i]);
+    return ret;
+}
+
+/* Forgets the row updates that the transaction did not write. */
+static void pend_clear(struct sqlite_store *h)
+{
+    while (h->pend_head != NULL) {
+        struct room *e = h->pend_head;
+        h->pend_head = e->pend_next;
+        e->pend = 0;
+        e->pend_bytes = e->pend_msgs = 0;
+        e->pend_next = NULL;
+    }
+}
+
+/* Finishes the appends of the open transaction room by room: deletes the
+ * rows past max_per_room (measured first, for rooms.bytes) and writes the
+ * room's row, once per room rather than once per message (group commit of
+ * the retention and of the room sizes). Returns 0 or an error, after which
+ * the transaction rolls back. */
+static int room_flush(struct sqlite_store *h)
+{
+    while (h->pend_head != NULL) {
+        struct room *e = h->pend_head;
+        struct hub_iov name = {e->name, e->name_len};
+        uint64_t floor = kept_floor(h, e->last);
+        if (floor > 0) {
+            int64_t gone = 0, gone_est = 0;
+            sqlite3_stmt *st = h->st[ST_TRIM_SIZE];
+            bind_iov(st, 1, name);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)floor);
+            int rc = step_size(st, &gone, &gone_est);
+            if (rc == 0 && gone > 0) {
+                st = h->st[ST_TRIM];
+                bind_iov(st, 1, name);
+                sqlite3_bind_int64(st, 2, (sqlite3_int64)floor);
+                rc = step_done(st);
+            }
+            if (rc != 0)
+                return rc;
+            e->pend_bytes -= gone_est;
+            e->pend_msgs -= gone;
+            h->d_msgs -= gone;
+            h->d_est -= gone_est;
+        }
+        sqlite3_stmt *st = h->st[ST_ROOM_UPD];
+        bind_iov(st, 1, name);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)e->last);
+        sqlite3_bind_int64(st, 3, e->pend_bytes);
+        sqlite3_bind_int64(st, 4, e->pend_msgs);
+        int rc = step_done(st);
+        if (rc != 0)
+            return rc;
+        h->pend_head = e->pend_next;
+        e->pend = 0;
+        e->pend_bytes = e->pend_msgs = 0;
+        e->pend_next = NULL;
+    }
     return 0;
 }
 
 static void txn_rollback(struct sqlite_store *h)
 {
+    pend_clear(h);
     /* Some errors (SQLITE_FULL, SQLITE_IOERR) may already have rolled the
      * transaction back; then there is nothing to undo in the file. */
     if (!sqlite3_get_autocommit(h->db))
         (void)step_done(h->st[ST_ROLLBACK]);
     cache_mark_stale(h);
+    h->d_rooms = h->d_msgs = h->d_est = h->d_dropped = 0;
 }
 
 static int txn_begin(struct sqlite_store *h)
 {
     h->txn_gen++;
+    h->d_rooms = h->d_msgs = h->d_est = h->d_dropped = 0;
     return step_done(h->st[ST_BEGIN]);
+}
+
+/* Commits, and only then counts what the transaction changed. */
+static int txn_commit(struct sqlite_store *h)
+{
+    int rc = room_flush(h);
+    if (rc != 0)
+        return rc;
+    rc = step_done(h->st[ST_COMMIT]);
+    if (rc != 0)
+        return rc;
+    h->tot_rooms += h->d_rooms;
+    h->tot_msgs += h->d_msgs;
+    h->tot_est += h->d_est;
+    h->tot_dropped += h->d_dropped;
+    if (h->d_est > 0)
+        h->since_check += h->d_est;
+    h->d_rooms = h->d_msgs = h->d_est = h->d_dropped = 0;
+    return 0;
+}
+
+/* ---- The disk budget (writer thread) ---- */
+
+/* Runs a statement that returns one integer. */
+static int step_int(sqlite3_stmt *st, int64_t *out)
+{
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : db_error(rc);
+}
+
+/* The database's pages in all, and the free ones, both as seen by this
+ * connection (the log included). */
+static int page_counts(struct sqlite_store *h, int64_t *pages, int64_t *free_pages)
+{
+    int rc = step_int(h->st[ST_PAGE_COUNT], pages);
+    if (rc == 0)
+        rc = step_int(h->st[ST_FREELIST], free_pages);
+    return rc;
+}
+
+/* The size of the database file (SQLITE_FCNTL_FILE_POINTER) or of its
+ * log (SQLITE_FCNTL_JOURNAL_POINTER) through SQLite's own handle, 0 when
+ * it is not open. */
+static uint64_t file_size(sqlite3 *db, int op)
+{
+    sqlite3_file *f = NULL;
+    sqlite3_int64 n = 0;
+    if (sqlite3_file_control(db, "main", op, &f) != SQLITE_OK || f == NULL || f->pMethods == NULL)
+        return 0;
+    if (f->pMethods->xFileSize(f, &n) != SQLITE_OK || n < 0)
+        return 0;
+    return (uint64_t)n;
+}
+
+/* Copies everything the log holds into the database and empties it. */
+static void checkpoint(struct sqlite_store *h)
+{
+    (void)sqlite3_exec(h->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+}
+
+/* Publishes the figures for hub_history_stats, measuring the files first
+ * when measure is set (else their size is the last one measured). */
+static void publish(struct sqlite_store *h, int locked, int measure)
+{
+    struct hub_history_stats st;
+    if (measure)
+        h->bytes_seen = file_size(h->db, SQLITE_FCNTL_FILE_POINTER) +
+                        file_size(h->db, SQLITE_FCNTL_JOURNAL_POINTER);
+    st.bytes = h->bytes_seen;
+    st.rooms = h->tot_rooms > 0 ? (uint64_t)h->tot_rooms : 0;
+    st.held = 0;
+    st.messages = h->tot_msgs > 0 ? (uint64_t)h->tot_msgs : 0;
+    st.dropped = (uint64_t)h->tot_dropped;
+    if (locked)
+        uv_mutex_lock(&h->mu);
+    h->pub = st;
+    if (locked)
+        uv_mutex_unlock(&h->mu);
+}
+
+struct big_room {
+    char *name;    /* owned */
+    int64_t bytes; /* rooms.bytes */
+};
+
+/* Deletes the oldest rows of room, but never its newest, until about want
+ * bytes (ROW_EST) are gone. */
+static int trim_room(struct sqlite_store *h, struct hub_iov room, int64_t want)
+{
+    sqlite3_stmt *st = h->st[ST_OLDEST];
+    int64_t gone = 0, est = 0, cut = -1;
+    int rc = SQLITE_DONE;
+
+    bind_iov(st, 1, room);
+    while (est < want && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        cut = sqlite3_column_int64(st, 0);
+        est += sqlite3_column_int64(st, 1);
+        gone++;
+    }
+    if (est < want && rc != SQLITE_DONE) {
+        sqlite3_reset(st);
+        return db_error(rc);
+    }
+    sqlite3_reset(st);
+    if (gone == 0)
+        return 0;
+    st = h->st[ST_TRIM];
+    bind_iov(st, 1, room);
+    sqlite3_bind_int64(st, 2, cut);
+    rc = step_done(st);
+    if (rc == 0)
+        rc = room_sub(h, room, gone, est);
+    if (rc == 0)
+        h->d_dropped += gone;
+    return rc;
+}
+
+/* Frees about need bytes (ROW_EST) from the largest rooms: the rooms over
+ * a common size T are cut down to T, T chosen so that the cuts add up to
+ * need (water-filling). At most QUOTA_ROOMS rooms are cut; *progress says
+ * whether any room had something to give. */
+static int trim_largest(struct sqlite_store *h, int64_t need, int *progress)
+{
+    struct big_room rooms[QUOTA_ROOMS + 1];
+    sqlite3_stmt *st = h->st[ST_BIG_ROOMS];
+    int n = 0, rc = SQLITE_DONE, ret = 0;
+
+    *progress = 0;
+    /* Copied first: the cuts write rooms, which this statement reads. */
+    sqlite3_bind_int64(st, 1, QUOTA_ROOMS + 1);
+    while (n < QUOTA_ROOMS + 1 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *p = sqlite3_column_text(st, 0);
+        rooms[n].name = strdup(p != NULL ? (const char *)p : "");
+        rooms[n].bytes = sqlite3_column_int64(st, 1);
+        if (rooms[n].name == NULL) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        ret = db_error(rc);
+
+    /* sizes are in descending order: with the k largest cut to the size of
+     * the next one, they give sum - k * next; the first k for which that
+     * covers need fixes T between the two. */
+    int k = 0;
+    int64_t sum = 0, level = 0;
+    while (ret == 0 && k < n && k < QUOTA_ROOMS) {
+        sum += rooms[k].bytes;
+        k++;
+        int64_t next = k < n ? rooms[k].bytes : 0;
+        level = next;
+        if (sum - k * next >= need) {
+            level = (sum - need) / k;
+            break;
+        }
+    }
+    for (int i = 0; i < k && ret == 0; i++) {
+        if (rooms[i].bytes <= level)
+            continue;
+        struct hub_iov room = {rooms[i].name, strlen(rooms[i].name)};
+        ret = trim_room(h, room, rooms[i].bytes - level);
+        *progress = 1;
+    }
+    for (int i = 0; i < n; i++)
+        free(rooms[i].name);
+    return ret;
+}
+
+/* Brings the files back under the budget after a batch (see the top of the
+ * file), then publishes the figures. Unless forced, it looks at the files
+ * only once check_every bytes were committed since it last did: a trickle
+ * of small appends, a transaction each, does not pay for it every time. */
+static void quota_pass(struct sqlite_store *h, int locked, int force)
+{
+    int64_t pages = 0, free_pages = 0;
+    int64_t ps = h->page_size;
+
+    if (!force && h->since_check < h->check_every) {
+        publish(h, locked, 0);
+        return;
+    }
+    h->since_check = 0;
+    if (h->wal_max == 0 || page_counts(h, &pages, &free_pages) != 0)
+        goto out;
+    if ((uint64_t)(pages * ps) <= h->db_high)
+        goto wal;
+
+    int64_t live = (pages - free_pages) * ps;
+    int reached = (uint64_t)live <= h->db_low, stuck = 0;
+    for (int round = 0; round < QUOTA_ROUNDS && !reached && !stuck; round++) {
+        /* From page bytes to ROW_EST bytes, at the file's current ratio. */
+        int64_t need = (int64_t)(((double)live - (double)h->db_low) * (double)h->tot_est /
+                                 (double)(live > 0 ? live : 1)) +
+                       1;
+        int progress = 0;
+        int rc = txn_begin(h);
+        if (rc == 0)
+            rc = trim_largest(h, need, &progress);
+        if (rc == 0)
+            rc = txn_commit(h);
+        if (rc != 0) {
+            txn_rollback(h);
+            if (!h->quota_warned)
+                hub_log_warn("history: cannot delete old messages to keep --history-max-bytes: %s",
+                             sqlite3_errmsg(h->db));
+            h->quota_warned = 1;
+            goto out;
+        }
+        if (page_counts(h, &pages, &free_pages) != 0)
+            goto out;
+        live = (pages - free_pages) * ps;
+        reached = (uint64_t)live <= h->db_low;
+        stuck = !progress;
+    }
+    /* Stuck: every room is down to its newest message. */
+    if (stuck && !reached && !h->quota_warned) {
+        hub_log_warn("history: %lld bytes of history remain over --history-max-bytes %llu; "
+                     "every room keeps its newest message",
+                     (long long)live, (unsigned long long)(h->db_high + h->wal_max));
+        h->quota_warned = 1;
+    } else if (reached) {
+        h->quota_warned = 0;
+    }
+
+    /* Free pages past the database's share go back to the file system;
+     * the rest are kept for the next messages. */
+    int64_t high_pages = (int64_t)(h->db_high / (uint64_t)ps);
+    if (pages > high_pages && free_pages > 0) {
+        char sql[64];
+        int64_t n = pages - high_pages < free_pages ? pages - high_pages : free_pages;
+        snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%lld)", (long long)n);
+        (void)sqlite3_exec(h->db, sql, NULL, NULL, NULL);
+    }
+    /* The database file shrinks, and the log empties, at the checkpoint. */
+    checkpoint(h);
+    goto out;
+
+wal:
+    if (file_size(h->db, SQLITE_FCNTL_JOURNAL_POINTER) > h->wal_max)
+        checkpoint(h);
+out:
+    publish(h, locked, 1);
 }
 
 /* Runs the whole batch in one transaction. Returns 0 once it committed. */
@@ -647,7 +1136,7 @@ static int run_group(struct sqlite_store *h, struct req *batch)
         if (rc != 0)
             return rc;
     }
-    return step_done(h->st[ST_COMMIT]);
+    return txn_commit(h);
 }
 
 /* Runs the batch again with one transaction per append, so that one write
@@ -661,7 +1150,7 @@ static void run_single(struct sqlite_store *h, struct req *batch)
             if (rc == 0)
                 rc = do_append(h, r);
             if (rc == 0)
-                rc = step_done(h->st[ST_COMMIT]);
+                rc = txn_commit(h);
             if (rc != 0) {
                 txn_rollback(h);
                 r->offset = 0;
@@ -681,7 +1170,7 @@ static void run_batch(struct sqlite_store *h, struct req *batch)
      * disk the space they free is what lets the appends through, and a
      * failing append must not roll the sweep back. */
     if (h->cfg.ttl_ms > 0 && txn_begin(h) == 0) {
-        if (maybe_sweep(h) != 0 || step_done(h->st[ST_COMMIT]) != 0)
+        if (maybe_sweep(h) != 0 || txn_commit(h) != 0)
             txn_rollback(h);
     }
     if (run_group(h, batch) == 0)
@@ -704,6 +1193,25 @@ static void db_close(struct sqlite_store *h)
     h->db = NULL;
 }
 
+/* Detaches the next batch from the queue: requests up to batch_max bytes,
+ * at least one. Returns its last request. Called with mu held. */
+static struct req *take_batch(struct sqlite_store *h)
+{
+    struct req *r = h->in_head;
+    size_t bytes = 0;
+    for (;;) {
+        bytes += REQ_COST + r->room.len + r->from.len + r->text.len + r->cmid.len;
+        if (r->next == NULL || bytes >= h->batch_max)
+            break;
+        r = r->next;
+    }
+    h->in_head = r->next;
+    if (h->in_head == NULL)
+        h->in_tail = NULL;
+    r->next = NULL;
+    return r;
+}
+
 static void writer_main(void *arg)
 {
     struct sqlite_store *h = arg;
@@ -716,16 +1224,18 @@ static void writer_main(void *arg)
             uv_mutex_unlock(&h->mu);
             return;
         }
-        struct req *batch = h->in_head, *tail = h->in_tail;
-        h->in_head = h->in_tail = NULL;
+        struct req *batch = h->in_head, *tail = take_batch(h);
         uv_mutex_unlock(&h->mu);
 
         run_batch(h, batch);
         /* The loop refuses requests after close, so close is last. */
         int closing = tail->type == REQ_CLOSE;
         if (closing) {
-            /* Leave one self-contained file behind for backups and tools. */
-            (void)sqlite3_exec(h->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+            /* The last batch gets its pass too; then one self-contained
+             * file is left behind for backups and tools. */
+            quota_pass(h, 1, 1);
+            checkpoint(h);
+            publish(h, 1, 1);
             db_close(h);
             cache_free(h);
         }
@@ -740,6 +1250,9 @@ static void writer_main(void *arg)
         uv_async_send(&h->async);
         if (closing)
             return;
+        /* After the completions are on their way: the acks do not wait for
+         * the deletions, and the next batch sees them. */
+        quota_pass(h, 1, 0);
     }
 }
 
@@ -790,6 +1303,7 @@ static void on_async_closed(uv_handle_t *handle)
 static void store_shutdown(struct sqlite_store *h)
 {
     uv_thread_join(&h->thread);
+    h->final = h->pub;
     uv_cond_destroy(&h->cv);
     uv_mutex_destroy(&h->mu);
     db_close(h);
@@ -998,8 +1512,21 @@ static void sqlite_free(struct hub_history *base)
     store_shutdown(h);
 }
 
+static void sqlite_stats(const struct hub_history *base, struct hub_history_stats *out)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+    /* The mutex lives only while the writer may run. */
+    if (h->state == STATE_RUNNING || h->state == STATE_CLOSING) {
+        uv_mutex_lock(&h->mu);
+        *out = h->pub;
+        uv_mutex_unlock(&h->mu);
+    } else {
+        *out = h->final;
+    }
+}
+
 static const struct history_ops sqlite_ops = {
-    sqlite_append, sqlite_read, sqlite_barrier, sqlite_close, sqlite_free, NULL, NULL,
+    sqlite_append, sqlite_read, sqlite_barrier, sqlite_close, sqlite_free, NULL, sqlite_stats,
 };
 
 /* ---- Opening ---- */
@@ -1126,6 +1653,149 @@ static int query_text(sqlite3 *db, const char *sql, char *out, size_t outsz)
     return rc;
 }
 
+/* Runs a statement and reads the first column of its first row as an
+ * integer (0 without rows). */
+static int query_int(sqlite3 *db, const char *sql, int64_t *out)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    *out = 0;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Creates the schema in a new file, or brings an older one up to date:
+ * schema 0 gets the room sizes (one transaction), and a file without
+ * incremental vacuum is rebuilt with it (VACUUM, once: it needs free space
+ * about the size of the file, and if that fails the hub runs on with a
+ * file that reuses its free pages but cannot shrink, and tries again at
+ * the next start). Returns a SQLite code, or SQLITE_ABORT with err set. */
+static int schema_open(struct sqlite_store *h, char *err, size_t errsz)
+{
+    int64_t tables, version, av;
+    int rc = query_int(h->db, "SELECT count(*) FROM sqlite_master WHERE type = 'table'", &tables);
+    if (rc == SQLITE_OK)
+        rc = query_int(h->db, "PRAGMA user_version", &version);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (version > SCHEMA_VERSION) {
+        snprintf(err, errsz, "history database %s was written by a newer chathub (schema %lld)",
+                 h->path, (long long)version);
+        return SQLITE_ABORT;
+    }
+    if (tables > 0 && version < SCHEMA_VERSION) {
+        hub_log_info("history: upgrading %s to schema %d (room sizes, for the disk budget)",
+                     h->path, SCHEMA_VERSION);
+        rc = sqlite3_exec(h->db, upgrade_sql, NULL, NULL, NULL);
+        if (rc != SQLITE_OK) {
+            if (!sqlite3_get_autocommit(h->db))
+                (void)sqlite3_exec(h->db, "ROLLBACK", NULL, NULL, NULL);
+            return rc;
+        }
+    } else if (tables == 0) {
+        rc = sqlite3_exec(h->db, "PRAGMA user_version = 2", NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    rc = sqlite3_exec(h->db, schema_sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+
+    rc = query_int(h->db, "PRAGMA auto_vacuum", &av);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (av != 2) {
+        uint64_t size = file_size(h->db, SQLITE_FCNTL_FILE_POINTER);
+        hub_log_info("history: converting %s (%llu bytes) to incremental vacuum, once", h->path,
+                     (unsigned long long)size);
+        rc = sqlite3_exec(h->db, "PRAGMA auto_vacuum=INCREMENTAL; VACUUM", NULL, NULL, NULL);
+        if (rc == SQLITE_OK)
+            rc = query_int(h->db, "PRAGMA auto_vacuum", &av);
+        if (rc == SQLITE_NOMEM)
+            return rc;
+        if (rc != SQLITE_OK || av != 2)
+            hub_log_warn("history: could not convert %s to incremental vacuum (%s): its free "
+                         "pages are reused but the file cannot shrink; next start tries again",
+                         h->path, rc != SQLITE_OK ? sqlite3_errmsg(h->db) : "no effect");
+        else {
+            checkpoint(h);
+            hub_log_info("history: %s converted, now %llu bytes", h->path,
+                         (unsigned long long)file_size(h->db, SQLITE_FCNTL_FILE_POINTER));
+        }
+    }
+    return SQLITE_OK;
+}
+
+/* Reads the totals and the page size, and splits the budget: the log gets
+ * 1/8 of it (between 64 KiB and 4 MiB, at most half) and is checkpointed at
+ * that size by SQLite itself as well; the database the rest, and a pass
+ * that deletes goes 1/8 below that, so that deletions come in chunks. */
+static int budget_open(struct sqlite_store *h)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(h->db,
+                                "SELECT count(*), coalesce(sum(bytes), 0),"
+                                " coalesce(sum(msgs), 0) FROM rooms",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        h->tot_rooms = sqlite3_column_int64(st, 0);
+        h->tot_est = sqlite3_column_int64(st, 1);
+        h->tot_msgs = sqlite3_column_int64(st, 2);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = query_int(h->db, "PRAGMA page_size", &h->page_size);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (h->page_size <= 0)
+        h->page_size = 4096;
+
+    h->batch_max = BATCH_MAX_BYTES;
+    h->check_every = BATCH_MAX_BYTES;
+    uint64_t b = h->cfg.max_bytes;
+    if (b == 0)
+        return SQLITE_OK;
+    uint64_t w = b / 8;
+    if (w < (64u << 10))
+        w = 64u << 10;
+    if (w > (4u << 20))
+        w = 4u << 20;
+    if (w > b / 2)
+        w = b / 2;
+    h->wal_max = w > 0 ? w : 1;
+    h->db_high = b - w;
+    h->db_low = h->db_high - h->db_high / 8;
+    /* A batch's pages land in the log and, at SQLite's own checkpoint, in
+     * the database, before the pass after it can delete: keep it small
+     * next to the log's share. */
+    if (h->batch_max > w / 4)
+        h->batch_max = w / 4 > (16u << 10) ? (size_t)(w / 4) : (16u << 10);
+    /* Measured often enough that the files pass db_high by little more
+     * than a batch before a pass sees it. */
+    int64_t every = (int64_t)((h->db_high - h->db_low) / 8);
+    h->check_every = every < (16 << 10) ? (16 << 10) : every > (1 << 20) ? (1 << 20) : every;
+
+    char sql[96];
+    snprintf(sql, sizeof(sql), "PRAGMA journal_size_limit=%llu", (unsigned long long)h->wal_max);
+    rc = sqlite3_exec(h->db, sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    int64_t pages = (int64_t)(h->wal_max / (uint64_t)h->page_size);
+    snprintf(sql, sizeof(sql), "PRAGMA wal_autocheckpoint=%lld",
+             (long long)(pages > 1 ? pages : 1));
+    return sqlite3_exec(h->db, sql, NULL, NULL, NULL);
+}
+
 /* Opens the database, takes its lock for good, checks it and prepares the
  * statements. On failure h->db is closed again. */
 static int db_open(struct sqlite_store *h, char *err, size_t errsz)
@@ -1155,6 +1825,11 @@ static int db_open(struct sqlite_store *h, char *err, size_t errsz)
     rc = query_text(h->db, "PRAGMA locking_mode=EXCLUSIVE", buf, sizeof(buf));
     if (rc != SQLITE_OK)
         goto fail_db;
+    /* Takes effect only on a new file, and only before the switch to WAL
+     * writes its header; an older file is converted by schema_open. */
+    rc = sqlite3_exec(h->db, "PRAGMA auto_vacuum=INCREMENTAL", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail_db;
     rc = query_text(h->db, "PRAGMA journal_mode=WAL", buf, sizeof(buf));
     if (rc != SQLITE_OK)
         goto fail_db;
@@ -1181,7 +1856,12 @@ static int db_open(struct sqlite_store *h, char *err, size_t errsz)
         snprintf(err, errsz, "history database %s is corrupted: %s", h->path, buf);
         goto fail_reported;
     }
-    rc = sqlite3_exec(h->db, schema_sql, NULL, NULL, NULL);
+    rc = schema_open(h, err, errsz);
+    if (rc == SQLITE_ABORT)
+        goto fail_reported;
+    if (rc != SQLITE_OK)
+        goto fail_db;
+    rc = budget_open(h);
     if (rc != SQLITE_OK)
         goto fail_db;
 
@@ -1204,6 +1884,8 @@ static int db_open(struct sqlite_store *h, char *err, size_t errsz)
         if (rc != SQLITE_OK)
             goto fail_db;
     }
+    /* A budget lowered since the last run applies at once. */
+    quota_pass(h, 0, 1);
     return 0;
 
 fail_db:

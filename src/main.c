@@ -6,6 +6,7 @@
  * error or an unusable --tls-cert/--tls-key. The loop must close with no
  * live handles; anything else is a bug and exits 1.
  */
+#include "hub/history.h"
 #include "hub/engine.h"
 #include "hub/access.h"
 #include "hub/deflate.h"
@@ -73,9 +74,13 @@ static void usage(FILE *f)
         "  --max-conns-per-ip N  connections per client address (default 64; 0 = unlimited)\n"
         "  --max-rooms N         rooms per connection (default 64)\n"
         "  --max-output BYTES    output queued per client before it is closed (default 1048576)\n"
-        "  --soft-output BYTES   output a client may hold for --soft-hold (default 262144)\n"
+        "  --soft-output BYTES   output a client may hold for --soft-hold (default 262144);\n"
+        "                        while a member is over it, senders into its rooms are\n"
+        "                        not read until it drains to half\n"
         "  --soft-hold S         seconds over --soft-output before closing 4008 (default 10)\n"
-        "  --rate N              messages per second per connection (default 20; 0 = off)\n"
+        "  --rate N              messages per second per connection (default 20; 0 = off);\n"
+        "                        over it the connection is not read until it may send\n"
+        "                        again (see docs/operations.md)\n"
         "  --burst N             messages per connection at once (default 40)\n"
         "  --ping-interval S     seconds between WebSocket pings (default 25)\n"
         "  --pong-timeout S      seconds of silence after a ping before closing (default 10)\n"
@@ -86,6 +91,18 @@ static void usage(FILE *f)
         "  --history N           messages kept per room (default 1000)\n"
         "  --history-ttl S       drop messages older than S seconds (default 0: keep)\n"
         "  --no-persist          keep history in memory only (lost on restart)\n"
+        "  --history-max-bytes N bytes of history kept: on disk, database and log\n"
+        "                        (default 1073741824, 1 GiB); with --no-persist, in\n"
+        "                        memory (default 67108864); at least 1048576, 0 = no\n"
+        "                        limit. Past it the oldest messages of the largest rooms go\n"
+        "                        first (each keeps its newest)\n"
+        "\n"
+        "Global caps (see docs/operations.md):\n"
+        "  --max-total-rooms N   rooms that exist at once, over all clients (default 10000;\n"
+        "                        0 = no limit): joins past it fail too_many_rooms_total,\n"
+        "                        raw upgrades into a new room get 503\n"
+        "  --max-total-output BYTES  output queued to all clients together before the hub\n"
+        "                        stops reading from publishers (default 268435456; 0 = off)\n"
         "\n"
         "Compression:\n"
         "  --deflate on|off      accept permessage-deflate from clients that offer it\n"
@@ -253,7 +270,8 @@ struct num_option {
     const char *name;       /* "--max-conns" */
     unsigned long long min; /* smallest accepted value */
     unsigned long long max; /* largest accepted value */
-    int kind;               /* 0: size_t, 1: uint32_t, 2: seconds into uint32_t ms, 3: int */
+    int kind;               /* 0: size_t, 1: uint32_t, 2: seconds into uint32_t ms, 3: int,
+                               4: uint64_t */
     void *dst;              /* the config field */
 };
 
@@ -326,6 +344,9 @@ int main(int argc, char **argv)
         {"--drain-timeout", 0, 3600, 2, &cfg.drain_ms},
         {"--history", 1, 1000000, 1, &cfg.history},
         {"--history-ttl", 0, 100u * 365 * 86400, 1, &cfg.history_ttl_s},
+        {"--history-max-bytes", 0, 1ull << 50, 4, &cfg.history_max_bytes},
+        {"--max-total-rooms", 0, 100000000, 1, &cfg.max_total_rooms},
+        {"--max-total-output", 0, 1ull << 40, 4, &cfg.max_total_output},
         {"--deflate-min", 0, 1u << 30, 1, &cfg.deflate_min},
     };
     for (int i = 1; i < argc; i++) {
@@ -356,6 +377,8 @@ int main(int argc, char **argv)
                 *(uint32_t *)o->dst = (uint32_t)n;
             else if (o->kind == 2)
                 *(uint32_t *)o->dst = (uint32_t)n * 1000;
+            else if (o->kind == 4)
+                *(uint64_t *)o->dst = (uint64_t)n;
             else
                 *(int *)o->dst = (int)n;
         } else if (missing) {
@@ -456,6 +479,15 @@ int main(int argc, char **argv)
             return usage_error("unexpected argument '%s': flags start with --", a);
         }
     }
+    int max_bytes_given = 0;
+    for (int i = 1; i < argc; i++)
+        if (strncmp(argv[i], "--history-max-bytes", 19) == 0)
+            max_bytes_given = 1;
+    if (!cfg.persist && !max_bytes_given)
+        cfg.history_max_bytes = HUB_HISTORY_MAX_BYTES_DEFAULT; /* the memory store's own */
+    if (cfg.history_max_bytes != 0 && cfg.history_max_bytes < 1048576)
+        return usage_error("invalid --history-max-bytes %llu: expected 0 or at least 1048576",
+                           (unsigned long long)cfg.history_max_bytes);
     if (cfg.pong_timeout_ms >= cfg.ping_interval_ms)
         return usage_error("--pong-timeout must be shorter than --ping-interval");
     if (cfg.soft_output > cfg.max_output)
@@ -504,13 +536,33 @@ int main(int argc, char **argv)
 #endif
         return 1;
     }
-    /* The wildcard addresses are not something a browser can open. */
-    const char *shown = cfg.host;
-    if (strcmp(shown, "0.0.0.0") == 0 || strcmp(shown, "::") == 0)
-        shown = "localhost";
-    int v6 = strchr(shown, ':') != NULL;
-    printf("chathub %s listening on %s://%s%s%s:%d/\n", HUB_VERSION, tls ? "https" : "http",
-           v6 ? "[" : "", shown, v6 ? "]" : "", hub_server_port(server));
+    /* The line names the address actually bound, so that an operator sees
+     * at once whether the hub is open to the network. A wildcard address is
+     * not something a browser can open: the note gives the local URL. */
+    char bound[80];
+    int loopback = 0;
+    hub_server_bound(server, bound, sizeof(bound), &loopback);
+    int port = hub_server_port(server);
+    const char *scheme = tls ? "https" : "http";
+    if (loopback)
+        printf("chathub %s listening on %s://%s/ (loopback only)", HUB_VERSION, scheme, bound);
+    else if (strncmp(bound, "0.0.0.0:", 8) == 0 || strncmp(bound, "[::]:", 5) == 0)
+        printf("chathub %s listening on %s://%s/ (all interfaces: reachable from the network; "
+               "on this machine open %s://localhost:%d/)",
+               HUB_VERSION, scheme, bound, scheme, port);
+    else
+        printf("chathub %s listening on %s://%s/ (reachable from the network)", HUB_VERSION,
+               scheme, bound);
+    if (cfg.nredis > 0)
+        printf("; history in Redis\n");
+    else if (cfg.persist)
+        printf("; history in %s, disk budget %llu bytes%s\n", cfg.data_dir,
+               (unsigned long long)cfg.history_max_bytes,
+               cfg.history_max_bytes == 0 ? " (no limit)" : "");
+    else
+        printf("; history in memory only, budget %llu bytes%s\n",
+               (unsigned long long)cfg.history_max_bytes,
+               cfg.history_max_bytes == 0 ? " (no limit)" : "");
     char engine[256];
     hub_server_engine_info(server, engine, sizeof(engine));
     printf("%s\n", engine);

@@ -30,6 +30,7 @@
 #include "hub/server.h"
 #include "hub/chat.h"
 #include "hub/conn.h"
+#include "hub/flow.h"
 #include "hub/engine.h"
 #include "hub/deflate.h"
 #include "hub/history.h"
@@ -79,6 +80,7 @@ struct hub_server {
     struct hub_static *site;          /* files served, owned */
     struct hub_history *history;      /* message store, owned */
     struct hub_chat *chat;            /* chat state, owned */
+    struct hub_flow *flow;            /* backpressure on senders, owned (freed by its close) */
     struct hub_engine *engine;        /* the Redis engine, owned (NULL: chat's memory engine) */
     struct hub_http_config http_cfg;  /* per-connection HTTP limits */
     struct hub_ws_config ws_cfg;      /* per-connection WebSocket limits */
@@ -94,6 +96,8 @@ struct hub_server {
     int nhandles;                     /* start-up: handles initialised so far */
     uint64_t drain_deadline;          /* loop time when the drain gives up */
     uint64_t rng;                     /* jitter for bye retry delays */
+    uint64_t raw_rooms_refused;       /* raw upgrades answered 503 by --max-total-rooms */
+    struct sockaddr_storage bound;    /* the address the listener is bound to */
 };
 
 enum client_phase {
@@ -144,6 +148,9 @@ void hub_server_config_default(struct hub_server_config *cfg)
     cfg->data_dir = "./chathub-data";
     cfg->persist = 1;
     cfg->history = 1000;
+    cfg->history_max_bytes = HUB_HISTORY_DISK_MAX_BYTES_DEFAULT;
+    cfg->max_total_rooms = 10000;
+    cfg->max_total_output = 256u << 20;
     cfg->redis_prefix = "chathub:";
     cfg->node_lease_ms = 30000;
     /* permessage-deflate: on when this build has zlib. */
@@ -323,6 +330,8 @@ static void server_close_handles(struct hub_server *s)
 #endif
     hub_io_close(s->io);
     s->io = NULL;
+    hub_flow_close(s->flow);
+    s->flow = NULL;
 }
 
 /* Start-up failed after hub_io_init: closes the handles initialised so far
@@ -391,6 +400,7 @@ static void client_on_close(struct hub_conn *c)
     struct hub_server *s = cl->server;
     if (cl->ws != NULL && cl->ws_since != 0)
         client_log_close(cl);
+    hub_flow_forget(s->flow, c);
     hub_chat_client_free(cl->chat);
     hub_ws_free(cl->ws);
     hub_http_free(cl->http);
@@ -433,7 +443,9 @@ static void client_on_timeout(struct hub_conn *c)
         return;
     }
     uint64_t now = hub_conn_now(c);
-    if (cl->ping_sent != 0 && c->last_rx < cl->ping_sent) {
+    /* A connection the hub itself does not read (flow.h) cannot show that
+     * it is alive: its silence is not held against it. */
+    if (cl->ping_sent != 0 && c->last_rx < cl->ping_sent && !(c->flags & HUB_CONN_PAUSED_OWNER)) {
         /* Not a single byte since our ping: the peer or the path is dead. */
         hub_metrics.heartbeat_closes++;
         cl->cut = "no answer to ping";
@@ -495,12 +507,22 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
         hub_http_respond(h, 400, "text/plain; charset=utf-8", NULL, msg, sizeof(msg) - 1);
         return HUB_HTTP_DONE;
     }
+    int json = hub_iov_has_token(req->ws_protocol, "chathub.v1");
+    if (!json && !hub_chat_room_admits(s->chat, room)) {
+        /* --max-total-rooms: a raw client would create a room past it. */
+        hub_log_info("%s: refused a new room: --max-total-rooms %u reached",
+                     hub_conn_peer(&cl->conn), s->cfg.max_total_rooms);
+        s->raw_rooms_refused++;
+        static const char msg[] = "503 too many rooms on this hub; try again later\n";
+        hub_http_respond(h, 503, "text/plain; charset=utf-8", "Retry-After: 30\r\n", msg,
+                         sizeof(msg) - 1);
+        return HUB_HTTP_DONE;
+    }
     cl->ws = hub_ws_new(&cl->conn, &s->ws_cfg, client_on_ws_message, cl);
     if (cl->ws == NULL)
         return refuse(cl, h, 503, HUB_REFUSE_MAX_CONNS);
     /* Offering chathub.v1 selects the JSON protocol; anything else (or no
      * subprotocol) is raw mode, and the 101 then names no subprotocol. */
-    int json = hub_iov_has_token(req->ws_protocol, "chathub.v1");
     /* permessage-deflate, when on and offered (deflate.h). */
     struct hub_deflate_params dp;
     char ext_line[160];
@@ -528,6 +550,58 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
 }
 
 /* ---- HTTP phase -------------------------------------------------------- */
+
+/* The /metrics rows of the history store's budget and of the global caps
+ * (issue 14), appended after the common ones. */
+static void render_limits(struct hub_server *s, struct hub_buf *b)
+{
+    struct hub_history_stats hs = {0};
+    if (s->history != NULL) /* none with --redis: history lives in Redis */
+        hub_history_stats(s->history, &hs);
+    uint64_t max = s->cfg.history_max_bytes;
+    hub_buf_printf(b,
+                   "# HELP chathub_history_bytes Bytes the history store counts against its "
+                   "budget (SQLite: its files on disk).\n# TYPE chathub_history_bytes gauge\n"
+                   "chathub_history_bytes %llu\n"
+                   "# HELP chathub_history_max_bytes The history store's byte budget (0 = none).\n"
+                   "# TYPE chathub_history_max_bytes gauge\nchathub_history_max_bytes %llu\n"
+                   "# HELP chathub_history_rooms Rooms the history store holds a stream for.\n"
+                   "# TYPE chathub_history_rooms gauge\nchathub_history_rooms %llu\n"
+                   "# HELP chathub_history_messages Messages the history store holds.\n"
+                   "# TYPE chathub_history_messages gauge\nchathub_history_messages %llu\n"
+                   "# HELP chathub_history_dropped_total Messages dropped to keep the budget.\n"
+                   "# TYPE chathub_history_dropped_total counter\n"
+                   "chathub_history_dropped_total %llu\n",
+                   (unsigned long long)hs.bytes, (unsigned long long)max,
+                   (unsigned long long)hs.rooms, (unsigned long long)hs.messages,
+                   (unsigned long long)hs.dropped);
+    struct hub_flow_stats fs;
+    hub_flow_stats(s->flow, &fs);
+    hub_buf_printf(b,
+                   "# HELP chathub_rooms_refused_total Joins and raw upgrades refused by "
+                   "--max-total-rooms.\n# TYPE chathub_rooms_refused_total counter\n"
+                   "chathub_rooms_refused_total %llu\n"
+                   "# HELP chathub_max_total_rooms The --max-total-rooms cap (0 = none).\n"
+                   "# TYPE chathub_max_total_rooms gauge\nchathub_max_total_rooms %u\n"
+                   "# HELP chathub_max_total_output_bytes The --max-total-output cap (0 = none).\n"
+                   "# TYPE chathub_max_total_output_bytes gauge\n"
+                   "chathub_max_total_output_bytes %llu\n"
+                   "# HELP chathub_flow_holds_total Times a sender stopped being read, by reason.\n"
+                   "# TYPE chathub_flow_holds_total counter\n"
+                   "chathub_flow_holds_total{reason=\"rate\"} %llu\n"
+                   "chathub_flow_holds_total{reason=\"room\"} %llu\n"
+                   "chathub_flow_holds_total{reason=\"inflight\"} %llu\n"
+                   "chathub_flow_holds_total{reason=\"output\"} %llu\n"
+                   "# HELP chathub_flow_held Connections not being read now (backpressure).\n"
+                   "# TYPE chathub_flow_held gauge\nchathub_flow_held %llu\n"
+                   "# HELP chathub_flow_congested_rooms Rooms with a member over --soft-output.\n"
+                   "# TYPE chathub_flow_congested_rooms gauge\nchathub_flow_congested_rooms %llu\n",
+                   (unsigned long long)(hub_chat_rooms_refused(s->chat) + s->raw_rooms_refused),
+                   s->cfg.max_total_rooms, (unsigned long long)s->cfg.max_total_output,
+                   (unsigned long long)fs.holds[0], (unsigned long long)fs.holds[1],
+                   (unsigned long long)fs.holds[2], (unsigned long long)fs.holds[3],
+                   (unsigned long long)fs.held, (unsigned long long)fs.rooms);
+}
 
 static void engine_row(struct hub_buf *b, const char *type, const char *name, const char *help,
                        unsigned long long v)
@@ -679,6 +753,7 @@ static int client_on_request(struct hub_http *h, const struct hub_http_request *
         }
         struct hub_buf b = {0};
         hub_metrics_render(&b, hub_chat_room_count(s->chat), s->stopping);
+        render_limits(s, &b);
         render_engine_metrics(&b, hub_chat_engine(s->chat));
 #ifdef HUB_HAVE_TLS
         if (s->cfg.tls != NULL)
@@ -820,6 +895,9 @@ static void tell_to_go(struct hub_server *s, struct client *cl)
         return;
     }
     cl->told_to_go = 1;
+    /* A sender held back by the flow must be read again to hear its answer
+     * to the close; nothing it sends now is relayed. */
+    hub_flow_release(s->flow, &cl->conn);
     if (hub_ws_close_sent(cl->ws))
         return;
     if (cl->phase == PHASE_JSON) {
@@ -974,6 +1052,7 @@ static int server_bind(struct hub_server *s, char *err, size_t errsz)
                            hub_origin_sockaddr_is_loopback((struct sockaddr *)&ss);
     s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    s->bound = ss;
     /* A hub bound to loopback answers only to loopback names (access.h). */
     s->hosts.loopback_only = hub_addr_is_loopback((const struct sockaddr *)&ss);
     return 0;
@@ -1074,10 +1153,24 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
                  hub_strerror(rc));
         goto fail_free;
     }
+    /* What one publisher may have on its way through history before the
+     * congestion it causes shows: a member just under its soft limit must
+     * still have room for it under the hard one. Half that room, so that two
+     * publishers at once fit too; at least 64 KiB, so that history's group
+     * commit still has something to batch. */
+    size_t headroom = cfg->max_output > cfg->soft_output ? cfg->max_output - cfg->soft_output : 0;
+    struct hub_flow_config flow_cfg = {
+        .max_total_output = cfg->max_total_output,
+        .inflight_max = headroom / 2 > 65536 ? headroom / 2 : 65536,
+    };
+    rc = hub_flow_new(&s->flow, loop, &flow_cfg);
+    if (rc != 0)
+        goto fail_site;
     struct hub_history_config hist_cfg;
     hub_history_config_default(&hist_cfg);
     hist_cfg.max_per_room = cfg->history;
     hist_cfg.ttl_ms = (int64_t)cfg->history_ttl_s * 1000;
+    hist_cfg.max_bytes = cfg->history_max_bytes; /* on disk, or in memory with --no-persist */
     /* With Redis, history lives in Redis (the engine's streams): no local
      * store, and --data-dir/--no-persist do not apply. */
     if (cfg->nredis > 0)
@@ -1087,7 +1180,7 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     else
         rc = hub_history_open_memory(&s->history, &hist_cfg);
     if (rc != 0)
-        goto fail_site;
+        goto fail_flow;
     struct hub_chat_config chat_cfg;
     hub_chat_config_default(&chat_cfg);
     chat_cfg.welcome = cfg->welcome;
@@ -1099,6 +1192,8 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     chat_cfg.rate = cfg->rate;
     chat_cfg.ping_interval_s = cfg->ping_interval_ms / 1000;
     chat_cfg.burst = cfg->burst;
+    chat_cfg.flow = s->flow;
+    chat_cfg.max_total_rooms = cfg->max_total_rooms;
     rc = hub_chat_new(&s->chat, &chat_cfg);
     if (rc != 0)
         goto fail_history;
@@ -1194,6 +1289,8 @@ fail_chat:
     hub_chat_free(s->chat);
 fail_history:
     hub_history_free(s->history);
+fail_flow:
+    hub_flow_close(s->flow);
 fail_site:
     hub_static_free(s->site);
     /* Lets the close callbacks of whatever was opened run (handles embedded
@@ -1210,6 +1307,23 @@ fail:
 int hub_server_port(const struct hub_server *s)
 {
     return s->port;
+}
+
+void hub_server_bound(const struct hub_server *s, char *out, size_t outsz, int *loopback)
+{
+    char ip[64] = "?";
+    int v6 = s->bound.ss_family == AF_INET6;
+    if (v6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&s->bound;
+        uv_ip6_name(a, ip, sizeof(ip));
+        static const unsigned char one[16] = {[15] = 1};
+        *loopback = memcmp(&a->sin6_addr, one, 16) == 0;
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&s->bound;
+        uv_ip4_name(a, ip, sizeof(ip));
+        *loopback = (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+    }
+    snprintf(out, outsz, "%s%s%s:%d", v6 ? "[" : "", ip, v6 ? "]" : "", s->port);
 }
 
 void hub_server_free(struct hub_server *s)

@@ -35,6 +35,7 @@
 
 struct hub_chat;
 struct hub_chat_client;
+struct hub_flow;
 struct hub_engine;
 struct hub_engine_events;
 struct hub_history;
@@ -68,6 +69,9 @@ struct hub_chat_config {
     uint32_t ping_interval_s;        /* WebSocket ping period, announced in hello (25) */
     uint32_t rate;                   /* messages per second per client (20; 0 = no limit) */
     uint32_t burst;                  /* messages a client may send at once (40) */
+    struct hub_flow *flow;           /* backpressure on senders (flow.h), borrowed; NULL =
+                                        none: the rate limit then only refuses */
+    uint32_t max_total_rooms;        /* rooms that exist at once (0 = no limit) */
 };
 
 void hub_chat_config_default(struct hub_chat_config *cfg);
@@ -125,5 +129,13 @@ void hub_chat_tick(struct hub_chat *chat);
 
 /* Number of rooms that have members. */
 size_t hub_chat_room_count(const struct hub_chat *chat);
+
+/* Returns 1 if a client may enter the room called name (borrowed): it exists
+ * already, or max_total_rooms leaves room for one more; 0 otherwise (the
+ * server then answers a raw upgrade 503, a join gets too_many_rooms_total). */
+int hub_chat_room_admits(const struct hub_chat *chat, struct hub_iov name);
+
+/* Joins and upgrades refused by max_total_rooms so far. */
+uint64_t hub_chat_rooms_refused(const struct hub_chat *chat);
 
 #endif

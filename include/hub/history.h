@@ -36,6 +36,25 @@
  * dropped, so the budget can be passed only by one message per held room.
  * Any message dropped this way moves the room's pos.first up, which a
  * resume across it reports as a gap.
+ *
+ * Disk bounds (the SQLite store). max_bytes is a budget for the files the
+ * store keeps in its directory: the database and its write-ahead log
+ * (HUB_HISTORY_DISK_MAX_BYTES_DEFAULT, 1 GiB, is the default the server
+ * should give it; 0 = no limit). After each batch of requests the writer
+ * measures the files; once the database passes its share of the budget, the
+ * oldest messages of the largest rooms (by stored bytes) are deleted first,
+ * every room over a common size being cut down to it, until the live pages
+ * are about 1/8 under that share. The newest message of every room is never
+ * deleted, so the budget can be passed only by the newest message of each
+ * room and the table of room positions (a room's epoch and last offset are
+ * kept for good, so that no offset is ever reused). Freed pages are reused
+ * for new messages; those beyond the database's share are returned to the
+ * file system (incremental vacuum), and the log is checkpointed and
+ * truncated when it passes its share, so the files do not keep growing. At
+ * rest (after a batch) the files fit the budget; while a batch is written
+ * they may pass it by that batch (at most about 1 MiB of messages). As in
+ * the memory store, a deleted message moves its room's pos.first up. A full
+ * disk is not the budget: an append the disk refuses fails with HUB_EIO.
  */
 #ifndef HUB_HISTORY_H
 #define HUB_HISTORY_H
@@ -64,7 +83,11 @@ struct hub_history_pos {
     uint64_t first;                        /* oldest offset still kept (last + 1 if none) */
 };
 
-#define HUB_HISTORY_MAX_BYTES_DEFAULT (64u << 20) /* 64 MiB */
+#define HUB_HISTORY_MAX_BYTES_DEFAULT (64u << 20) /* 64 MiB: the memory store's budget */
+/* The disk budget the server gives the SQLite store unless told otherwise:
+ * a fixed figure rather than a share of the free space, so that the bound
+ * does not depend on what else happens to be on the disk at start. */
+#define HUB_HISTORY_DISK_MAX_BYTES_DEFAULT ((uint64_t)1 << 30) /* 1 GiB */
 
 struct hub_history_config {
     uint32_t max_per_room;   /* messages kept per room (1000) */
@@ -72,7 +95,9 @@ struct hub_history_config {
                                 recently used goes; SQLite: rooms in the position cache (10000) */
     int64_t ttl_ms;          /* messages older than this are dropped (0 = no age limit) */
     uint64_t max_bytes;      /* memory store: byte budget for everything it holds
-                                (HUB_HISTORY_MAX_BYTES_DEFAULT; 0 = no byte limit) */
+                                (HUB_HISTORY_MAX_BYTES_DEFAULT); SQLite store: budget for
+                                its files on disk (give it
+                                HUB_HISTORY_DISK_MAX_BYTES_DEFAULT); 0 = no byte limit */
     int64_t (*now_ms)(void); /* wall clock in ms since the Unix epoch, for the TTL; NULL = the
                                 system clock. The SQLite store calls it from its writer
                                 thread, so it must be safe to call from any thread. */
@@ -135,20 +160,27 @@ int hub_history_read(struct hub_history *h, struct hub_iov room, int dir, uint64
  * the space. Setting the same state twice is harmless. It takes effect at
  * once, outside the request order, and has no callback. room is copied.
  * Returns 0, or HUB_ENOMEM when holding a room the store had no state for
- * (the room still works, unprotected). The SQLite store keeps everything
- * on disk anyway and returns 0. */
+ * (the room still works, unprotected). The SQLite store returns 0 and
+ * ignores it: its disk budget keeps the newest message of every room,
+ * held or not. */
 int hub_history_hold(struct hub_history *h, struct hub_iov room, int held);
 
 /* What the store holds, for /metrics and tests. */
 struct hub_history_stats {
-    uint64_t bytes;    /* memory store: bytes held, as counted against max_bytes */
-    uint64_t rooms;    /* memory store: streams held */
-    uint64_t held;     /* memory store: streams of rooms with members */
-    uint64_t messages; /* memory store: messages held */
-    uint64_t dropped;  /* memory store: messages dropped to keep max_bytes / max_rooms */
+    uint64_t bytes;    /* bytes counted against max_bytes: memory store, bytes held;
+                          SQLite store, the size of the database and its log on disk */
+    uint64_t rooms;    /* memory store: streams held; SQLite: rooms with a stored position */
+    uint64_t held;     /* memory store: streams of rooms with members; SQLite: 0 */
+    uint64_t messages; /* messages held */
+    uint64_t dropped;  /* messages dropped to keep max_bytes (and, memory store, max_rooms)
+                          since the store was opened */
 };
 
-/* Fills *out (every field 0 where a store does not count it). */
+/* Fills *out (every field 0 where a store does not count it). The SQLite
+ * store's figures are those its writer published after the last batch it
+ * finished, so they may lag the newest requests by one batch; once close
+ * has completed they describe the files as they were left. Safe to call in
+ * any state until hub_history_free. */
 void hub_history_stats(const struct hub_history *h, struct hub_history_stats *out);
 
 /* Completes after every request made before it, doing nothing else: it keeps

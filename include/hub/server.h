@@ -47,6 +47,13 @@ struct hub_server_config {
     int persist;                      /* 1: history in SQLite; 0: in memory only */
     uint32_t history;                 /* messages kept per room (1000) */
     uint32_t history_ttl_s;           /* age limit of history in seconds (0 = none) */
+    uint64_t history_max_bytes;       /* history byte budget: on disk for SQLite
+                                         (HUB_HISTORY_DISK_MAX_BYTES_DEFAULT), in memory with
+                                         persist 0 (give it HUB_HISTORY_MAX_BYTES_DEFAULT);
+                                         0 = none */
+    uint32_t max_total_rooms;         /* rooms that exist at once (10000; 0 = no limit) */
+    uint64_t max_total_output;        /* output queued to all clients before publishers stop
+                                         being read (256 MiB; 0 = no limit) */
     /* The engine (docs/engine.md): none of these means the memory engine. */
     const char *const *redis_urls; /* --redis: one URL per shard (borrowed); history then lives
                                       in Redis and data_dir/persist are not used */
@@ -83,6 +90,10 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
 /* The port actually bound (useful with port 0). */
 int hub_server_port(const struct hub_server *s);
 
+/* Writes the address actually bound, numeric, with the port
+ * ("0.0.0.0:8080", "[::1]:8080"), into out. Sets *loopback to 1 when only
+ * this host can reach it (127.0.0.0/8, ::1). */
+void hub_server_bound(const struct hub_server *s, char *out, size_t outsz, int *loopback);
 /* Writes a one-line description of the engine into buf, e.g. "engine redis
  * (2 shards), node n1" or "engine memory, history in SQLite (DIR)". */
 void hub_server_engine_info(const struct hub_server *s, char *buf, size_t n);
