@@ -36,6 +36,7 @@
 
 #include <http_parser.h>
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,15 @@
 
 /* Longest header name we recognise ("Sec-WebSocket-Extensions" is 24). */
 #define HTTP_NAME_MAX 32
+
+/* Bytes of request storage kept inside the hub_http itself. A WebSocket
+ * upgrade from a browser stores about 150 bytes (URL, Host, Origin, key,
+ * version, protocol, extensions), so most connections never allocate more;
+ * a larger head grows the store on the heap, up to max_header_bytes, and
+ * the next request starts small again. A store of max_header_bytes per
+ * connection (8 KiB) used to be allocated up front, which with hundreds of
+ * handshakes in flight left megabytes of heap behind (bench/RESULTS.md). */
+#define HTTP_STORE_INLINE 256
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -177,9 +187,11 @@ struct hub_http {
     unsigned responses; /* responses queued for the current request */
     int accepted;       /* hub_http_accept_websocket succeeded */
 
-    size_t used;  /* bytes of store in use */
-    size_t cap;   /* size of store */
-    char store[]; /* URL and known header values of the current request */
+    size_t used;                   /* bytes of store in use */
+    size_t cap;                    /* size of store */
+    char *store;                   /* URL and known header values of the current request:
+                                      small, or a heap block (owned) once a head outgrew it */
+    char small[HTTP_STORE_INLINE]; /* the store of ordinary requests */
 };
 
 /* ---- Request events (called by the parser adapter) ---- */
@@ -207,6 +219,11 @@ static void req_reset(struct hub_http *h)
     /* Until a head says otherwise, an error answer ends the connection. */
     h->keep_alive = 0;
     h->used = 0;
+    if (h->store != h->small) {
+        free(h->store);
+        h->store = h->small;
+        h->cap = sizeof(h->small);
+    }
 }
 
 /* Stream offset of a byte the parser is pointing at in the current run. */
@@ -236,8 +253,23 @@ static int store_append(struct hub_http *h, const char *at, size_t len)
      * subset of the head. Kept as a guard, never as an assert, because the
      * bytes come from the network. */
     if (len > h->cap - h->used) {
-        h->err_status = 431;
-        return -1;
+        size_t need = h->used + len, max = h->cfg->max_header_bytes;
+        if (need > max || need < len) {
+            h->err_status = 431;
+            return -1;
+        }
+        size_t cap = h->cap * 2 > need ? h->cap * 2 : need;
+        if (cap > max)
+            cap = max;
+        char *p = h->store == h->small ? malloc(cap) : realloc(h->store, cap);
+        if (p == NULL) {
+            h->err_status = 503;
+            return -1;
+        }
+        if (h->store == h->small)
+            memcpy(p, h->small, h->used);
+        h->store = p;
+        h->cap = cap;
     }
     memcpy(h->store + h->used, at, len);
     h->used += len;
@@ -1126,19 +1158,17 @@ void hub_http_config_default(struct hub_http_config *cfg)
 struct hub_http *hub_http_new(struct hub_conn *conn, const struct hub_http_config *cfg,
                               hub_http_request_cb cb, void *data)
 {
-    size_t cap = cfg->max_header_bytes;
-    if (cap > SIZE_MAX - sizeof(struct hub_http))
-        return NULL;
-    struct hub_http *h = malloc(sizeof(*h) + cap);
+    struct hub_http *h = malloc(sizeof(*h));
     if (h == NULL)
         return NULL;
-    memset(h, 0, sizeof(*h));
+    memset(h, 0, offsetof(struct hub_http, small));
     h->conn = conn;
     h->cfg = cfg;
     h->cb = cb;
     h->data = data;
     h->state = ST_OPEN;
-    h->cap = cap;
+    h->store = h->small;
+    h->cap = sizeof(h->small);
     req_reset(h);
     pa_init(h);
     return h;
@@ -1146,6 +1176,8 @@ struct hub_http *hub_http_new(struct hub_conn *conn, const struct hub_http_confi
 
 void hub_http_free(struct hub_http *h)
 {
+    if (h != NULL && h->store != h->small)
+        free(h->store);
     free(h);
 }
 
