@@ -5,6 +5,7 @@
 #   bench/run.sh                 the full benchmark (about 6-10 minutes)
 #   QUICK=1 bench/run.sh         a smoke run: tiny loads, one run each
 #   RUNS=5 DURATION=20 bench/run.sh
+#   LOADS=idle SERVERS="raw json" bench/run.sh   only some loads and servers
 #
 # What it does, in order: builds chathub (release) and bench/loadgen into
 # $BUILD_DIR, installs the reference server's npm dependencies if they are
@@ -27,6 +28,7 @@ SRC_DIR="${SRC_DIR:-$ROOT}"              # the chathub tree to build and measure
 BUILD_DIR="${BUILD_DIR:-/tmp/bench-build}"
 OUT_DIR="${OUT_DIR:-}"                   # default: a new /tmp/chathub-bench.XXXXXX
 SERVERS="${SERVERS:-raw json ws}"        # which columns to measure
+LOADS="${LOADS:-fanout rate idle}"       # which loads (rows) to run
 QUICK="${QUICK:-0}"
 if [ "$QUICK" = 1 ]; then
   RUNS="${RUNS:-1}"
@@ -344,6 +346,7 @@ started=$(date +%s)
 for kind in raw json ws; do
   has "$kind" || continue
   for load in fanout rate idle; do
+    case " $LOADS " in *" $load "*) ;; *) continue ;; esac
     for n in $(seq 1 "$RUNS"); do
       run_load "$kind" "$load" "$n"
     done

@@ -36,6 +36,7 @@
 
 #include <http_parser.h>
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,15 @@
 
 /* Longest header name we recognise ("Sec-WebSocket-Extensions" is 24). */
 #define HTTP_NAME_MAX 32
+
+/* Bytes of request storage kept inside the hub_http itself. A WebSocket
+ * upgrade from a browser stores about 150 bytes (URL, Host, Origin, key,
+ * version, protocol, extensions), so most connections never allocate more;
+ * a larger head grows the store on the heap, up to max_header_bytes, and
+ * the next request starts small again. A store of max_header_bytes per
+ * connection (8 KiB) used to be allocated up front, which with hundreds of
+ * handshakes in flight left megabytes of heap behind (bench/RESULTS.md). */
+#define HTTP_STORE_INLINE 256
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -181,9 +191,11 @@ struct hub_http {
     unsigned responses; /* responses queued for the current request */
     int accepted;       /* hub_http_accept_websocket succeeded */
 
-    size_t used;  /* bytes of store in use */
-    size_t cap;   /* size of store */
-    char store[]; /* URL and known header values of the current request */
+    size_t used;                   /* bytes of store in use */
+    size_t cap;                    /* size of store */
+    char *store;                   /* URL and known header values of the current request:
+                                      small, or a heap block (owned) once a head outgrew it */
+    char small[HTTP_STORE_INLINE]; /* the store of ordinary requests */
 };
 
 /* ---- Request events (called by the parser adapter) ---- */
@@ -211,6 +223,11 @@ static void req_reset(struct hub_http *h)
     /* Until a head says otherwise, an error answer ends the connection. */
     h->keep_alive = 0;
     h->used = 0;
+    if (h->store != h->small) {
+        free(h->store);
+        h->store = h->small;
+        h->cap = sizeof(h->small);
+    }
 }
 
 /* Stream offset of a byte the parser is pointing at in the current run. */
@@ -240,8 +257,23 @@ static int store_append(struct hub_http *h, const char *at, size_t len)
      * subset of the head. Kept as a guard, never as an assert, because the
      * bytes come from the network. */
     if (len > h->cap - h->used) {
-        h->err_status = 431;
-        return -1;
+        size_t need = h->used + len, max = h->cfg->max_header_bytes;
+        if (need > max || need < len) {
+            h->err_status = 431;
+            return -1;
+        }
+        size_t cap = h->cap * 2 > need ? h->cap * 2 : need;
+        if (cap > max)
+            cap = max;
+        char *p = h->store == h->small ? malloc(cap) : realloc(h->store, cap);
+        if (p == NULL) {
+            h->err_status = 503;
+            return -1;
+        }
+        if (h->store == h->small)
+            memcpy(p, h->small, h->used);
+        h->store = p;
+        h->cap = cap;
     }
     memcpy(h->store + h->used, at, len);
     h->used += len;
@@ -875,28 +907,46 @@ int hub_http_accept_websocket_ext(struct hub_http *h, const struct hub_http_requ
     }
     if (h->state != ST_OPEN || hub_conn_closing(h->conn))
         return HUB_ECLOSED;
+    /* The 101 is put together from preformatted pieces in one buffer on
+     * the stack (no printf, no heap) and queued with a single copy. */
+    static const char head[] = "HTTP/1.1 101 Switching Protocols\r\n"
+                               "Server: chathub\r\n"
+                               "Upgrade: websocket\r\n"
+                               "Connection: Upgrade\r\n"
+                               "Sec-WebSocket-Accept: ";
+    static const char proto[] = "\r\nSec-WebSocket-Protocol: ";
+    size_t plen = subprotocol != NULL ? strlen(subprotocol) : 0;
+    size_t elen = extensions != NULL ? strlen(extensions) : 0;
+    size_t need =
+        sizeof(head) - 1 + 28 + (subprotocol ? sizeof(proto) - 1 + plen : 0) + 2 + elen + 2;
+    char small[512];
+    char *out = need <= sizeof(small) ? small : malloc(need);
+    if (out == NULL)
+        return HUB_ENOMEM;
+    char *p = out;
+    memcpy(p, head, sizeof(head) - 1);
+    p += sizeof(head) - 1;
     char accept[29];
     hub_http_websocket_accept_key(req->ws_key, accept);
-    struct hub_buf b;
-    hub_buf_init(&b);
-    int rc = hub_buf_printf(&b,
-                            "HTTP/1.1 101 Switching Protocols\r\n"
-                            "Server: chathub\r\n"
-                            "Upgrade: websocket\r\n"
-                            "Connection: Upgrade\r\n"
-                            "Sec-WebSocket-Accept: %s\r\n",
-                            accept);
-    if (rc == 0 && subprotocol != NULL)
-        rc = hub_buf_printf(&b, "Sec-WebSocket-Protocol: %s\r\n", subprotocol);
-    if (rc == 0 && extensions != NULL)
-        rc = hub_buf_puts(&b, extensions);
-    if (rc == 0)
-        rc = hub_buf_puts(&b, "\r\n");
+    memcpy(p, accept, 28);
+    p += 28;
+    if (subprotocol != NULL) {
+        memcpy(p, proto, sizeof(proto) - 1);
+        p += sizeof(proto) - 1;
+        memcpy(p, subprotocol, plen);
+        p += plen;
+    }
+    memcpy(p, "\r\n", 2);
+    p += 2;
+    memcpy(p, extensions != NULL ? extensions : "", elen);
+    p += elen;
+    memcpy(p, "\r\n", 2);
+    p += 2;
     /* A handful of bytes that decide whether the connection lives: they go
      * past the output limit like an error response would. */
-    if (rc == 0)
-        rc = hub_conn_write_force(h->conn, b.data, b.len);
-    hub_buf_free(&b);
+    int rc = hub_conn_write_force(h->conn, out, (size_t)(p - out));
+    if (out != small)
+        free(out);
     if (rc != 0)
         return rc == HUB_ENOMEM ? HUB_ENOMEM : HUB_ECLOSED;
     h->responses++;
@@ -1136,19 +1186,17 @@ void hub_http_config_default(struct hub_http_config *cfg)
 struct hub_http *hub_http_new(struct hub_conn *conn, const struct hub_http_config *cfg,
                               hub_http_request_cb cb, void *data)
 {
-    size_t cap = cfg->max_header_bytes;
-    if (cap > SIZE_MAX - sizeof(struct hub_http))
-        return NULL;
-    struct hub_http *h = malloc(sizeof(*h) + cap);
+    struct hub_http *h = malloc(sizeof(*h));
     if (h == NULL)
         return NULL;
-    memset(h, 0, sizeof(*h));
+    memset(h, 0, offsetof(struct hub_http, small));
     h->conn = conn;
     h->cfg = cfg;
     h->cb = cb;
     h->data = data;
     h->state = ST_OPEN;
-    h->cap = cap;
+    h->store = h->small;
+    h->cap = sizeof(h->small);
     req_reset(h);
     pa_init(h);
     return h;
@@ -1156,6 +1204,8 @@ struct hub_http *hub_http_new(struct hub_conn *conn, const struct hub_http_confi
 
 void hub_http_free(struct hub_http *h)
 {
+    if (h != NULL && h->store != h->small)
+        free(h->store);
     free(h);
 }
 

@@ -113,12 +113,20 @@ int hub_rooms_join(struct hub_rooms *r, struct room_member *m, const char *name,
     /* Make room on the member's side first, so that a failure leaves
      * nothing half-linked. */
     if (m->nrooms == m->cap) {
-        uint32_t cap = m->cap ? m->cap * 2 : 2;
-        struct room_membership *a = realloc(m->rooms, cap * sizeof(*a));
-        if (a == NULL)
-            return HUB_ENOMEM;
-        m->rooms = a;
-        m->cap = cap;
+        if (m->cap == 0) {
+            m->rooms = &m->one;
+            m->cap = 1;
+        } else {
+            uint32_t cap = m->cap < 4 ? 4 : m->cap * 2;
+            struct room_membership *a = m->rooms == &m->one ? malloc(cap * sizeof(*a))
+                                                            : realloc(m->rooms, cap * sizeof(*a));
+            if (a == NULL)
+                return HUB_ENOMEM;
+            if (m->rooms == &m->one)
+                a[0] = m->one;
+            m->rooms = a;
+            m->cap = cap;
+        }
     }
     int created = 0;
     if (room == NULL) {
@@ -188,7 +196,8 @@ void hub_rooms_leave_all(struct hub_rooms *r, struct room_member *m)
 {
     while (m->nrooms > 0)
         leave_at(r, m, m->nrooms - 1);
-    free(m->rooms);
+    if (m->rooms != &m->one)
+        free(m->rooms);
     m->rooms = NULL;
     m->cap = 0;
 }

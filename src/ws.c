@@ -58,25 +58,29 @@ struct hub_ws {
     struct hub_conn *conn;        /* borrowed */
     hub_ws_message_cb on_message; /* upcall for messages */
     void *user;                   /* passed to on_message */
-    struct hub_ws_config cfg;     /* copied limits */
     uint64_t payload_left;        /* shadow parser: payload bytes of the current frame */
-    uint8_t *pending_close;       /* the close frame waiting for the holds, owned */
-    uint32_t fragments;           /* frames of the message being received */
-    uint32_t holds;               /* work in flight that the close must wait for */
-    uint16_t fail_code;           /* a protocol error wslay reports without a code */
-    uint16_t close_code_rx;       /* close code the peer sent (1006 until it does) */
-    uint16_t close_code_tx;       /* code of a close this side started (0: none, or an echo) */
-    uint8_t hdr[14];              /* shadow parser: partial frame header */
-    uint8_t hdr_len;              /* bytes in hdr */
-    uint8_t pending_len;          /* length of pending_close */
-    unsigned closing : 1;         /* a close was requested: input is ignored */
-    unsigned close_sent : 1;      /* our close frame is in the connection's queue */
-    unsigned fatal : 1;           /* end the TCP connection once the close is out */
-    unsigned finished : 1;        /* the connection is set to close */
-    unsigned close_received : 1;  /* the peer's close frame arrived */
-    unsigned in_message : 1;      /* shadow parser: a fragmented data message is open */
-    unsigned deflate : 1;         /* permessage-deflate was negotiated */
-    unsigned deflate_bits : 4;    /* its server_max_window_bits (8..15) */
+    uint8_t *pending_close;       /* owned: its length byte, then the close frame that
+                                     waits for the holds */
+    /* The limits of hub_ws_config, copied field by field in 32 bits each:
+     * every idle connection carries them (bench/RESULTS.md). */
+    uint32_t max_message;        /* max_message, at most UINT32_MAX */
+    uint32_t max_fragments;      /* max_fragments */
+    uint32_t deflate_min;        /* deflate_min */
+    uint32_t fragments;          /* frames of the message being received */
+    uint32_t holds;              /* work in flight that the close must wait for */
+    uint16_t fail_code;          /* a protocol error wslay reports without a code */
+    uint16_t close_code_rx;      /* close code the peer sent (1006 until it does) */
+    uint16_t close_code_tx;      /* code of a close this side started (0: none, or an echo) */
+    uint8_t hdr[14];             /* shadow parser: partial frame header */
+    unsigned hdr_len : 4;        /* bytes in hdr */
+    unsigned closing : 1;        /* a close was requested: input is ignored */
+    unsigned close_sent : 1;     /* our close frame is in the connection's queue */
+    unsigned fatal : 1;          /* end the TCP connection once the close is out */
+    unsigned finished : 1;       /* the connection is set to close */
+    unsigned close_received : 1; /* the peer's close frame arrived */
+    unsigned in_message : 1;     /* shadow parser: a fragmented data message is open */
+    unsigned deflate : 1;        /* permessage-deflate was negotiated */
+    unsigned deflate_bits : 4;   /* its server_max_window_bits (8..15) */
 };
 
 /* The bytes being fed and the control frames wslay makes are only ever
@@ -199,7 +203,7 @@ static void ws_frame_start_cb(wslay_event_context_ptr ctx,
     struct hub_ws *ws = user;
     if (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME)
         ws->fragments = 1;
-    else if (arg->opcode == WSLAY_CONTINUATION_FRAME && ++ws->fragments > ws->cfg.max_fragments) {
+    else if (arg->opcode == WSLAY_CONTINUATION_FRAME && ++ws->fragments > ws->max_fragments) {
         ws->fail_code = HUB_WS_POLICY;
         wslay_event_shutdown_read(ctx); /* stop parsing after this frame */
     }
@@ -237,7 +241,7 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
     int compressed = (arg->rsv & WSLAY_RSV1_BIT) != 0;
     if (compressed) {
         /* wslay lets RSV1 through only when deflate is on (allowed bits). */
-        int rc = hub_deflate_inflate(arg->msg, arg->msg_length, ws->cfg.max_message, &inflated);
+        int rc = hub_deflate_inflate(arg->msg, arg->msg_length, ws->max_message, &inflated);
         if (rc == 0 && arg->opcode == WSLAY_TEXT_FRAME &&
             !hub_utf8_valid(inflated.data, inflated.len))
             rc = HUB_EINVAL;
@@ -272,7 +276,7 @@ static int ws_ctx_open(struct hub_ws *ws)
     };
     if (wslay_event_context_server_init(&ws->ctx, &cbs, ws) != 0)
         return HUB_ENOMEM;
-    wslay_event_config_set_max_recv_msg_length(ws->ctx, ws->cfg.max_message);
+    wslay_event_config_set_max_recv_msg_length(ws->ctx, ws->max_message);
     if (ws->deflate)
         wslay_event_config_set_allowed_rsv_bits(ws->ctx, WSLAY_RSV1_BIT);
     return 0;
@@ -325,7 +329,9 @@ struct hub_ws *hub_ws_new(struct hub_conn *conn, const struct hub_ws_config *cfg
     struct hub_ws *ws = calloc(1, sizeof(*ws));
     if (ws == NULL)
         return NULL;
-    ws->cfg = *cfg;
+    ws->max_message = cfg->max_message > UINT32_MAX ? UINT32_MAX : (uint32_t)cfg->max_message;
+    ws->max_fragments = cfg->max_fragments;
+    ws->deflate_min = cfg->deflate_min;
     ws->conn = conn;
     ws->on_message = on_message;
     ws->user = user;
@@ -393,10 +399,10 @@ static void ws_emit_close(struct hub_ws *ws, const uint8_t *frame, size_t len, i
     ws->closing = 1;
     ws->fatal = fatal != 0;
     if (ws->holds > 0) {
-        ws->pending_close = malloc(len);
+        ws->pending_close = malloc(len + 1);
         if (ws->pending_close != NULL) {
-            memcpy(ws->pending_close, frame, len);
-            ws->pending_len = (uint8_t)len;
+            ws->pending_close[0] = (uint8_t)len;
+            memcpy(ws->pending_close + 1, frame, len);
             return;
         }
     }
@@ -414,7 +420,7 @@ void hub_ws_release(struct hub_ws *ws)
         return;
     uint8_t *frame = ws->pending_close;
     ws->pending_close = NULL;
-    ws_put_close(ws, frame, ws->pending_len);
+    ws_put_close(ws, frame + 1, frame[0]);
     free(frame);
 }
 
@@ -577,7 +583,7 @@ int hub_ws_send_frame(struct hub_ws *ws, struct hub_shared *frame)
     if (ws->close_sent || ws->finished)
         return HUB_ECLOSED;
     if (ws->deflate) {
-        struct hub_shared *z = ws_deflated(frame, (int)ws->deflate_bits, ws->cfg.deflate_min);
+        struct hub_shared *z = ws_deflated(frame, (int)ws->deflate_bits, ws->deflate_min);
         if (z != NULL)
             frame = z;
     }

@@ -40,12 +40,17 @@ struct room_membership {
     uint32_t index;        /* position of the member in room's member array */
 };
 
-/* Embedded by the member's owner. Zero-initialise, then set deliver. */
+/* Embedded by the member's owner. Zero-initialise, then set deliver. The
+ * first membership lives inside the struct (rooms then points at one), so a
+ * member of a single room, which is what nearly every connection is, holds
+ * no heap block for it; a second join moves the list to the heap. A member
+ * must therefore stay where it is in memory while it is in any room. */
 struct room_member {
     hub_room_deliver_cb deliver;   /* required */
-    struct room_membership *rooms; /* owned array of memberships */
+    struct room_membership *rooms; /* &one, an owned array, or NULL (cap 0) */
     uint32_t nrooms;               /* rooms joined */
     uint32_t cap;                  /* capacity of rooms */
+    struct room_membership one;    /* the list while cap is 1 */
 };
 
 /* Creates an empty registry; each member may be in at most max_rooms_per_member

@@ -59,7 +59,7 @@ typedef void (*hub_ws_message_cb)(struct hub_ws *ws, int opcode, const char *dat
 void hub_ws_config_default(struct hub_ws_config *cfg);
 
 /* Creates the WebSocket state for conn (borrowed; must outlive ws). cfg is
- * copied. Returns NULL when out of memory. */
+ * copied (max_message capped at UINT32_MAX). Returns NULL when out of memory. */
 struct hub_ws *hub_ws_new(struct hub_conn *conn, const struct hub_ws_config *cfg,
                           hub_ws_message_cb on_message, void *user);
 

@@ -542,6 +542,33 @@ static char *sized_request(size_t total)
     return s;
 }
 
+/* The request store starts inside the hub_http and grows on the heap for a
+ * head that stores more (a 3000-byte Origin); the next request on the same
+ * connection starts small again and still sees its own values. */
+static void test_store_growth(void)
+{
+    struct outcome o;
+    struct hub_http_config cfg = default_cfg();
+    char origin[3001];
+    memset(origin, 'o', 3000);
+    origin[3000] = '\0';
+    struct hub_buf req = {0};
+    hub_buf_printf(&req,
+                   "GET /style.css HTTP/1.1\r\nHost: h\r\nOrigin: http://%s\r\n\r\n"
+                   "GET /style.css HTTP/1.1\r\nHost: h\r\nOrigin: http://second\r\n\r\n",
+                   origin);
+    run_all_splits_cfg(&cfg, CB_NORMAL, 0, "store growth", req.data, req.len, &o);
+    struct hub_buf want = {0};
+    hub_buf_printf(&want, "origin=[http://%s]", origin);
+    CHECK(strstr(o.log, want.data) != NULL);
+    CHECK(strstr(o.log, "origin=[http://second]") != NULL);
+    CHECK(strncmp(o.out, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    CHECK_EQ(o.result, HUB_HTTP_MORE);
+    outcome_free(&o);
+    hub_buf_free(&want);
+    hub_buf_free(&req);
+}
+
 static void test_limits(void)
 {
     struct outcome o;
@@ -1125,6 +1152,7 @@ int main(void)
     test_conditional();
     test_errors();
     test_limits();
+    test_store_growth();
     test_pipelining();
     test_pipelined_errors_limit();
     test_upgrade();

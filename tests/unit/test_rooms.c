@@ -66,6 +66,16 @@ int main(void)
     CHECK_EQ(hub_rooms_join(r, &fs[1].member, "a", 1, NULL), 0);
     CHECK_EQ(hub_rooms_count(r), 3);
 
+    /* One room lives inside the member; a second join moves the list to
+     * the heap with the first membership intact. */
+    CHECK(fs[2].member.rooms == &fs[2].member.one);
+    CHECK_EQ(fs[2].member.cap, 1);
+    CHECK(fs[0].member.rooms != &fs[0].member.one);
+    CHECK(fs[0].member.rooms[0].room == lobby);
+    CHECK(fs[1].member.rooms[0].room == lobby);
+    CHECK(fs[1].member.rooms[1].room == other);
+    CHECK(consistent(fs, 50));
+
     /* Broadcast reaches every member once, except the excluded one. */
     struct hub_room_event *ev = (struct hub_room_event *)&fs; /* any token pointer */
     CHECK_EQ(hub_room_broadcast(lobby, ev, &fs[7].member), 49);

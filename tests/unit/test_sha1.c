@@ -36,6 +36,25 @@ int main(void)
         sha1_hex(m, strlen(m), split, out);
         CHECK_STR(out, "84983e441c3bd26ebaae4aa1f95129e5e54670f1");
     }
+    /* Lengths around the padding boundaries (55: the length fits in the
+     * block; 56-63: the padding needs a block of its own; 64 and 120:
+     * whole blocks). */
+    static const struct {
+        size_t n;
+        const char *hex;
+    } as[] = {{55, "c1c8bbdc22796e28c0e15163d20899b65621d65a"},
+              {63, "03f09f5b158a7a8cdad920bddc29b81c18a551f5"},
+              {64, "0098ba824b5c16427bd7a1122a5a442a25ec644d"},
+              {119, "ee971065aaa017e0632a8ca6c77bb3bf8b1dfc56"},
+              {120, "f34c1488385346a55709ba056ddd08280dd4c6d6"}};
+    char as_msg[120];
+    memset(as_msg, 'a', sizeof(as_msg));
+    for (size_t i = 0; i < HUB_ARRAY_SIZE(as); i++) {
+        for (size_t split = 0; split <= as[i].n; split += 7) {
+            sha1_hex(as_msg, as[i].n, split, out);
+            CHECK_STR(out, as[i].hex);
+        }
+    }
     /* One million 'a': exercises many blocks and the 64-bit length. */
     struct hub_sha1 s;
     uint8_t d[20];
