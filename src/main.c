@@ -8,6 +8,7 @@
  */
 #include "hub/engine.h"
 #include "hub/access.h"
+#include "hub/auth.h"
 #include "hub/deflate.h"
 #include "hub/log.h"
 #include "hub/redisurl.h"
@@ -109,7 +110,14 @@ static void usage(FILE *f)
         "  --trust-proxy CIDR    take the client address from X-Forwarded-For or Forwarded\n"
         "                        on connections from CIDR (e.g. 127.0.0.1/32; repeatable;\n"
         "                        default: trust nobody)\n"
-        "  --log-format FORMAT   text (default) or json: one JSON object per line\n",
+        "  --log-format FORMAT   text (default) or json: one JSON object per line\n"
+        "\n"
+        "Signed users (see docs/operations.md):\n"
+        "  --auth-secret-file FILE  require a connection token (HS256 JWT) signed with the\n"
+        "                        secret in FILE (at least 32 bytes; whitespace around it\n"
+        "                        is ignored)\n"
+        "  --guests              with --auth-secret-file, also admit clients without a token\n"
+        "                        as guests (their nicks shown as ~nick)\n",
         hub_engine_have_redis() ? ""
                                 : "                        (not in this build: it was built "
                                   "without hiredis)\n");
@@ -147,6 +155,10 @@ static int parse_seconds_ms(const char *s, uint32_t min_ms, uint32_t max_ms, uin
 
 /* A usage error is one line naming the problem and where help is; the
  * 40 lines of usage would bury it. Returns the exit status 2. */
+/* The token verifier of --auth-secret-file (a global: early exits need not
+ * free it, and it is freed after the loop). */
+static struct hub_auth *auth;
+
 HUB_PRINTF_LIKE(1, 2) static int usage_error(const char *fmt, ...)
 {
     char msg[512];
@@ -307,6 +319,19 @@ int main(int argc, char **argv)
                 *(uint32_t *)o->dst = (uint32_t)n * 1000;
             else
                 *(int *)o->dst = (int)n;
+        } else if ((v = option_value(argc, argv, &i, "--auth-secret-file", &missing)) != NULL) {
+            if (!hub_auth_available()) {
+                fprintf(stderr, "chathub: --auth-secret-file is not available: this build has "
+                                "no libcrypto (meson -Dauth)\n");
+                return 2;
+            }
+            char why[300];
+            hub_auth_free(auth);
+            auth = NULL;
+            if (hub_auth_open_file(&auth, v, why, sizeof(why)) != 0)
+                return usage_error("invalid --auth-secret-file: %s", why);
+        } else if (strcmp(a, "--guests") == 0) {
+            cfg.guests = 1;
         } else if (missing) {
             return usage_error("option %s needs a value", a);
         } else if ((v = option_value(argc, argv, &i, "--host", &missing)) != NULL) {
@@ -418,6 +443,9 @@ int main(int argc, char **argv)
     cfg.nmetrics_allow = nmetrics_allow;
     cfg.trust_proxy = proxies;
     cfg.ntrust_proxy = nproxies;
+    cfg.auth = auth;
+    if (cfg.guests && auth == NULL)
+        return usage_error("--guests needs --auth-secret-file");
 
     raise_fd_limit();
 #ifndef _WIN32
@@ -455,6 +483,7 @@ int main(int argc, char **argv)
 
     uv_run(&loop, UV_RUN_DEFAULT);
     hub_server_free(server);
+    hub_auth_free(auth);
     int rc = uv_loop_close(&loop);
     if (rc != 0) {
         hub_log_error("event loop closed with live handles: %s", uv_strerror(rc));

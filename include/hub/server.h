@@ -15,6 +15,7 @@
 
 #include <uv.h>
 
+struct hub_auth;
 struct hub_server;
 
 struct hub_server_config {
@@ -63,6 +64,8 @@ struct hub_server_config {
     int strict_origin; /* 1: no local-dev Origin relaxation on loopback (origin.h) */
     const struct hub_proxy_net *trust_proxy; /* --trust-proxy networks (borrowed), or NULL */
     size_t ntrust_proxy;                     /* number of networks */
+    const struct hub_auth *auth;             /* --auth-secret-file verifier (borrowed), or NULL */
+    int guests;                              /* --guests: unsigned guests beside signed users */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
