@@ -115,7 +115,26 @@
     try { return JSON.parse(localStorage.getItem(STORE_KEY)) || {}; } catch { return {}; }
   })();
 
+  // A connection token (docs/protocol.md "Signed users") comes in the page
+  // URL's fragment, #token=..., which browsers never send to a server (so it
+  // is in no access log); it is taken out of the address bar at once, and
+  // kept for this tab only (sessionStorage), so that a reload still has it.
+  const TOKEN_KEY = 'chathub.token';
+  const urlToken = (() => {
+    const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+    if (!m) return null;
+    history.replaceState(null, '', location.pathname + location.search);
+    return decodeURIComponent(m[1]);
+  })();
+  let token = urlToken;
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token); else token = sessionStorage.getItem(TOKEN_KEY);
+  } catch { /* no storage: the token lasts as long as the page */ }
+
   const S = {
+    user: null,            // {sub, name, role} once a token signed us in
+    guest: false,          // the hub has tokens on and we are a guest (~nick)
+    authHold: false,       // the hub needs a (fresh) token: no reconnect by itself
     nick: typeof saved.nick === 'string' && !nickProblem(saved.nick) ? saved.nick : suggestNick(),
     nickChosen: !!saved.nickChosen,
     rooms: new Map(),      // name -> room (see newRoom)
@@ -244,6 +263,15 @@
     renderTyping();
 
     if (S.hold) return setConn('offline', S.connDetail);
+    if (code === 4401) {
+      // The token's time is up: only the site can sign a fresh one.
+      try { sessionStorage.removeItem(TOKEN_KEY); } catch { /* nothing kept */ }
+      token = null;
+      S.hold = S.authHold = true;
+      S.connDetail = 'Your session expired. Open the chat again from the site it belongs to ' +
+        'to sign in afresh.';
+      return setConn('offline', S.connDetail);
+    }
     if ((code >= 4500 && code <= 4999) || NO_RETRY.has(code)) {
       // No reconnect follows by itself: what waits in the outbox has failed,
       // and offers retry (which waits for "Retry now") or discard.
@@ -308,12 +336,16 @@
     }
     let rep;
     try {
-      rep = await request({ op: 'hello', nick: S.nick, resume });
+      const nick = S.guest ? S.nick.replace(/^~/, '') : S.nick;
+      rep = await request({ op: 'hello', nick, resume, ...(token ? { token } : {}) });
     } catch (err) {
       helloFailed(err);
       return;
     }
     S.nick = rep.nick;
+    S.user = rep.user || null;
+    S.guest = !!rep.guest;
+    if (S.user) S.nickChosen = true; // the site named us: no nickname to pick
     S.limits = rep.limits || S.limits;
     S.everOnline = true;
     S.attempt = 0;
@@ -339,8 +371,26 @@
     renderAll();
   }
 
+  // The hub wants a token we do not have (or one that no longer works): say
+  // what is needed, and wait (a retry with the same token would fail alike).
+  function needToken(detail) {
+    S.hold = S.authHold = true;
+    S.connDetail = detail;
+    dropSocket(1000, 'token');
+    setConn('offline', detail);
+  }
+
   function helloFailed(err) {
     if (err.code === 'disconnected') return;
+    if (err.code === 'auth_required') {
+      return needToken('This chat is for signed-in users: open it from the site it belongs to ' +
+        '(its link signs you in), or ask the site for access.');
+    }
+    if (err.code === 'bad_token') {
+      try { sessionStorage.removeItem(TOKEN_KEY); } catch { /* nothing kept */ }
+      return needToken(`Your sign-in link does not work (${err.message}). Open the chat again ` +
+        'from the site it belongs to.');
+    }
     // A taken nick is most likely our own previous connection (a reload, a
     // drop), which the hub has not noticed is gone yet (it finds out within
     // ping interval + pong timeout): retry the same nick for a while (after a
@@ -865,6 +915,10 @@
   function renderMe() {
     $('me-nick').textContent = S.nick;
     avatar(S.nick, $('me-avatar'));
+    // A signed user's name is the site's: it cannot be changed here.
+    $('me').disabled = !!S.user;
+    $('me').title = S.user ? `Signed in by the site as ${S.user.name}` : S.guest ?
+      'You are a guest; change your nickname' : 'Change your nickname';
   }
 
   function renderHeader() {
@@ -1153,7 +1207,7 @@
     banner.hidden = !show;
     banner.dataset.conn = S.conn;
     if (show) $('banner-text').textContent = `${S.connDetail || ''} ${text}`.trim();
-    $('retry').textContent = S.hold ? 'Pick a nickname' : 'Retry now';
+    $('retry').textContent = S.hold && !S.authHold ? 'Pick a nickname' : 'Retry now';
   }
   setInterval(() => { if (S.conn === 'reconnecting') renderConn(); }, 1000);
 
@@ -1317,12 +1371,13 @@
   $('jump').addEventListener('click', scrollToBottom);
   log.addEventListener('scroll', () => { if (nearBottom()) $('jump').hidden = true; });
   $('retry').addEventListener('click', () => {
+    if (S.authHold) { setConn('offline', S.connDetail); return; }
     if (S.hold) { openNickDialog(true, S.connDetail); return; }
     S.attempt = 0;
     connect();
   });
   $('refresh-rooms').addEventListener('click', refreshRooms);
-  $('me').addEventListener('click', () => openNickDialog(false));
+  $('me').addEventListener('click', () => { if (!S.user) openNickDialog(false); });
   $('nick-form').addEventListener('submit', (e) => { e.preventDefault(); submitNick(); });
   $('nick-cancel').addEventListener('click', () => {
     S.nickChosen = true; // "not now" is an answer too: do not ask on every visit

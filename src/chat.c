@@ -307,8 +307,157 @@ int hub_chat_room_from_path(struct hub_iov path, struct hub_iov *room)
     return 0;
 }
 
+/* ---- tokens ------------------------------------------------------------ */
+
+size_t chat_claim_owner(const struct hub_chat_client *cl, char *buf)
+{
+    if (cl->user == NULL)
+        return chat_client_id(cl, buf);
+    int n = snprintf(buf, CHAT_OWNER_MAX, "u:%s", cl->user->id.sub);
+    return n > 0 ? (size_t)n : 0;
+}
+
+int chat_same_user(const struct hub_chat_client *a, const struct hub_chat_client *b)
+{
+    return a->user != NULL && b->user != NULL && strcmp(a->user->id.sub, b->user->id.sub) == 0;
+}
+
+void chat_release_own_nick(struct hub_chat_client *cl)
+{
+    struct hub_chat *chat = cl->chat;
+    char owner[CHAT_OWNER_MAX], key[CHAT_NICK_KEY_MAX];
+    struct hub_iov k = {key, chat_nick_key(cl->nick, cl->nick_len, key)};
+    struct hub_chat_client *other = chat_nick_find_key(chat, key, k.len);
+    if (other != NULL && other != cl && chat_same_user(other, cl))
+        return; /* another connection of this user still holds the claim */
+    struct hub_iov o = {owner, chat_claim_owner(cl, owner)};
+    hub_engine_release_nick(chat->engine, k, o);
+}
+
+void chat_jw_user(struct hub_jsonw *b, const struct hub_chat_client *cl)
+{
+    if (cl->user != NULL) {
+        const struct hub_auth_identity *id = &cl->user->id;
+        hub_jsonw_key(b, "user");
+        hub_jsonw_raw(b, "{");
+        hub_jsonw_kstr(b, "sub", id->sub, strlen(id->sub));
+        hub_jsonw_kstr(b, "name", id->name, strlen(id->name));
+        const char *role = hub_auth_role_name(id->role);
+        hub_jsonw_kstr(b, "role", role, strlen(role));
+        hub_jsonw_raw(b, "}");
+    } else if (cl->guest) {
+        hub_jsonw_kbool(b, "guest", 1);
+    }
+}
+
+int chat_set_user(struct hub_chat_client *cl, struct hub_auth_identity *id)
+{
+    struct hub_chat *chat = cl->chat;
+    struct chat_user *u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        return HUB_ENOMEM;
+    u->id = *id;
+    memset(id, 0, sizeof(*id));
+    u->cl = cl;
+    u->next = chat->users;
+    if (u->next != NULL)
+        u->next->pprev = &u->next;
+    u->pprev = &chat->users;
+    chat->users = u;
+    cl->user = u;
+    cl->guest = 0;
+    return 0;
+}
+
+/* Takes cl's identity out of the expiry list (the struct stays until the
+ * last reference: completions still ask who owned a claim). */
+static void user_unlink(struct hub_chat_client *cl)
+{
+    struct chat_user *u = cl->user;
+    if (u == NULL || u->pprev == NULL)
+        return;
+    *u->pprev = u->next;
+    if (u->next != NULL)
+        u->next->pprev = u->pprev;
+    u->next = NULL;
+    u->pprev = NULL;
+}
+
+void chat_clear_user(struct hub_chat_client *cl)
+{
+    if (cl->user == NULL)
+        return;
+    user_unlink(cl);
+    hub_auth_identity_clear(&cl->user->id);
+    free(cl->user);
+    cl->user = NULL;
+    cl->guest = cl->chat->cfg.auth != NULL;
+}
+
+/* Closes the connections whose token is past its exp (exp itself: the
+ * leeway is for the verification's clock skew, not for extending a
+ * session). A list walk over signed clients once a tick. */
+void chat_expire_users(struct hub_chat *chat)
+{
+    int64_t now = chat_now(chat);
+    for (struct chat_user *u = chat->users; u != NULL; u = u->next) {
+        if (u->closed || now < u->id.exp * 1000 || u->cl->dead)
+            continue;
+        u->closed = 1;
+        hub_ws_close(u->cl->ws, HUB_CHAT_CLOSE_EXPIRED, "token expired");
+    }
+}
+
+/* The value of the token= parameter of a query, or an empty view. */
+static struct hub_iov query_token(struct hub_iov q)
+{
+    size_t i = 0;
+    while (i < q.len) {
+        size_t end = i;
+        while (end < q.len && q.base[end] != '&')
+            end++;
+        if (end - i >= 6 && memcmp(q.base + i, "token=", 6) == 0)
+            return (struct hub_iov){q.base + i + 6, end - i - 6};
+        i = end + 1;
+    }
+    return (struct hub_iov){"", 0};
+}
+
+int hub_chat_raw_admit(struct hub_chat *chat, struct hub_iov room, struct hub_iov query,
+                       struct hub_auth_identity *id, const char **why)
+{
+    *why = NULL;
+    if (chat->cfg.auth == NULL)
+        return 0;
+    struct hub_iov tok = query_token(query);
+    if (tok.len == 0) {
+        if (chat->cfg.guests)
+            return 0;
+        *why = "a token is required (?token=)";
+        return 401;
+    }
+    int rc = hub_auth_verify(chat->cfg.auth, tok.base, tok.len, chat_now(chat) / 1000, id, why);
+    if (rc != 0) {
+        if (*why == NULL)
+            *why = "the token could not be checked";
+        return 401;
+    }
+    if (!hub_auth_room_allowed(id, room.base, room.len)) {
+        hub_auth_identity_clear(id);
+        *why = "the token does not allow this room";
+        return 403;
+    }
+    return 0;
+}
+
 struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws *ws, int mode,
                                             struct hub_iov room)
+{
+    return hub_chat_client_new_as(chat, ws, mode, room, NULL);
+}
+
+struct hub_chat_client *hub_chat_client_new_as(struct hub_chat *chat, struct hub_ws *ws, int mode,
+                                               struct hub_iov room, struct hub_auth_identity *id)
 {
     struct hub_chat_client *cl = calloc(1, sizeof(*cl));
     if (cl == NULL)
@@ -326,13 +475,20 @@ struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws
     cl->refs = 1;
     cl->id = ++chat->client_seq;
     chat->nclients++;
+    cl->guest = chat->cfg.auth != NULL;
+    if (id != NULL && id->sub != NULL && chat_set_user(cl, id) != 0) {
+        hub_chat_client_free(cl);
+        return NULL;
+    }
     if (mode == HUB_CHAT_RAW) {
         /* Several nodes: the node id makes the guest nick unique across
-         * them ("guest-<node>-<n>"; id_prefix is "<node>-"). */
+         * them ("guest-<node>-<n>"; id_prefix is "<node>-"). A signed raw
+         * client goes by its name (it claims no nick: it cannot rename). */
         char guest[sizeof(chat->id_prefix) + 32];
         int n = snprintf(guest, sizeof(guest), "guest-%s%llu", chat->id_prefix,
                          (unsigned long long)++chat->guest_seq);
-        if (chat_set_nick(cl, guest, (size_t)n) != 0) {
+        const char *nick = cl->user != NULL ? cl->user->id.name : guest;
+        if (chat_set_nick(cl, nick, cl->user != NULL ? strlen(nick) : (size_t)n) != 0) {
             hub_chat_client_free(cl);
             return NULL;
         }
@@ -375,6 +531,10 @@ void chat_client_unref(struct hub_chat_client *cl)
     chat_backlog_free(cl);
     while (cl->nsubs > 0)
         chat_sub_remove(cl, cl->subs[0].room);
+    if (cl->user != NULL) {
+        hub_auth_identity_clear(&cl->user->id);
+        free(cl->user);
+    }
     free(cl->nick);
     free(cl);
 }
@@ -389,11 +549,9 @@ void hub_chat_client_free(struct hub_chat_client *cl)
     hub_rooms_leave_all(chat->rooms, &cl->member);
     if (cl->hello) {
         chat_nick_unlink(chat, cl);
-        char id[CHAT_ID_MAX], key[CHAT_NICK_KEY_MAX];
-        struct hub_iov cid = {id, chat_client_id(cl, id)};
-        struct hub_iov k = {key, chat_nick_key(cl->nick, cl->nick_len, key)};
-        hub_engine_release_nick(chat->engine, k, cid);
+        chat_release_own_nick(cl);
     }
+    user_unlink(cl);
     chat->nclients--;
     cl->dead = 1;
     cl->ws = NULL;

@@ -281,6 +281,8 @@ void hub_chat_tick(struct hub_chat *chat)
     int64_t now = chat_now(chat);
     if (chat->dm_waits != NULL)
         chat_dm_tick(chat, now, 0);
+    if (chat->users != NULL)
+        chat_expire_users(chat);
     for (size_t i = 0; i < chat->ncounts;) {
         struct count_entry *e = &chat->counts[i];
         struct hub_room *room = hub_rooms_find(chat->rooms, e->name, strlen(e->name));

@@ -25,6 +25,7 @@
 #define HUB_CHAT_INT_H
 
 #include "hub/chat.h"
+#include "hub/auth.h"
 #include "hub/buf.h"
 #include "hub/engine.h"
 #include "hub/ident.h"
@@ -65,6 +66,16 @@ struct count_entry {
     int dirty;                        /* membership changed since */
 };
 
+/* A signed client's identity (only signed clients have one: idle
+ * unsigned connections pay one pointer). The list lets the tick find
+ * expired tokens without walking every client. */
+struct chat_user {
+    struct hub_auth_identity id;     /* the token's claims, owned */
+    struct chat_user *next, **pprev; /* in chat->users */
+    struct hub_chat_client *cl;      /* whose it is */
+    int closed;                      /* the expiry close was sent */
+};
+
 struct hub_chat {
     struct hub_rooms *rooms;        /* room registry, owned */
     struct hub_chat_config cfg;     /* copied configuration */
@@ -83,6 +94,7 @@ struct hub_chat {
     struct pending_dm *dm_waits;    /* remote dms waiting for their peer's join, owned */
     char id_prefix[HUB_ENGINE_NODE_ID_MAX + 2]; /* "<node id>-", or "" (memory engine) */
     size_t id_prefix_len;                       /* bytes in id_prefix */
+    struct chat_user *users;                    /* signed clients, for expiry */
 };
 
 struct typing_mark {
@@ -137,6 +149,8 @@ struct hub_chat_client {
     uint32_t strikes;                  /* messages refused in a row */
     uint32_t refs;                     /* the connection's plus one per request in flight */
     int dead;                          /* the connection is gone: send nothing */
+    struct chat_user *user;            /* owned: the token's identity, or NULL (unsigned) */
+    int guest;                         /* tokens are on and this client has none */
     struct chat_sub *subs;             /* owned: memberships being reconciled with a read */
     uint32_t nsubs;                    /* entries in subs */
 };
@@ -242,6 +256,37 @@ void chat_client_unref(struct hub_chat_client *cl);
  * on_msg. Views borrowed. */
 void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov room, int opcode,
                   struct hub_iov text, struct hub_iov cmid);
+
+/* ---- tokens (chat.c) ---------------------------------------------------- */
+
+/* Bytes of a claim owner and its NUL: a client id, or "u:<sub>". */
+#define CHAT_OWNER_MAX (HUB_AUTH_SUB_MAX + 3 > CHAT_ID_MAX ? HUB_AUTH_SUB_MAX + 3 : CHAT_ID_MAX)
+
+/* Writes who owns cl's nick claims into buf (CHAT_OWNER_MAX bytes): "u:"
+ * and the sub for a signed client (all connections of one user share its
+ * claim), else its client id. Returns the length. */
+size_t chat_claim_owner(const struct hub_chat_client *cl, char *buf);
+
+/* Releases cl's claim on its nick, unless another local connection of the
+ * same signed user still holds it (call after unlinking cl). */
+void chat_release_own_nick(struct hub_chat_client *cl);
+
+/* 1 if a and b are connections of one signed user. */
+int chat_same_user(const struct hub_chat_client *a, const struct hub_chat_client *b);
+
+/* Appends ,"user":{"sub","name","role"} for a signed client, ,"guest":true
+ * for a guest, nothing otherwise. */
+void chat_jw_user(struct hub_jsonw *b, const struct hub_chat_client *cl);
+
+/* Closes (HUB_CHAT_CLOSE_EXPIRED) the connections whose token's exp has
+ * come; hub_chat_tick calls it. */
+void chat_expire_users(struct hub_chat *chat);
+
+/* Drops cl's identity (a refused hello): it is unsigned again. */
+void chat_clear_user(struct hub_chat_client *cl);
+
+/* Takes id (emptied) as cl's signed identity. Returns 0 or HUB_ENOMEM. */
+int chat_set_user(struct hub_chat_client *cl, struct hub_auth_identity *id);
 
 /* ---- nicks.c ------------------------------------------------------------ */
 

@@ -619,6 +619,14 @@ int chat_start_join(struct hub_chat_client *cl, struct req_id id, struct hello_s
                     uint64_t since, const char **code, const char **message)
 {
     struct hub_chat *chat = cl->chat;
+    /* A token's rooms claim limits the public rooms (DM rooms have their
+     * own rule, chat_room_problem). */
+    if (cl->user != NULL && name.len > 0 && name.base[0] != '@' &&
+        !hub_auth_room_allowed(&cl->user->id, name.base, name.len)) {
+        *code = "forbidden";
+        *message = "your token does not allow this room";
+        return -1;
+    }
     struct pending_join *pj = calloc(1, sizeof(*pj) + name.len + 1);
     if (pj == NULL)
         goto fail_memory;
@@ -737,6 +745,7 @@ void chat_hello_resume(struct hello_state *hs, json_t *resume)
     chat_begin_reply(b, id);
     chat_jw_client_id(b, cl);
     hub_jsonw_kstr(b, "nick", cl->nick, cl->nick_len);
+    chat_jw_user(b, cl);
     hub_jsonw_kstr(b, "server", chat->cfg.server_name, strlen(chat->cfg.server_name));
     hub_jsonw_key(b, "limits");
     hub_jsonw_raw(b, "{");

@@ -63,6 +63,18 @@ const char *chat_room_problem(const struct hub_chat_client *cl, struct hub_iov r
             return NULL;
         if (r != NULL && hub_room_size(r) >= 2)
             return "this direct-message room already has its two parties";
+        if (cl->user != NULL) {
+            /* A signed party is named by its user id, "u:<sub>", so a
+             * later holder of the name is no party. */
+            char me[CHAT_OWNER_MAX];
+            size_t n = chat_claim_owner(cl, me);
+            if ((room.len > n + 1 && memcmp(room.base + 1, me, n) == 0 &&
+                 room.base[n + 1] == ',') ||
+                (room.len > n + 1 && memcmp(room.base + room.len - n, me, n) == 0 &&
+                 room.base[room.len - n - 1] == ','))
+                return NULL;
+            return "direct-message rooms are open to their two parties only";
+        }
         const char *comma = memchr(room.base, ',', room.len);
         if (comma != NULL) {
             size_t alen = (size_t)(comma - room.base) - 1;
@@ -303,6 +315,36 @@ static void op_typing(struct request *rq)
     /* No success reply: typing is fire-and-forget (docs/protocol.md). */
 }
 
+/* Checks that nick is free for rq's client (or held by another connection
+ * of the same signed user). Returns 0, or -1 after an error reply. */
+static int check_nick_free(const struct request *rq, struct hub_iov nick)
+{
+    const struct hub_chat_client *owner = chat_nick_find(rq->cl->chat, nick.base, nick.len);
+    if (owner != NULL && owner != rq->cl && !chat_same_user(owner, rq->cl)) {
+        chat_send_error(rq->cl, rq->id, "nick_taken", "another client uses this nick");
+        return -1;
+    }
+    return 0;
+}
+
+/* With tokens, a guest's nick is shown with "~" in front: no signed name
+ * starts with it, so a guest is told apart everywhere and can never hold a
+ * signed user's name. Writes "~" and nick into buf (HUB_CHAT_NICK_BYTES + 1
+ * bytes). Returns 0, or -1 after an error reply. */
+static int guest_nick(const struct request *rq, struct hub_iov *nick, char *buf)
+{
+    if (nick->len + 1 > HUB_CHAT_NICK_BYTES) {
+        chat_send_error(rq->cl, rq->id, "bad_nick", "the nick is too long");
+        return -1;
+    }
+    buf[0] = '~';
+    memcpy(buf + 1, nick->base, nick->len);
+    buf[nick->len + 1] = '\0';
+    nick->base = buf;
+    nick->len++;
+    return check_nick_free(rq, *nick);
+}
+
 /* Validates a requested nick. Returns 0, or -1 after an error reply. */
 static int check_nick(const struct request *rq, struct hub_iov *nick)
 {
@@ -317,12 +359,9 @@ static int check_nick(const struct request *rq, struct hub_iov *nick)
         chat_send_error(rq->cl, rq->id, "bad_nick", why);
         return -1;
     }
-    const struct hub_chat_client *owner = chat_nick_find(rq->cl->chat, nick->base, nick->len);
-    if (owner != NULL && owner != rq->cl) {
-        chat_send_error(rq->cl, rq->id, "nick_taken", "another client uses this nick");
-        return -1;
-    }
-    return 0;
+    if (rq->cl->guest)
+        return 0; /* checked once prefixed (guest_nick) */
+    return check_nick_free(rq, *nick);
 }
 
 /* A nick claim (hello or nick) waiting for the engine. */
@@ -349,8 +388,8 @@ static void nick_claimed(struct pending_claim *pc)
 {
     struct hub_chat_client *cl = pc->cl;
     struct hub_chat *chat = cl->chat;
-    char id[CHAT_ID_MAX];
-    struct hub_iov cid = {id, chat_client_id(cl, id)};
+    char id[CHAT_OWNER_MAX];
+    struct hub_iov cid = {id, chat_claim_owner(cl, id)};
     char old[HUB_CHAT_NICK_BYTES + 1];
     size_t old_len = cl->nick_len;
     memcpy(old, cl->nick, old_len + 1);
@@ -395,8 +434,8 @@ static void hello_claimed(struct pending_claim *pc)
     struct hub_chat_client *cl = pc->cl;
     struct hub_chat *chat = cl->chat;
     if (chat_set_nick(cl, pc->nick, pc->nick_len) != 0) {
-        char id[CHAT_ID_MAX], key[CHAT_NICK_KEY_MAX];
-        struct hub_iov cid = {id, chat_client_id(cl, id)};
+        char id[CHAT_OWNER_MAX], key[CHAT_NICK_KEY_MAX];
+        struct hub_iov cid = {id, chat_claim_owner(cl, id)};
         struct hub_iov k = {key, chat_nick_key(pc->nick, pc->nick_len, key)};
         hub_engine_release_nick(chat->engine, k, cid);
         chat_send_error(cl, pc->id, "internal", "out of memory");
@@ -418,11 +457,20 @@ static void claim_done(void *data, int err)
     if (cl->dead) {
         /* The client went while the claim was on its way: give it back. */
         if (err == 0) {
-            char id[CHAT_ID_MAX], key[CHAT_NICK_KEY_MAX];
-            struct hub_iov cid = {id, chat_client_id(cl, id)};
+            char id[CHAT_OWNER_MAX], key[CHAT_NICK_KEY_MAX];
+            struct hub_iov cid = {id, chat_claim_owner(cl, id)};
             struct hub_iov k = {key, chat_nick_key(pc->nick, pc->nick_len, key)};
-            hub_engine_release_nick(cl->chat->engine, k, cid);
+            struct hub_chat_client *other = chat_nick_find_key(cl->chat, key, k.len);
+            if (other == NULL || !chat_same_user(other, cl))
+                hub_engine_release_nick(cl->chat->engine, k, cid);
         }
+    } else if (err != 0 && pc->hs != NULL && cl->user != NULL) {
+        /* A refused hello leaves the client unsigned, so a retry starts over. */
+        chat_clear_user(cl);
+        if (err == HUB_EEXIST)
+            chat_send_error(cl, pc->id, "nick_taken", "another user has this name");
+        else
+            chat_send_engine_error(cl, pc->id, err, "the nick could not be claimed");
     } else if (err == HUB_EEXIST) {
         chat_send_error(cl, pc->id, "nick_taken", "another client uses this nick");
     } else if (err != 0) {
@@ -460,8 +508,8 @@ static void start_claim(struct request *rq, struct hub_iov nick, struct hello_st
     pc->nick[nick.len] = '\0';
     chat_client_ref(cl);
     cl->claiming = 1;
-    char id[CHAT_ID_MAX], key[CHAT_NICK_KEY_MAX];
-    struct hub_iov cid = {id, chat_client_id(cl, id)};
+    char id[CHAT_OWNER_MAX], key[CHAT_NICK_KEY_MAX];
+    struct hub_iov cid = {id, chat_claim_owner(cl, id)};
     /* Claimed by key, so that a look-alike on another node is refused too. */
     struct hub_iov k = {key, chat_nick_key(nick.base, nick.len, key)};
     int rc = hub_engine_claim_nick(cl->chat->engine, k, cid, claim_done, pc);
@@ -479,7 +527,13 @@ static void op_nick(struct request *rq)
         chat_send_error(rq->cl, rq->id, "unavailable", "a nick change is on its way; try again");
         return;
     }
-    if (check_nick(rq, &nick) != 0)
+    if (rq->cl->user != NULL) {
+        chat_send_error(rq->cl, rq->id, "forbidden",
+                        "a signed user's nick is the name in its token");
+        return;
+    }
+    char buf[HUB_CHAT_NICK_BYTES + 1];
+    if (check_nick(rq, &nick) != 0 || (rq->cl->guest && guest_nick(rq, &nick, buf) != 0))
         return;
     start_claim(rq, nick, NULL, NULL);
 }
@@ -507,22 +561,38 @@ static int dm_ensure_member(struct hub_chat_client *c, struct hub_iov from, int 
     return 0;
 }
 
-/* "@a,b" for nicks a and b, folded and sorted so that both sides name it
- * alike. Returns its length (0 if a nick is too long). */
-static size_t dm_room_name(char *name, struct hub_iov x, struct hub_iov y)
+/* Bytes of a DM room name buffer. */
+#define DM_NAME_MAX (HUB_ROOM_NAME_MAX + 1)
+
+/* One party of a DM room name: a signed client's "u:<sub>" (as is: ids are
+ * exact), else the nick folded to lower case. Writes it into buf
+ * (CHAT_OWNER_MAX bytes). Returns its length, 0 if it does not fit. */
+static size_t dm_party(char *buf, const struct hub_chat_client *c, struct hub_iov nick)
 {
-    char a[HUB_CHAT_NICK_BYTES + 1], b[HUB_CHAT_NICK_BYTES + 1];
-    if (x.len > HUB_CHAT_NICK_BYTES || y.len > HUB_CHAT_NICK_BYTES)
+    if (c != NULL && c->user != NULL)
+        return chat_claim_owner(c, buf);
+    if (nick.len >= CHAT_OWNER_MAX || nick.len > HUB_CHAT_NICK_BYTES)
         return 0;
-    for (size_t i = 0; i < x.len; i++)
-        a[i] = (char)hub_ascii_lower((unsigned char)x.base[i]);
-    a[x.len] = '\0';
-    for (size_t i = 0; i < y.len; i++)
-        b[i] = (char)hub_ascii_lower((unsigned char)y.base[i]);
-    b[y.len] = '\0';
+    for (size_t i = 0; i < nick.len; i++)
+        buf[i] = (char)hub_ascii_lower((unsigned char)nick.base[i]);
+    buf[nick.len] = '\0';
+    return nick.len;
+}
+
+/* "@a,b" for the parties x and y (client, or NULL for a nick held on
+ * another node), sorted so that both sides name it alike: with tokens a
+ * signed party is its user id, so the room stays the user's whatever name
+ * it has and whoever has that name later. Returns its length (0 if it is
+ * longer than a room name may be). */
+static size_t dm_room_name(char *name, const struct hub_chat_client *xc, struct hub_iov x,
+                           const struct hub_chat_client *yc, struct hub_iov y)
+{
+    char a[CHAT_OWNER_MAX], b[CHAT_OWNER_MAX];
+    if (dm_party(a, xc, x) == 0 || dm_party(b, yc, y) == 0)
+        return 0;
     int cmp = strcmp(a, b);
-    int n = snprintf(name, 2 * HUB_CHAT_NICK_BYTES + 3, "@%s,%s", cmp < 0 ? a : b, cmp < 0 ? b : a);
-    return n > 0 ? (size_t)n : 0;
+    int n = snprintf(name, DM_NAME_MAX, "@%s,%s", cmp < 0 ? a : b, cmp < 0 ? b : a);
+    return n > 0 && n < DM_NAME_MAX ? (size_t)n : 0;
 }
 
 /* A dm to a nick no client of this node holds. The message may go out only
@@ -761,8 +831,12 @@ static void dm_remote(struct request *rq, struct hub_iov to)
     }
     if (get_text(rq, &text, &cmid) != 0)
         return;
-    char name[2 * HUB_CHAT_NICK_BYTES + 3];
-    size_t n = dm_room_name(name, (struct hub_iov){cl->nick, cl->nick_len}, to);
+    char name[DM_NAME_MAX];
+    size_t n = dm_room_name(name, cl, (struct hub_iov){cl->nick, cl->nick_len}, NULL, to);
+    if (n == 0) {
+        chat_send_error(cl, rq->id, "bad_request", "the direct-message room name is too long");
+        return;
+    }
     struct hub_room *room = hub_rooms_find(cl->chat->rooms, name, n);
     if ((room == NULL || !hub_rooms_is_member(&cl->member, room)) &&
         cl->member.nrooms >= cl->chat->cfg.max_rooms_per_client) {
@@ -804,8 +878,13 @@ void chat_on_invite(void *data, struct hub_iov client, struct hub_iov nick, stru
 {
     struct hub_chat *chat = data;
     struct hub_chat_client *c = chat_nick_find_key(chat, nick.base, nick.len);
-    if (c == NULL || c->dead || chat_local_id(chat, client) != c->id)
+    if (c == NULL || c->dead)
         return; /* gone, or renamed since */
+    char owner[CHAT_OWNER_MAX];
+    size_t olen = chat_claim_owner(c, owner);
+    if (c->user != NULL ? client.len != olen || memcmp(client.base, owner, olen) != 0
+                        : chat_local_id(chat, client) != c->id)
+        return; /* the claim is someone else's */
     struct hub_room *r;
     if (room.len == 0 || room.len > HUB_ROOM_NAME_MAX || room.base[0] != '@')
         return;
@@ -838,8 +917,12 @@ static void op_dm(struct request *rq)
     if (get_text(rq, &text, &cmid) != 0)
         return;
     struct hub_iov me = {cl->nick, cl->nick_len};
-    char name[2 * HUB_CHAT_NICK_BYTES + 3];
-    size_t n = dm_room_name(name, me, (struct hub_iov){peer->nick, peer->nick_len});
+    char name[DM_NAME_MAX];
+    size_t n = dm_room_name(name, cl, me, peer, (struct hub_iov){peer->nick, peer->nick_len});
+    if (n == 0) {
+        chat_send_error(cl, rq->id, "bad_request", "the direct-message room name is too long");
+        return;
+    }
     struct hub_iov room_name = {name, n};
     struct hub_room *room = hub_rooms_find(cl->chat->rooms, name, n);
     uint32_t max = cl->chat->cfg.max_rooms_per_client;
@@ -954,6 +1037,66 @@ static void op_ping(struct request *rq)
     hub_jsonw_free(&b);
 }
 
+/* hello with tokens on: verifies "token" and makes the client signed, its
+ * nick the token's name. Returns 1 (signed, *nick set), 0 (no token, and
+ * guests are allowed), or -1 after an error reply (auth_required,
+ * bad_token, nick_taken). */
+static int hello_token(struct request *rq, struct hub_iov *nick)
+{
+    struct hub_chat_client *cl = rq->cl;
+    struct hub_iov tok;
+    int has = get_str(rq, "token", &tok);
+    if (has < 0) {
+        chat_send_error(cl, rq->id, "bad_token", "\"token\" must be a string");
+        return -1;
+    }
+    if (has == 0 || tok.len == 0) {
+        if (cl->chat->cfg.guests)
+            return 0;
+        chat_send_error(cl, rq->id, "auth_required",
+                        "this hub needs a token: give \"token\" in hello (the site you came from "
+                        "signs one for you)");
+        return -1;
+    }
+    struct hub_auth_identity id = {0};
+    const char *why = NULL;
+    int rc = hub_auth_verify(cl->chat->cfg.auth, tok.base, tok.len, chat_now(cl->chat) / 1000, &id,
+                             &why);
+    if (rc == HUB_ENOMEM) {
+        chat_send_error(cl, rq->id, "internal", "out of memory");
+        return -1;
+    }
+    if (rc != 0) {
+        chat_send_error(cl, rq->id, "bad_token", why != NULL ? why : "invalid token");
+        return -1;
+    }
+    /* The name is shown as a nick, so it follows the nick rules; "~" is
+     * the guests' mark. */
+    const char *bad = chat_nick_problem(id.name, strlen(id.name));
+    if (bad == NULL)
+        bad = hub_ident_nick_check(id.name, strlen(id.name));
+    if (bad == NULL && id.name[0] == '~')
+        bad = "names starting with ~ are the guests'";
+    if (bad != NULL) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "the name claim is not a valid nick: %s", bad);
+        hub_auth_identity_clear(&id);
+        chat_send_error(cl, rq->id, "bad_token", msg);
+        return -1;
+    }
+    if (chat_set_user(cl, &id) != 0) {
+        hub_auth_identity_clear(&id);
+        chat_send_error(cl, rq->id, "internal", "out of memory");
+        return -1;
+    }
+    *nick = chat_iov_str(cl->user->id.name);
+    if (check_nick_free(rq, *nick) != 0) {
+        chat_clear_user(cl);
+        return -1;
+    }
+    return 1;
+}
+
 static void op_hello(struct request *rq)
 {
     struct hub_chat_client *cl = rq->cl;
@@ -966,12 +1109,21 @@ static void op_hello(struct request *rq)
         return;
     }
     struct hub_iov nick;
-    if (check_nick(rq, &nick) != 0)
+    char buf[HUB_CHAT_NICK_BYTES + 1];
+    int signed_in = 0;
+    if (cl->chat->cfg.auth != NULL) {
+        if ((signed_in = hello_token(rq, &nick)) < 0)
+            return;
+        if (!signed_in && (check_nick(rq, &nick) != 0 || guest_nick(rq, &nick, buf) != 0))
+            return;
+    } else if (check_nick(rq, &nick) != 0) {
         return;
+    }
     json_t *resume = json_object_get(rq->root, "resume");
     if (resume != NULL && !json_is_null(resume) && !json_is_object(resume)) {
         chat_send_error(cl, rq->id, "bad_request",
                         "\"resume\" must be an object of room positions");
+        chat_clear_user(cl);
         return;
     }
     /* Everything that can fail comes before the nick is committed, so a
@@ -979,6 +1131,7 @@ static void op_hello(struct request *rq)
     struct hello_state *hs = chat_hello_new(cl, rq->id);
     if (hs == NULL) {
         chat_send_error(cl, rq->id, "internal", "out of memory");
+        chat_clear_user(cl);
         return;
     }
     start_claim(rq, nick, hs, resume);

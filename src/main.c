@@ -9,6 +9,7 @@
 #include "hub/history.h"
 #include "hub/engine.h"
 #include "hub/access.h"
+#include "hub/auth.h"
 #include "hub/deflate.h"
 #include "hub/log.h"
 #include "hub/redisurl.h"
@@ -131,6 +132,13 @@ static void usage(FILE *f)
         "                        default: trust nobody)\n"
         "  --log-format FORMAT   text (default) or json: one JSON object per line\n"
         "\n"
+        "Signed users (see docs/operations.md):\n"
+        "  --auth-secret-file FILE  require a connection token (HS256 JWT) signed with the\n"
+        "                        secret in FILE (at least 32 bytes; whitespace around it\n"
+        "                        is ignored)\n"
+        "  --guests              with --auth-secret-file, also admit clients without a token\n"
+        "                        as guests (their nicks shown as ~nick)\n"
+        "\n"
         "TLS (see docs/operations.md):\n",
         hub_engine_have_redis() ? ""
                                 : "                        (not in this build: it was built "
@@ -214,6 +222,10 @@ static int parse_seconds_ms(const char *s, uint32_t min_ms, uint32_t max_ms, uin
 
 /* A usage error is one line naming the problem and where help is; the
  * 40 lines of usage would bury it. Returns the exit status 2. */
+/* The token verifier of --auth-secret-file (a global: early exits need not
+ * free it, and it is freed after the loop). */
+static struct hub_auth *auth;
+
 HUB_PRINTF_LIKE(1, 2) static int usage_error(const char *fmt, ...)
 {
     char msg[512];
@@ -381,6 +393,19 @@ int main(int argc, char **argv)
                 *(uint64_t *)o->dst = (uint64_t)n;
             else
                 *(int *)o->dst = (int)n;
+        } else if ((v = option_value(argc, argv, &i, "--auth-secret-file", &missing)) != NULL) {
+            if (!hub_auth_available()) {
+                fprintf(stderr, "chathub: --auth-secret-file is not available: this build has "
+                                "no libcrypto (meson -Dauth)\n");
+                return 2;
+            }
+            char why[300];
+            hub_auth_free(auth);
+            auth = NULL;
+            if (hub_auth_open_file(&auth, v, why, sizeof(why)) != 0)
+                return usage_error("invalid --auth-secret-file: %s", why);
+        } else if (strcmp(a, "--guests") == 0) {
+            cfg.guests = 1;
         } else if (missing) {
             return usage_error("option %s needs a value", a);
         } else if ((v = option_value(argc, argv, &i, "--host", &missing)) != NULL) {
@@ -510,6 +535,9 @@ int main(int argc, char **argv)
     if (tls_rc != 0)
         return tls_rc;
     cfg.tls = tls;
+    cfg.auth = auth;
+    if (cfg.guests && auth == NULL)
+        return usage_error("--guests needs --auth-secret-file");
 
     raise_fd_limit();
 #ifndef _WIN32
@@ -573,6 +601,7 @@ int main(int argc, char **argv)
 #ifdef HUB_HAVE_TLS
     hub_tls_ctx_free(tls);
 #endif
+    hub_auth_free(auth);
     int rc = uv_loop_close(&loop);
     if (rc != 0) {
         hub_log_error("event loop closed with live handles: %s", uv_strerror(rc));

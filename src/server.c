@@ -28,6 +28,7 @@
  * timer handles of its own).
  */
 #include "hub/server.h"
+#include "hub/auth.h"
 #include "hub/chat.h"
 #include "hub/conn.h"
 #include "hub/flow.h"
@@ -507,6 +508,8 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
         hub_http_respond(h, 400, "text/plain; charset=utf-8", NULL, msg, sizeof(msg) - 1);
         return HUB_HTTP_DONE;
     }
+    /* Offering chathub.v1 selects the JSON protocol; anything else (or no
+     * subprotocol) is raw mode, and the 101 then names no subprotocol. */
     int json = hub_iov_has_token(req->ws_protocol, "chathub.v1");
     if (!json && !hub_chat_room_admits(s->chat, room)) {
         /* --max-total-rooms: a raw client would create a room past it. */
@@ -518,11 +521,26 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
                          sizeof(msg) - 1);
         return HUB_HTTP_DONE;
     }
+    /* With tokens, a raw client (which sends no hello) gives its token as
+     * ?token=; JSON clients give it in hello. The token is never logged. */
+    struct hub_auth_identity ident = {0};
+    if (!json) {
+        const char *why = NULL;
+        int st = hub_chat_raw_admit(s->chat, room, req->query, &ident, &why);
+        if (st != 0) {
+            client_log(cl, HUB_LOG_INFO, "refused", st, why, NULL, NULL);
+            char body[200];
+            int n = snprintf(body, sizeof(body), "%d %s: %s\n", st,
+                             st == 401 ? "Unauthorized" : "Forbidden", why);
+            hub_http_respond(h, st, "text/plain; charset=utf-8", NULL, body, (size_t)n);
+            return HUB_HTTP_DONE;
+        }
+    }
     cl->ws = hub_ws_new(&cl->conn, &s->ws_cfg, client_on_ws_message, cl);
-    if (cl->ws == NULL)
+    if (cl->ws == NULL) {
+        hub_auth_identity_clear(&ident);
         return refuse(cl, h, 503, HUB_REFUSE_MAX_CONNS);
-    /* Offering chathub.v1 selects the JSON protocol; anything else (or no
-     * subprotocol) is raw mode, and the 101 then names no subprotocol. */
+    }
     /* permessage-deflate, when on and offered (deflate.h). */
     struct hub_deflate_params dp;
     char ext_line[160];
@@ -532,6 +550,7 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
         hub_ws_set_deflate(cl->ws, dp.server_max_window_bits);
     if (hub_http_accept_websocket_ext(h, req, json ? "chathub.v1" : NULL,
                                       deflate ? ext_line : NULL) != 0) {
+        hub_auth_identity_clear(&ident);
         hub_ws_free(cl->ws);
         cl->ws = NULL;
         return HUB_HTTP_DONE;
@@ -543,7 +562,9 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
     client_log(cl, HUB_LOG_INFO, "open", -1, NULL, NULL, json ? NULL : rname);
     hub_conn_set_soft_limit(&cl->conn, s->cfg.soft_output, s->cfg.soft_hold_ms);
     hub_conn_set_timeout(&cl->conn, s->cfg.ping_interval_ms);
-    cl->chat = hub_chat_client_new(s->chat, cl->ws, json ? HUB_CHAT_JSON : HUB_CHAT_RAW, room);
+    cl->chat =
+        hub_chat_client_new_as(s->chat, cl->ws, json ? HUB_CHAT_JSON : HUB_CHAT_RAW, room, &ident);
+    hub_auth_identity_clear(&ident); /* taken, or left for a failure */
     if (cl->chat == NULL)
         hub_ws_close(cl->ws, HUB_WS_INTERNAL_ERROR, "out of memory");
     return HUB_HTTP_UPGRADED;
@@ -1186,6 +1207,8 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     chat_cfg.welcome = cfg->welcome;
     chat_cfg.server_name = "chathub " HUB_VERSION;
     chat_cfg.history = s->history;
+    chat_cfg.auth = cfg->auth;
+    chat_cfg.guests = cfg->guests;
     chat_cfg.max_message = cfg->max_message;
     chat_cfg.max_rooms_per_client = cfg->max_rooms;
     chat_cfg.history_max_rooms_kept = hist_cfg.max_per_room;

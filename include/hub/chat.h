@@ -33,6 +33,8 @@
 
 #include "hub/common.h"
 
+struct hub_auth;
+struct hub_auth_identity;
 struct hub_chat;
 struct hub_chat_client;
 struct hub_flow;
@@ -72,7 +74,15 @@ struct hub_chat_config {
     struct hub_flow *flow;           /* backpressure on senders (flow.h), borrowed; NULL =
                                         none: the rate limit then only refuses */
     uint32_t max_total_rooms;        /* rooms that exist at once (0 = no limit) */
+    const struct hub_auth *auth;     /* connection tokens (hub/auth.h), borrowed; NULL:
+                                        no tokens, everything as without them */
+    int guests;                      /* with auth: a hello without a token makes a guest
+                                        (nick shown with a "~" in front) */
 };
+
+#define HUB_CHAT_CLOSE_EXPIRED                                                                     \
+    4401 /* close code: the token expired, reconnect with a                                        \
+            fresh one (docs/protocol.md) */
 
 void hub_chat_config_default(struct hub_chat_config *cfg);
 
@@ -115,6 +125,22 @@ int hub_chat_room_from_path(struct hub_iov path, struct hub_iov *room);
 struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws *ws, int mode,
                                             struct hub_iov room);
 
+/* Like hub_chat_client_new, for a client a token signed (id, taken and
+ * emptied, as hub_chat_raw_admit filled it; NULL or an empty identity: as
+ * hub_chat_client_new). Only raw mode uses it: JSON clients give their
+ * token in hello. */
+struct hub_chat_client *hub_chat_client_new_as(struct hub_chat *chat, struct hub_ws *ws, int mode,
+                                               struct hub_iov room, struct hub_auth_identity *id);
+
+/* Decides a raw-mode upgrade to room when tokens are on: the token is the
+ * query's token= parameter. Returns 0 (admitted; id filled when a valid
+ * token came, else left empty: a guest, only with cfg.guests), 401 (no
+ * token without guests, or a bad one; *why says which check failed, never
+ * the secret) or 403 (the token's rooms claim does not include room).
+ * Without tokens it returns 0 and leaves id empty. */
+int hub_chat_raw_admit(struct hub_chat *chat, struct hub_iov room, struct hub_iov query,
+                       struct hub_auth_identity *id, const char **why);
+
 /* Handles one complete message from the client (data borrowed for the call). */
 void hub_chat_client_message(struct hub_chat_client *cl, int opcode, const char *data, size_t len);
 
@@ -123,7 +149,8 @@ void hub_chat_client_message(struct hub_chat_client *cl, int opcode, const char 
  * ignored. */
 void hub_chat_client_free(struct hub_chat_client *cl);
 
-/* Does the work that is due: coalesced member-count pushes of big rooms.
+/* Does the work that is due: coalesced member-count pushes of big rooms,
+ * and closing (HUB_CHAT_CLOSE_EXPIRED) the connections whose token expired.
  * The server calls it about once a second. */
 void hub_chat_tick(struct hub_chat *chat);
 

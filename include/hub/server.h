@@ -17,6 +17,7 @@
 
 #include <uv.h>
 
+struct hub_auth;
 struct hub_server;
 struct hub_tls_ctx;
 
@@ -74,6 +75,8 @@ struct hub_server_config {
     const struct hub_cidr *trust_proxy; /* --trust-proxy networks (borrowed), or NULL */
     size_t ntrust_proxy;                     /* number of networks */
     struct hub_tls_ctx *tls;          /* TLS on the port (borrowed, reloaded on SIGHUP), or NULL */
+    const struct hub_auth *auth;             /* --auth-secret-file verifier (borrowed), or NULL */
+    int guests;                              /* --guests: unsigned guests beside signed users */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
