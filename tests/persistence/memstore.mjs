@@ -18,6 +18,10 @@ const MIB = 1024 * 1024;
 // connection at most one message being read and --max-output (1 MiB)
 // queued, plus the process's own few MiB.
 const BOUND = 64 * MIB + CONNS * (LINE + MIB) + 16 * MIB;
+// An ASan build keeps freed memory in quarantine and adds shadow memory:
+// its RSS says nothing about the hub's, so there only the store's own
+// bound (what it keeps) is judged.
+const SANITIZED = !!process.env.CHATHUB_SANITIZED;
 
 function status(pid) {
   const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -61,7 +65,7 @@ test('--no-persist: 160 MiB of 64 KiB lines into 40 rooms keep RSS under the bou
   peak = Math.max(peak, end.hwm);
   console.log(`# offered ${(CONNS * LINES * LINE / MIB).toFixed(0)} MiB; RSS at start ${(base / MIB).toFixed(1)} MiB, ` +
     `peak ${(peak / MIB).toFixed(1)} MiB, at end ${(end.rss / MIB).toFixed(1)} MiB; bound ${(BOUND / MIB).toFixed(0)} MiB`);
-  assert.ok(peak < BOUND, `peak RSS ${(peak / MIB).toFixed(1)} MiB over the bound ${(BOUND / MIB).toFixed(0)} MiB`);
+  if (!SANITIZED) assert.ok(peak < BOUND, `peak RSS ${(peak / MIB).toFixed(1)} MiB over the bound ${(BOUND / MIB).toFixed(0)} MiB`);
 
   // Every room still has its newest line, and its oldest kept offset says
   // how much was trimmed: the store keeps a suffix of each room (it drops
