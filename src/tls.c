@@ -630,8 +630,12 @@ int hub_tls_flush(struct hub_tls *t, const struct hub_iov *iov, unsigned niov, s
         t->acc.len = 0;
         t->wire_off = 0;
     }
-    wire->base = t->wire.data + t->wire_off;
-    wire->len = t->wire.len - t->wire_off;
+    /* No pointer arithmetic on a buffer never allocated (UBSan: a NULL
+     * plus 0 is undefined): an empty wire stays {NULL, 0}. */
+    if (t->wire.data != NULL) {
+        wire->base = t->wire.data + t->wire_off;
+        wire->len = t->wire.len - t->wire_off;
+    }
     return rc;
 }
 
