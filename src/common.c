@@ -30,6 +30,8 @@ const char *hub_strerror(int err)
         return "input/output error";
     case HUB_EAGAIN:
         return "try again";
+    case HUB_EPERM:
+        return "not allowed";
     }
     return "unknown error";
 }

@@ -24,6 +24,7 @@ enum hub_error {
     HUB_EPROTO = -8,  /* the peer broke the protocol */
     HUB_EIO = -9,     /* an operating-system call failed */
     HUB_EAGAIN = -10, /* try again later; nothing was done */
+    HUB_EPERM = -11,  /* the caller may not do this (not the author, banned, muted) */
 };
 
 /* Returns a static, human-readable description of a HUB_E* code. */

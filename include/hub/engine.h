@@ -70,6 +70,46 @@ struct hub_engine_msg {
     uint64_t offset;       /* position in the room, from 1; 0 for a binary relay */
     int64_t ts;            /* ms since the Unix epoch when sequenced (0 for relays) */
     int binary;            /* 1: a binary relay (never stored) */
+    /* Issue 15 (empty/0 when not given): */
+    struct hub_iov author;   /* author key (hub_history_msg.author) */
+    struct hub_iov mentions; /* '\n'-terminated nicks */
+    uint64_t reply_to;       /* offset answered, or 0 */
+};
+
+/* A change to a stored message, fanned out like a message (on_amend on
+ * every subscribed node, after the on_msg of that offset on that node).
+ * Views are borrowed for the upcall. */
+struct hub_engine_amended {
+    struct hub_iov room;
+    uint64_t offset;
+    int kind;             /* enum hub_history_amend_kind */
+    struct hub_iov text;  /* EDIT: the new text */
+    int64_t edited_ts;    /* EDIT */
+    struct hub_iov emoji; /* REACT/UNREACT */
+    uint32_t count;       /* REACT/UNREACT: users with the emoji now */
+    struct hub_iov who;   /* the actor's author key */
+    struct hub_iov nick;  /* the actor's nick */
+};
+
+/* Control messages reach every node (including this one), each of which
+ * applies them to its own clients; they are rare (moderation, the API). */
+enum hub_engine_control_kind {
+    HUB_CONTROL_KICK = 1,       /* target leaves room (a kicked push with reason) */
+    HUB_CONTROL_BAN = 2,        /* target was banned from room (empty room: the hub): it
+                                   leaves the room (every room) with a banned push */
+    HUB_CONTROL_DISCONNECT = 3, /* every connection of target is closed (reason given) */
+    HUB_CONTROL_TOPIC = 4,      /* room's topic is now text: a topic push to its members */
+};
+
+/* Views are copied by hub_engine_control and borrowed for on_control. */
+struct hub_engine_control {
+    int kind;              /* enum hub_engine_control_kind */
+    struct hub_iov target; /* "u:<sub>" (every connection of that user), or a nick (whoever
+                              holds it, compared by claim key); empty for TOPIC */
+    struct hub_iov room;   /* the room; empty for a hub-wide BAN or a DISCONNECT */
+    struct hub_iov text;   /* the reason (KICK, BAN, DISCONNECT) or the topic (TOPIC) */
+    struct hub_iov by;     /* who did it (a nick or "api") */
+    int64_t until_ms;      /* BAN: until when (INT64_MAX: for good) */
 };
 
 enum hub_engine_presence_kind {
@@ -108,6 +148,11 @@ struct hub_engine_events {
                       struct hub_iov from);
     /* The engine's readiness changed (ready 1/0, reason borrowed). */
     void (*on_state)(void *data, int ready, const char *reason);
+    /* A stored message of a subscribed room was edited, deleted or reacted
+     * to (hub_engine_amend on any node). */
+    void (*on_amend)(void *data, const struct hub_engine_amended *a);
+    /* A control message (hub_engine_control on any node). */
+    void (*on_control)(void *data, const struct hub_engine_control *c);
 };
 
 /* Settings of the Redis engine. Strings are copied by open. */
@@ -192,6 +237,11 @@ struct hub_engine_pub {
     struct hub_iov client; /* sender's client id, handed to on_msg */
     int64_t ts;            /* ms since the Unix epoch (the engine's clock, not the store's) */
     int binary;            /* 1: relay without storing (no offset, no dedupe) */
+    /* Issue 13/15, as in struct hub_history_new (empty/0: none, no check): */
+    struct hub_iov author;
+    struct hub_iov actor; /* refused with HUB_EPERM if banned/muted in room or hub */
+    struct hub_iov mentions;
+    uint64_t reply_to; /* refused with HUB_EINVAL unless 0 or 1..last */
 };
 
 /* Completion of a publish: err 0, HUB_EAGAIN, HUB_EIO, HUB_ENOMEM. On success
@@ -215,6 +265,49 @@ int hub_engine_publish(struct hub_engine *e, const struct hub_engine_pub *p,
  * limit (ttl_ms). Returns 0, HUB_EINVAL, HUB_EAGAIN, HUB_ENOMEM, HUB_ECLOSED. */
 int hub_engine_read(struct hub_engine *e, struct hub_iov room, int dir, uint64_t pos,
                     unsigned limit, hub_history_read_cb cb, void *data);
+
+/* Completion of calls that only succeed or fail (see each call). */
+typedef void (*hub_engine_done_cb)(void *data, int err);
+
+/* hub_engine_read with a viewer (struct hub_history_query: topic, the
+ * viewer's ban/mute, reactions' mine). Returns as hub_engine_read. */
+int hub_engine_query(struct hub_engine *e, struct hub_iov room, const struct hub_history_query *q,
+                     hub_history_read_cb cb, void *data);
+
+/* Completion of an amendment: as hub_history_amend_cb (err adds
+ * HUB_EAGAIN). On success with r->changed, on_amend follows on every node
+ * with members, this one included. */
+typedef void (*hub_engine_amend_cb)(void *data, int err, const struct hub_history_amended *r);
+
+/* Edits, deletes or reacts to a stored message (struct hub_history_amend,
+ * copied), atomically with its checks (author, window, emoji limit), and
+ * fans the change out. nick is the actor's nick for the push. Returns 0,
+ * HUB_EINVAL, HUB_EAGAIN, HUB_ENOMEM, HUB_ECLOSED. */
+int hub_engine_amend(struct hub_engine *e, const struct hub_history_amend *a, struct hub_iov nick,
+                     hub_engine_amend_cb cb, void *data);
+
+/* Full-text search of a room's kept messages (hub_history_search's meaning;
+ * the Redis engine scans the room's stream). Returns 0, HUB_EINVAL,
+ * HUB_EAGAIN, HUB_ENOMEM, HUB_ECLOSED. */
+int hub_engine_search(struct hub_engine *e, struct hub_iov room, struct hub_iov q, uint64_t before,
+                      unsigned limit, hub_history_search_cb cb, void *data);
+
+/* Records a ban or mute (or lifts it, until_ms 0) for every node: later
+ * queries report it and publishes of that actor are refused (HUB_EPERM).
+ * It does not remove anyone: send a HUB_CONTROL_BAN for that. cb: 0,
+ * HUB_EAGAIN, HUB_EIO. Returns 0, HUB_EINVAL, HUB_EAGAIN, HUB_ENOMEM,
+ * HUB_ECLOSED. */
+int hub_engine_restrict(struct hub_engine *e, const struct hub_history_restrict *r,
+                        hub_engine_done_cb cb, void *data);
+
+/* Sets a room's topic for every node (queries report it). It pushes
+ * nothing: send a HUB_CONTROL_TOPIC. Returns as hub_engine_restrict. */
+int hub_engine_set_topic(struct hub_engine *e, struct hub_iov room, struct hub_iov topic,
+                         hub_engine_done_cb cb, void *data);
+
+/* Sends a control message to every node (on_control there and here).
+ * Fire-and-forget. Returns 0, HUB_EINVAL, HUB_EAGAIN, HUB_ENOMEM, HUB_ECLOSED. */
+int hub_engine_control(struct hub_engine *e, const struct hub_engine_control *c);
 
 /* ---- presence ------------------------------------------------------- */
 
@@ -265,10 +358,8 @@ int hub_engine_rooms(struct hub_engine *e, unsigned limit, hub_engine_rooms_cb c
 
 /* ---- nicks, typing, invites ---------------------------------------- */
 
-/* Completion of a nick claim: err 0 (client now holds nick), HUB_EEXIST
- * (another client holds it), HUB_EAGAIN, HUB_ENOMEM. */
-typedef void (*hub_engine_done_cb)(void *data, int err);
-
+/* A nick claim completes with hub_engine_done_cb: err 0 (client now holds
+ * nick), HUB_EEXIST (another client holds it), HUB_EAGAIN, HUB_ENOMEM. */
 /* Claims nick for client, unique across nodes under ASCII case folding;
  * claiming a nick client already holds succeeds. The claim lasts until
  * released or until this node's lease lapses. A client holds any number of

@@ -74,13 +74,42 @@ struct hub_history_msg {
     struct hub_iov from; /* sender's nick */
     struct hub_iov text; /* UTF-8 text */
     struct hub_iov cmid; /* the sender's client message id, or empty */
+    /* Added for edits, deletes, reactions, replies and mentions (issue 15).
+     * Messages stored through hub_history_append have these empty/0. */
+    struct hub_iov author;   /* who may edit or delete it: the author key chat gave at append
+                                ("u:<sub>" for a signed user, "g:<client id>" for a guest), or
+                                empty (raw mode, binary relays) */
+    struct hub_iov mentions; /* nicks the text mentions, each followed by '\n', or empty */
+    uint64_t reply_to;       /* offset of the message this one answers, 0 if none */
+    int64_t edited_ts;       /* ms since the Unix epoch of the last edit, 0 if never edited */
+    int deleted;             /* 1: a tombstone: text, mentions and reactions are empty */
+    const struct hub_history_reaction *reactions; /* nreactions entries, oldest emoji first */
+    size_t nreactions;
 };
+
+/* A reaction on a message: how many users reacted with emoji, and whether
+ * the viewer of the read (hub_history_query's viewer) is one of them. */
+struct hub_history_reaction {
+    struct hub_iov emoji; /* 1..HUB_HISTORY_EMOJI_MAX bytes of UTF-8 */
+    uint32_t count;       /* users with this reaction, >= 1 */
+    int mine;             /* 1 if the viewer reacted with it */
+};
+
+#define HUB_HISTORY_EMOJI_MAX 32     /* bytes of one reaction's emoji */
+#define HUB_HISTORY_REACTIONS_MAX 20 /* distinct emoji on one message (default) */
+#define HUB_HISTORY_MENTIONS_MAX 16  /* nicks in one message's mentions */
+#define HUB_HISTORY_EDIT_WINDOW_MS (24 * 3600 * 1000LL) /* authors edit and delete within */
 
 /* A room's position. */
 struct hub_history_pos {
     char epoch[HUB_HISTORY_EPOCH_LEN + 1]; /* NUL-terminated epoch */
     uint64_t last;                         /* newest offset, 0 if none yet */
     uint64_t first;                        /* oldest offset still kept (last + 1 if none) */
+    /* Filled by hub_history_query (empty/0 from hub_history_read): */
+    struct hub_iov topic; /* the room's topic (borrowed for the callback), or empty */
+    int64_t ban_until;    /* the viewer is banned from the room (or the hub) until this
+                             ms since the Unix epoch; 0: not banned; INT64_MAX: for good */
+    int64_t mute_until;   /* likewise muted (may read, may not send) */
 };
 
 #define HUB_HISTORY_MAX_BYTES_DEFAULT (64u << 20) /* 64 MiB: the memory store's budget */
@@ -152,6 +181,137 @@ typedef void (*hub_history_read_cb)(void *data, int err, const struct hub_histor
  * or HUB_ENOMEM/HUB_ECLOSED. */
 int hub_history_read(struct hub_history *h, struct hub_iov room, int dir, uint64_t pos,
                      unsigned limit, hub_history_read_cb cb, void *data);
+
+/* ---- issue 13 and 15: replies, amendments, search, bans, topics ------ */
+
+/* A message to append with everything hub_history_append cannot carry.
+ * Views are copied by the call. */
+struct hub_history_new {
+    struct hub_iov room, from, text, cmid;
+    struct hub_iov author;   /* see hub_history_msg.author; may be empty */
+    struct hub_iov actor;    /* the key restrictions are checked against: "u:<sub>" for a
+                                signed user, "n:<claim key>" for a guest (hub/ident.h); empty:
+                                no check (raw mode) */
+    struct hub_iov mentions; /* '\n'-terminated nicks, at most HUB_HISTORY_MENTIONS_MAX */
+    uint64_t reply_to;       /* 0, or an offset 1..last of the room */
+    int64_t ts;
+};
+
+/* As hub_history_append, plus: fails (callback err) with HUB_EINVAL when
+ * reply_to is not 0 and not in 1..last (the room's newest offset before this
+ * message; a trimmed or deleted target is allowed: the reply keeps its
+ * number), and with HUB_EPERM when actor is banned or muted in the room or
+ * in the whole hub at ts (nothing stored). Deduplication by cmid as
+ * hub_history_append. Returns 0 or HUB_ENOMEM/HUB_ECLOSED. */
+int hub_history_append_ex(struct hub_history *h, const struct hub_history_new *m,
+                          hub_history_append_cb cb, void *data);
+
+/* A read with a viewer: as hub_history_read, and in addition pos carries the
+ * room's topic and the viewer's ban_until/mute_until (room or hub scope,
+ * whichever ends later, 0 once expired at now_ms), and each reaction its
+ * mine flag. viewer may be empty (mine 0, ban/mute 0). */
+struct hub_history_query {
+    int dir;               /* enum hub_history_dir */
+    uint64_t pos;          /* as hub_history_read */
+    unsigned limit;        /* as hub_history_read */
+    struct hub_iov viewer; /* author key for reactions' mine ("u:<sub>", "g:<client id>") */
+    struct hub_iov actor;  /* restriction key for ban_until/mute_until, or empty */
+    int64_t now_ms;        /* for expiring restrictions */
+};
+int hub_history_query(struct hub_history *h, struct hub_iov room, const struct hub_history_query *q,
+                      hub_history_read_cb cb, void *data);
+
+enum hub_history_amend_kind {
+    HUB_AMEND_EDIT = 1,    /* replace the text */
+    HUB_AMEND_DELETE = 2,  /* make it a tombstone (text, mentions, reactions dropped for good) */
+    HUB_AMEND_REACT = 3,   /* who reacts with emoji (once per user per emoji) */
+    HUB_AMEND_UNREACT = 4, /* who takes that reaction back */
+};
+
+/* A change to a stored message. Views are copied by the call. */
+struct hub_history_amend {
+    struct hub_iov room;
+    uint64_t offset;
+    int kind;             /* enum hub_history_amend_kind */
+    struct hub_iov who;   /* the actor's author key (edit/delete: compared to the author;
+                             react: the reacting user) */
+    int moderator;        /* 1: EDIT/DELETE of anyone's message, no time window */
+    struct hub_iov text;  /* EDIT: the new text (non-empty) */
+    struct hub_iov emoji; /* REACT/UNREACT: 1..HUB_HISTORY_EMOJI_MAX bytes */
+    int64_t ts;           /* when (ms); edited_ts of an edit */
+    int64_t window_ms;    /* EDIT/DELETE by the author: refused if ts - msg.ts > window_ms
+                             (0: HUB_HISTORY_EDIT_WINDOW_MS) */
+    uint32_t max_emoji;   /* REACT: distinct emoji per message (0: HUB_HISTORY_REACTIONS_MAX) */
+};
+
+/* What an amendment did. Views borrowed for the callback. */
+struct hub_history_amended {
+    int changed;           /* 0: nothing to do (react twice, unreact without a reaction,
+                              delete of a tombstone): no push should follow */
+    int64_t edited_ts;     /* EDIT: the new edited_ts */
+    uint32_t count;        /* REACT/UNREACT: users with this emoji now (0: gone) */
+    struct hub_iov author; /* the message's author key */
+    struct hub_iov from;   /* the message's sender nick */
+};
+
+/* Completion of an amendment: err 0; HUB_ENOENT (no such message is kept:
+ * never sent, trimmed; or a tombstone for EDIT/REACT); HUB_EPERM (not the
+ * author, or past the window, and not a moderator; an empty author is
+ * nobody's); HUB_ELIMIT (REACT: the message has max_emoji distinct emoji and
+ * this is a new one); HUB_EINVAL (bad kind, empty text or emoji); HUB_EIO. */
+typedef void (*hub_history_amend_cb)(void *data, int err, const struct hub_history_amended *r);
+
+/* Applies a after every request made before it (durable before cb, like an
+ * append). The search index follows edits and deletes. Returns 0 or
+ * HUB_ENOMEM/HUB_ECLOSED. */
+int hub_history_amend(struct hub_history *h, const struct hub_history_amend *a,
+                      hub_history_amend_cb cb, void *data);
+
+/* Completion of a search: up to limit messages (not tombstones), NEWEST
+ * first, each with reactions as a query without viewer; complete 1 when no
+ * older match exists. err 0, HUB_EINVAL (q has no word), HUB_EIO. */
+typedef void (*hub_history_search_cb)(void *data, int err, const struct hub_history_msg *msgs,
+                                      size_t n, int complete);
+
+/* Searches room's kept messages for q: words separated by white space, all
+ * of which must occur (case-insensitively for ASCII; a word matches as a
+ * prefix of a word of the text), among offsets below before (0: from the
+ * newest). q is plain text: no operators are interpreted. SQLite: FTS5
+ * (kept in step with appends, edits, deletes and trimming); memory store: a
+ * scan. Returns 0 or HUB_ENOMEM/HUB_ECLOSED. */
+int hub_history_search(struct hub_history *h, struct hub_iov room, struct hub_iov q,
+                       uint64_t before, unsigned limit, hub_history_search_cb cb, void *data);
+
+enum hub_history_restrict_kind {
+    HUB_RESTRICT_BAN = 1,  /* may not join (and is removed) */
+    HUB_RESTRICT_MUTE = 2, /* may join and read, may not send */
+};
+
+/* A ban or mute, or (until 0) its lifting. Views copied. Stored with the
+ * history (the SQLite store keeps it across restarts). */
+struct hub_history_restrict {
+    int kind;              /* enum hub_history_restrict_kind */
+    struct hub_iov room;   /* the room, or empty for the whole hub */
+    struct hub_iov actor;  /* the restricted key ("u:<sub>" or "n:<claim key>") */
+    int64_t until_ms;      /* ms since the Unix epoch; INT64_MAX: for good; 0: lift */
+    struct hub_iov by;     /* who did it (a nick or "api"), for the log */
+    struct hub_iov reason; /* free text, may be empty */
+    int64_t ts;
+};
+
+typedef void (*hub_history_done_cb)(void *data, int err);
+
+/* Records r (replacing an earlier one of the same kind, room and actor).
+ * cb: 0, HUB_EIO. Returns 0, HUB_EINVAL, HUB_ENOMEM, HUB_ECLOSED. */
+int hub_history_restrict(struct hub_history *h, const struct hub_history_restrict *r,
+                         hub_history_done_cb cb, void *data);
+
+/* Sets room's topic (empty clears it; at most HUB_HISTORY_TOPIC_MAX bytes),
+ * kept across restarts by the SQLite store. cb: 0, HUB_EIO. Returns 0,
+ * HUB_EINVAL, HUB_ENOMEM, HUB_ECLOSED. */
+#define HUB_HISTORY_TOPIC_MAX 512
+int hub_history_set_topic(struct hub_history *h, struct hub_iov room, struct hub_iov topic,
+                          hub_history_done_cb cb, void *data);
 
 /* Tells the store whether room has local members (held = 1: the first
  * member joined; held = 0: the last one left). A held room's stream is never
