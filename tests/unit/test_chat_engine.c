@@ -94,7 +94,7 @@ static int fake_read(struct hub_engine *e, struct hub_iov room, int dir, uint64_
         f->read_data = data;
         return 0;
     }
-    struct hub_history_pos p = {"e1", 0, 1};
+    struct hub_history_pos p = {.epoch = "e1", .last = 0, .first = 1};
     cb(data, 0, &p, NULL, 0, 1);
     return 0;
 }
@@ -232,9 +232,13 @@ static void read_done(struct fake *f, uint64_t first, uint64_t last)
     size_t n = 0;
     for (uint64_t o = first; o <= last && n < 8; o++, n++) {
         int len = snprintf(texts[n], sizeof(texts[n]), "m%llu", (unsigned long long)o);
-        msgs[n] = (struct hub_history_msg){o, 4000, {"bob", 3}, {texts[n], (size_t)len}, {"", 0}};
+        msgs[n] = (struct hub_history_msg){.offset = o,
+                                           .ts = 4000,
+                                           .from = {"bob", 3},
+                                           .text = {texts[n], (size_t)len},
+                                           .cmid = {"", 0}};
     }
-    struct hub_history_pos p = {"e1", last, first};
+    struct hub_history_pos p = {.epoch = "e1", .last = last, .first = first};
     hub_history_read_cb cb = f->read_cb;
     CHECK(cb != NULL);
     f->read_cb = NULL;

@@ -93,7 +93,13 @@ static void on_ack(void *data, int err, uint64_t offset, int64_t ts, int duplica
 static int pub(struct hub_engine *e, const char *room, const char *from, const char *text,
                const char *cmid, int binary, struct acks *a)
 {
-    struct hub_engine_pub p = {S(room), S(from), S(text), S(cmid), S("c-1"), 1000, binary};
+    struct hub_engine_pub p = {.room = S(room),
+                               .from = S(from),
+                               .text = S(text),
+                               .cmid = S(cmid),
+                               .client = S("c-1"),
+                               .ts = 1000,
+                               .binary = binary};
     return hub_engine_publish(e, &p, on_ack, a);
 }
 

@@ -94,8 +94,12 @@ static void on_state(void *data, int ready, const char *reason)
     (void)ready, (void)reason;
 }
 
-static const struct hub_engine_events events = {on_msg,   on_presence, on_typing,
-                                                on_epoch, on_invite,   on_state};
+static const struct hub_engine_events events = {.on_msg = on_msg,
+                                                .on_presence = on_presence,
+                                                .on_typing = on_typing,
+                                                .on_epoch = on_epoch,
+                                                .on_invite = on_invite,
+                                                .on_state = on_state};
 
 static int has_event(const struct node *n, const char *line)
 {
@@ -206,7 +210,12 @@ static void on_ack(void *data, int err, uint64_t offset, int64_t ts, int duplica
 
 static int pub(struct node *n, const char *room, const char *text, const char *cmid, struct acks *a)
 {
-    struct hub_engine_pub p = {S(room), S("ann"), S(text), S(cmid), S(n->name), 1, 0};
+    struct hub_engine_pub p = {.room = S(room),
+                               .from = S("ann"),
+                               .text = S(text),
+                               .cmid = S(cmid),
+                               .client = S(n->name),
+                               .ts = 1};
     return hub_engine_publish(n->e, &p, on_ack, a);
 }
 
