@@ -8,6 +8,7 @@
  * The HMAC is OpenSSL's; only the JWT framing is done here.
  */
 #include "hub/auth.h"
+#include "hub/base64.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -138,51 +139,6 @@ void hub_auth_identity_clear(struct hub_auth_identity *id)
 /* Everything below up to hub_auth_verify needs libcrypto's verifier, so a
  * build without it leaves it out (it would be unused). */
 #ifdef HUB_HAVE_AUTH
-
-/* ---- base64url (RFC 4648 section 5, no padding, as JWS requires) ---- */
-
-static int b64url_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
-
-/* Decodes len characters into out (capacity at least len * 3 / 4 + 1).
- * Strict: no padding, no other characters, and the unused low bits of the
- * last character must be zero (one encoding per value). Returns the
- * decoded length or -1. */
-static long b64url_decode(const char *src, size_t len, unsigned char *out)
-{
-    if (len % 4 == 1)
-        return -1;
-    uint32_t acc = 0;
-    int bits = 0;
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++) {
-        int v = b64url_value((unsigned char)src[i]);
-        if (v < 0)
-            return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[n++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    if (acc != 0)
-        return -1;
-    return (long)n;
-}
 
 /* ---- claims ------------------------------------------------------------ */
 
@@ -402,7 +358,7 @@ int hub_auth_verify(const struct hub_auth *a, const char *token, size_t len, int
         return HUB_EINVAL;
 
     unsigned char part[HUB_AUTH_TOKEN_MAX];
-    long n = b64url_decode(token, hlen, part);
+    long n = hub_base64url_decode(token, hlen, part, sizeof(part));
     if (n <= 0)
         return HUB_EINVAL;
     json_t *header = parse_part(part, (size_t)n);
@@ -416,7 +372,7 @@ int hub_auth_verify(const struct hub_auth *a, const char *token, size_t len, int
     }
 
     unsigned char sig[HUB_AUTH_TOKEN_MAX];
-    long sn = slen == 0 ? 0 : b64url_decode(dot2 + 1, slen, sig);
+    long sn = slen == 0 ? 0 : hub_base64url_decode(dot2 + 1, slen, sig, sizeof(sig));
     if (sn < 0)
         return HUB_EINVAL;
     unsigned char mac[EVP_MAX_MD_SIZE];
@@ -431,7 +387,7 @@ int hub_auth_verify(const struct hub_auth *a, const char *token, size_t len, int
         return HUB_EINVAL;
     }
 
-    n = b64url_decode(dot1 + 1, plen, part);
+    n = hub_base64url_decode(dot1 + 1, plen, part, sizeof(part));
     if (n <= 0)
         return HUB_EINVAL;
     json_t *payload = parse_part(part, (size_t)n);

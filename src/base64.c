@@ -31,7 +31,9 @@ size_t hub_base64_encode(const uint8_t *src, size_t len, char *out)
     return o;
 }
 
-static int value_of(char c)
+/* The value of c in the standard alphabet (url = 0) or the URL-safe one
+ * (url = 1: '-' and '_' instead of '+' and '/'), or -1. */
+static int value_of(char c, int url)
 {
     if (c >= 'A' && c <= 'Z')
         return c - 'A';
@@ -39,9 +41,9 @@ static int value_of(char c)
         return c - 'a' + 26;
     if (c >= '0' && c <= '9')
         return c - '0' + 52;
-    if (c == '+')
+    if (c == (url ? '-' : '+'))
         return 62;
-    if (c == '/')
+    if (c == (url ? '_' : '/'))
         return 63;
     return -1;
 }
@@ -60,7 +62,7 @@ long hub_base64_decode(const char *src, size_t len, uint8_t *out, size_t outsz)
             if (c == '=' && last && j >= 2) {
                 v[j] = 0;
                 pad++;
-            } else if (pad > 0 || (v[j] = value_of(c)) < 0) {
+            } else if (pad > 0 || (v[j] = value_of(c, 0)) < 0) {
                 return -1; /* a character after padding, or outside the alphabet */
             }
         }
@@ -75,4 +77,30 @@ long hub_base64_decode(const char *src, size_t len, uint8_t *out, size_t outsz)
             out[o++] = (uint8_t)bits;
     }
     return (long)o;
+}
+
+long hub_base64url_decode(const char *src, size_t len, uint8_t *out, size_t outsz)
+{
+    if (len % 4 == 1)
+        return -1;
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        int v = value_of(src[i], 1);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (n == outsz)
+                return -1;
+            out[n++] = (uint8_t)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    if (acc != 0)
+        return -1; /* unused low bits must be zero: one encoding per value */
+    return (long)n;
 }

@@ -91,6 +91,18 @@ int main(void)
     CHECK_EQ(hub_base64_decode("Zg==Zg==", 8, dec, sizeof(dec)), -1);
     CHECK_EQ(hub_base64_decode("Zm9vYmFy", 8, dec, 5), -1);
 
+    /* base64url without padding (JWS): the URL-safe alphabet, strict bits. */
+    CHECK_EQ(hub_base64url_decode("Zm9vYmE", 7, dec, sizeof(dec)), 5);
+    CHECK(memcmp(dec, "fooba", 5) == 0);
+    CHECK_EQ(hub_base64url_decode("-_8", 3, dec, sizeof(dec)), 2);
+    CHECK(dec[0] == 0xfb && dec[1] == 0xff);
+    CHECK_EQ(hub_base64url_decode("", 0, dec, sizeof(dec)), 0);
+    CHECK_EQ(hub_base64url_decode("Zm9vYg==", 8, dec, sizeof(dec)), -1); /* padding */
+    CHECK_EQ(hub_base64url_decode("+/8", 3, dec, sizeof(dec)), -1);      /* standard alphabet */
+    CHECK_EQ(hub_base64url_decode("Zm9vY", 5, dec, sizeof(dec)), -1);    /* 4n+1 characters */
+    CHECK_EQ(hub_base64url_decode("Zh", 2, dec, sizeof(dec)), -1);       /* low bits set */
+    CHECK_EQ(hub_base64url_decode("Zm9vYmE", 7, dec, 4), -1);            /* does not fit */
+
     /* RFC 6455 section 1.3: the sample key and its accept value. */
     const char *key = "dGhlIHNhbXBsZSBub25jZQ==";
     CHECK_EQ(hub_base64_decode(key, strlen(key), dec, sizeof(dec)), 16);
