@@ -6,7 +6,6 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <uv.h> /* struct sockaddr_in, sockaddr_in6 on every platform */
 
 static int eq_ci(const char *a, size_t alen, const char *b, size_t blen)
 {
@@ -128,23 +127,6 @@ int hub_origin_admit(const struct hub_origin_policy *p, struct hub_iov origin, s
         for (size_t i = 0; i < p->n; i++)
             if (strcmp(p->allow[i], "null") == 0)
                 return 1;
-    return 0;
-}
-
-int hub_origin_sockaddr_is_loopback(const struct sockaddr *sa)
-{
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        return ((const unsigned char *)&in->sin_addr)[0] == 127;
-    }
-    if (sa->sa_family == AF_INET6) {
-        const unsigned char *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-        static const unsigned char one[16] = {[15] = 1};
-        static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
-        if (memcmp(a, one, 16) == 0)
-            return 1;
-        return memcmp(a, mapped, 12) == 0 && a[12] == 127;
-    }
     return 0;
 }
 

@@ -1070,7 +1070,7 @@ static int server_bind(struct hub_server *s, char *err, size_t errsz)
     }
     /* A hub only this machine can reach admits local dev pages (origin.h). */
     s->origins.local_dev = !s->cfg.strict_origin && s->cfg.ntrust_proxy == 0 &&
-                           hub_origin_sockaddr_is_loopback((struct sockaddr *)&ss);
+                           hub_addr_is_loopback((struct sockaddr *)&ss);
     s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
     s->bound = ss;

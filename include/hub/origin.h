@@ -49,10 +49,7 @@ int hub_origin_admit(const struct hub_origin_policy *p, struct hub_iov origin, s
  * 127.0.0.1 or [::1] and an optional port; else 0. */
 int hub_origin_is_local_dev(struct hub_iov origin);
 
-/* Returns 1 if sa (borrowed) is an IPv4 address in 127.0.0.0/8, ::1, or an
- * IPv4-mapped loopback address: a listener bound there is reachable from
- * this machine only. Wildcard addresses (0.0.0.0, ::) are not loopback. */
-int hub_origin_sockaddr_is_loopback(const struct sockaddr *sa);
+/* Whether a listener is loopback-only is hub_addr_is_loopback (hub/access.h). */
 
 /* Writes the refused origin as it is safe to show in a log line or a
  * text/plain body (printable ASCII, at most 200 bytes, anything else as '?')

@@ -2,6 +2,7 @@
  * test_origin.c: the Origin policy table.
  */
 #include "check.h"
+#include "hub/access.h"
 #include "hub/origin.h"
 
 #include <uv.h>
@@ -32,14 +33,14 @@ static int v4_loopback(const char *text)
 {
     struct sockaddr_in in;
     CHECK(uv_ip4_addr(text, 80, &in) == 0);
-    return hub_origin_sockaddr_is_loopback((const struct sockaddr *)&in);
+    return hub_addr_is_loopback((const struct sockaddr *)&in);
 }
 
 static int v6_loopback(const char *text)
 {
     struct sockaddr_in6 in;
     CHECK(uv_ip6_addr(text, 80, &in) == 0);
-    return hub_origin_sockaddr_is_loopback((const struct sockaddr *)&in);
+    return hub_addr_is_loopback((const struct sockaddr *)&in);
 }
 
 static void test_local_dev(void)
