@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -2505,8 +2506,16 @@ static int redis_restrict(struct hub_engine *base, const struct hub_history_rest
         return HUB_EINVAL;
     struct hub_iov key = keys[(r->room.len == 0 ? 2 : 0) + (r->kind == HUB_RESTRICT_MUTE)];
     snprintf(until, sizeof(until), "%lld", (long long)r->until_ms);
-    if (r->until_ms != 0 && r->until_ms != INT64_MAX && r->until_ms < INT64_MAX - RESTRICT_SLACK_MS)
-        snprintf(exp, sizeof(exp), "%lld", (long long)(r->until_ms + RESTRICT_SLACK_MS));
+    if (r->until_ms != 0 && r->until_ms != INT64_MAX &&
+        r->until_ms < INT64_MAX - RESTRICT_SLACK_MS) {
+        /* Relative to the restriction's own clock (ts, else this host's),
+         * so that Redis's clock only matters by the slack. */
+        int64_t t0 = r->ts > 0 ? r->ts : (int64_t)time(NULL) * 1000;
+        int64_t ttl = r->until_ms - t0;
+        if (ttl < 0)
+            ttl = 0;
+        snprintf(exp, sizeof(exp), "%lld", (long long)(ttl + RESTRICT_SLACK_MS));
+    }
     struct hub_iov args[2] = {iovs(until), iovs(exp)};
     struct done_agg *a = calloc(1, sizeof(*a));
     if (a == NULL)

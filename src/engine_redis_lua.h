@@ -295,16 +295,25 @@ static const char lua_search[] = LUA_PRELUDE
     "  if #rows == 0 then return out end\n"
     "  for _, r in ipairs(rows) do\n"
     "    scanned = scanned + 1\n"
-    "    local m = row(r, amended, ARGV[4], '')\n"
-    "    if m[11] == 0 then\n"
-    "      local text, ok = string.lower(m[4]), true\n"
+    "    local off, text = string.match(r[1], '^(%d+)'), nil\n"
+    "    if amended[off] then\n"
+    "      local h = redis.call('HMGET', ARGV[4] .. off, 'd', 'e', 't')\n"
+    "      if not h[1] and h[2] then text = h[3] or '' elseif h[1] then text = false end\n"
+    "    end\n"
+    "    if text == nil then\n"
+    "      local f = r[2]\n"
+    "      for i = 1, #f, 2 do if f[i] == 'x' then text = f[i + 1] break end end\n"
+    "    end\n"
+    "    if text then\n"
+    "      local ok = true\n"
+    "      text = string.lower(text)\n"
     "      for _, w in ipairs(words) do\n"
     "        if not has(text, w) then ok = false break end\n"
     "      end\n"
     "      if ok then\n"
     "        found = found + 1\n"
     "        if found > limit then out[1] = 0 return out end\n"
-    "        out[#out + 1] = m\n"
+    "        out[#out + 1] = row(r, amended, ARGV[4], '')\n"
     "      end\n"
     "    end\n"
     "  end\n"
@@ -314,13 +323,13 @@ static const char lua_search[] = LUA_PRELUDE
     "end\n";
 
 /* KEYS: a restriction key (P ban:<room length>:<room><actor> or P mute:...,
- * room length 0 for the whole hub). ARGV: until (ms, "0" lifts), the
- * PEXPIREAT time in ms ("" for good). The value is the until time that
- * publishes and queries compare with; the expiry only frees the key a while
- * after it ended. */
+ * room length 0 for the whole hub). ARGV: until (ms, "0" lifts), a PEXPIRE
+ * in ms ("" for good). The value is the until time that publishes and
+ * queries compare with; the expiry only frees the key a while after the
+ * restriction ended. */
 static const char lua_restrict[] = "if ARGV[1] == '0' then redis.call('DEL', KEYS[1]) return 0 end\n"
                                    "redis.call('SET', KEYS[1], ARGV[1])\n"
-                                   "if ARGV[2] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end\n"
+                                   "if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\n"
                                    "return 1\n";
 
 /* KEYS: members, node's member set, rooms zset. ARGV: client, node, nick,
