@@ -3,9 +3,9 @@
  * helpers both engines share (a byte-keyed hash table, case folding, the
  * shard hash, random ids).
  *
- * Checks that do not depend on the engine (room and nick lengths, a closed
- * engine) are made here once, so both engines refuse the same input with
- * the same code and their callbacks never fire for a refused call.
+ * Checks that do not depend on the engine (room, nick, key, emoji, text and
+ * mention bounds, amendment kinds, a closed engine) are made here once, so both engines refuse the
+ * same input with the same code and their callbacks never fire for a refused call.
  */
 #include "hub/engine.h"
 #include "engine_impl.h"
@@ -58,6 +58,41 @@ static int id_ok(struct hub_iov id)
     return id.len >= 1 && id.len <= NICK_MAX && id.base != NULL;
 }
 
+/* An author or actor key: may be empty (no check, nobody's), else bounded. */
+static int key_ok(struct hub_iov k)
+{
+    return k.len <= ENGINE_KEY_MAX && (k.len == 0 || k.base != NULL);
+}
+
+/* Any other bounded view (empty allowed). */
+static int view_ok(struct hub_iov v, size_t max)
+{
+    return v.len <= max && (v.len == 0 || v.base != NULL);
+}
+
+/* Mentions: empty, or at most HUB_HISTORY_MENTIONS_MAX nicks of 1..NICK_MAX
+ * bytes, each followed by '\n'. */
+static int mentions_ok(struct hub_iov m)
+{
+    if (m.len == 0)
+        return 1;
+    if (m.base == NULL || m.base[m.len - 1] != '\n')
+        return 0;
+    size_t n = 0, start = 0;
+    for (size_t i = 0; i < m.len; i++)
+        if (m.base[i] == '\n') {
+            if (i == start || i - start > NICK_MAX || ++n > HUB_HISTORY_MENTIONS_MAX)
+                return 0;
+            start = i + 1;
+        }
+    return 1;
+}
+
+static int emoji_ok(struct hub_iov e)
+{
+    return e.len >= 1 && e.len <= HUB_HISTORY_EMOJI_MAX && e.base != NULL;
+}
+
 void hub_engine_close(struct hub_engine *e, void (*cb)(void *data), void *data)
 {
     e->closing = 1;
@@ -97,7 +132,8 @@ int hub_engine_publish(struct hub_engine *e, const struct hub_engine_pub *p,
     if (e->closing)
         return HUB_ECLOSED;
     if (!room_ok(p->room) || p->from.len > NICK_MAX || p->client.len > NICK_MAX ||
-        p->cmid.len > NICK_MAX)
+        p->cmid.len > NICK_MAX || !key_ok(p->author) || !key_ok(p->actor) ||
+        !mentions_ok(p->mentions))
         return HUB_EINVAL;
     return e->ops->publish(e, p, cb, data);
 }
@@ -192,6 +228,119 @@ int hub_engine_invite(struct hub_engine *e, struct hub_iov to_nick, struct hub_i
     if (!nick_ok(to_nick) || !room_ok(room) || !nick_ok(from))
         return HUB_EINVAL;
     return e->ops->invite(e, to_nick, room, from, cb, data);
+}
+
+/* ---- issue 13 and 15: queries, amendments, search, restrictions ------ */
+
+int hub_engine_query(struct hub_engine *e, struct hub_iov room, const struct hub_history_query *q,
+                     hub_history_read_cb cb, void *data)
+{
+    if (e->closing)
+        return HUB_ECLOSED;
+    if (!room_ok(room) || q->dir < HUB_HISTORY_LATEST || q->dir > HUB_HISTORY_AFTER ||
+        !key_ok(q->viewer) || !key_ok(q->actor))
+        return HUB_EINVAL;
+    if (e->ops->query == NULL)
+        return HUB_EINVAL;
+    return e->ops->query(e, room, q, cb, data);
+}
+
+int hub_engine_amend(struct hub_engine *e, const struct hub_history_amend *a, struct hub_iov nick,
+                     hub_engine_amend_cb cb, void *data)
+{
+    if (e->closing)
+        return HUB_ECLOSED;
+    if (!room_ok(a->room) || a->offset == 0 || !key_ok(a->who) || !view_ok(nick, NICK_MAX))
+        return HUB_EINVAL;
+    switch (a->kind) {
+    case HUB_AMEND_EDIT:
+        if (a->text.len == 0 || !view_ok(a->text, ENGINE_TEXT_MAX))
+            return HUB_EINVAL;
+        break;
+    case HUB_AMEND_DELETE:
+        break;
+    case HUB_AMEND_REACT:
+    case HUB_AMEND_UNREACT:
+        if (!emoji_ok(a->emoji) || a->who.len == 0)
+            return HUB_EINVAL;
+        break;
+    default:
+        return HUB_EINVAL;
+    }
+    if (e->ops->amend == NULL)
+        return HUB_EINVAL;
+    return e->ops->amend(e, a, nick, cb, data);
+}
+
+int hub_engine_search(struct hub_engine *e, struct hub_iov room, struct hub_iov q, uint64_t before,
+                      unsigned limit, hub_history_search_cb cb, void *data)
+{
+    if (e->closing)
+        return HUB_ECLOSED;
+    if (!room_ok(room) || q.len == 0 || !view_ok(q, ENGINE_QUERY_MAX))
+        return HUB_EINVAL;
+    if (e->ops->search == NULL)
+        return HUB_EINVAL;
+    return e->ops->search(e, room, q, before, limit, cb, data);
+}
+
+int hub_engine_restrict(struct hub_engine *e, const struct hub_history_restrict *r,
+                        hub_engine_done_cb cb, void *data)
+{
+    if (e->closing)
+        return HUB_ECLOSED;
+    if ((r->kind != HUB_RESTRICT_BAN && r->kind != HUB_RESTRICT_MUTE) ||
+        (r->room.len > 0 && !room_ok(r->room)) || r->actor.len == 0 || !key_ok(r->actor) ||
+        r->until_ms < 0 || !view_ok(r->by, ENGINE_REASON_MAX) ||
+        !view_ok(r->reason, ENGINE_REASON_MAX))
+        return HUB_EINVAL;
+    if (e->ops->set_restriction == NULL)
+        return HUB_EINVAL;
+    return e->ops->set_restriction(e, r, cb, data);
+}
+
+int hub_engine_set_topic(struct hub_engine *e, struct hub_iov room, struct hub_iov topic,
+                         hub_engine_done_cb cb, void *data)
+{
+    if (e->closing)
+        return HUB_ECLOSED;
+    if (!room_ok(room) || !view_ok(topic, HUB_HISTORY_TOPIC_MAX))
+        return HUB_EINVAL;
+    if (e->ops->set_topic == NULL)
+        return HUB_EINVAL;
+    return e->ops->set_topic(e, room, topic, cb, data);
+}
+
+int hub_engine_control(struct hub_engine *e, const struct hub_engine_control *c)
+{
+    if (e->closing)
+        return HUB_ECLOSED;
+    switch (c->kind) {
+    case HUB_CONTROL_KICK:
+        if (!room_ok(c->room) || c->target.len == 0)
+            return HUB_EINVAL;
+        break;
+    case HUB_CONTROL_BAN:
+        if ((c->room.len > 0 && !room_ok(c->room)) || c->target.len == 0)
+            return HUB_EINVAL;
+        break;
+    case HUB_CONTROL_DISCONNECT:
+        if (c->target.len == 0)
+            return HUB_EINVAL;
+        break;
+    case HUB_CONTROL_TOPIC:
+        if (!room_ok(c->room) || c->text.len > HUB_HISTORY_TOPIC_MAX)
+            return HUB_EINVAL;
+        break;
+    default:
+        return HUB_EINVAL;
+    }
+    if (!key_ok(c->target) || !view_ok(c->room, HUB_ROOM_NAME_MAX) ||
+        !view_ok(c->text, ENGINE_REASON_MAX) || !view_ok(c->by, ENGINE_REASON_MAX))
+        return HUB_EINVAL;
+    if (e->ops->control == NULL)
+        return HUB_EINVAL;
+    return e->ops->control(e, c);
 }
 
 void hub_engine_stats(struct hub_engine *e, struct hub_engine_stats *st)

@@ -33,7 +33,27 @@ struct engine_ops {
     int (*invite)(struct hub_engine *e, struct hub_iov to_nick, struct hub_iov room,
                   struct hub_iov from, hub_engine_done_cb cb, void *data);
     void (*stats)(struct hub_engine *e, struct hub_engine_stats *st);
+    /* Issue 13 and 15. engine.c has checked the arguments (see its checks);
+     * an engine that lacks one of these leaves it NULL and the call returns
+     * HUB_EINVAL (a stopgap until every engine has them). */
+    int (*query)(struct hub_engine *e, struct hub_iov room, const struct hub_history_query *q,
+                 hub_history_read_cb cb, void *data);
+    int (*amend)(struct hub_engine *e, const struct hub_history_amend *a, struct hub_iov nick,
+                 hub_engine_amend_cb cb, void *data);
+    int (*search)(struct hub_engine *e, struct hub_iov room, struct hub_iov q, uint64_t before,
+                  unsigned limit, hub_history_search_cb cb, void *data);
+    int (*set_restriction)(struct hub_engine *e, const struct hub_history_restrict *r,
+                           hub_engine_done_cb cb, void *data);
+    int (*set_topic)(struct hub_engine *e, struct hub_iov room, struct hub_iov topic,
+                     hub_engine_done_cb cb, void *data);
+    int (*control)(struct hub_engine *e, const struct hub_engine_control *c);
 };
+
+/* Bounds engine.c checks for the calls above (both engines may rely on them). */
+#define ENGINE_KEY_MAX 520         /* author/actor keys: "u:<sub>", "n:<claim key>", "g:<id>" */
+#define ENGINE_TEXT_MAX (1u << 20) /* message text, edit text, control text, in bytes */
+#define ENGINE_REASON_MAX 1024     /* restriction reasons and "by" */
+#define ENGINE_QUERY_MAX 200       /* search query bytes */
 
 /* Every engine starts with this header. */
 struct hub_engine {
