@@ -41,12 +41,12 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
-#define OBUF_MAX (32u << 20)     /* bytes queued in hiredis's output buffer per connection */
-#define BUFFERED_MAX 10000       /* messages buffered per room during a fill */
-#define TICK_MAX_MS 250          /* watchdog and lease timer period (at most) */
-#define REASON_MAX 640           /* bytes of a not-ready reason */
-#define NODE_MARK_TTL_S "604800" /* a node's mark (U:<node>) outlives its lease by this */
-#define AUTHOR_MAX 512           /* bytes of an author, actor or viewer key */
+#define OBUF_MAX (32u << 20)      /* bytes queued in hiredis's output buffer per connection */
+#define BUFFERED_MAX 10000        /* messages buffered per room during a fill */
+#define TICK_MAX_MS 250           /* watchdog and lease timer period (at most) */
+#define REASON_MAX 640            /* bytes of a not-ready reason */
+#define NODE_MARK_TTL_S "604800"  /* a node's mark (U:<node>) outlives its lease by this */
+#define AUTHOR_MAX ENGINE_KEY_MAX /* bytes of an author, actor or viewer key */
 #define MENTIONS_MAX (HUB_HISTORY_MENTIONS_MAX * (HUB_ENGINE_NICK_MAX + 1))
 #define TEXT_MAX (1u << 20)    /* bytes of an edited text (chat limits it far lower) */
 #define SEARCH_Q_MAX 1024      /* bytes of a search query (chat allows 200) */
@@ -3039,7 +3039,7 @@ static const struct engine_ops redis_ops = {
     .query = redis_query,
     .amend = redis_amend,
     .search = redis_search,
-    .restrict_ = redis_restrict,
+    .set_restriction = redis_restrict,
     .set_topic = redis_set_topic,
     .control = redis_control,
 };
