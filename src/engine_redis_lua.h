@@ -257,26 +257,42 @@ static const char lua_amend[] = LUA_PRELUDE
 
 /* KEYS: meta, stream, amended offsets. ARGV: before (0: from the newest),
  * limit, most entries to scan, amendment key prefix, then the query. Scans
- * the stream newest first; a message matches when every word of the query
- * (runs of ASCII letters and digits and non-ASCII bytes, compared in ASCII
- * lower case) starts a word of its text (the edited text; tombstones never
- * match). Returns {complete, rows...} newest first (rows as lua_read's), or
- * {-1} when the query has no word. */
+ * the stream newest first. Tokens are runs of ASCII letters and digits and
+ * non-ASCII bytes, compared in ASCII lower case (the stores' tokenizer,
+ * src/history.c). The query's white-space separated words (the first 16)
+ * must all match: a word's tokens occur in a row in the text (the edited
+ * text; tombstones never match), the last one as a prefix of a token.
+ * Returns {complete, rows...} newest first (rows as lua_read's), or {-1}
+ * when the query has no token. */
 static const char lua_search[] = LUA_PRELUDE
     "local words = {}\n"
-    "for w in string.gmatch(string.lower(ARGV[5]), '[%w\\128-\\255]+') do words[#words + 1] = w "
+    "for w in string.gmatch(string.lower(ARGV[5]), '%S+') do\n"
+    "  local toks = {}\n"
+    "  for t in string.gmatch(w, '[%w\\128-\\255]+') do toks[#toks + 1] = t end\n"
+    "  if #toks > 0 and #words < 16 then words[#words + 1] = toks end\n"
     "end\n"
     "if #words == 0 then return {-1} end\n"
-    "local function has(text, w)\n"
-    "  local i = 1\n"
-    "  while true do\n"
-    "    local p = string.find(text, w, i, true)\n"
-    "    if not p then return false end\n"
-    "    if p == 1 or not string.find(string.sub(text, p - 1, p - 1), '^[%w\\128-\\255]') then\n"
-    "      return true\n"
-    "    end\n"
-    "    i = p + 1\n"
+    "local function match(text)\n"
+    "  for _, ws in ipairs(words) do\n"
+    "    if not string.find(text, ws[1], 1, true) then return false end\n"
     "  end\n"
+    "  local tt = {}\n"
+    "  for t in string.gmatch(text, '[%w\\128-\\255]+') do tt[#tt + 1] = t end\n"
+    "  for _, ws in ipairs(words) do\n"
+    "    local found = false\n"
+    "    for i = 1, #tt - #ws + 1 do\n"
+    "      local ok = true\n"
+    "      for k = 1, #ws do\n"
+    "        local t = tt[i + k - 1]\n"
+    "        if k < #ws then\n"
+    "          if t ~= ws[k] then ok = false break end\n"
+    "        elseif string.sub(t, 1, #ws[k]) ~= ws[k] then ok = false break end\n"
+    "      end\n"
+    "      if ok then found = true break end\n"
+    "    end\n"
+    "    if not found then return false end\n"
+    "  end\n"
+    "  return true\n"
     "end\n"
     "local out = {1}\n"
     "if redis.call('EXISTS', KEYS[1]) == 0 then return out end\n"
@@ -305,12 +321,7 @@ static const char lua_search[] = LUA_PRELUDE
     "      for i = 1, #f, 2 do if f[i] == 'x' then text = f[i + 1] break end end\n"
     "    end\n"
     "    if text then\n"
-    "      local ok = true\n"
-    "      text = string.lower(text)\n"
-    "      for _, w in ipairs(words) do\n"
-    "        if not has(text, w) then ok = false break end\n"
-    "      end\n"
-    "      if ok then\n"
+    "      if match(string.lower(text)) then\n"
     "        found = found + 1\n"
     "        if found > limit then out[1] = 0 return out end\n"
     "        out[#out + 1] = row(r, amended, ARGV[4], '')\n"

@@ -1036,6 +1036,20 @@ static void test_search(struct node *a, struct node *b)
     CHECK_EQ(r.n, 2);
     CHECK_EQ(r.off[0], 4);
     CHECK_EQ(r.off[1], 1);
+    CHECK_EQ(search(b, "find", "notes,rel", 0, 20, &r), 0); /* one word: "notes" then "rel*" */
+    CHECK_EQ(r.n, 1);
+    CHECK_EQ(r.off[0], 4);
+    CHECK_EQ(search(b, "find", "notes, rel", 0, 20, &r), 0); /* two words */
+    CHECK_EQ(r.n, 2);
+    CHECK_EQ(search(b, "find", "for 1.2", 0, 20, &r), 0);
+    CHECK_EQ(r.n, 1);
+    CHECK_EQ(r.off[0], 1);
+    CHECK_EQ(search(b, "find", "1.3", 0, 20, &r), 0);
+    CHECK_EQ(r.n, 0);
+    CHECK_EQ(search(b, "find", "ünïcode", 0, 20, &r), 0); /* non-ASCII bytes compare as is */
+    CHECK_EQ(r.n, 0);
+    CHECK_EQ(search(b, "find", "Ünï", 0, 20, &r), 0);
+    CHECK_EQ(r.n, 1);
     CHECK_EQ(search(b, "find", "release", 0, 2, &r), 0);
     CHECK_EQ(r.n, 2);
     CHECK_EQ(r.complete, 0);
