@@ -67,12 +67,13 @@ enum script_id {
     S_AMEND,
     S_SEARCH,
     S_RESTRICT,
+    S_AFILL,
     S_COUNT
 };
 
 static const char *const script_src[S_COUNT] = {
-    lua_publish, lua_read,   lua_join,  lua_leave, lua_renick, lua_members, lua_claim,
-    lua_release, lua_invite, lua_lease, lua_sweep, lua_amend,  lua_search,  lua_restrict,
+    lua_publish, lua_read,  lua_join,  lua_leave, lua_renick, lua_members,  lua_claim, lua_release,
+    lua_invite,  lua_lease, lua_sweep, lua_amend, lua_search, lua_restrict, lua_afill,
 };
 
 enum req_kind {
@@ -94,6 +95,7 @@ enum req_kind {
     R_AMEND,   /* hub_engine_amend */
     R_SEARCH,  /* hub_engine_search */
     R_DONE,    /* restrict, set_topic: one part of a done_agg */
+    R_AFILL,   /* a read of the room's amendment log (a gap in its sequence) */
 };
 
 struct redis_engine;
@@ -179,6 +181,10 @@ struct rroom {
     int overflow;                          /* the buffer overflowed: refill after the fill */
     char epoch[HUB_HISTORY_EPOCH_LEN + 1]; /* epoch of the messages delivered */
     uint64_t next;                         /* next offset to deliver */
+    int asynced;                           /* anext is known */
+    uint64_t anext;                        /* next amendment sequence number to deliver */
+    uint64_t aupto;                        /* amendments up to this one are to be read
+                                              from the log (after a message fill) */
     struct rreq *hold_head, *hold_tail;    /* requests held until the position read */
     struct pmsg *buf_head, *buf_tail;      /* messages waiting for a fill */
     uint32_t nbuf;                         /* entries in the buffer */
@@ -474,6 +480,7 @@ struct read_result {
     struct hub_history_reaction *rx;
     size_t n;
     int complete;
+    uint64_t aseq; /* the room's amendment sequence number (read script) */
 };
 
 static void read_result_free(struct read_result *rr)
@@ -560,11 +567,11 @@ static int parse_rows(const redisReply *r, size_t from, struct read_result *out)
 }
 
 /* Parses a read script reply {epoch, last, first, complete, topic,
- * ban_until, mute_until, rows...}. */
+ * ban_until, mute_until, amendment sequence, rows...}. */
 static int parse_read(const redisReply *r, struct read_result *out)
 {
     memset(out, 0, sizeof(*out));
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 7)
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 8)
         return HUB_EAGAIN;
     struct hub_iov ep = reply_iov(r->element[0]);
     if (ep.len > HUB_HISTORY_EPOCH_LEN)
@@ -581,7 +588,9 @@ static int parse_read(const redisReply *r, struct read_result *out)
         out->pos.ban_until = 0;
     if (reply_i64(r->element[6], &out->pos.mute_until) != 0)
         out->pos.mute_until = 0;
-    return parse_rows(r, 7, out);
+    if (reply_u64(r->element[7], &out->aseq) != 0)
+        out->aseq = 0;
+    return parse_rows(r, 8, out);
 }
 
 /* ---- channel payloads ---------------------------------------------------- */
@@ -652,6 +661,8 @@ static void set_epoch(struct redis_engine *e, struct rroom *r, struct hub_iov ep
     size_t n = ep.len > HUB_HISTORY_EPOCH_LEN ? HUB_HISTORY_EPOCH_LEN : ep.len;
     memcpy(r->epoch, ep.base, n);
     r->epoch[n] = '\0';
+    r->asynced = 0; /* amendments are numbered per epoch */
+    r->aupto = 0;
     if (announce) {
         e->st.epochs++;
         if (e->base.ev.on_epoch != NULL)
@@ -705,45 +716,92 @@ static void drain_buffer(struct redis_engine *e, struct rroom *r)
     }
 }
 
+/* Parses an amendment payload ('a' already consumed by rd). seq is 0 in
+ * payloads of older nodes. Returns 0, or -1 if it is malformed. */
+static int parse_amend(struct nsreader *rd, struct hub_engine_amended *a, struct hub_iov *ep,
+                       uint64_t *seq)
+{
+    *ep = ns_next(rd);
+    struct hub_iov off = ns_next(rd), kind = ns_next(rd);
+    a->text = ns_next(rd);
+    struct hub_iov ets = ns_next(rd);
+    a->emoji = ns_next(rd);
+    struct hub_iov count = ns_next(rd);
+    a->who = ns_next(rd);
+    a->nick = ns_next(rd);
+    int bad = rd->bad;
+    *seq = 0;
+    if (!bad && rd->p < rd->end) {
+        struct hub_iov sq = ns_next(rd);
+        bad = rd->bad;
+        *seq = iov_u64(sq, &bad);
+    }
+    a->offset = iov_u64(off, &bad);
+    a->kind = (int)iov_u64(kind, &bad);
+    a->edited_ts = (int64_t)iov_u64(ets, &bad);
+    uint64_t c = iov_u64(count, &bad);
+    a->count = c > UINT32_MAX ? UINT32_MAX : (uint32_t)c;
+    return bad || a->offset == 0 ? -1 : 0;
+}
+
+static int start_afill(struct redis_engine *e, struct rroom *r);
+
 /* An amendment of the room's channel: delivered after the on_msg of its
- * offset. One for an offset not delivered yet means that message's
- * publication was lost (both come from scripts of the same shard, the
- * message first): the hole is filled first. An amendment of another epoch
- * is of messages this node no longer shows, and is dropped. */
+ * offset, each sequence number once, in order. One for an offset not
+ * delivered yet means that message's publication was lost (both come from
+ * scripts of the same shard, the message first): the hole is filled first.
+ * A gap in the sequence (a lost publication) is read from the room's
+ * amendment log first. An amendment of another epoch is of messages this
+ * node no longer shows, and is dropped. */
 static void offer_amend(struct redis_engine *e, struct rroom *r, const char *payload, size_t len,
                         struct nsreader *rd)
 {
     struct hub_engine_amended a = {0};
     a.room = iov(r->name, r->name_len);
-    struct hub_iov ep = ns_next(rd), off = ns_next(rd), kind = ns_next(rd);
-    a.text = ns_next(rd);
-    struct hub_iov ets = ns_next(rd);
-    a.emoji = ns_next(rd);
-    struct hub_iov count = ns_next(rd);
-    a.who = ns_next(rd);
-    a.nick = ns_next(rd);
-    int bad = rd->bad;
-    a.offset = iov_u64(off, &bad);
-    a.kind = (int)iov_u64(kind, &bad);
-    a.edited_ts = (int64_t)iov_u64(ets, &bad);
-    uint64_t c = iov_u64(count, &bad);
-    a.count = c > UINT32_MAX ? UINT32_MAX : (uint32_t)c;
-    if (bad || a.offset == 0)
+    struct hub_iov ep;
+    uint64_t seq;
+    if (parse_amend(rd, &a, &ep, &seq) != 0)
         return;
-    if (r->synced) {
-        if (ep.len != strlen(r->epoch) || memcmp(ep.base, r->epoch, ep.len) != 0)
-            return;
-        if (a.offset >= r->next) {
+    if (r->synced && (ep.len != strlen(r->epoch) || memcmp(ep.base, r->epoch, ep.len) != 0))
+        return;
+    if (seq > 0 && r->asynced) {
+        if (seq < r->anext)
+            return; /* delivered already (from the log) */
+        if (seq > r->anext) {
             buffer_msg(e, r, payload, len);
-            if (start_fill(e, r, a.offset) != 0) {
-                e->st.skipped += a.offset + 1 - r->next;
-                r->next = a.offset + 1;
+            r->aupto = seq - 1;
+            if (start_afill(e, r) != 0) {
+                r->anext = seq; /* cannot read the log now: skip the gap */
+                r->aupto = 0;
                 drain_buffer(e, r);
             }
             return;
         }
     }
+    if (r->synced && a.offset >= r->next) {
+        buffer_msg(e, r, payload, len);
+        if (start_fill(e, r, a.offset) != 0) {
+            e->st.skipped += a.offset + 1 - r->next;
+            r->next = a.offset + 1;
+            drain_buffer(e, r);
+        }
+        return;
+    }
+    if (seq > 0) {
+        r->anext = seq + 1;
+        r->asynced = 1;
+    }
     deliver_amend(e, &a);
+}
+
+/* Message fills are done: read the amendments the log has and this node
+ * has not delivered (after a resubscription), then go on. */
+static void settle(struct redis_engine *e, struct rroom *r)
+{
+    if (r->asynced && r->aupto >= r->anext && start_afill(e, r) == 0)
+        return;
+    r->aupto = 0;
+    drain_buffer(e, r);
 }
 
 /* Handles one message or relay payload of a room's channel. */
@@ -982,21 +1040,32 @@ static void pos_done(struct redis_engine *e, struct rroom *r, const redisReply *
     }
     read_result_free(&rr);
     struct hub_iov ep = iovs(rr.pos.epoch);
+    int same = r->synced && strcmp(r->epoch, rr.pos.epoch) == 0;
     if (!r->synced) {
         set_epoch(e, r, ep, 0);
         r->next = rr.pos.last + 1;
         r->synced = 1;
-    } else if (strcmp(r->epoch, rr.pos.epoch) != 0) {
+    } else if (!same) {
         set_epoch(e, r, ep, 1);
         r->next = rr.pos.last + 1;
-    } else if (rr.pos.last >= r->next) {
+    }
+    if (same && r->asynced) {
+        /* Amendments made while this node was not subscribed: read from
+         * the log once the messages are filled. */
+        r->aupto = rr.aseq >= r->anext ? rr.aseq : 0;
+    } else {
+        r->anext = rr.aseq + 1;
+        r->asynced = 1;
+        r->aupto = 0;
+    }
+    if (same && rr.pos.last >= r->next) {
         /* Missed while unsubscribed (a reconnect): fill before going on. */
         if (start_fill(e, r, rr.pos.last) == 0)
             return;
         e->st.skipped += rr.pos.last + 1 - r->next;
         r->next = rr.pos.last + 1;
     }
-    drain_buffer(e, r);
+    settle(e, r);
 }
 
 static int start_fill(struct redis_engine *e, struct rroom *r, uint64_t upto)
@@ -1090,6 +1159,82 @@ static void fill_done(struct redis_engine *e, struct rroom *r, const redisReply 
         room_confirmed(e, r);
         return;
     }
+    settle(e, r);
+}
+
+static struct hub_iov amend_log_key(const struct redis_engine *e, char *buf, struct hub_iov room)
+{
+    return iov(buf, key3(e, buf, KEY_MAX, "al:", room));
+}
+
+static int start_afill(struct redis_engine *e, struct rroom *r)
+{
+    char meta[KEY_MAX], log[KEY_MAX], from[24], lim[16];
+    struct hub_iov name = iov(r->name, r->name_len);
+    struct hub_iov keys[2] = {iov(meta, key3(e, meta, sizeof(meta), "r:", name)),
+                              amend_log_key(e, log, name)};
+    uint64_t want = r->aupto - r->anext + 1;
+    if (want > e->cfg.fill_max)
+        want = e->cfg.fill_max;
+    snprintf(from, sizeof(from), "%llu", (unsigned long long)r->anext);
+    snprintf(lim, sizeof(lim), "%llu", (unsigned long long)want);
+    struct hub_iov args[2] = {iovs(from), iovs(lim)};
+    struct rreq *q = req_script(r->sh, R_AFILL, S_AFILL, 2, keys, 2, args);
+    if (q == NULL)
+        return HUB_ENOMEM;
+    q->room = r;
+    r->refs++;
+    if (conn_send(&r->sh->cmd, q) != 0) {
+        r->refs--;
+        req_free(q);
+        return HUB_EAGAIN;
+    }
+    r->busy = 1;
+    e->st.fills++;
+    return 0;
+}
+
+/* The amendment log answered {epoch, sequence, payloads...}: deliver what
+ * this node missed, in order, up to the first one whose message is not
+ * delivered yet (that one's publication follows the message's in the
+ * buffer). Sequence numbers the log no longer has (trimmed) are skipped. */
+static void afill_done(struct redis_engine *e, struct rroom *r, const redisReply *reply)
+{
+    r->busy = 0;
+    if (!r->wanted)
+        return;
+    int blocked = 0, more = 0;
+    int ok = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2;
+    struct hub_iov ep0 = ok ? reply_iov(reply->element[0]) : iov("", 0);
+    if (ok && ep0.len == strlen(r->epoch) && memcmp(ep0.base, r->epoch, ep0.len) == 0) {
+        for (size_t i = 2; i < reply->elements && !blocked; i++) {
+            struct hub_iov p = reply_iov(reply->element[i]);
+            if (p.len == 0 || p.base[0] != 'a')
+                continue;
+            struct nsreader rd = {p.base + 1, p.base + p.len, 0};
+            struct hub_engine_amended a = {0};
+            a.room = iov(r->name, r->name_len);
+            struct hub_iov ep;
+            uint64_t seq;
+            if (parse_amend(&rd, &a, &ep, &seq) != 0 || seq < r->anext || seq > r->aupto)
+                continue;
+            if (a.offset >= r->next) {
+                r->anext = seq; /* its message comes first, from the buffer */
+                blocked = 1;
+                break;
+            }
+            r->anext = seq + 1;
+            e->st.filled++;
+            deliver_amend(e, &a);
+        }
+        /* A full page that did not reach aupto: read on. */
+        more = !blocked && r->anext <= r->aupto && reply->elements - 2 >= e->cfg.fill_max;
+    }
+    if (more && start_afill(e, r) == 0)
+        return;
+    if (!blocked && r->anext <= r->aupto)
+        r->anext = r->aupto + 1; /* the log no longer has them, or the read failed */
+    r->aupto = 0;
     drain_buffer(e, r);
 }
 
@@ -1661,7 +1806,8 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
     int err = r == NULL ? HUB_EAGAIN : r->type == REDIS_REPLY_ERROR ? HUB_EAGAIN : 0;
     if (r != NULL && r->type == REDIS_REPLY_ERROR && q->kind != R_SETUP)
         hub_log_warn("redis %s: %.*s", q->sh->name, (int)r->len, r->str);
-    if (err != 0 && q->kind != R_POS && q->kind != R_FILL && q->kind != R_ROOMS)
+    if (err != 0 && q->kind != R_POS && q->kind != R_FILL && q->kind != R_AFILL &&
+        q->kind != R_ROOMS)
         e->st.dropped++;
     switch (q->kind) {
     case R_SETUP:
@@ -1782,6 +1928,10 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
         break;
     case R_FILL:
         fill_done(e, q->room, err ? NULL : r, q->want);
+        room_unref(e, q->room);
+        break;
+    case R_AFILL:
+        afill_done(e, q->room, err ? NULL : r);
         room_unref(e, q->room);
         break;
     case R_MEMBERS: {
@@ -2177,6 +2327,7 @@ static struct shard *room_shard(struct redis_engine *e, struct hub_iov room)
 }
 
 static struct hub_iov amend_prefix(const struct redis_engine *e, char *buf, struct hub_iov room);
+static struct hub_iov amend_log_key(const struct redis_engine *e, char *buf, struct hub_iov room);
 static int restrict_keys(const struct redis_engine *e, struct hub_iov room, struct hub_iov actor,
                          char buf[4][KEY_MAX], struct hub_iov *out);
 
@@ -2217,12 +2368,13 @@ static int redis_publish(struct hub_engine *base, const struct hub_engine_pub *p
         dn += p->from.len;
         memcpy(dd + dn, p->cmid.base, p->cmid.len);
         dn += p->cmid.len;
-        char ai[KEY_MAX], xp[KEY_MAX], rk[4][KEY_MAX], rt[24];
-        struct hub_iov keys[8] = {iov(meta, key3(e, meta, sizeof(meta), "r:", p->room)),
+        char ai[KEY_MAX], xp[KEY_MAX], rk[4][KEY_MAX], rt[24], al[KEY_MAX];
+        struct hub_iov keys[9] = {iov(meta, key3(e, meta, sizeof(meta), "r:", p->room)),
                                   iov(stream, key3(e, stream, sizeof(stream), "s:", p->room)),
                                   iov(dd, dn), iov(ai, key3(e, ai, sizeof(ai), "ai:", p->room))};
         if (restrict_keys(e, p->room, p->actor, rk, keys + 4) != 0)
             return HUB_EINVAL;
+        keys[8] = amend_log_key(e, al, p->room);
         engine_random_hex(ep, HUB_HISTORY_EPOCH_LEN);
         snprintf(ts, sizeof(ts), "%lld", (long long)p->ts);
         snprintf(maxlen, sizeof(maxlen), "%u", e->cfg.history_max);
@@ -2235,7 +2387,7 @@ static int redis_publish(struct hub_engine *base, const struct hub_engine_pub *p
                                    iov(ch, chn), p->author,
                                    p->actor,     p->mentions,
                                    iovs(rt),     amend_prefix(e, xp, p->room)};
-        q = req_script(sh, R_PUBLISH, S_PUBLISH, 8, keys, 14, args);
+        q = req_script(sh, R_PUBLISH, S_PUBLISH, 9, keys, 14, args);
     }
     if (q == NULL)
         return HUB_ENOMEM;
@@ -2285,6 +2437,7 @@ static struct rreq *read_req(struct redis_engine *e, struct shard *sh, int kind,
                              const struct hub_history_query *qy)
 {
     char meta[KEY_MAX], stream[KEY_MAX], ai[KEY_MAX], topic[KEY_MAX], xp[KEY_MAX], rk[4][KEY_MAX];
+    char al[KEY_MAX];
     char ep[HUB_HISTORY_EPOCH_LEN + 1], sd[4], sp[24], sl[16], now[24];
     size_t mn = key3(e, meta, sizeof(meta), "r:", room);
     if (mn == 0)
@@ -2307,9 +2460,16 @@ static struct rreq *read_req(struct redis_engine *e, struct shard *sh, int kind,
     snprintf(sp, sizeof(sp), "%llu", (unsigned long long)pos);
     snprintf(sl, sizeof(sl), "%u", limit);
     snprintf(now, sizeof(now), "%lld", (long long)(qy ? qy->now_ms : 0));
-    struct hub_iov args[8] = {iovs(ep), iovs(sd), iovs(sp), iovs(sl), amend_prefix(e, xp, room),
-                              viewer,   actor,    iovs(now)};
-    return req_script(sh, kind, S_READ, nkeys, keys, 8, args);
+    struct hub_iov args[9] = {iovs(ep),
+                              iovs(sd),
+                              iovs(sp),
+                              iovs(sl),
+                              amend_prefix(e, xp, room),
+                              viewer,
+                              actor,
+                              iovs(now),
+                              amend_log_key(e, al, room)};
+    return req_script(sh, kind, S_READ, nkeys, keys, 9, args);
 }
 
 static int redis_read(struct hub_engine *base, struct hub_iov room, int dir, uint64_t pos,
@@ -2390,20 +2550,22 @@ static int redis_amend(struct hub_engine *base, const struct hub_history_amend *
         (a->emoji.len == 0 || a->emoji.len > HUB_HISTORY_EMOJI_MAX || a->who.len == 0))
         return HUB_EINVAL;
     struct shard *sh = room_shard(e, a->room);
-    char meta[KEY_MAX], stream[KEY_MAX], ai[KEY_MAX], xk[KEY_MAX], ch[KEY_MAX];
-    char off[24], kind[4], ts[24], win[24], maxe[16];
+    char meta[KEY_MAX], stream[KEY_MAX], ai[KEY_MAX], xk[KEY_MAX], ch[KEY_MAX], al[KEY_MAX];
+    char off[24], kind[4], ts[24], win[24], maxe[16], loglen[16];
     struct hub_iov xp = amend_prefix(e, xk, a->room);
     size_t xn = xp.len + (size_t)sprintf(xk + xp.len, "%llu", (unsigned long long)a->offset);
-    struct hub_iov keys[4] = {iov(meta, key3(e, meta, sizeof(meta), "r:", a->room)),
+    struct hub_iov keys[5] = {iov(meta, key3(e, meta, sizeof(meta), "r:", a->room)),
                               iov(stream, key3(e, stream, sizeof(stream), "s:", a->room)),
-                              iov(ai, key3(e, ai, sizeof(ai), "ai:", a->room)), iov(xk, xn)};
+                              iov(ai, key3(e, ai, sizeof(ai), "ai:", a->room)), iov(xk, xn),
+                              amend_log_key(e, al, a->room)};
+    snprintf(loglen, sizeof(loglen), "%u", e->cfg.history_max);
     snprintf(off, sizeof(off), "%llu", (unsigned long long)a->offset);
     snprintf(kind, sizeof(kind), "%d", a->kind);
     snprintf(ts, sizeof(ts), "%lld", (long long)a->ts);
     snprintf(win, sizeof(win), "%lld",
              (long long)(a->window_ms > 0 ? a->window_ms : HUB_HISTORY_EDIT_WINDOW_MS));
     snprintf(maxe, sizeof(maxe), "%u", a->max_emoji ? a->max_emoji : HUB_HISTORY_REACTIONS_MAX);
-    struct hub_iov args[11] = {iovs(off),
+    struct hub_iov args[12] = {iovs(off),
                                iovs(kind),
                                a->who,
                                iovs(a->moderator ? "1" : "0"),
@@ -2413,8 +2575,9 @@ static int redis_amend(struct hub_engine *base, const struct hub_history_amend *
                                iovs(win),
                                iovs(maxe),
                                nick,
-                               iov(ch, key3(e, ch, sizeof(ch), "c:", a->room))};
-    struct rreq *q = req_script(sh, R_AMEND, S_AMEND, 4, keys, 11, args);
+                               iov(ch, key3(e, ch, sizeof(ch), "c:", a->room)),
+                               iovs(loglen)};
+    struct rreq *q = req_script(sh, R_AMEND, S_AMEND, 5, keys, 12, args);
     if (q == NULL)
         return HUB_ENOMEM;
     q->cb.amend = cb;

@@ -68,7 +68,8 @@
     "end\n"
 
 /* KEYS: meta, stream, dedupe, amended offsets (P ai:<room>), then the
- * actor's room ban, room mute, hub ban and hub mute keys. ARGV: epoch
+ * actor's room ban, room mute, hub ban and hub mute keys, and the
+ * amendment log (P al:<room>). ARGV: epoch
  * candidate, ts, from, text, cmid, client, maxlen, dedupe ttl (s), channel,
  * author, actor ("" = no check), mentions, reply_to, amendment key prefix
  * (P x:<room>:). Returns {offset, ts, status, epoch}: status 0 stored,
@@ -77,7 +78,7 @@
  * state is deleted here (each offset once, so the cost is amortised). */
 static const char lua_publish[] = LUA_PRELUDE
     "if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then\n"
-    "  redis.call('DEL', KEYS[2])\n"
+    "  redis.call('DEL', KEYS[2], KEYS[9])\n"
     "  clean(KEYS[4], ARGV[14], nil)\n"
     "end\n"
     "local e = redis.call('HGET', KEYS[1], 'e')\n"
@@ -118,13 +119,14 @@ static const char lua_publish[] = LUA_PRELUDE
 /* KEYS: meta, stream, amended offsets, and for a query also the topic and
  * the actor's room ban, room mute, hub ban, hub mute keys. ARGV: epoch
  * candidate, dir (0 latest, 1 before, 2 after), pos, limit, amendment key
- * prefix, viewer, actor, now (ms). Returns {epoch, last, first, complete,
- * topic, ban_until, mute_until, rows...}, rows oldest first, each {offset,
+ * prefix, viewer, actor, now (ms), the amendment log's key (deleted with a
+ * fresh epoch). Returns {epoch, last, first, complete, topic, ban_until,
+ * mute_until, amendment sequence, rows...}, rows oldest first, each {offset,
  * ts, from, text, cmid, client, author, mentions, reply_to, edited_ts,
  * deleted, {emoji, count, mine, ...}} with the amendments applied. */
 static const char lua_read[] = LUA_PRELUDE
     "if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then\n"
-    "  redis.call('DEL', KEYS[2])\n"
+    "  redis.call('DEL', KEYS[2], ARGV[9])\n"
     "  clean(KEYS[3], ARGV[5], nil)\n"
     "end\n"
     "local e = redis.call('HGET', KEYS[1], 'e')\n"
@@ -133,7 +135,7 @@ static const char lua_read[] = LUA_PRELUDE
     "local f = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)\n"
     "if #f > 0 then first = idnum(f[1][1]) end\n"
     "local dir, pos, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])\n"
-    "local out = {e, d(last), d(first), 1, '', '0', '0'}\n"
+    "local out = {e, d(last), d(first), 1, '', '0', '0', redis.call('HGET', KEYS[1], 'a') or '0'}\n"
     "if KEYS[4] then\n"
     "  out[5] = redis.call('GET', KEYS[4]) or ''\n"
     "  if ARGV[7] ~= '' then\n"
@@ -178,11 +180,14 @@ static const char lua_read[] = LUA_PRELUDE
     "end\n"
     "return out\n";
 
-/* KEYS: meta, stream, amended offsets, the message's amendment hash.
- * ARGV: offset, kind (1 edit, 2 delete, 3 react, 4 unreact), who,
- * moderator ("1"), text, emoji, ts, window ms, max emoji, nick, channel.
- * Checks and applies one amendment and publishes it on the room's channel
- * ("a": epoch, offset, kind, text, edited_ts, emoji, count, who, nick).
+/* KEYS: meta, stream, amended offsets, the message's amendment hash, the
+ * amendment log. ARGV: offset, kind (1 edit, 2 delete, 3 react, 4 unreact),
+ * who, moderator ("1"), text, emoji, ts, window ms, max emoji, nick,
+ * channel, log length. Checks and applies one amendment, numbers it (the
+ * meta's a, from 1 per epoch), appends it to the log (id <seq>-0, field p
+ * the payload, MAXLEN ~ log length) and publishes it on the room's channel
+ * ("a": epoch, offset, kind, text, edited_ts, emoji, count, who, nick, seq),
+ * so that a node that missed a publication reads it from the log.
  * Returns {"ok", changed, edited_ts, count, author, from}, or {"noent"},
  * {"perm", why}, {"limit"}. */
 static const char lua_amend[] = LUA_PRELUDE
@@ -196,9 +201,12 @@ static const char lua_amend[] = LUA_PRELUDE
     "local kind, h = tonumber(ARGV[2]), KEYS[4]\n"
     "local deleted = redis.call('HEXISTS', h, 'd') == 1\n"
     "local function pub(text, ets, em, count)\n"
-    "  redis.call('PUBLISH', ARGV[11], 'a' .. ns(e) .. ns(off) .. ns(ARGV[2]) .. ns(text) .. "
-    "ns(ets) ..\n"
-    "    ns(em) .. ns(count) .. ns(ARGV[3]) .. ns(ARGV[10]))\n"
+    "  local s = d(redis.call('HINCRBY', KEYS[1], 'a', 1))\n"
+    "  local p = 'a' .. ns(e) .. ns(off) .. ns(ARGV[2]) .. ns(text) .. ns(ets) .. ns(em) .. "
+    "ns(count) ..\n"
+    "    ns(ARGV[3]) .. ns(ARGV[10]) .. ns(s)\n"
+    "  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[12], s .. '-0', 'p', p)\n"
+    "  redis.call('PUBLISH', ARGV[11], p)\n"
     "end\n"
     "if kind == 1 or kind == 2 then\n"
     "  if deleted then\n"
@@ -338,6 +346,18 @@ static const char lua_search[] = LUA_PRELUDE
  * in ms ("" for good). The value is the until time that publishes and
  * queries compare with; the expiry only frees the key a while after the
  * restriction ended. */
+/* KEYS: meta, amendment log. ARGV: first sequence wanted, count. Returns
+ * {epoch, sequence, payloads...} (the payloads from the first wanted on,
+ * as published). */
+static const char lua_afill[] = "local e = redis.call('HGET', KEYS[1], 'e')\n"
+                                "local out = {e or '', redis.call('HGET', KEYS[1], 'a') or '0'}\n"
+                                "if not e then return out end\n"
+                                "for _, r in ipairs(redis.call('XRANGE', KEYS[2], ARGV[1] .. '-0', "
+                                "'+', 'COUNT', ARGV[2])) do\n"
+                                "  out[#out + 1] = r[2][2]\n"
+                                "end\n"
+                                "return out\n";
+
 static const char lua_restrict[] = "if ARGV[1] == '0' then redis.call('DEL', KEYS[1]) return 0 end\n"
                                    "redis.call('SET', KEYS[1], ARGV[1])\n"
                                    "if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\n"

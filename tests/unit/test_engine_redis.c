@@ -980,6 +980,54 @@ static void test_amend_after_hole(struct node *a, struct node *b)
     CHECK_STR(b->meta, "u:g||0");
 }
 
+/* An amendment stored without its PUBLISH (a lost publication) is read
+ * from the room's amendment log before the next one is delivered; and
+ * amendments made while a node's subscribed connection was down are read
+ * from the log when it is back. */
+static void test_amend_log(struct node *a, struct node *b)
+{
+    redisContext *c = test_redis_connect(&redis1);
+    redisReply *ep = redisCommand(c, "HGET chathub:r:ops e");
+    CHECK(ep != NULL && ep->type == REDIS_REPLY_STRING);
+    long long seq = test_redis_int(&redis1, "HINCRBY chathub:r:ops a 1");
+    CHECK(seq > 0);
+    char pl[256], sq[24];
+    snprintf(sq, sizeof(sq), "%lld", seq);
+    snprintf(pl, sizeof(pl), "a%zu:%s1:21:30:1:04:👻1:14:u:gh5:ghost%zu:%s", strlen(ep->str),
+             ep->str, strlen(sq), sq);
+    redisReply *rep = redisCommand(c, "XADD chathub:al:ops %lld-0 p %s", seq, pl);
+    CHECK(rep != NULL && rep->type == REDIS_REPLY_STRING);
+    freeReplyObject(rep);
+    freeReplyObject(ep);
+    a->nev = b->nev = 0;
+    struct amend_sync s;
+    CHECK_EQ(amend(a, "ops", 2, HUB_AMEND_REACT, "u:ann", 0, "🙂", 7, 0, &s), 0);
+    CHECK(wait_event(b, "amend ops 2 3 🙂 1 nick", 3000));
+    CHECK(wait_event(a, "amend ops 2 3 🙂 1 nick", 3000));
+    CHECK(b->nev >= 2);
+    CHECK_STR(b->events[0], "amend ops 2 3 👻 1 ghost"); /* the lost one first */
+    CHECK_STR(b->events[1], "amend ops 2 3 🙂 1 nick");
+
+    /* Both nodes' subscribed connections drop; an amendment is made before
+     * they are back (the reconnect waits 20 ms, the amendment takes one
+     * round trip on the command connection). */
+    struct hub_engine_stats st0, st1;
+    hub_engine_stats(b->e, &st0);
+    a->nev = b->nev = 0;
+    rep = redisCommand(c, "CLIENT KILL TYPE pubsub");
+    CHECK(rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer >= 2);
+    freeReplyObject(rep);
+    redisFree(c);
+    CHECK_EQ(amend(a, "ops", 2, HUB_AMEND_UNREACT, "u:ann", 0, "🙂", 8, 0, &s), 0);
+    CHECK_EQ(s.r.changed, 1);
+    CHECK(wait_event(b, "amend ops 2 4 🙂 0 nick", 3000));
+    CHECK(wait_event(a, "amend ops 2 4 🙂 0 nick", 3000));
+    hub_engine_stats(b->e, &st1);
+    CHECK(st1.fills > st0.fills); /* from the log, not the lost publication */
+    struct node *both[] = {a, b, NULL};
+    CHECK(run_until(ready_cond, both, 5000));
+}
+
 struct search_sync {
     int done, err, complete;
     size_t n;
@@ -1344,6 +1392,7 @@ int main(void)
     test_hole_fill(a, b);
     test_msgops(a, b);
     test_amend_after_hole(a, b);
+    test_amend_log(a, b);
     test_search(a, b);
     test_restrict_topic_control(a, b);
     test_trim_cleans();
