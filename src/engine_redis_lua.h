@@ -358,10 +358,11 @@ static const char lua_afill[] = "local e = redis.call('HGET', KEYS[1], 'e')\n"
                                 "end\n"
                                 "return out\n";
 
-static const char lua_restrict[] = "if ARGV[1] == '0' then redis.call('DEL', KEYS[1]) return 0 end\n"
-                                   "redis.call('SET', KEYS[1], ARGV[1])\n"
-                                   "if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\n"
-                                   "return 1\n";
+static const char lua_restrict[] =
+    "if ARGV[1] == '0' then redis.call('DEL', KEYS[1]) return 0 end\n"
+    "redis.call('SET', KEYS[1], ARGV[1])\n"
+    "if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\n"
+    "return 1\n";
 
 /* KEYS: members, node's member set, rooms zset. ARGV: client, node, nick,
  * room, channel, silent ("1": a member written again after Redis lost its
