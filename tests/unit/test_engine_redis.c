@@ -978,6 +978,27 @@ static void test_amend_after_hole(struct node *a, struct node *b)
     CHECK(wait_event(b, want, 3000));
     CHECK_EQ(b->offs[b->nmsg - 1], (uint64_t)o);
     CHECK_STR(b->meta, "u:g||0");
+
+    /* A message and its edit both lost (written without publications): the
+     * fill delivers the edited text and says it was edited. */
+    o = test_redis_int(&redis1, "HINCRBY chathub:r:ops o 1");
+    c = test_redis_connect(&redis1);
+    rep = redisCommand(c, "XADD chathub:s:ops %lld-0 t 5 f ghost x orig c %s k x a u:g", o, "");
+    CHECK(rep != NULL && rep->type == REDIS_REPLY_STRING);
+    freeReplyObject(rep);
+    rep = redisCommand(c, "HSET chathub:x:ops:%lld e 9 t fixed", o);
+    freeReplyObject(rep);
+    rep = redisCommand(c, "ZADD chathub:ai:ops %lld %lld", o, o);
+    freeReplyObject(rep);
+    redisFree(c);
+    b->nev = 0;
+    int before = b->nmsg;
+    CHECK_EQ(pub_ex(a, "ops", "next", "u:ann", "", "", 0, 10, NULL), 0);
+    CHECK(wait_count(&b->nmsg, before + 2, 3000));
+    snprintf(want, sizeof(want), "ops %lld fixed", o);
+    CHECK_STR(b->msgs[before], want);
+    snprintf(want, sizeof(want), "amend ops %lld 1 fixed 0 ", o);
+    CHECK(wait_event(b, want, 3000));
 }
 
 /* An amendment stored without its PUBLISH (a lost publication) is read
