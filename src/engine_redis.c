@@ -51,6 +51,10 @@
 #define TEXT_MAX (1u << 20)    /* bytes of an edited text (chat limits it far lower) */
 #define SEARCH_Q_MAX 1024      /* bytes of a search query (chat allows 200) */
 #define CONTROL_FIELD_MAX 4096 /* bytes of each field of a control message */
+/* The slack past a restriction's end before Redis frees its key: the hub's
+ * clock and Redis's may differ; the stored until is what counts. */
+#define RESTRICT_SLACK_S "3600"
+#define RESTRICT_SLACK_MS (3600 * 1000LL)
 
 enum script_id {
     S_PUBLISH,
@@ -68,12 +72,15 @@ enum script_id {
     S_SEARCH,
     S_RESTRICT,
     S_AFILL,
+    S_HLIST,
+    S_HEAL,
     S_COUNT
 };
 
 static const char *const script_src[S_COUNT] = {
-    lua_publish, lua_read,  lua_join,  lua_leave, lua_renick, lua_members,  lua_claim, lua_release,
-    lua_invite,  lua_lease, lua_sweep, lua_amend, lua_search, lua_restrict, lua_afill,
+    lua_publish, lua_read,     lua_join,   lua_leave, lua_renick, lua_members,
+    lua_claim,   lua_release,  lua_invite, lua_lease, lua_sweep,  lua_amend,
+    lua_search,  lua_restrict, lua_afill,  lua_hlist, lua_heal,
 };
 
 enum req_kind {
@@ -96,6 +103,7 @@ enum req_kind {
     R_SEARCH,  /* hub_engine_search */
     R_DONE,    /* restrict, set_topic: one part of a done_agg */
     R_AFILL,   /* a read of the room's amendment log (a gap in its sequence) */
+    R_HLIST,   /* the first shard's hub-wide restrictions, to heal other shards */
 };
 
 struct redis_engine;
@@ -116,7 +124,8 @@ struct rreq {
     struct rroom *room;    /* R_POS, R_FILL: the room (a reference) */
     struct rooms_agg *agg; /* R_ROOMS: the aggregate */
     struct done_agg *dagg; /* R_DONE: the aggregate */
-    uint64_t want;         /* R_FILL: the offset the fill was for */
+    uint64_t want;         /* R_FILL: the offset the fill was for; R_HLIST: the shard to
+                              heal (UINT64_MAX: every other shard) */
     union {
         hub_engine_publish_cb publish;
         hub_history_read_cb read;
@@ -251,6 +260,7 @@ struct redis_engine {
     void *closed_data;             /* its argument */
     int close_fired;               /* closed_cb ran */
     char reason[REASON_MAX];       /* the engine's not-ready reason */
+    uint64_t hub_gen;              /* hub-wide restrictions made by this node (heal races) */
     struct hub_engine_stats st;    /* counters (kind/state/reason filled on read) */
 };
 
@@ -1782,6 +1792,92 @@ static int resend_eval(struct rreq *q)
 }
 
 static void rooms_part(struct redis_engine *e, struct rooms_agg *a, const redisReply *r);
+
+/* ---- hub-wide restrictions on every shard ------------------------------ */
+
+/* The first shard's list of hub-wide restrictions (P hr) is the reference:
+ * when another shard's command connection comes up (Redis restarted empty,
+ * or a shard was added), the ones it lacks are copied to it, so that its
+ * rooms' publish scripts check them again. Add-only: lifts are written to
+ * every shard when they are made. target: a shard index, or UINT64_MAX for
+ * every other shard (the first one came up). */
+static void heal_hub(struct redis_engine *e, uint64_t target)
+{
+    struct shard *s0 = &e->shards[0];
+    if (e->nshards < 2 || !s0->cmd.up)
+        return;
+    char hr[KEY_MAX], now[24];
+    struct hub_iov keys[1] = {iov(hr, key3(e, hr, sizeof(hr), "hr", iov("", 0)))};
+    snprintf(now, sizeof(now), "%lld", (long long)time(NULL) * 1000);
+    struct hub_iov args[1] = {iovs(now)};
+    struct rreq *q = req_script(s0, R_HLIST, S_HLIST, 1, keys, 1, args);
+    if (q == NULL)
+        return;
+    q->want = target;
+    q->data = (void *)(uintptr_t)e->hub_gen;
+    if (conn_send(&s0->cmd, q) != 0)
+        req_free(q);
+}
+
+/* Sends the heal script with the first shard's list r to sh. */
+static void heal_shard(struct redis_engine *e, struct shard *sh, const redisReply *r)
+{
+    size_t n = 8 + r->elements;
+    const char **argv = malloc(n * sizeof(*argv));
+    size_t *lens = malloc(n * sizeof(*lens));
+    char hr[KEY_MAX], now[24];
+    static const char slack[] = RESTRICT_SLACK_S "000";
+    struct rreq *q = calloc(1, sizeof(*q));
+    if (argv == NULL || lens == NULL || q == NULL) {
+        free(argv);
+        free(lens);
+        free(q);
+        return;
+    }
+    size_t hn = key3(e, hr, sizeof(hr), "hr", iov("", 0));
+    snprintf(now, sizeof(now), "%lld", (long long)time(NULL) * 1000);
+    size_t k = 0;
+    argv[k] = "EVALSHA", lens[k++] = 7;
+    argv[k] = e->sha[S_HEAL], lens[k++] = 40;
+    argv[k] = "1", lens[k++] = 1;
+    argv[k] = hr, lens[k++] = hn;
+    argv[k] = e->prefix, lens[k++] = e->prefix_len;
+    argv[k] = now, lens[k++] = strlen(now);
+    argv[k] = slack, lens[k++] = sizeof(slack) - 1;
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        struct hub_iov f = reply_iov(r->element[i]), u = reply_iov(r->element[i + 1]);
+        argv[k] = f.base, lens[k++] = f.len;
+        argv[k] = u.base, lens[k++] = u.len;
+    }
+    q->sh = sh;
+    q->kind = R_FIRE;
+    q->script = S_HEAL;
+    int len = redisFormatCommandArgv(&q->cmd, (int)k, argv, lens);
+    free(argv);
+    free(lens);
+    if (len < 0) {
+        free(q);
+        return;
+    }
+    q->len = (size_t)len;
+    if (conn_send(&sh->cmd, q) != 0)
+        req_free(q);
+}
+
+static void heal_done(struct redis_engine *e, struct rreq *q, const redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0)
+        return;
+    if ((uint64_t)(uintptr_t)q->data != e->hub_gen) {
+        /* A hub-wide restriction was made meanwhile: the list may predate
+         * its lift on the first shard; read it again. */
+        heal_hub(e, q->want);
+        return;
+    }
+    for (uint32_t i = 1; i < e->nshards; i++)
+        if ((q->want == UINT64_MAX || q->want == i) && e->shards[i].cmd.up)
+            heal_shard(e, &e->shards[i], r);
+}
 static void amend_done(struct rreq *q, int err, const redisReply *r);
 static void done_part(struct done_agg *a, int err);
 
@@ -1831,6 +1927,7 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
             long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
             reassert(q->sh, (v & 2) == 0);
             cmd_up(e, q->sh);
+            heal_hub(e, q->sh->index == 0 ? UINT64_MAX : q->sh->index);
             check_ready(e);
         }
         break;
@@ -1843,8 +1940,10 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
             hub_log_warn("redis %s: node lease %s; restoring members and nicks", q->sh->name,
                          lost ? "gone with the data" : "lapsed");
             reassert(q->sh, lost);
-            if (lost)
+            if (lost) {
                 cmd_up(e, q->sh);
+                heal_hub(e, q->sh->index == 0 ? UINT64_MAX : q->sh->index);
+            }
         }
         break;
     case R_SWEEP:
@@ -1933,6 +2032,10 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
     case R_AFILL:
         afill_done(e, q->room, err ? NULL : r);
         room_unref(e, q->room);
+        break;
+    case R_HLIST:
+        if (err == 0)
+            heal_done(e, q, r);
         break;
     case R_MEMBERS: {
         uint64_t total = 0;
@@ -2652,10 +2755,6 @@ static int send_parts(struct redis_engine *e, struct rreq **qs, uint32_t n, stru
     return 0;
 }
 
-/* The slack past a restriction's end before Redis frees its key: the hub's
- * clock and Redis's may differ; the stored until is what counts. */
-#define RESTRICT_SLACK_MS (3600 * 1000LL)
-
 static int redis_restrict(struct hub_engine *base, const struct hub_history_restrict *r,
                           hub_engine_done_cb cb, void *data)
 {
@@ -2679,7 +2778,12 @@ static int redis_restrict(struct hub_engine *base, const struct hub_history_rest
             ttl = 0;
         snprintf(exp, sizeof(exp), "%lld", (long long)(ttl + RESTRICT_SLACK_MS));
     }
-    struct hub_iov args[2] = {iovs(until), iovs(exp)};
+    char now[24];
+    snprintf(now, sizeof(now), "%lld", (long long)(r->ts > 0 ? r->ts : (int64_t)time(NULL) * 1000));
+    struct hub_iov args[4] = {iovs(until), iovs(exp),
+                              iov(key.base + e->prefix_len, key.len - e->prefix_len), iovs(now)};
+    char hr[KEY_MAX];
+    struct hub_iov hkeys[2] = {key, iov(hr, key3(e, hr, sizeof(hr), "hr", iov("", 0)))};
     struct done_agg *a = calloc(1, sizeof(*a));
     if (a == NULL)
         return HUB_ENOMEM;
@@ -2690,12 +2794,13 @@ static int redis_restrict(struct hub_engine *base, const struct hub_history_rest
     if (r->room.len > 0) {
         /* A room's restriction lives with the room, where its publishes
          * are sequenced. */
-        qs[n++] = req_script(room_shard(e, r->room), R_DONE, S_RESTRICT, 1, &key, 2, args);
+        qs[n++] = req_script(room_shard(e, r->room), R_DONE, S_RESTRICT, 1, &key, 4, args);
     } else {
         /* A hub-wide one is written to every shard, so that every room's
          * publish script checks it atomically, in the same round trip. */
         for (uint32_t i = 0; i < e->nshards; i++)
-            qs[n++] = req_script(&e->shards[i], R_DONE, S_RESTRICT, 1, &key, 2, args);
+            qs[n++] = req_script(&e->shards[i], R_DONE, S_RESTRICT, 2, hkeys, 4, args);
+        e->hub_gen++;
     }
     if (r->room.len > 0) {
         /* Sent like the room's other requests (held behind its subscription). */

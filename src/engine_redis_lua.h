@@ -341,11 +341,6 @@ static const char lua_search[] = LUA_PRELUDE
     "  hi = d(lo - 1)\n"
     "end\n";
 
-/* KEYS: a restriction key (P ban:<room length>:<room><actor> or P mute:...,
- * room length 0 for the whole hub). ARGV: until (ms, "0" lifts), a PEXPIRE
- * in ms ("" for good). The value is the until time that publishes and
- * queries compare with; the expiry only frees the key a while after the
- * restriction ended. */
 /* KEYS: meta, amendment log. ARGV: first sequence wanted, count. Returns
  * {epoch, sequence, payloads...} (the payloads from the first wanted on,
  * as published). */
@@ -358,11 +353,64 @@ static const char lua_afill[] = "local e = redis.call('HGET', KEYS[1], 'e')\n"
                                 "end\n"
                                 "return out\n";
 
+/* KEYS: a restriction key (P ban:<room length>:<room><actor> or P mute:...,
+ * room length 0 for the whole hub), and for a hub-wide one the list of
+ * the hub's restrictions (P hr: key without the prefix -> until). ARGV:
+ * until (ms, "0" lifts), a PEXPIRE in ms ("" for good), the key without
+ * the prefix, now (ms: ended entries of the list are dropped). The value is the until time that
+ * publishes and queries compare with; the expiry only frees the key a while after the restriction
+ * ended. */
 static const char lua_restrict[] =
-    "if ARGV[1] == '0' then redis.call('DEL', KEYS[1]) return 0 end\n"
+    "if KEYS[2] then\n"
+    "  local all, now = redis.call('HGETALL', KEYS[2]), tonumber(ARGV[4])\n"
+    "  for i = 1, #all, 2 do\n"
+    "    if tonumber(all[i + 1]) <= now then redis.call('HDEL', KEYS[2], all[i]) end\n"
+    "  end\n"
+    "end\n"
+    "if ARGV[1] == '0' then\n"
+    "  redis.call('DEL', KEYS[1])\n"
+    "  if KEYS[2] then redis.call('HDEL', KEYS[2], ARGV[3]) end\n"
+    "  return 0\n"
+    "end\n"
     "redis.call('SET', KEYS[1], ARGV[1])\n"
     "if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\n"
+    "if KEYS[2] then redis.call('HSET', KEYS[2], ARGV[3], ARGV[1]) end\n"
     "return 1\n";
+
+/* KEYS: the hub's restriction list (P hr). ARGV: now (ms). Drops the
+ * entries that ended and returns the others {key suffix, until, ...}. */
+static const char lua_hlist[] = "local now, out = tonumber(ARGV[1]), {}\n"
+                                "local all = redis.call('HGETALL', KEYS[1])\n"
+                                "for i = 1, #all, 2 do\n"
+                                "  if tonumber(all[i + 1]) > now then\n"
+                                "    out[#out + 1] = all[i]\n"
+                                "    out[#out + 1] = all[i + 1]\n"
+                                "  else\n"
+                                "    redis.call('HDEL', KEYS[1], all[i])\n"
+                                "  end\n"
+                                "end\n"
+                                "return out\n";
+
+/* KEYS: the hub's restriction list (P hr) of a shard that came back.
+ * ARGV: prefix, now (ms), slack (ms), then key suffix, until pairs (the
+ * first shard's list). Writes the restrictions the shard lacks (it lost
+ * its data, or it is new). Returns how many it wrote. */
+static const char lua_heal[] = LUA_PRELUDE
+    "local now, slack, n = tonumber(ARGV[2]), tonumber(ARGV[3]), 0\n"
+    "for i = 4, #ARGV - 1, 2 do\n"
+    "  local f, u = ARGV[i], ARGV[i + 1]\n"
+    "  local un = tonumber(u)\n"
+    "  if un and un > now then\n"
+    "    local k = ARGV[1] .. f\n"
+    "    if redis.call('EXISTS', k) == 0 then\n"
+    "      redis.call('SET', k, u)\n"
+    "      if u ~= '9223372036854775807' then redis.call('PEXPIRE', k, d(un - now + slack)) end\n"
+    "      n = n + 1\n"
+    "    end\n"
+    "    redis.call('HSET', KEYS[1], f, u)\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
 
 /* KEYS: members, node's member set, rooms zset. ARGV: client, node, nick,
  * room, channel, silent ("1": a member written again after Redis lost its

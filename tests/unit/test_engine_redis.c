@@ -1318,6 +1318,16 @@ static void figure_amend_search(struct node *a)
 
 static struct test_redis redis2;
 
+struct heal_wait {
+    struct test_redis *r;
+};
+
+static int healed(void *arg)
+{
+    struct heal_wait *w = arg;
+    return test_redis_int(w->r, "EXISTS chathub:ban:0:u:heal") == 1;
+}
+
 /* Two independent servers: rooms are spread over both, and each room's keys
  * live on exactly one of them. */
 static void test_sharding(void)
@@ -1381,6 +1391,26 @@ static void test_sharding(void)
         snprintf(room, sizeof(room), "room%d", i);
         CHECK_EQ(pub_ex(y, room, "x", "u:zed", "u:zed", "", 0, 5000000, NULL), 0);
     }
+    /* The second shard restarts empty: the first shard's list of hub-wide
+     * restrictions is copied back to it when the nodes reconnect. */
+    CHECK_EQ(restrict_(x, HUB_RESTRICT_BAN, "", "u:heal", INT64_MAX), 0);
+    int shard2 = -1;
+    for (int i = 0; i < 16 && shard2 < 0; i++)
+        if (test_redis_int(&redis2, "EXISTS chathub:r:room%d", i) == 1)
+            shard2 = i;
+    CHECK(shard2 >= 0);
+    test_redis_signal(&redis2, SIGKILL);
+    CHECK(run_until(not_ready_cond, x, 3000));
+    CHECK_EQ(test_redis_start(&redis2), 0);
+    CHECK(run_until(ready_cond, both, 5000));
+    struct heal_wait hw = {&redis2};
+    CHECK(run_until(healed, &hw, 3000));
+    snprintf(room, sizeof(room), "room%d", shard2);
+    CHECK_EQ(pub_ex(y, room, "x", "u:heal", "u:heal", "", 0, 5000000, NULL), HUB_EPERM);
+    CHECK_EQ(restrict_(y, HUB_RESTRICT_BAN, "", "u:heal", 0), 0);
+    CHECK_EQ(test_redis_int(&redis1, "HLEN chathub:hr"), 0);
+    CHECK_EQ(test_redis_int(&redis2, "HLEN chathub:hr"), 0);
+
     /* Control messages over two shards (the channel is on the first). */
     struct hub_engine_control c = {
         .kind = HUB_CONTROL_TOPIC, .room = S("room3"), .text = S("new topic"), .by = S("api")};
