@@ -190,17 +190,48 @@ struct pending_amend {
     int kind;                   /* enum hub_history_amend_kind */
     int moderator;              /* a moderator asked */
     uint64_t offset;            /* the message */
+    size_t who_len;             /* bytes in who */
+    char who[CHAT_KEY_MAX];     /* the asker's author key */
     size_t room_len;            /* bytes in room */
     char room[];                /* the room */
 };
+
+static const char *amend_what(int kind)
+{
+    return kind == HUB_AMEND_EDIT ? "edit" : kind == HUB_AMEND_DELETE ? "delete" : "react to";
+}
+
+/* The message a refused edit or delete named, read back to say which rule
+ * refused it: not the asker's, or past the window. */
+static void forbidden_cb(void *data, int err, const struct hub_history_pos *pos,
+                         const struct hub_history_msg *msgs, size_t n, int complete)
+{
+    struct pending_amend *pa = data;
+    (void)pos;
+    (void)complete;
+    char msg[200];
+    const char *what = amend_what(pa->kind);
+    if (err == 0 && n > 0 && msgs[0].offset == pa->offset && msgs[0].author.len == pa->who_len &&
+        pa->who_len > 0 && memcmp(msgs[0].author.base, pa->who, pa->who_len) == 0)
+        snprintf(msg, sizeof(msg), "too late to %s this message: authors may within 24 hours",
+                 what);
+    else if (pa->who[0] == 'g')
+        snprintf(msg, sizeof(msg),
+                 "you may %s only your own messages (a guest: only from the connection that "
+                 "sent them)",
+                 what);
+    else
+        snprintf(msg, sizeof(msg), "you may %s only your own messages", what);
+    chat_send_error(pa->cl, pa->id, "forbidden", msg);
+    chat_client_unref(pa->cl);
+    free(pa);
+}
 
 static void amend_cb(void *data, int err, const struct hub_history_amended *r)
 {
     struct pending_amend *pa = data;
     struct hub_chat_client *cl = pa->cl;
-    const char *what = pa->kind == HUB_AMEND_EDIT     ? "edit"
-                       : pa->kind == HUB_AMEND_DELETE ? "delete"
-                                                      : "react to";
+    const char *what = amend_what(pa->kind);
     char msg[160];
     if (err == HUB_ENOENT) {
         snprintf(msg, sizeof(msg),
@@ -208,10 +239,13 @@ static void amend_cb(void *data, int err, const struct hub_history_amended *r)
                  (unsigned long long)pa->offset, what);
         chat_send_error(cl, pa->id, "no_such_message", msg);
     } else if (err == HUB_EPERM) {
+        struct hub_history_query q = {.dir = HUB_HISTORY_AFTER, .pos = pa->offset - 1, .limit = 1};
+        q.now_ms = chat_now(cl->chat);
+        struct hub_iov room = {pa->room, pa->room_len};
+        if (!cl->dead && hub_engine_query(cl->chat->engine, room, &q, forbidden_cb, pa) == 0)
+            return; /* forbidden_cb answers and frees */
         snprintf(msg, sizeof(msg),
-                 "you may %s only your own messages, within 24 hours of sending them "
-                 "(and as a guest only from the connection that sent them)",
-                 what);
+                 "you may %s only your own messages, within 24 hours of sending them", what);
         chat_send_error(cl, pa->id, "forbidden", msg);
     } else if (err == HUB_ELIMIT) {
         chat_send_error(cl, pa->id, "too_many_reactions",
@@ -320,6 +354,8 @@ static void amend_op(struct request *rq, int kind)
     pa->kind = kind;
     pa->moderator = a.moderator;
     pa->offset = offset;
+    pa->who_len = a.who.len;
+    memcpy(pa->who, who, a.who.len + 1);
     pa->room_len = name.len;
     memcpy(pa->room, name.base, name.len);
     chat_client_ref(cl);

@@ -57,12 +57,14 @@ static void test_edit_window(void)
     CHECK(got(&b, want));
     fake_now += 1;
     peer_say(&a, "{\"op\":\"edit\",\"id\":6,\"room\":\"lobby\",\"offset\":2,\"text\":\"dos\"}");
-    CHECK(got(&a, "{\"id\":6,\"ok\":false,\"error\":{\"code\":\"forbidden\""));
+    CHECK(got(&a, "{\"id\":6,\"ok\":false,\"error\":{\"code\":\"forbidden\",\"message\":\"too "
+                  "late to edit this message"));
     peer_say(&a, "{\"op\":\"delete\",\"id\":7,\"room\":\"lobby\",\"offset\":2}");
     CHECK(got(&a, "{\"id\":7,\"ok\":false,\"error\":{\"code\":\"forbidden\""));
     /* Another user's message: forbidden whatever the time. */
     peer_say(&b, "{\"op\":\"edit\",\"id\":8,\"room\":\"lobby\",\"offset\":1,\"text\":\"mine\"}");
-    CHECK(got(&b, "{\"id\":8,\"ok\":false,\"error\":{\"code\":\"forbidden\""));
+    CHECK(got(&b, "{\"id\":8,\"ok\":false,\"error\":{\"code\":\"forbidden\",\"message\":\"you "
+                  "may edit only your own messages\"}}"));
     struct hub_chat_mod_stats st;
     hub_chat_mod_stats(chat, &st);
     CHECK_EQ(st.edit, 1);
