@@ -644,7 +644,10 @@ static void pm_published(void *data, int err, uint64_t offset, int64_t ts, int d
     struct hub_chat_client *cl = pm->cl;
     if (!cl->dead) /* sequenced (or failed): no longer in flight (flow.h) */
         hub_flow_published(cl->chat->cfg.flow, hub_ws_conn(cl->ws), pm->text_len);
-    if (err == HUB_EPERM && !cl->dead) {
+    if (err == HUB_EPERM && cl->mode == HUB_CHAT_RAW) {
+        /* A banned or muted signed raw client's line: dropped, as raw lines
+         * that cannot be accepted are. */
+    } else if (err == HUB_EPERM && !cl->dead) {
         struct hub_history_query q = {.dir = HUB_HISTORY_LATEST, .limit = 0};
         q.actor.base = pm->actor;
         q.actor.len = pm->actor_len;

@@ -42,13 +42,14 @@ size_t chat_author_key(const struct hub_chat_client *cl, char *buf)
 
 size_t chat_actor_key(const struct hub_chat_client *cl, char *buf)
 {
-    if (cl->mode == HUB_CHAT_RAW) {
-        buf[0] = '\0';
-        return 0;
-    }
     if (cl->user != NULL) {
+        /* A signed raw client too: its bans and mutes hold for its lines. */
         int n = snprintf(buf, CHAT_KEY_MAX, "u:%s", cl->user->id.sub);
         return n > 0 ? (size_t)n : 0;
+    }
+    if (cl->mode == HUB_CHAT_RAW) {
+        buf[0] = '\0'; /* an unsigned raw line: guest-<n> names nobody twice */
+        return 0;
     }
     /* A guest is restricted by its nick's claim key, so that a look-alike
      * nick does not escape a ban. */

@@ -512,8 +512,9 @@ void chat_backlog_drain(struct hub_chat_client *cl);
  * raw mode) into buf (CHAT_KEY_MAX bytes). Returns its length. */
 size_t chat_author_key(const struct hub_chat_client *cl, char *buf);
 
-/* cl's actor key for bans and mutes ("u:<sub>" signed, "n:<claim key of its
- * nick>" otherwise; empty for raw mode). Returns its length. */
+/* cl's actor key for bans and mutes ("u:<sub>" signed, raw mode included;
+ * "n:<claim key of its nick>" for other JSON clients; empty for unsigned raw
+ * clients). Returns its length. */
 size_t chat_actor_key(const struct hub_chat_client *cl, char *buf);
 
 /* 1 if cl's token has role mod or admin. */
