@@ -55,6 +55,26 @@ static void test_edit_window(void)
         "{\"t\":\"edited\",\"room\":\"lobby\",\"offset\":1,\"text\":\"uno\",\"edited_ts\":%lld}",
         (long long)fake_now);
     CHECK(got(&b, want));
+    /* Raw members get the messages' bare text and no amendment pushes. */
+    struct peer r;
+    hub_conn_init_detached(&r.conn, 0);
+    struct hub_ws_config wcfg;
+    hub_ws_config_default(&wcfg);
+    r.ws = hub_ws_new(&r.conn, &wcfg, on_msg, &r);
+    r.cl = hub_chat_client_new(chat, r.ws, HUB_CHAT_RAW, chat_iov_str("lobby"));
+    drain(&r);
+    peer_say(&a, "{\"op\":\"react\",\"id\":10,\"room\":\"lobby\",\"offset\":1,\"emoji\":\"+1\"}");
+    peer_say(&a, "{\"op\":\"edit\",\"id\":11,\"room\":\"lobby\",\"offset\":1,\"text\":\"eins\"}");
+    CHECK(got(&b, "\"t\":\"reaction\""));
+    struct hub_buf rlog = {0};
+    peer_read(&r, &rlog);
+    CHECK_EQ(rlog.len, 1); /* only the NUL: nothing came */
+    hub_buf_free(&rlog);
+    peer_say(&a, "{\"op\":\"send\",\"id\":12,\"room\":\"lobby\",\"text\":\"raw sees @Bea\"}");
+    CHECK(got(&r, "1:raw sees @Bea|"));
+    peer_close(&r);
+    drain(&a);
+    drain(&b);
     fake_now += 1;
     peer_say(&a, "{\"op\":\"edit\",\"id\":6,\"room\":\"lobby\",\"offset\":2,\"text\":\"dos\"}");
     CHECK(got(&a, "{\"id\":6,\"ok\":false,\"error\":{\"code\":\"forbidden\",\"message\":\"too "
@@ -67,7 +87,7 @@ static void test_edit_window(void)
                   "may edit only your own messages\"}}"));
     struct hub_chat_mod_stats st;
     hub_chat_mod_stats(chat, &st);
-    CHECK_EQ(st.edit, 1);
+    CHECK_EQ(st.edit, 2);
     CHECK_EQ(st.del, 0);
     peer_close(&a);
     peer_close(&b);
