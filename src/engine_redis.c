@@ -35,16 +35,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
-#define OBUF_MAX (32u << 20)     /* bytes queued in hiredis's output buffer per connection */
-#define BUFFERED_MAX 10000       /* messages buffered per room during a fill */
-#define TICK_MAX_MS 250          /* watchdog and lease timer period (at most) */
-#define REASON_MAX 640           /* bytes of a not-ready reason */
-#define NODE_MARK_TTL_S "604800" /* a node's mark (U:<node>) outlives its lease by this */
+#define OBUF_MAX (32u << 20)      /* bytes queued in hiredis's output buffer per connection */
+#define BUFFERED_MAX 10000        /* messages buffered per room during a fill */
+#define TICK_MAX_MS 250           /* watchdog and lease timer period (at most) */
+#define REASON_MAX 640            /* bytes of a not-ready reason */
+#define NODE_MARK_TTL_S "604800"  /* a node's mark (U:<node>) outlives its lease by this */
+#define AUTHOR_MAX ENGINE_KEY_MAX /* bytes of an author, actor or viewer key */
+#define MENTIONS_MAX (HUB_HISTORY_MENTIONS_MAX * (HUB_ENGINE_NICK_MAX + 1))
+#define TEXT_MAX (1u << 20)    /* bytes of an edited text (chat limits it far lower) */
+#define SEARCH_Q_MAX 1024      /* bytes of a search query (chat allows 200) */
+#define CONTROL_FIELD_MAX 4096 /* bytes of each field of a control message */
+/* The slack past a restriction's end before Redis frees its key: the hub's
+ * clock and Redis's may differ; the stored until is what counts. */
+#define RESTRICT_SLACK_S "3600"
+#define RESTRICT_SLACK_MS (3600 * 1000LL)
 
 enum script_id {
     S_PUBLISH,
@@ -58,12 +68,19 @@ enum script_id {
     S_INVITE,
     S_LEASE,
     S_SWEEP,
+    S_AMEND,
+    S_SEARCH,
+    S_RESTRICT,
+    S_AFILL,
+    S_HLIST,
+    S_HEAL,
     S_COUNT
 };
 
 static const char *const script_src[S_COUNT] = {
-    lua_publish, lua_read,    lua_join,   lua_leave, lua_renick, lua_members,
-    lua_claim,   lua_release, lua_invite, lua_lease, lua_sweep,
+    lua_publish, lua_read,     lua_join,   lua_leave, lua_renick, lua_members,
+    lua_claim,   lua_release,  lua_invite, lua_lease, lua_sweep,  lua_amend,
+    lua_search,  lua_restrict, lua_afill,  lua_hlist, lua_heal,
 };
 
 enum req_kind {
@@ -80,13 +97,20 @@ enum req_kind {
     R_ROOMS,   /* one shard's part of hub_engine_rooms */
     R_CLAIM,   /* hub_engine_claim_nick (or a re-claim, without cb) */
     R_INVITE,  /* hub_engine_invite */
-    R_FIRE,    /* fire-and-forget: join, leave, renick, release, typing */
+    R_FIRE,    /* fire-and-forget: join, leave, renick, release, typing, control */
+    R_QUERY,   /* hub_engine_query */
+    R_AMEND,   /* hub_engine_amend */
+    R_SEARCH,  /* hub_engine_search */
+    R_DONE,    /* restrict, set_topic: one part of a done_agg */
+    R_AFILL,   /* a read of the room's amendment log (a gap in its sequence) */
+    R_HLIST,   /* the first shard's hub-wide restrictions, to heal other shards */
 };
 
 struct redis_engine;
 struct shard;
 struct rroom;
 struct rooms_agg;
+struct done_agg;
 
 struct rreq {
     struct rreq *next;     /* in a connection's in-flight list or a room's hold list */
@@ -99,12 +123,16 @@ struct rreq {
     size_t len;            /* its length */
     struct rroom *room;    /* R_POS, R_FILL: the room (a reference) */
     struct rooms_agg *agg; /* R_ROOMS: the aggregate */
-    uint64_t want;         /* R_FILL: the offset the fill was for */
+    struct done_agg *dagg; /* R_DONE: the aggregate */
+    uint64_t want;         /* R_FILL: the offset the fill was for; R_HLIST: the shard to
+                              heal (UINT64_MAX: every other shard) */
     union {
         hub_engine_publish_cb publish;
         hub_history_read_cb read;
         hub_engine_members_cb members;
         hub_engine_done_cb done;
+        hub_engine_amend_cb amend;
+        hub_history_search_cb search;
     } cb;       /* the caller's completion (may be NULL) */
     void *data; /* its argument */
 };
@@ -131,6 +159,7 @@ struct shard {
     struct rconn cmd, sub;   /* the two connections */
     int cleaned;             /* this node's leftovers were swept (first connect) */
     int node_sub;            /* the node channel is subscribed */
+    int ctl_sub;             /* shard 0: the control channel is subscribed */
     uint32_t held;           /* requests held in rooms of this shard */
     char reason[REASON_MAX]; /* why it is not ready */
 };
@@ -161,6 +190,10 @@ struct rroom {
     int overflow;                          /* the buffer overflowed: refill after the fill */
     char epoch[HUB_HISTORY_EPOCH_LEN + 1]; /* epoch of the messages delivered */
     uint64_t next;                         /* next offset to deliver */
+    int asynced;                           /* anext is known */
+    uint64_t anext;                        /* next amendment sequence number to deliver */
+    uint64_t aupto;                        /* amendments up to this one are to be read
+                                              from the log (after a message fill) */
     struct rreq *hold_head, *hold_tail;    /* requests held until the position read */
     struct pmsg *buf_head, *buf_tail;      /* messages waiting for a fill */
     uint32_t nbuf;                         /* entries in the buffer */
@@ -197,6 +230,15 @@ struct rooms_agg {
     void *data;                         /* its argument */
 };
 
+/* Completion of a call sent to one shard or to every shard (a hub-wide
+ * restriction): the first error wins, cb fires after the last part. */
+struct done_agg {
+    uint32_t waiting;      /* parts still to answer */
+    int err;               /* first error */
+    hub_engine_done_cb cb; /* completion */
+    void *data;            /* its argument */
+};
+
 struct redis_engine {
     struct hub_engine base;        /* the interface header; must be first */
     uv_loop_t *loop;               /* borrowed */
@@ -218,6 +260,7 @@ struct redis_engine {
     void *closed_data;             /* its argument */
     int close_fired;               /* closed_cb ran */
     char reason[REASON_MAX];       /* the engine's not-ready reason */
+    uint64_t hub_gen;              /* hub-wide restrictions made by this node (heal races) */
     struct hub_engine_stats st;    /* counters (kind/state/reason filled on read) */
 };
 
@@ -288,11 +331,11 @@ static struct rreq *req_script(struct shard *sh, int kind, int script, int nkeys
                                const struct hub_iov *keys, int nargs, const struct hub_iov *args)
 {
     struct redis_engine *e = sh->e;
-    const char *argv[24];
-    size_t lens[24];
+    const char *argv[40];
+    size_t lens[40];
     char nk[16];
     int argc = 0;
-    if (3 + nkeys + nargs > 24)
+    if (3 + nkeys + nargs > 40)
         return NULL;
     argv[argc] = "EVALSHA", lens[argc++] = 7;
     argv[argc] = e->sha[script], lens[argc++] = 40;
@@ -327,7 +370,7 @@ static int conn_send(struct rconn *c, struct rreq *q)
 
 static int shard_ready(const struct shard *sh)
 {
-    return sh->cmd.up && sh->sub.up && sh->node_sub;
+    return sh->cmd.up && sh->sub.up && sh->node_sub && (sh->index != 0 || sh->ctl_sub);
 }
 
 static int room_pending(const struct rroom *r)
@@ -438,41 +481,107 @@ static struct hub_iov reply_iov(const redisReply *r)
     return iov(r->str, r->len);
 }
 
-/* Parses one stream row {id, {t, ts, f, from, x, text, c, cmid, k, client}}. */
-static int parse_row(const redisReply *row, struct hub_history_msg *m, struct hub_iov *client)
-{
-    if (row == NULL || row->type != REDIS_REPLY_ARRAY || row->elements != 2)
-        return -1;
-    const redisReply *id = row->element[0], *f = row->element[1];
-    if (id->type != REDIS_REPLY_STRING || f->type != REDIS_REPLY_ARRAY || f->elements != 10)
-        return -1;
-    uint64_t off = 0;
-    size_t i = 0;
-    while (i < id->len && id->str[i] >= '0' && id->str[i] <= '9')
-        off = off * 10 + (uint64_t)(id->str[i++] - '0');
-    m->offset = off;
-    if (reply_i64(f->element[1], &m->ts) != 0)
-        m->ts = 0;
-    m->from = reply_iov(f->element[3]);
-    m->text = reply_iov(f->element[5]);
-    m->cmid = reply_iov(f->element[7]);
-    *client = reply_iov(f->element[9]);
-    return off > 0 ? 0 : -1;
-}
-
-/* A parsed read reply: position, rows and their clients (owned arrays). */
+/* A parsed read, query or search reply: position, rows with their clients
+ * and reactions (owned arrays; the views point into the reply). */
 struct read_result {
     struct hub_history_pos pos;
     struct hub_history_msg *msgs;
     struct hub_iov *clients;
+    struct hub_history_reaction *rx;
     size_t n;
     int complete;
+    uint64_t aseq; /* the room's amendment sequence number (read script) */
 };
 
+static void read_result_free(struct read_result *rr)
+{
+    free(rr->msgs);
+    free(rr->clients);
+    free(rr->rx);
+    rr->msgs = NULL;
+    rr->clients = NULL;
+    rr->rx = NULL;
+}
+
+/* Parses one row of the read script: {offset, ts, from, text, cmid,
+ * client, author, mentions, reply_to, edited_ts, deleted, {emoji, count,
+ * mine, ...}}; its reactions go to rx (room for all of them). */
+static int parse_row(const redisReply *row, struct hub_history_msg *m, struct hub_iov *client,
+                     struct hub_history_reaction *rx)
+{
+    if (row == NULL || row->type != REDIS_REPLY_ARRAY || row->elements != 12)
+        return -1;
+    redisReply *const *f = row->element;
+    memset(m, 0, sizeof(*m));
+    if (reply_u64(f[0], &m->offset) != 0 || m->offset == 0)
+        return -1;
+    if (reply_i64(f[1], &m->ts) != 0)
+        m->ts = 0;
+    m->from = reply_iov(f[2]);
+    m->text = reply_iov(f[3]);
+    m->cmid = reply_iov(f[4]);
+    *client = reply_iov(f[5]);
+    m->author = reply_iov(f[6]);
+    m->mentions = reply_iov(f[7]);
+    if (reply_u64(f[8], &m->reply_to) != 0)
+        m->reply_to = 0;
+    if (reply_i64(f[9], &m->edited_ts) != 0)
+        m->edited_ts = 0;
+    uint64_t del = 0;
+    m->deleted = reply_u64(f[10], &del) == 0 && del != 0;
+    const redisReply *x = f[11];
+    m->reactions = rx;
+    if (x->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i + 2 < x->elements; i += 3) {
+            uint64_t count = 0, mine = 0;
+            if (reply_u64(x->element[i + 1], &count) != 0 || count == 0)
+                continue;
+            reply_u64(x->element[i + 2], &mine);
+            rx[m->nreactions].emoji = reply_iov(x->element[i]);
+            rx[m->nreactions].count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count;
+            rx[m->nreactions].mine = mine != 0;
+            m->nreactions++;
+        }
+    if (m->nreactions == 0)
+        m->reactions = NULL;
+    return 0;
+}
+
+/* Parses the rows of r from element from on. */
+static int parse_rows(const redisReply *r, size_t from, struct read_result *out)
+{
+    size_t n = r->elements > from ? r->elements - from : 0, nrx = 0;
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        const redisReply *row = r->element[from + i];
+        if (row->type == REDIS_REPLY_ARRAY && row->elements == 12 &&
+            row->element[11]->type == REDIS_REPLY_ARRAY)
+            nrx += row->element[11]->elements / 3;
+    }
+    out->msgs = malloc(n * sizeof(*out->msgs));
+    out->clients = malloc(n * sizeof(*out->clients));
+    out->rx = nrx ? malloc(nrx * sizeof(*out->rx)) : NULL;
+    if (out->msgs == NULL || out->clients == NULL || (nrx > 0 && out->rx == NULL)) {
+        read_result_free(out);
+        return HUB_ENOMEM;
+    }
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++)
+        if (parse_row(r->element[from + i], &out->msgs[out->n], &out->clients[out->n],
+                      out->rx ? out->rx + used : NULL) == 0) {
+            used += out->msgs[out->n].nreactions;
+            out->n++;
+        }
+    return 0;
+}
+
+/* Parses a read script reply {epoch, last, first, complete, topic,
+ * ban_until, mute_until, amendment sequence, rows...}. */
 static int parse_read(const redisReply *r, struct read_result *out)
 {
     memset(out, 0, sizeof(*out));
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 4)
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 8)
         return HUB_EAGAIN;
     struct hub_iov ep = reply_iov(r->element[0]);
     if (ep.len > HUB_HISTORY_EPOCH_LEN)
@@ -484,22 +593,14 @@ static int parse_read(const redisReply *r, struct read_result *out)
         reply_u64(r->element[2], &out->pos.first) != 0 || reply_u64(r->element[3], &complete) != 0)
         return HUB_EAGAIN;
     out->complete = complete != 0;
-    size_t n = r->elements - 4;
-    if (n == 0)
-        return 0;
-    out->msgs = malloc(n * sizeof(*out->msgs));
-    out->clients = malloc(n * sizeof(*out->clients));
-    if (out->msgs == NULL || out->clients == NULL) {
-        free(out->msgs);
-        free(out->clients);
-        out->msgs = NULL;
-        out->clients = NULL;
-        return HUB_ENOMEM;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (parse_row(r->element[4 + i], &out->msgs[out->n], &out->clients[out->n]) == 0)
-            out->n++;
-    return 0;
+    out->pos.topic = reply_iov(r->element[4]);
+    if (reply_i64(r->element[5], &out->pos.ban_until) != 0)
+        out->pos.ban_until = 0;
+    if (reply_i64(r->element[6], &out->pos.mute_until) != 0)
+        out->pos.mute_until = 0;
+    if (reply_u64(r->element[7], &out->aseq) != 0)
+        out->aseq = 0;
+    return parse_rows(r, 8, out);
 }
 
 /* ---- channel payloads ---------------------------------------------------- */
@@ -559,11 +660,19 @@ static void deliver(struct redis_engine *e, struct rroom *r, const struct hub_en
     (void)r;
 }
 
+static void deliver_amend(struct redis_engine *e, const struct hub_engine_amended *a)
+{
+    if (e->base.ev.on_amend != NULL)
+        e->base.ev.on_amend(e->base.data, a);
+}
+
 static void set_epoch(struct redis_engine *e, struct rroom *r, struct hub_iov ep, int announce)
 {
     size_t n = ep.len > HUB_HISTORY_EPOCH_LEN ? HUB_HISTORY_EPOCH_LEN : ep.len;
     memcpy(r->epoch, ep.base, n);
     r->epoch[n] = '\0';
+    r->asynced = 0; /* amendments are numbered per epoch */
+    r->aupto = 0;
     if (announce) {
         e->st.epochs++;
         if (e->base.ev.on_epoch != NULL)
@@ -572,6 +681,10 @@ static void set_epoch(struct redis_engine *e, struct rroom *r, struct hub_iov ep
 }
 
 static int start_fill(struct redis_engine *e, struct rroom *r, uint64_t upto);
+static void drain_buffer(struct redis_engine *e, struct rroom *r);
+static void buffer_msg(struct redis_engine *e, struct rroom *r, const char *payload, size_t len);
+static void offer_amend(struct redis_engine *e, struct rroom *r, const char *payload, size_t len,
+                        struct nsreader *rd);
 static void offer(struct redis_engine *e, struct rroom *r, const char *payload, size_t len,
                   int buffered);
 
@@ -613,6 +726,94 @@ static void drain_buffer(struct redis_engine *e, struct rroom *r)
     }
 }
 
+/* Parses an amendment payload ('a' already consumed by rd). seq is 0 in
+ * payloads of older nodes. Returns 0, or -1 if it is malformed. */
+static int parse_amend(struct nsreader *rd, struct hub_engine_amended *a, struct hub_iov *ep,
+                       uint64_t *seq)
+{
+    *ep = ns_next(rd);
+    struct hub_iov off = ns_next(rd), kind = ns_next(rd);
+    a->text = ns_next(rd);
+    struct hub_iov ets = ns_next(rd);
+    a->emoji = ns_next(rd);
+    struct hub_iov count = ns_next(rd);
+    a->who = ns_next(rd);
+    a->nick = ns_next(rd);
+    int bad = rd->bad;
+    *seq = 0;
+    if (!bad && rd->p < rd->end) {
+        struct hub_iov sq = ns_next(rd);
+        bad = rd->bad;
+        *seq = iov_u64(sq, &bad);
+    }
+    a->offset = iov_u64(off, &bad);
+    a->kind = (int)iov_u64(kind, &bad);
+    a->edited_ts = (int64_t)iov_u64(ets, &bad);
+    uint64_t c = iov_u64(count, &bad);
+    a->count = c > UINT32_MAX ? UINT32_MAX : (uint32_t)c;
+    return bad || a->offset == 0 ? -1 : 0;
+}
+
+static int start_afill(struct redis_engine *e, struct rroom *r);
+
+/* An amendment of the room's channel: delivered after the on_msg of its
+ * offset, each sequence number once, in order. One for an offset not
+ * delivered yet means that message's publication was lost (both come from
+ * scripts of the same shard, the message first): the hole is filled first.
+ * A gap in the sequence (a lost publication) is read from the room's
+ * amendment log first. An amendment of another epoch is of messages this
+ * node no longer shows, and is dropped. */
+static void offer_amend(struct redis_engine *e, struct rroom *r, const char *payload, size_t len,
+                        struct nsreader *rd)
+{
+    struct hub_engine_amended a = {0};
+    a.room = iov(r->name, r->name_len);
+    struct hub_iov ep;
+    uint64_t seq;
+    if (parse_amend(rd, &a, &ep, &seq) != 0)
+        return;
+    if (r->synced && (ep.len != strlen(r->epoch) || memcmp(ep.base, r->epoch, ep.len) != 0))
+        return;
+    if (seq > 0 && r->asynced) {
+        if (seq < r->anext)
+            return; /* delivered already (from the log) */
+        if (seq > r->anext) {
+            buffer_msg(e, r, payload, len);
+            r->aupto = seq - 1;
+            if (start_afill(e, r) != 0) {
+                r->anext = seq; /* cannot read the log now: skip the gap */
+                r->aupto = 0;
+                drain_buffer(e, r);
+            }
+            return;
+        }
+    }
+    if (r->synced && a.offset >= r->next) {
+        buffer_msg(e, r, payload, len);
+        if (start_fill(e, r, a.offset) != 0) {
+            e->st.skipped += a.offset + 1 - r->next;
+            r->next = a.offset + 1;
+            drain_buffer(e, r);
+        }
+        return;
+    }
+    if (seq > 0) {
+        r->anext = seq + 1;
+        r->asynced = 1;
+    }
+    deliver_amend(e, &a);
+}
+
+/* Message fills are done: read the amendments the log has and this node
+ * has not delivered (after a resubscription), then go on. */
+static void settle(struct redis_engine *e, struct rroom *r)
+{
+    if (r->asynced && r->aupto >= r->anext && start_afill(e, r) == 0)
+        return;
+    r->aupto = 0;
+    drain_buffer(e, r);
+}
+
 /* Handles one message or relay payload of a room's channel. */
 static void offer(struct redis_engine *e, struct rroom *r, const char *payload, size_t len,
                   int buffered)
@@ -635,6 +836,10 @@ static void offer(struct redis_engine *e, struct rroom *r, const char *payload, 
             deliver(e, r, &m);
         return;
     }
+    if (payload[0] == 'a') {
+        offer_amend(e, r, payload, len, &rd);
+        return;
+    }
     if (payload[0] != 'm')
         return;
     m.epoch = ns_next(&rd);
@@ -644,6 +849,14 @@ static void offer(struct redis_engine *e, struct rroom *r, const char *payload, 
     m.cmid = ns_next(&rd);
     m.client = ns_next(&rd);
     int bad = rd.bad;
+    if (!bad && rd.p < rd.end) {
+        /* Issue 15's fields (absent from payloads of older nodes). */
+        m.author = ns_next(&rd);
+        m.mentions = ns_next(&rd);
+        struct hub_iov rt = ns_next(&rd);
+        bad = rd.bad;
+        m.reply_to = iov_u64(rt, &bad);
+    }
     m.offset = iov_u64(off, &bad);
     m.ts = (int64_t)iov_u64(ts, &bad);
     if (bad || m.offset == 0)
@@ -784,6 +997,12 @@ static void redis_unsubscribe(struct hub_engine *base, struct hub_iov room)
     room_maybe_free(e, r);
 }
 
+/* Builds a read script call for room (a query when q is not NULL: with the
+ * topic and the actor's restriction keys). */
+static struct rreq *read_req(struct redis_engine *e, struct shard *sh, int kind,
+                             struct hub_iov room, int dir, uint64_t pos, unsigned limit,
+                             const struct hub_history_query *qy);
+
 /* Sends the position read of a freshly confirmed subscription, then the
  * requests held behind it. */
 static void room_confirmed(struct redis_engine *e, struct rroom *r)
@@ -799,13 +1018,8 @@ static void room_confirmed(struct redis_engine *e, struct rroom *r)
         return;
     }
     r->need_pos = 0;
-    char meta[KEY_MAX], stream[KEY_MAX], ep[HUB_HISTORY_EPOCH_LEN + 1];
-    struct hub_iov name = iov(r->name, r->name_len);
-    struct hub_iov keys[2] = {iov(meta, key3(e, meta, sizeof(meta), "r:", name)),
-                              iov(stream, key3(e, stream, sizeof(stream), "s:", name))};
-    engine_random_hex(ep, HUB_HISTORY_EPOCH_LEN);
-    struct hub_iov args[4] = {iovs(ep), iovs("0"), iovs("0"), iovs("0")};
-    struct rreq *q = req_script(r->sh, R_POS, S_READ, 2, keys, 4, args);
+    struct rreq *q =
+        read_req(e, r->sh, R_POS, iov(r->name, r->name_len), HUB_HISTORY_LATEST, 0, 0, NULL);
     r->busy = 1;
     if (q != NULL) {
         q->room = r;
@@ -834,40 +1048,43 @@ static void pos_done(struct redis_engine *e, struct rroom *r, const redisReply *
         drain_buffer(e, r);
         return;
     }
-    free(rr.msgs);
-    free(rr.clients);
+    read_result_free(&rr);
     struct hub_iov ep = iovs(rr.pos.epoch);
+    int same = r->synced && strcmp(r->epoch, rr.pos.epoch) == 0;
     if (!r->synced) {
         set_epoch(e, r, ep, 0);
         r->next = rr.pos.last + 1;
         r->synced = 1;
-    } else if (strcmp(r->epoch, rr.pos.epoch) != 0) {
+    } else if (!same) {
         set_epoch(e, r, ep, 1);
         r->next = rr.pos.last + 1;
-    } else if (rr.pos.last >= r->next) {
+    }
+    if (same && r->asynced) {
+        /* Amendments made while this node was not subscribed: read from
+         * the log once the messages are filled. */
+        r->aupto = rr.aseq >= r->anext ? rr.aseq : 0;
+    } else {
+        r->anext = rr.aseq + 1;
+        r->asynced = 1;
+        r->aupto = 0;
+    }
+    if (same && rr.pos.last >= r->next) {
         /* Missed while unsubscribed (a reconnect): fill before going on. */
         if (start_fill(e, r, rr.pos.last) == 0)
             return;
         e->st.skipped += rr.pos.last + 1 - r->next;
         r->next = rr.pos.last + 1;
     }
-    drain_buffer(e, r);
+    settle(e, r);
 }
 
 static int start_fill(struct redis_engine *e, struct rroom *r, uint64_t upto)
 {
-    char meta[KEY_MAX], stream[KEY_MAX], ep[HUB_HISTORY_EPOCH_LEN + 1], pos[24], lim[16];
-    struct hub_iov name = iov(r->name, r->name_len);
-    struct hub_iov keys[2] = {iov(meta, key3(e, meta, sizeof(meta), "r:", name)),
-                              iov(stream, key3(e, stream, sizeof(stream), "s:", name))};
-    engine_random_hex(ep, HUB_HISTORY_EPOCH_LEN);
     uint64_t want = upto - r->next + 1;
     if (want > e->cfg.fill_max)
         want = e->cfg.fill_max;
-    snprintf(pos, sizeof(pos), "%llu", (unsigned long long)(r->next - 1));
-    snprintf(lim, sizeof(lim), "%llu", (unsigned long long)want);
-    struct hub_iov args[4] = {iovs(ep), iovs("2"), iovs(pos), iovs(lim)};
-    struct rreq *q = req_script(r->sh, R_FILL, S_READ, 2, keys, 4, args);
+    struct rreq *q = read_req(e, r->sh, R_FILL, iov(r->name, r->name_len), HUB_HISTORY_AFTER,
+                              r->next - 1, (unsigned)want, NULL);
     if (q == NULL)
         return HUB_ENOMEM;
     q->room = r;
@@ -890,7 +1107,12 @@ static void fill_done(struct redis_engine *e, struct rroom *r, const redisReply 
     if (!r->wanted)
         return;
     struct read_result rr;
-    if (parse_read(reply, &rr) == 0 && strcmp(rr.pos.epoch, r->epoch) == 0) {
+    int parsed = parse_read(reply, &rr) == 0;
+    if (parsed && strcmp(rr.pos.epoch, r->epoch) != 0) {
+        read_result_free(&rr);
+        parsed = 0;
+    }
+    if (parsed) {
         for (size_t i = 0; i < rr.n; i++) {
             struct hub_history_msg *hm = &rr.msgs[i];
             if (hm->offset < r->next)
@@ -900,22 +1122,36 @@ static void fill_done(struct redis_engine *e, struct rroom *r, const redisReply 
             struct hub_engine_msg m = {0};
             m.room = iov(r->name, r->name_len);
             m.from = hm->from;
-            m.text = hm->text;
+            m.text = hm->text; /* the edited text; empty for a tombstone */
             m.cmid = hm->cmid;
             m.client = rr.clients[i];
             m.epoch = iovs(r->epoch);
             m.offset = hm->offset;
             m.ts = hm->ts;
+            m.author = hm->author;
+            m.mentions = hm->mentions;
+            m.reply_to = hm->reply_to;
             r->next = hm->offset + 1;
             e->st.filled++;
             deliver(e, r, &m);
+            if (hm->deleted || hm->edited_ts != 0) {
+                /* The message changed since it was sent: say so, as the
+                 * missed amendment's publication would have (its own may
+                 * still follow: on_amend is idempotent for chat). */
+                struct hub_engine_amended a = {0};
+                a.room = m.room;
+                a.offset = hm->offset;
+                a.kind = hm->deleted ? HUB_AMEND_DELETE : HUB_AMEND_EDIT;
+                a.text = hm->deleted ? iov("", 0) : hm->text;
+                a.edited_ts = hm->deleted ? 0 : hm->edited_ts;
+                deliver_amend(e, &a);
+            }
         }
         if (r->next < rr.pos.first && rr.pos.first <= upto + 1) {
             e->st.skipped += rr.pos.first - r->next;
             r->next = rr.pos.first;
         }
-        free(rr.msgs);
-        free(rr.clients);
+        read_result_free(&rr);
         if (r->next <= upto && rr.n > 0 && start_fill(e, r, upto) == 0)
             return; /* the hole was longer than fill_max */
     }
@@ -933,6 +1169,82 @@ static void fill_done(struct redis_engine *e, struct rroom *r, const redisReply 
         room_confirmed(e, r);
         return;
     }
+    settle(e, r);
+}
+
+static struct hub_iov amend_log_key(const struct redis_engine *e, char *buf, struct hub_iov room)
+{
+    return iov(buf, key3(e, buf, KEY_MAX, "al:", room));
+}
+
+static int start_afill(struct redis_engine *e, struct rroom *r)
+{
+    char meta[KEY_MAX], log[KEY_MAX], from[24], lim[16];
+    struct hub_iov name = iov(r->name, r->name_len);
+    struct hub_iov keys[2] = {iov(meta, key3(e, meta, sizeof(meta), "r:", name)),
+                              amend_log_key(e, log, name)};
+    uint64_t want = r->aupto - r->anext + 1;
+    if (want > e->cfg.fill_max)
+        want = e->cfg.fill_max;
+    snprintf(from, sizeof(from), "%llu", (unsigned long long)r->anext);
+    snprintf(lim, sizeof(lim), "%llu", (unsigned long long)want);
+    struct hub_iov args[2] = {iovs(from), iovs(lim)};
+    struct rreq *q = req_script(r->sh, R_AFILL, S_AFILL, 2, keys, 2, args);
+    if (q == NULL)
+        return HUB_ENOMEM;
+    q->room = r;
+    r->refs++;
+    if (conn_send(&r->sh->cmd, q) != 0) {
+        r->refs--;
+        req_free(q);
+        return HUB_EAGAIN;
+    }
+    r->busy = 1;
+    e->st.fills++;
+    return 0;
+}
+
+/* The amendment log answered {epoch, sequence, payloads...}: deliver what
+ * this node missed, in order, up to the first one whose message is not
+ * delivered yet (that one's publication follows the message's in the
+ * buffer). Sequence numbers the log no longer has (trimmed) are skipped. */
+static void afill_done(struct redis_engine *e, struct rroom *r, const redisReply *reply)
+{
+    r->busy = 0;
+    if (!r->wanted)
+        return;
+    int blocked = 0, more = 0;
+    int ok = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2;
+    struct hub_iov ep0 = ok ? reply_iov(reply->element[0]) : iov("", 0);
+    if (ok && ep0.len == strlen(r->epoch) && memcmp(ep0.base, r->epoch, ep0.len) == 0) {
+        for (size_t i = 2; i < reply->elements && !blocked; i++) {
+            struct hub_iov p = reply_iov(reply->element[i]);
+            if (p.len == 0 || p.base[0] != 'a')
+                continue;
+            struct nsreader rd = {p.base + 1, p.base + p.len, 0};
+            struct hub_engine_amended a = {0};
+            a.room = iov(r->name, r->name_len);
+            struct hub_iov ep;
+            uint64_t seq;
+            if (parse_amend(&rd, &a, &ep, &seq) != 0 || seq < r->anext || seq > r->aupto)
+                continue;
+            if (a.offset >= r->next) {
+                r->anext = seq; /* its message comes first, from the buffer */
+                blocked = 1;
+                break;
+            }
+            r->anext = seq + 1;
+            e->st.filled++;
+            deliver_amend(e, &a);
+        }
+        /* A full page that did not reach aupto: read on. */
+        more = !blocked && r->anext <= r->aupto && reply->elements - 2 >= e->cfg.fill_max;
+    }
+    if (more && start_afill(e, r) == 0)
+        return;
+    if (!blocked && r->anext <= r->aupto)
+        r->anext = r->aupto + 1; /* the log no longer has them, or the read failed */
+    r->aupto = 0;
     drain_buffer(e, r);
 }
 
@@ -951,11 +1263,31 @@ static void node_message(struct redis_engine *e, const char *p, size_t len)
         e->base.ev.on_invite(e->base.data, client, nick, room, from);
 }
 
+/* A control message: 'k' then kind, target, room, text, by, until. */
+static void control_message(struct redis_engine *e, const char *p, size_t len)
+{
+    if (len == 0 || p[0] != 'k' || e->base.ev.on_control == NULL)
+        return;
+    struct nsreader rd = {p + 1, p + len, 0};
+    struct hub_engine_control c = {0};
+    struct hub_iov kind = ns_next(&rd);
+    c.target = ns_next(&rd);
+    c.room = ns_next(&rd);
+    c.text = ns_next(&rd);
+    c.by = ns_next(&rd);
+    struct hub_iov until = ns_next(&rd);
+    int bad = rd.bad;
+    c.kind = (int)iov_u64(kind, &bad);
+    c.until_ms = (int64_t)iov_u64(until, &bad);
+    if (!bad)
+        e->base.ev.on_control(e->base.data, &c);
+}
+
 static void room_event(struct redis_engine *e, struct rroom *r, const char *p, size_t len)
 {
     if (len == 0 || !r->wanted || r->state == SUB_UNSUB)
         return;
-    if (p[0] == 'm' || p[0] == 'r') {
+    if (p[0] == 'm' || p[0] == 'r' || p[0] == 'a') {
         offer(e, r, p, len, 0);
         return;
     }
@@ -1003,6 +1335,18 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     struct hub_iov tag = iov(ch.base + pl, 2), rest = iov(ch.base + pl + 2, ch.len - pl - 2);
     int is_room = memcmp(tag.base, "c:", 2) == 0, is_node = memcmp(tag.base, "n:", 2) == 0;
+    int is_ctl = ch.len == pl + 3 && memcmp(ch.base + pl, "ctl", 3) == 0;
+    if (is_ctl) {
+        is_room = is_node = 0;
+        if (hub_iov_eq_ci(kind, "subscribe")) {
+            sh->ctl_sub = 1;
+            check_ready(e);
+        } else if (hub_iov_eq_ci(kind, "message")) {
+            struct hub_iov payload = reply_iov(r->element[2]);
+            control_message(e, payload.base, payload.len);
+        }
+        return;
+    }
     if (hub_iov_eq_ci(kind, "message")) {
         struct hub_iov payload = reply_iov(r->element[2]);
         if (is_node) {
@@ -1064,6 +1408,11 @@ static void sub_setup(struct shard *sh)
     char ch[KEY_MAX];
     size_t n = key3(e, ch, sizeof(ch), "n:", iovs(e->base.node_id));
     send_subscribe(sh, 0, iov(ch, n));
+    if (sh->index == 0) {
+        /* The control channel lives on the first shard (docs/engine.md). */
+        n = key3(e, ch, sizeof(ch), "ctl", iov("", 0));
+        send_subscribe(sh, 0, iov(ch, n));
+    }
     if (sh->sub.ever_up)
         e->st.reconnects++;
     sh->sub.up = 1;
@@ -1219,6 +1568,7 @@ static void conn_lost(struct rconn *c, const char *why)
     c->up = 0;
     if (c->is_sub) {
         sh->node_sub = 0;
+        sh->ctl_sub = 0;
         /* Every room must subscribe and sync again. */
         for (size_t i = 0; i < e->rooms.nbuckets; i++)
             for (struct engine_map_node *x = e->rooms.buckets[i], *next; x; x = next) {
@@ -1443,6 +1793,94 @@ static int resend_eval(struct rreq *q)
 
 static void rooms_part(struct redis_engine *e, struct rooms_agg *a, const redisReply *r);
 
+/* ---- hub-wide restrictions on every shard ------------------------------ */
+
+/* The first shard's list of hub-wide restrictions (P hr) is the reference:
+ * when another shard's command connection comes up (Redis restarted empty,
+ * or a shard was added), the ones it lacks are copied to it, so that its
+ * rooms' publish scripts check them again. Add-only: lifts are written to
+ * every shard when they are made. target: a shard index, or UINT64_MAX for
+ * every other shard (the first one came up). */
+static void heal_hub(struct redis_engine *e, uint64_t target)
+{
+    struct shard *s0 = &e->shards[0];
+    if (e->nshards < 2 || !s0->cmd.up)
+        return;
+    char hr[KEY_MAX], now[24];
+    struct hub_iov keys[1] = {iov(hr, key3(e, hr, sizeof(hr), "hr", iov("", 0)))};
+    snprintf(now, sizeof(now), "%lld", (long long)time(NULL) * 1000);
+    struct hub_iov args[1] = {iovs(now)};
+    struct rreq *q = req_script(s0, R_HLIST, S_HLIST, 1, keys, 1, args);
+    if (q == NULL)
+        return;
+    q->want = target;
+    q->data = (void *)(uintptr_t)e->hub_gen;
+    if (conn_send(&s0->cmd, q) != 0)
+        req_free(q);
+}
+
+/* Sends the heal script with the first shard's list r to sh. */
+static void heal_shard(struct redis_engine *e, struct shard *sh, const redisReply *r)
+{
+    size_t n = 8 + r->elements;
+    const char **argv = malloc(n * sizeof(*argv));
+    size_t *lens = malloc(n * sizeof(*lens));
+    char hr[KEY_MAX], now[24];
+    static const char slack[] = RESTRICT_SLACK_S "000";
+    struct rreq *q = calloc(1, sizeof(*q));
+    if (argv == NULL || lens == NULL || q == NULL) {
+        free(argv);
+        free(lens);
+        free(q);
+        return;
+    }
+    size_t hn = key3(e, hr, sizeof(hr), "hr", iov("", 0));
+    snprintf(now, sizeof(now), "%lld", (long long)time(NULL) * 1000);
+    size_t k = 0;
+    argv[k] = "EVALSHA", lens[k++] = 7;
+    argv[k] = e->sha[S_HEAL], lens[k++] = 40;
+    argv[k] = "1", lens[k++] = 1;
+    argv[k] = hr, lens[k++] = hn;
+    argv[k] = e->prefix, lens[k++] = e->prefix_len;
+    argv[k] = now, lens[k++] = strlen(now);
+    argv[k] = slack, lens[k++] = sizeof(slack) - 1;
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        struct hub_iov f = reply_iov(r->element[i]), u = reply_iov(r->element[i + 1]);
+        argv[k] = f.base, lens[k++] = f.len;
+        argv[k] = u.base, lens[k++] = u.len;
+    }
+    q->sh = sh;
+    q->kind = R_FIRE;
+    q->script = S_HEAL;
+    int len = redisFormatCommandArgv(&q->cmd, (int)k, argv, lens);
+    free(argv);
+    free(lens);
+    if (len < 0) {
+        free(q);
+        return;
+    }
+    q->len = (size_t)len;
+    if (conn_send(&sh->cmd, q) != 0)
+        req_free(q);
+}
+
+static void heal_done(struct redis_engine *e, struct rreq *q, const redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0)
+        return;
+    if ((uint64_t)(uintptr_t)q->data != e->hub_gen) {
+        /* A hub-wide restriction was made meanwhile: the list may predate
+         * its lift on the first shard; read it again. */
+        heal_hub(e, q->want);
+        return;
+    }
+    for (uint32_t i = 1; i < e->nshards; i++)
+        if ((q->want == UINT64_MAX || q->want == i) && e->shards[i].cmd.up)
+            heal_shard(e, &e->shards[i], r);
+}
+static void amend_done(struct rreq *q, int err, const redisReply *r);
+static void done_part(struct done_agg *a, int err);
+
 /* The command connection of sh is up again: every subscribed room of the
  * shard reads its position now (one confirmed meanwhile was waiting for
  * it), so that an epoch change (Redis lost the data) or messages missed
@@ -1464,7 +1902,8 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
     int err = r == NULL ? HUB_EAGAIN : r->type == REDIS_REPLY_ERROR ? HUB_EAGAIN : 0;
     if (r != NULL && r->type == REDIS_REPLY_ERROR && q->kind != R_SETUP)
         hub_log_warn("redis %s: %.*s", q->sh->name, (int)r->len, r->str);
-    if (err != 0 && q->kind != R_POS && q->kind != R_FILL && q->kind != R_ROOMS)
+    if (err != 0 && q->kind != R_POS && q->kind != R_FILL && q->kind != R_AFILL &&
+        q->kind != R_ROOMS)
         e->st.dropped++;
     switch (q->kind) {
     case R_SETUP:
@@ -1488,6 +1927,7 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
             long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
             reassert(q->sh, (v & 2) == 0);
             cmd_up(e, q->sh);
+            heal_hub(e, q->sh->index == 0 ? UINT64_MAX : q->sh->index);
             check_ready(e);
         }
         break;
@@ -1500,8 +1940,10 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
             hub_log_warn("redis %s: node lease %s; restoring members and nicks", q->sh->name,
                          lost ? "gone with the data" : "lapsed");
             reassert(q->sh, lost);
-            if (lost)
+            if (lost) {
                 cmd_up(e, q->sh);
+                heal_hub(e, q->sh->index == 0 ? UINT64_MAX : q->sh->index);
+            }
         }
         break;
     case R_SWEEP:
@@ -1515,8 +1957,13 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
                          reply_u64(r->element[0], &off) != 0 ||
                          reply_i64(r->element[1], &ts) != 0 || reply_u64(r->element[2], &dup) != 0))
             err = HUB_EAGAIN;
-        if (err == 0)
+        if (err == 0 && dup >= 2) {
+            /* Refused by the script, nothing stored: 2 banned, 3 muted,
+             * 4 a reply_to past the room's newest offset. */
+            err = dup == 4 ? HUB_EINVAL : HUB_EPERM;
+        } else if (err == 0) {
             dup ? e->st.duplicates++ : e->st.published++;
+        }
         q->cb.publish(q->data, err, err ? 0 : off, err ? 0 : ts, err ? 0 : (int)dup);
         break;
     }
@@ -1531,12 +1978,46 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
             q->cb.read(q->data, err, NULL, NULL, 0, 0);
         else
             q->cb.read(q->data, 0, &rr.pos, rr.msgs, rr.n, rr.complete);
-        if (err == 0) {
-            free(rr.msgs);
-            free(rr.clients);
-        }
+        if (err == 0)
+            read_result_free(&rr);
         break;
     }
+    case R_QUERY: {
+        struct read_result rr;
+        if (err == 0)
+            err = parse_read(r, &rr);
+        if (err != 0)
+            q->cb.read(q->data, err, NULL, NULL, 0, 0);
+        else
+            q->cb.read(q->data, 0, &rr.pos, rr.msgs, rr.n, rr.complete);
+        if (err == 0)
+            read_result_free(&rr);
+        break;
+    }
+    case R_SEARCH: {
+        struct read_result rr;
+        memset(&rr, 0, sizeof(rr));
+        int64_t complete = 1;
+        if (err == 0 && (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+                         r->element[0]->type != REDIS_REPLY_INTEGER))
+            err = HUB_EAGAIN;
+        if (err == 0 && (complete = r->element[0]->integer) < 0)
+            err = HUB_EINVAL;
+        if (err == 0)
+            err = parse_rows(r, 1, &rr);
+        if (err != 0)
+            q->cb.search(q->data, err, NULL, 0, 0);
+        else
+            q->cb.search(q->data, 0, rr.msgs, rr.n, complete != 0);
+        read_result_free(&rr);
+        break;
+    }
+    case R_AMEND:
+        amend_done(q, err, r);
+        break;
+    case R_DONE:
+        done_part(q->dagg, err);
+        break;
     case R_POS:
         if (q->room->wanted && q->room->state == SUB_LIVE)
             pos_done(e, q->room, err ? NULL : r);
@@ -1547,6 +2028,14 @@ static void complete(struct redis_engine *e, struct rreq *q, redisReply *r)
     case R_FILL:
         fill_done(e, q->room, err ? NULL : r, q->want);
         room_unref(e, q->room);
+        break;
+    case R_AFILL:
+        afill_done(e, q->room, err ? NULL : r);
+        room_unref(e, q->room);
+        break;
+    case R_HLIST:
+        if (err == 0)
+            heal_done(e, q, r);
         break;
     case R_MEMBERS: {
         uint64_t total = 0;
@@ -1940,6 +2429,11 @@ static struct shard *room_shard(struct redis_engine *e, struct hub_iov room)
     return &e->shards[engine_shard_of(room, e->nshards)];
 }
 
+static struct hub_iov amend_prefix(const struct redis_engine *e, char *buf, struct hub_iov room);
+static struct hub_iov amend_log_key(const struct redis_engine *e, char *buf, struct hub_iov room);
+static int restrict_keys(const struct redis_engine *e, struct hub_iov room, struct hub_iov actor,
+                         char buf[4][KEY_MAX], struct hub_iov *out);
+
 static int redis_publish(struct hub_engine *base, const struct hub_engine_pub *p,
                          hub_engine_publish_cb cb, void *data)
 {
@@ -1965,6 +2459,9 @@ static int redis_publish(struct hub_engine *base, const struct hub_engine_pub *p
         q = req_new(sh, R_RELAY, -1, 3, argv, lens);
         free(pl);
     } else {
+        if (p->author.len > AUTHOR_MAX || p->actor.len > AUTHOR_MAX ||
+            p->mentions.len > MENTIONS_MAX)
+            return HUB_EINVAL;
         char meta[KEY_MAX], stream[KEY_MAX], dd[KEY_MAX + 600], ep[HUB_HISTORY_EPOCH_LEN + 1];
         char ts[24], maxlen[16], ttl[16];
         size_t dn = key3(e, dd, KEY_MAX, "d:", p->room);
@@ -1974,16 +2471,26 @@ static int redis_publish(struct hub_engine *base, const struct hub_engine_pub *p
         dn += p->from.len;
         memcpy(dd + dn, p->cmid.base, p->cmid.len);
         dn += p->cmid.len;
-        struct hub_iov keys[3] = {iov(meta, key3(e, meta, sizeof(meta), "r:", p->room)),
+        char ai[KEY_MAX], xp[KEY_MAX], rk[4][KEY_MAX], rt[24], al[KEY_MAX];
+        struct hub_iov keys[9] = {iov(meta, key3(e, meta, sizeof(meta), "r:", p->room)),
                                   iov(stream, key3(e, stream, sizeof(stream), "s:", p->room)),
-                                  iov(dd, dn)};
+                                  iov(dd, dn), iov(ai, key3(e, ai, sizeof(ai), "ai:", p->room))};
+        if (restrict_keys(e, p->room, p->actor, rk, keys + 4) != 0)
+            return HUB_EINVAL;
+        keys[8] = amend_log_key(e, al, p->room);
         engine_random_hex(ep, HUB_HISTORY_EPOCH_LEN);
         snprintf(ts, sizeof(ts), "%lld", (long long)p->ts);
         snprintf(maxlen, sizeof(maxlen), "%u", e->cfg.history_max);
         snprintf(ttl, sizeof(ttl), "%u", e->cfg.dedupe_ttl_s);
-        struct hub_iov args[9] = {iovs(ep),  iovs(ts),     p->from,   p->text,     p->cmid,
-                                  p->client, iovs(maxlen), iovs(ttl), iov(ch, chn)};
-        q = req_script(sh, R_PUBLISH, S_PUBLISH, 3, keys, 9, args);
+        snprintf(rt, sizeof(rt), "%llu", (unsigned long long)p->reply_to);
+        struct hub_iov args[14] = {iovs(ep),     iovs(ts),
+                                   p->from,      p->text,
+                                   p->cmid,      p->client,
+                                   iovs(maxlen), iovs(ttl),
+                                   iov(ch, chn), p->author,
+                                   p->actor,     p->mentions,
+                                   iovs(rt),     amend_prefix(e, xp, p->room)};
+        q = req_script(sh, R_PUBLISH, S_PUBLISH, 9, keys, 14, args);
     }
     if (q == NULL)
         return HUB_ENOMEM;
@@ -1992,28 +2499,383 @@ static int redis_publish(struct hub_engine *base, const struct hub_engine_pub *p
     return submit(e, q, find_room(e, p->room));
 }
 
+/* Writes P x:<room>: (the prefix of the room's per-message amendment
+ * hashes) into buf (KEY_MAX bytes). */
+static struct hub_iov amend_prefix(const struct redis_engine *e, char *buf, struct hub_iov room)
+{
+    size_t n = key3(e, buf, KEY_MAX - 1, "x:", room);
+    buf[n++] = ':';
+    buf[n] = '\0';
+    return iov(buf, n);
+}
+
+/* Builds the four restriction keys of actor in room and in the hub: room
+ * ban, room mute, hub ban, hub mute (P ban:<room length>:<room><actor>,
+ * room length 0 for the hub). Returns 0, or -1 if they do not fit. */
+static int restrict_keys(const struct redis_engine *e, struct hub_iov room, struct hub_iov actor,
+                         char buf[4][KEY_MAX], struct hub_iov *out)
+{
+    static const char *const tags[2] = {"ban:", "mute:"};
+    for (int i = 0; i < 4; i++) {
+        struct hub_iov scope = i < 2 ? room : iov("", 0);
+        size_t need = e->prefix_len + 5 + 24 + scope.len + actor.len;
+        if (need >= KEY_MAX)
+            return -1;
+        size_t n = key3(e, buf[i], KEY_MAX, tags[i % 2], iov("", 0));
+        n += (size_t)sprintf(buf[i] + n, "%zu:", scope.len);
+        if (scope.len > 0)
+            memcpy(buf[i] + n, scope.base, scope.len);
+        n += scope.len;
+        if (actor.len > 0)
+            memcpy(buf[i] + n, actor.base, actor.len);
+        n += actor.len;
+        buf[i][n] = '\0';
+        out[i] = iov(buf[i], n);
+    }
+    return 0;
+}
+
+static struct rreq *read_req(struct redis_engine *e, struct shard *sh, int kind,
+                             struct hub_iov room, int dir, uint64_t pos, unsigned limit,
+                             const struct hub_history_query *qy)
+{
+    char meta[KEY_MAX], stream[KEY_MAX], ai[KEY_MAX], topic[KEY_MAX], xp[KEY_MAX], rk[4][KEY_MAX];
+    char al[KEY_MAX];
+    char ep[HUB_HISTORY_EPOCH_LEN + 1], sd[4], sp[24], sl[16], now[24];
+    size_t mn = key3(e, meta, sizeof(meta), "r:", room);
+    if (mn == 0)
+        return NULL;
+    struct hub_iov keys[8] = {iov(meta, mn),
+                              iov(stream, key3(e, stream, sizeof(stream), "s:", room)),
+                              iov(ai, key3(e, ai, sizeof(ai), "ai:", room)),
+                              iov(topic, key3(e, topic, sizeof(topic), "t:", room))};
+    struct hub_iov viewer = iov("", 0), actor = iov("", 0);
+    int nkeys = 3;
+    if (qy != NULL) {
+        viewer = qy->viewer;
+        actor = qy->actor;
+        if (restrict_keys(e, room, actor, rk, keys + 4) != 0)
+            return NULL;
+        nkeys = 8;
+    }
+    engine_random_hex(ep, HUB_HISTORY_EPOCH_LEN);
+    snprintf(sd, sizeof(sd), "%d", dir);
+    snprintf(sp, sizeof(sp), "%llu", (unsigned long long)pos);
+    snprintf(sl, sizeof(sl), "%u", limit);
+    snprintf(now, sizeof(now), "%lld", (long long)(qy ? qy->now_ms : 0));
+    struct hub_iov args[9] = {iovs(ep),
+                              iovs(sd),
+                              iovs(sp),
+                              iovs(sl),
+                              amend_prefix(e, xp, room),
+                              viewer,
+                              actor,
+                              iovs(now),
+                              amend_log_key(e, al, room)};
+    return req_script(sh, kind, S_READ, nkeys, keys, 9, args);
+}
+
 static int redis_read(struct hub_engine *base, struct hub_iov room, int dir, uint64_t pos,
                       unsigned limit, hub_history_read_cb cb, void *data)
 {
     struct redis_engine *e = (struct redis_engine *)base;
     struct shard *sh = room_shard(e, room);
-    char meta[KEY_MAX], stream[KEY_MAX], ep[HUB_HISTORY_EPOCH_LEN + 1], sd[4], sp[24], sl[16];
-    size_t mn = key3(e, meta, sizeof(meta), "r:", room);
-    if (mn == 0)
+    if (e->prefix_len + room.len + 8 > KEY_MAX)
         return HUB_EINVAL;
-    struct hub_iov keys[2] = {iov(meta, mn),
-                              iov(stream, key3(e, stream, sizeof(stream), "s:", room))};
-    engine_random_hex(ep, HUB_HISTORY_EPOCH_LEN);
-    snprintf(sd, sizeof(sd), "%d", dir);
-    snprintf(sp, sizeof(sp), "%llu", (unsigned long long)pos);
-    snprintf(sl, sizeof(sl), "%u", limit);
-    struct hub_iov args[4] = {iovs(ep), iovs(sd), iovs(sp), iovs(sl)};
-    struct rreq *q = req_script(sh, R_READ, S_READ, 2, keys, 4, args);
+    struct rreq *q = read_req(e, sh, R_READ, room, dir, pos, limit, NULL);
     if (q == NULL)
         return HUB_ENOMEM;
     q->cb.read = cb;
     q->data = data;
     return submit(e, q, find_room(e, room));
+}
+
+static int redis_query(struct hub_engine *base, struct hub_iov room,
+                       const struct hub_history_query *qy, hub_history_read_cb cb, void *data)
+{
+    struct redis_engine *e = (struct redis_engine *)base;
+    struct shard *sh = room_shard(e, room);
+    if (qy->dir < HUB_HISTORY_LATEST || qy->dir > HUB_HISTORY_AFTER ||
+        qy->viewer.len > AUTHOR_MAX || qy->actor.len > AUTHOR_MAX ||
+        e->prefix_len + room.len + 8 > KEY_MAX)
+        return HUB_EINVAL;
+    struct rreq *q = read_req(e, sh, R_QUERY, room, qy->dir, qy->pos, qy->limit, qy);
+    if (q == NULL)
+        return HUB_ENOMEM;
+    q->cb.read = cb;
+    q->data = data;
+    return submit(e, q, find_room(e, room));
+}
+
+/* Completion of an amendment: the script's {"ok", changed, edited_ts,
+ * count, author, from} or its refusal. */
+static void amend_done(struct rreq *q, int err, const redisReply *r)
+{
+    struct hub_history_amended res = {0};
+    if (err == 0 && (r->type != REDIS_REPLY_ARRAY || r->elements < 1))
+        err = HUB_EAGAIN;
+    if (err == 0) {
+        struct hub_iov st = reply_iov(r->element[0]);
+        if (hub_iov_eq_ci(st, "noent"))
+            err = HUB_ENOENT;
+        else if (hub_iov_eq_ci(st, "perm"))
+            err = HUB_EPERM;
+        else if (hub_iov_eq_ci(st, "limit"))
+            err = HUB_ELIMIT;
+        else if (!hub_iov_eq_ci(st, "ok") || r->elements < 6)
+            err = HUB_EAGAIN;
+    }
+    if (err == 0) {
+        uint64_t changed = 0, count = 0;
+        reply_u64(r->element[1], &changed);
+        if (reply_i64(r->element[2], &res.edited_ts) != 0)
+            res.edited_ts = 0;
+        reply_u64(r->element[3], &count);
+        res.changed = changed != 0;
+        res.count = count > UINT32_MAX ? UINT32_MAX : (uint32_t)count;
+        res.author = reply_iov(r->element[4]);
+        res.from = reply_iov(r->element[5]);
+    }
+    q->cb.amend(q->data, err, err ? NULL : &res);
+}
+
+static int redis_amend(struct hub_engine *base, const struct hub_history_amend *a,
+                       struct hub_iov nick, hub_engine_amend_cb cb, void *data)
+{
+    struct redis_engine *e = (struct redis_engine *)base;
+    if (a->kind < HUB_AMEND_EDIT || a->kind > HUB_AMEND_UNREACT || a->offset == 0 ||
+        a->who.len > AUTHOR_MAX || nick.len > HUB_ENGINE_NICK_MAX ||
+        e->prefix_len + a->room.len + 32 > KEY_MAX)
+        return HUB_EINVAL;
+    if (a->kind == HUB_AMEND_EDIT && (a->text.len == 0 || a->text.len > TEXT_MAX))
+        return HUB_EINVAL;
+    if ((a->kind == HUB_AMEND_REACT || a->kind == HUB_AMEND_UNREACT) &&
+        (a->emoji.len == 0 || a->emoji.len > HUB_HISTORY_EMOJI_MAX || a->who.len == 0))
+        return HUB_EINVAL;
+    struct shard *sh = room_shard(e, a->room);
+    char meta[KEY_MAX], stream[KEY_MAX], ai[KEY_MAX], xk[KEY_MAX], ch[KEY_MAX], al[KEY_MAX];
+    char off[24], kind[4], ts[24], win[24], maxe[16], loglen[16];
+    struct hub_iov xp = amend_prefix(e, xk, a->room);
+    size_t xn = xp.len + (size_t)sprintf(xk + xp.len, "%llu", (unsigned long long)a->offset);
+    struct hub_iov keys[5] = {iov(meta, key3(e, meta, sizeof(meta), "r:", a->room)),
+                              iov(stream, key3(e, stream, sizeof(stream), "s:", a->room)),
+                              iov(ai, key3(e, ai, sizeof(ai), "ai:", a->room)), iov(xk, xn),
+                              amend_log_key(e, al, a->room)};
+    snprintf(loglen, sizeof(loglen), "%u", e->cfg.history_max);
+    snprintf(off, sizeof(off), "%llu", (unsigned long long)a->offset);
+    snprintf(kind, sizeof(kind), "%d", a->kind);
+    snprintf(ts, sizeof(ts), "%lld", (long long)a->ts);
+    snprintf(win, sizeof(win), "%lld",
+             (long long)(a->window_ms > 0 ? a->window_ms : HUB_HISTORY_EDIT_WINDOW_MS));
+    snprintf(maxe, sizeof(maxe), "%u", a->max_emoji ? a->max_emoji : HUB_HISTORY_REACTIONS_MAX);
+    struct hub_iov args[12] = {iovs(off),
+                               iovs(kind),
+                               a->who,
+                               iovs(a->moderator ? "1" : "0"),
+                               a->kind == HUB_AMEND_EDIT ? a->text : iov("", 0),
+                               a->kind >= HUB_AMEND_REACT ? a->emoji : iov("", 0),
+                               iovs(ts),
+                               iovs(win),
+                               iovs(maxe),
+                               nick,
+                               iov(ch, key3(e, ch, sizeof(ch), "c:", a->room)),
+                               iovs(loglen)};
+    struct rreq *q = req_script(sh, R_AMEND, S_AMEND, 5, keys, 12, args);
+    if (q == NULL)
+        return HUB_ENOMEM;
+    q->cb.amend = cb;
+    q->data = data;
+    return submit(e, q, find_room(e, a->room));
+}
+
+static int redis_search(struct hub_engine *base, struct hub_iov room, struct hub_iov qtext,
+                        uint64_t before, unsigned limit, hub_history_search_cb cb, void *data)
+{
+    struct redis_engine *e = (struct redis_engine *)base;
+    if (qtext.len == 0 || qtext.len > SEARCH_Q_MAX || e->prefix_len + room.len + 8 > KEY_MAX)
+        return HUB_EINVAL;
+    struct shard *sh = room_shard(e, room);
+    char meta[KEY_MAX], stream[KEY_MAX], ai[KEY_MAX], xp[KEY_MAX], sb[24], sl[16], cap[16];
+    struct hub_iov keys[3] = {iov(meta, key3(e, meta, sizeof(meta), "r:", room)),
+                              iov(stream, key3(e, stream, sizeof(stream), "s:", room)),
+                              iov(ai, key3(e, ai, sizeof(ai), "ai:", room))};
+    snprintf(sb, sizeof(sb), "%llu", (unsigned long long)before);
+    snprintf(sl, sizeof(sl), "%u", limit);
+    /* The whole stream: MAXLEN ~ keeps up to a node of entries more. */
+    snprintf(cap, sizeof(cap), "%u", e->cfg.history_max + e->cfg.history_max / 4 + 200);
+    struct hub_iov args[5] = {iovs(sb), iovs(sl), iovs(cap), amend_prefix(e, xp, room), qtext};
+    struct rreq *q = req_script(sh, R_SEARCH, S_SEARCH, 3, keys, 5, args);
+    if (q == NULL)
+        return HUB_ENOMEM;
+    q->cb.search = cb;
+    q->data = data;
+    return submit(e, q, find_room(e, room));
+}
+
+static void done_part(struct done_agg *a, int err)
+{
+    if (err != 0 && a->err == 0)
+        a->err = err;
+    if (--a->waiting > 0)
+        return;
+    if (a->cb != NULL)
+        a->cb(a->data, a->err);
+    free(a);
+}
+
+/* Sends one R_DONE request per shard in qs (all ready), completing a. */
+static int send_parts(struct redis_engine *e, struct rreq **qs, uint32_t n, struct done_agg *a)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (qs[i] == NULL) {
+            for (uint32_t k = 0; k < n; k++)
+                if (qs[k] != NULL)
+                    req_free(qs[k]);
+            free(a);
+            return HUB_ENOMEM;
+        }
+    for (uint32_t i = 0; i < n; i++) {
+        struct rconn *c = &qs[i]->sh->cmd;
+        if (!shard_ready(qs[i]->sh) || c->inflight + qs[i]->sh->held >= e->cfg.max_inflight) {
+            e->st.dropped++;
+            for (uint32_t k = 0; k < n; k++)
+                req_free(qs[k]);
+            free(a);
+            return HUB_EAGAIN;
+        }
+    }
+    a->waiting = n;
+    for (uint32_t i = 0; i < n; i++) {
+        qs[i]->dagg = a;
+        if (conn_send(&qs[i]->sh->cmd, qs[i]) != 0) {
+            e->st.dropped++;
+            on_reply(NULL, NULL, qs[i]);
+        }
+    }
+    return 0;
+}
+
+static int redis_restrict(struct hub_engine *base, const struct hub_history_restrict *r,
+                          hub_engine_done_cb cb, void *data)
+{
+    struct redis_engine *e = (struct redis_engine *)base;
+    if ((r->kind != HUB_RESTRICT_BAN && r->kind != HUB_RESTRICT_MUTE) || r->actor.len == 0 ||
+        r->actor.len > AUTHOR_MAX || r->until_ms < 0)
+        return HUB_EINVAL;
+    char rk[4][KEY_MAX], until[24], exp[24] = "";
+    struct hub_iov keys[4];
+    if (restrict_keys(e, r->room, r->actor, rk, keys) != 0)
+        return HUB_EINVAL;
+    struct hub_iov key = keys[(r->room.len == 0 ? 2 : 0) + (r->kind == HUB_RESTRICT_MUTE)];
+    snprintf(until, sizeof(until), "%lld", (long long)r->until_ms);
+    if (r->until_ms != 0 && r->until_ms != INT64_MAX &&
+        r->until_ms < INT64_MAX - RESTRICT_SLACK_MS) {
+        /* Relative to the restriction's own clock (ts, else this host's),
+         * so that Redis's clock only matters by the slack. */
+        int64_t t0 = r->ts > 0 ? r->ts : (int64_t)time(NULL) * 1000;
+        int64_t ttl = r->until_ms - t0;
+        if (ttl < 0)
+            ttl = 0;
+        snprintf(exp, sizeof(exp), "%lld", (long long)(ttl + RESTRICT_SLACK_MS));
+    }
+    char now[24];
+    snprintf(now, sizeof(now), "%lld", (long long)(r->ts > 0 ? r->ts : (int64_t)time(NULL) * 1000));
+    struct hub_iov args[4] = {iovs(until), iovs(exp),
+                              iov(key.base + e->prefix_len, key.len - e->prefix_len), iovs(now)};
+    char hr[KEY_MAX];
+    struct hub_iov hkeys[2] = {key, iov(hr, key3(e, hr, sizeof(hr), "hr", iov("", 0)))};
+    struct done_agg *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return HUB_ENOMEM;
+    a->cb = cb;
+    a->data = data;
+    struct rreq *qs[HUB_ENGINE_MAX_SHARDS];
+    uint32_t n = 0;
+    if (r->room.len > 0) {
+        /* A room's restriction lives with the room, where its publishes
+         * are sequenced. */
+        qs[n++] = req_script(room_shard(e, r->room), R_DONE, S_RESTRICT, 1, &key, 4, args);
+    } else {
+        /* A hub-wide one is written to every shard, so that every room's
+         * publish script checks it atomically, in the same round trip. */
+        for (uint32_t i = 0; i < e->nshards; i++)
+            qs[n++] = req_script(&e->shards[i], R_DONE, S_RESTRICT, 2, hkeys, 4, args);
+        e->hub_gen++;
+    }
+    if (r->room.len > 0) {
+        /* Sent like the room's other requests (held behind its subscription). */
+        if (qs[0] == NULL) {
+            free(a);
+            return HUB_ENOMEM;
+        }
+        a->waiting = 1;
+        qs[0]->dagg = a;
+        int rc = submit(e, qs[0], find_room(e, r->room));
+        if (rc != 0)
+            free(a);
+        return rc;
+    }
+    return send_parts(e, qs, n, a);
+}
+
+static int redis_set_topic(struct hub_engine *base, struct hub_iov room, struct hub_iov topic,
+                           hub_engine_done_cb cb, void *data)
+{
+    struct redis_engine *e = (struct redis_engine *)base;
+    if (topic.len > HUB_HISTORY_TOPIC_MAX || e->prefix_len + room.len + 8 > KEY_MAX)
+        return HUB_EINVAL;
+    struct shard *sh = room_shard(e, room);
+    char tk[KEY_MAX];
+    size_t tn = key3(e, tk, sizeof(tk), "t:", room);
+    const char *argv[3] = {topic.len ? "SET" : "DEL", tk, topic.base ? topic.base : ""};
+    size_t lens[3] = {3, tn, topic.len};
+    struct rreq *q = req_new(sh, R_DONE, -1, topic.len ? 3 : 2, argv, lens);
+    struct done_agg *a = calloc(1, sizeof(*a));
+    if (q == NULL || a == NULL) {
+        if (q != NULL)
+            req_free(q);
+        free(a);
+        return HUB_ENOMEM;
+    }
+    a->cb = cb;
+    a->data = data;
+    a->waiting = 1;
+    q->dagg = a;
+    int rc = submit(e, q, find_room(e, room));
+    if (rc != 0)
+        free(a);
+    return rc;
+}
+
+static int redis_control(struct hub_engine *base, const struct hub_engine_control *c)
+{
+    struct redis_engine *e = (struct redis_engine *)base;
+    if (c->kind < HUB_CONTROL_KICK || c->kind > HUB_CONTROL_TOPIC ||
+        c->target.len > CONTROL_FIELD_MAX || c->room.len > CONTROL_FIELD_MAX ||
+        c->text.len > CONTROL_FIELD_MAX || c->by.len > CONTROL_FIELD_MAX)
+        return HUB_EINVAL;
+    char ch[KEY_MAX], kind[4], until[24];
+    snprintf(kind, sizeof(kind), "%d", c->kind);
+    snprintf(until, sizeof(until), "%lld", (long long)(c->until_ms < 0 ? 0 : c->until_ms));
+    size_t cap = c->target.len + c->room.len + c->text.len + c->by.len + 128;
+    char *pl = malloc(cap);
+    if (pl == NULL)
+        return HUB_ENOMEM;
+    size_t w = 0;
+    pl[w++] = 'k';
+    ns_put(pl, &w, iovs(kind));
+    ns_put(pl, &w, c->target);
+    ns_put(pl, &w, c->room);
+    ns_put(pl, &w, c->text);
+    ns_put(pl, &w, c->by);
+    ns_put(pl, &w, iovs(until));
+    const char *argv[3] = {"PUBLISH", ch, pl};
+    size_t lens[3] = {7, key3(e, ch, sizeof(ch), "ctl", iov("", 0)), w};
+    struct rreq *q = req_new(&e->shards[0], R_FIRE, -1, 3, argv, lens);
+    free(pl);
+    if (q == NULL)
+        return HUB_ENOMEM;
+    return submit(e, q, NULL);
 }
 
 static void send_join_script(struct shard *sh, struct hub_iov room, struct hub_iov client,
@@ -2442,4 +3304,10 @@ static const struct engine_ops redis_ops = {
     .typing = redis_typing,
     .invite = redis_invite,
     .stats = redis_stats,
+    .query = redis_query,
+    .amend = redis_amend,
+    .search = redis_search,
+    .set_restriction = redis_restrict,
+    .set_topic = redis_set_topic,
+    .control = redis_control,
 };

@@ -34,9 +34,10 @@ struct node {
     char msgs[MAXLOG][48]; /* "offset text" of each on_msg */
     uint64_t offs[MAXLOG];
     int nmsg;
-    char events[256][96]; /* presence, typing, invites, epochs */
+    char events[256][96]; /* presence, typing, invites, epochs, amendments, controls */
     int nev;
     int states;
+    char meta[128]; /* "author|mentions|reply_to" of the last on_msg */
 };
 
 static void ev_log(struct node *n, const char *fmt, ...) HUB_PRINTF_LIKE(2, 3);
@@ -55,6 +56,8 @@ static void on_msg(void *data, const struct hub_engine_msg *m)
     struct node *n = data;
     if (n->nmsg >= MAXLOG)
         return;
+    snprintf(n->meta, sizeof(n->meta), "%.*s|%.*s|%llu", (int)m->author.len, m->author.base,
+             (int)m->mentions.len, m->mentions.base, (unsigned long long)m->reply_to);
     n->offs[n->nmsg] = m->offset;
     snprintf(n->msgs[n->nmsg++], sizeof(n->msgs[0]), "%.*s %llu %.*s", (int)m->room.len,
              m->room.base, (unsigned long long)m->offset, (int)m->text.len, m->text.base);
@@ -94,7 +97,29 @@ static void on_state(void *data, int ready, const char *reason)
     (void)ready, (void)reason;
 }
 
-static const struct hub_engine_events events = {.on_msg = on_msg,
+static void on_amend(void *data, const struct hub_engine_amended *a)
+{
+    struct node *n = data;
+    /* The message itself was delivered before (exactly once by offset). */
+    int seen = 0;
+    for (int i = 0; i < n->nmsg; i++)
+        seen |= n->offs[i] == a->offset;
+    ev_log(n, "amend %.*s %llu %d %.*s%.*s %u %.*s%s", (int)a->room.len, a->room.base,
+           (unsigned long long)a->offset, a->kind, (int)a->text.len, a->text.base,
+           (int)a->emoji.len, a->emoji.base, a->count, (int)a->nick.len, a->nick.base,
+           seen ? "" : " unseen");
+}
+
+static void on_control(void *data, const struct hub_engine_control *c)
+{
+    ev_log(data, "control %d %.*s %.*s %.*s %.*s %lld", c->kind, (int)c->target.len, c->target.base,
+           (int)c->room.len, c->room.base, (int)c->text.len, c->text.base, (int)c->by.len,
+           c->by.base, (long long)c->until_ms);
+}
+
+static const struct hub_engine_events events = {.on_amend = on_amend,
+                                                .on_control = on_control,
+                                                .on_msg = on_msg,
                                                 .on_presence = on_presence,
                                                 .on_typing = on_typing,
                                                 .on_epoch = on_epoch,
@@ -145,11 +170,15 @@ static int not_ready_cond(void *arg)
     return !hub_engine_ready(((struct node *)arg)->e);
 }
 
+static uint32_t history_max; /* 0: the default */
+
 static int open_node(struct node *n, const char *name, const char *const *urls, size_t nurls,
                      uint32_t lease_ms)
 {
     struct hub_engine_config cfg;
     hub_engine_config_default(&cfg);
+    if (history_max)
+        cfg.history_max = history_max;
     cfg.urls = urls;
     cfg.nurls = nurls;
     cfg.node_id = name;
@@ -674,7 +703,630 @@ static void figure_cpu(struct node *a, struct node *b)
     free(acks);
 }
 
+/* ---- issue 13 and 15: replies, mentions, amendments, search, bans ---- */
+
+struct pub_sync {
+    int done, err;
+    uint64_t off;
+};
+
+static void on_pub(void *data, int err, uint64_t offset, int64_t ts, int duplicate)
+{
+    struct pub_sync *p = data;
+    (void)ts, (void)duplicate;
+    p->done++;
+    p->err = err;
+    p->off = err ? 0 : offset;
+}
+
+/* Publishes and waits; returns the completion's error (or the call's). */
+static int pub_ex(struct node *n, const char *room, const char *text, const char *author,
+                  const char *actor, const char *mentions, uint64_t reply_to, int64_t ts,
+                  uint64_t *off)
+{
+    struct hub_engine_pub p = {.room = S(room),
+                               .from = S("ann"),
+                               .text = S(text),
+                               .cmid = S(""),
+                               .client = S(n->name),
+                               .ts = ts,
+                               .author = S(author),
+                               .actor = S(actor),
+                               .mentions = S(mentions),
+                               .reply_to = reply_to};
+    struct pub_sync ps = {0};
+    int rc = hub_engine_publish(n->e, &p, on_pub, &ps);
+    if (rc != 0)
+        return rc;
+    CHECK(wait_count(&ps.done, 1, 3000));
+    if (off != NULL)
+        *off = ps.off;
+    return ps.err;
+}
+
+struct amend_sync {
+    int done, err;
+    struct hub_history_amended r;
+    char author[64], from[64];
+};
+
+static void on_amended(void *data, int err, const struct hub_history_amended *r)
+{
+    struct amend_sync *s = data;
+    s->done++;
+    s->err = err;
+    if (err == 0) {
+        s->r = *r;
+        snprintf(s->author, sizeof(s->author), "%.*s", (int)r->author.len, r->author.base);
+        snprintf(s->from, sizeof(s->from), "%.*s", (int)r->from.len, r->from.base);
+    }
+}
+
+/* Amends and waits; returns the completion's error and fills out. */
+static int amend(struct node *n, const char *room, uint64_t off, int kind, const char *who,
+                 int moderator, const char *arg, int64_t ts, uint32_t max_emoji,
+                 struct amend_sync *out)
+{
+    struct hub_history_amend a = {.room = S(room),
+                                  .offset = off,
+                                  .kind = kind,
+                                  .who = S(who),
+                                  .moderator = moderator,
+                                  .text = S(kind == HUB_AMEND_EDIT ? arg : ""),
+                                  .emoji = S(kind >= HUB_AMEND_REACT ? arg : ""),
+                                  .ts = ts,
+                                  .window_ms = 60000,
+                                  .max_emoji = max_emoji};
+    memset(out, 0, sizeof(*out));
+    int rc = hub_engine_amend(n->e, &a, S("nick"), on_amended, out);
+    if (rc != 0)
+        return rc;
+    CHECK(wait_count(&out->done, 1, 3000));
+    return out->err;
+}
+
+/* A query's result, copied. */
+struct query_sync {
+    int done, err, complete;
+    struct hub_history_pos pos;
+    char topic[64];
+    size_t n;
+    struct {
+        uint64_t offset, reply_to;
+        int64_t edited_ts;
+        int deleted;
+        char text[64], author[32], mentions[32], rx[128];
+    } m[16];
+};
+
+static void on_query(void *data, int err, const struct hub_history_pos *pos,
+                     const struct hub_history_msg *msgs, size_t n, int complete)
+{
+    struct query_sync *q = data;
+    q->done++;
+    q->err = err;
+    if (err != 0)
+        return;
+    q->pos = *pos;
+    q->complete = complete;
+    snprintf(q->topic, sizeof(q->topic), "%.*s", (int)pos->topic.len, pos->topic.base);
+    q->pos.topic.base = NULL;
+    q->n = n < 16 ? n : 16;
+    for (size_t i = 0; i < q->n; i++) {
+        const struct hub_history_msg *m = &msgs[i];
+        q->m[i].offset = m->offset;
+        q->m[i].reply_to = m->reply_to;
+        q->m[i].edited_ts = m->edited_ts;
+        q->m[i].deleted = m->deleted;
+        snprintf(q->m[i].text, sizeof(q->m[i].text), "%.*s", (int)m->text.len, m->text.base);
+        snprintf(q->m[i].author, sizeof(q->m[i].author), "%.*s", (int)m->author.len,
+                 m->author.base);
+        snprintf(q->m[i].mentions, sizeof(q->m[i].mentions), "%.*s", (int)m->mentions.len,
+                 m->mentions.base);
+        size_t w = 0;
+        q->m[i].rx[0] = '\0';
+        for (size_t k = 0; k < m->nreactions && w < sizeof(q->m[i].rx) - 40; k++)
+            w += (size_t)snprintf(q->m[i].rx + w, sizeof(q->m[i].rx) - w, "%s%.*s=%u%s",
+                                  k ? " " : "", (int)m->reactions[k].emoji.len,
+                                  m->reactions[k].emoji.base, m->reactions[k].count,
+                                  m->reactions[k].mine ? "*" : "");
+    }
+}
+
+static void query(struct node *n, const char *room, int dir, uint64_t pos, unsigned limit,
+                  const char *viewer, const char *actor, int64_t now, struct query_sync *out)
+{
+    struct hub_history_query q = {.dir = dir,
+                                  .pos = pos,
+                                  .limit = limit,
+                                  .viewer = S(viewer),
+                                  .actor = S(actor),
+                                  .now_ms = now};
+    memset(out, 0, sizeof(*out));
+    CHECK_EQ(hub_engine_query(n->e, S(room), &q, on_query, out), 0);
+    CHECK(wait_count(&out->done, 1, 3000));
+    CHECK_EQ(out->err, 0);
+}
+
+/* Publish fields, refusals, amendments with their checks, on_amend on
+ * both nodes, and queries that apply them. */
+static void test_msgops(struct node *a, struct node *b)
+{
+    a->nev = b->nev = 0;
+    subscribe_live(a, "ops");
+    subscribe_live(b, "ops");
+    const int64_t T = 1000000;
+    uint64_t off = 0;
+    int na = a->nmsg, nb = b->nmsg;
+    CHECK_EQ(pub_ex(a, "ops", "hello @bob", "u:ann", "u:ann", "bob\n", 0, T, &off), 0);
+    CHECK_EQ(off, 1);
+    CHECK(wait_count(&b->nmsg, nb + 1, 3000));
+    CHECK_STR(b->meta, "u:ann|bob\n|0");
+    /* reply_to must name 1..last. */
+    CHECK_EQ(pub_ex(a, "ops", "bad", "u:ann", "u:ann", "", 2, T, NULL), HUB_EINVAL);
+    CHECK_EQ(pub_ex(b, "ops", "answer", "u:bob", "u:bob", "", 1, T + 1, &off), 0);
+    CHECK_EQ(off, 2);
+    CHECK(wait_count(&a->nmsg, na + 2, 3000));
+    CHECK_STR(a->meta, "u:bob||1");
+    CHECK_EQ(pub_ex(a, "ops", "raw line", "", "", "", 0, T + 2, &off), 0);
+    CHECK_EQ(off, 3);
+
+    struct amend_sync s;
+    /* Edit: the author within the window, or a moderator. */
+    CHECK_EQ(amend(b, "ops", 1, HUB_AMEND_EDIT, "u:bob", 0, "x", T + 10, 0, &s), HUB_EPERM);
+    CHECK_EQ(amend(a, "ops", 1, HUB_AMEND_EDIT, "u:ann", 0, "late", T + 60001, 0, &s), HUB_EPERM);
+    CHECK_EQ(amend(a, "ops", 3, HUB_AMEND_EDIT, "", 0, "nobody's", T + 10, 0, &s), HUB_EPERM);
+    CHECK_EQ(amend(a, "ops", 9, HUB_AMEND_EDIT, "u:ann", 0, "x", T + 10, 0, &s), HUB_ENOENT);
+    CHECK_EQ(amend(a, "ops", 1, HUB_AMEND_EDIT, "u:ann", 0, "hello @bob!", T + 20, 0, &s), 0);
+    CHECK_EQ(s.r.changed, 1);
+    CHECK_EQ(s.r.edited_ts, T + 20);
+    CHECK_STR(s.author, "u:ann");
+    CHECK_STR(s.from, "ann");
+    CHECK(wait_event(a, "amend ops 1 1 hello @bob! 0 nick", 3000));
+    CHECK(wait_event(b, "amend ops 1 1 hello @bob! 0 nick", 3000));
+    CHECK_EQ(amend(b, "ops", 2, HUB_AMEND_EDIT, "u:mod", 1, "moderated", T + 999999, 0, &s), 0);
+
+    /* Reactions: once per user per emoji, at most max_emoji distinct. */
+    CHECK_EQ(amend(b, "ops", 1, HUB_AMEND_REACT, "u:bob", 0, "👍", T + 30, 2, &s), 0);
+    CHECK_EQ(s.r.count, 1);
+    CHECK_EQ(s.r.changed, 1);
+    CHECK_EQ(amend(b, "ops", 1, HUB_AMEND_REACT, "u:bob", 0, "👍", T + 31, 2, &s), 0);
+    CHECK_EQ(s.r.changed, 0);
+    CHECK_EQ(s.r.count, 1);
+    CHECK_EQ(amend(a, "ops", 1, HUB_AMEND_REACT, "u:ann", 0, "👍", T + 32, 2, &s), 0);
+    CHECK_EQ(s.r.count, 2);
+    CHECK_EQ(amend(a, "ops", 1, HUB_AMEND_REACT, "u:ann", 0, "🎉", T + 33, 2, &s), 0);
+    CHECK_EQ(amend(a, "ops", 1, HUB_AMEND_REACT, "u:ann", 0, "🚀", T + 34, 2, &s), HUB_ELIMIT);
+    CHECK_EQ(amend(a, "ops", 1, HUB_AMEND_UNREACT, "u:ann", 0, "🚀", T + 35, 2, &s), 0);
+    CHECK_EQ(s.r.changed, 0);
+    CHECK(wait_event(a, "amend ops 1 3 🎉 1 nick", 3000));
+    CHECK(wait_event(b, "amend ops 1 3 👍 2 nick", 3000));
+
+    struct query_sync q;
+    query(b, "ops", HUB_HISTORY_LATEST, 0, 10, "u:bob", "u:bob", T, &q);
+    CHECK_EQ(q.n, 3);
+    CHECK_EQ(q.pos.last, 3);
+    CHECK_STR(q.m[0].text, "hello @bob!");
+    CHECK_EQ(q.m[0].edited_ts, T + 20);
+    CHECK_STR(q.m[0].author, "u:ann");
+    CHECK_STR(q.m[0].mentions, "bob\n");
+    CHECK_STR(q.m[0].rx, "👍=2* 🎉=1");
+    CHECK_EQ(q.m[1].reply_to, 1);
+    CHECK_STR(q.m[1].text, "moderated");
+    CHECK_EQ(q.m[2].edited_ts, 0);
+    CHECK_EQ(q.pos.ban_until, 0);
+    CHECK_EQ(q.pos.mute_until, 0);
+    CHECK_STR(q.topic, "");
+    /* The plain read applies amendments too (no viewer: mine 0). */
+    query(a, "ops", HUB_HISTORY_BEFORE, 2, 1, "", "", T, &q);
+    CHECK_EQ(q.n, 1);
+    CHECK_STR(q.m[0].rx, "👍=2 🎉=1");
+
+    /* Unreact to zero removes the emoji. */
+    CHECK_EQ(amend(a, "ops", 1, HUB_AMEND_UNREACT, "u:ann", 0, "🎉", T + 36, 2, &s), 0);
+    CHECK_EQ(s.r.changed, 1);
+    CHECK_EQ(s.r.count, 0);
+    CHECK(wait_event(b, "amend ops 1 4 🎉 0 nick", 3000));
+
+    /* Delete: a tombstone everywhere, then edits and reactions are refused. */
+    CHECK_EQ(amend(b, "ops", 1, HUB_AMEND_DELETE, "u:bob", 0, "", T + 40, 0, &s), HUB_EPERM);
+    CHECK_EQ(amend(a, "ops", 1, HUB_AMEND_DELETE, "u:ann", 0, "", T + 40, 0, &s), 0);
+    CHECK_EQ(s.r.changed, 1);
+    CHECK(wait_event(b, "amend ops 1 2  0 nick", 3000));
+    CHECK(wait_event(a, "amend ops 1 2  0 nick", 3000));
+    CHECK_EQ(amend(a, "ops", 1, HUB_AMEND_DELETE, "u:ann", 0, "", T + 41, 0, &s), 0);
+    CHECK_EQ(s.r.changed, 0);
+    CHECK_EQ(amend(a, "ops", 1, HUB_AMEND_EDIT, "u:ann", 0, "again", T + 42, 0, &s), HUB_ENOENT);
+    CHECK_EQ(amend(a, "ops", 1, HUB_AMEND_REACT, "u:ann", 0, "👍", T + 42, 0, &s), HUB_ENOENT);
+    CHECK_EQ(amend(a, "ops", 3, HUB_AMEND_DELETE, "u:mod", 1, "", T + 9999999, 0, &s), 0);
+    query(b, "ops", HUB_HISTORY_LATEST, 0, 10, "u:bob", "", T, &q);
+    CHECK_EQ(q.m[0].deleted, 1);
+    CHECK_STR(q.m[0].text, "");
+    CHECK_STR(q.m[0].mentions, "");
+    CHECK_STR(q.m[0].rx, "");
+    CHECK_EQ(q.m[2].deleted, 1);
+    /* Every on_amend came after the on_msg of its offset. */
+    for (int i = 0; i < a->nev; i++)
+        CHECK(strstr(a->events[i], "unseen") == NULL);
+    for (int i = 0; i < b->nev; i++)
+        CHECK(strstr(b->events[i], "unseen") == NULL);
+    /* Bad arguments are refused by the call. */
+    struct hub_history_amend bad = {
+        .room = S("ops"), .offset = 1, .kind = HUB_AMEND_REACT, .who = S("u:ann"), .emoji = S("")};
+    CHECK_EQ(hub_engine_amend(a->e, &bad, S("n"), on_amended, &s), HUB_EINVAL);
+    bad.kind = 9;
+    CHECK_EQ(hub_engine_amend(a->e, &bad, S("n"), on_amended, &s), HUB_EINVAL);
+}
+
+/* A lost publication and then an amendment of it: the amendment waits
+ * for the hole fill, so on_msg of that offset comes first. */
+static void test_amend_after_hole(struct node *a, struct node *b)
+{
+    long long o = test_redis_int(&redis1, "HINCRBY chathub:r:ops o 1");
+    CHECK(o > 0);
+    redisContext *c = test_redis_connect(&redis1);
+    redisReply *rep =
+        redisCommand(c, "XADD chathub:s:ops %lld-0 t 5 f ghost x boo c %s k x a u:g", o, "");
+    CHECK(rep != NULL && rep->type == REDIS_REPLY_STRING);
+    freeReplyObject(rep);
+    redisFree(c);
+    b->nev = 0;
+    struct amend_sync s;
+    CHECK_EQ(amend(a, "ops", (uint64_t)o, HUB_AMEND_REACT, "u:ann", 0, "👀", 6, 0, &s), 0);
+    char want[96];
+    snprintf(want, sizeof(want), "amend ops %lld 3 👀 1 nick", o);
+    CHECK(wait_event(b, want, 3000));
+    CHECK_EQ(b->offs[b->nmsg - 1], (uint64_t)o);
+    CHECK_STR(b->meta, "u:g||0");
+
+    /* A message and its edit both lost (written without publications): the
+     * fill delivers the edited text and says it was edited. */
+    o = test_redis_int(&redis1, "HINCRBY chathub:r:ops o 1");
+    c = test_redis_connect(&redis1);
+    rep = redisCommand(c, "XADD chathub:s:ops %lld-0 t 5 f ghost x orig c %s k x a u:g", o, "");
+    CHECK(rep != NULL && rep->type == REDIS_REPLY_STRING);
+    freeReplyObject(rep);
+    rep = redisCommand(c, "HSET chathub:x:ops:%lld e 9 t fixed", o);
+    freeReplyObject(rep);
+    rep = redisCommand(c, "ZADD chathub:ai:ops %lld %lld", o, o);
+    freeReplyObject(rep);
+    redisFree(c);
+    b->nev = 0;
+    int before = b->nmsg;
+    CHECK_EQ(pub_ex(a, "ops", "next", "u:ann", "", "", 0, 10, NULL), 0);
+    CHECK(wait_count(&b->nmsg, before + 2, 3000));
+    snprintf(want, sizeof(want), "ops %lld fixed", o);
+    CHECK_STR(b->msgs[before], want);
+    snprintf(want, sizeof(want), "amend ops %lld 1 fixed 0 ", o);
+    CHECK(wait_event(b, want, 3000));
+}
+
+/* An amendment stored without its PUBLISH (a lost publication) is read
+ * from the room's amendment log before the next one is delivered; and
+ * amendments made while a node's subscribed connection was down are read
+ * from the log when it is back. */
+static void test_amend_log(struct node *a, struct node *b)
+{
+    redisContext *c = test_redis_connect(&redis1);
+    redisReply *ep = redisCommand(c, "HGET chathub:r:ops e");
+    CHECK(ep != NULL && ep->type == REDIS_REPLY_STRING);
+    long long seq = test_redis_int(&redis1, "HINCRBY chathub:r:ops a 1");
+    CHECK(seq > 0);
+    char pl[256], sq[24];
+    snprintf(sq, sizeof(sq), "%lld", seq);
+    snprintf(pl, sizeof(pl), "a%zu:%s1:21:30:1:04:👻1:14:u:gh5:ghost%zu:%s", strlen(ep->str),
+             ep->str, strlen(sq), sq);
+    redisReply *rep = redisCommand(c, "XADD chathub:al:ops %lld-0 p %s", seq, pl);
+    CHECK(rep != NULL && rep->type == REDIS_REPLY_STRING);
+    freeReplyObject(rep);
+    freeReplyObject(ep);
+    a->nev = b->nev = 0;
+    struct amend_sync s;
+    CHECK_EQ(amend(a, "ops", 2, HUB_AMEND_REACT, "u:ann", 0, "🙂", 7, 0, &s), 0);
+    CHECK(wait_event(b, "amend ops 2 3 🙂 1 nick", 3000));
+    CHECK(wait_event(a, "amend ops 2 3 🙂 1 nick", 3000));
+    CHECK(b->nev >= 2);
+    CHECK_STR(b->events[0], "amend ops 2 3 👻 1 ghost"); /* the lost one first */
+    CHECK_STR(b->events[1], "amend ops 2 3 🙂 1 nick");
+
+    /* Both nodes' subscribed connections drop; an amendment is made before
+     * they are back (the reconnect waits 20 ms, the amendment takes one
+     * round trip on the command connection). */
+    struct hub_engine_stats st0, st1;
+    hub_engine_stats(b->e, &st0);
+    a->nev = b->nev = 0;
+    rep = redisCommand(c, "CLIENT KILL TYPE pubsub");
+    CHECK(rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer >= 2);
+    freeReplyObject(rep);
+    redisFree(c);
+    CHECK_EQ(amend(a, "ops", 2, HUB_AMEND_UNREACT, "u:ann", 0, "🙂", 8, 0, &s), 0);
+    CHECK_EQ(s.r.changed, 1);
+    CHECK(wait_event(b, "amend ops 2 4 🙂 0 nick", 3000));
+    CHECK(wait_event(a, "amend ops 2 4 🙂 0 nick", 3000));
+    hub_engine_stats(b->e, &st1);
+    CHECK(st1.fills > st0.fills); /* from the log, not the lost publication */
+    struct node *both[] = {a, b, NULL};
+    CHECK(run_until(ready_cond, both, 5000));
+}
+
+struct search_sync {
+    int done, err, complete;
+    size_t n;
+    uint64_t off[16];
+    char text[16][48];
+};
+
+static void on_search(void *data, int err, const struct hub_history_msg *msgs, size_t n,
+                      int complete)
+{
+    struct search_sync *s = data;
+    s->done++;
+    s->err = err;
+    s->complete = complete;
+    s->n = n;
+    for (size_t i = 0; i < n && i < 16; i++) {
+        s->off[i] = msgs[i].offset;
+        snprintf(s->text[i], sizeof(s->text[i]), "%.*s", (int)msgs[i].text.len, msgs[i].text.base);
+    }
+}
+
+static int search(struct node *n, const char *room, const char *q, uint64_t before, unsigned limit,
+                  struct search_sync *out)
+{
+    memset(out, 0, sizeof(*out));
+    int rc = hub_engine_search(n->e, S(room), S(q), before, limit, on_search, out);
+    if (rc != 0)
+        return rc;
+    CHECK(wait_count(&out->done, 1, 3000));
+    return out->err;
+}
+
+static void test_search(struct node *a, struct node *b)
+{
+    const char *texts[] = {"Release notes for 1.2", "release party tonight", "PRERELEASE build",
+                           "notes, release: draft", "nothing here",          "secret release",
+                           "Ünïcode relEASE"};
+    for (int i = 0; i < 7; i++)
+        CHECK_EQ(pub_ex(a, "find", texts[i], "u:ann", "", "", 0, 100 + i, NULL), 0);
+    struct amend_sync s;
+    CHECK_EQ(amend(a, "find", 5, HUB_AMEND_EDIT, "u:ann", 0, "release edited", 110, 0, &s), 0);
+    CHECK_EQ(amend(a, "find", 6, HUB_AMEND_DELETE, "u:ann", 0, "", 110, 0, &s), 0);
+    struct search_sync r;
+    CHECK_EQ(search(b, "find", "release", 0, 20, &r), 0);
+    CHECK_EQ(r.complete, 1);
+    CHECK_EQ(r.n, 5); /* 7, 5 (edited), 4, 2, 1: not 3 (prefix of no word), not 6 (deleted) */
+    CHECK_EQ(r.off[0], 7);
+    CHECK_EQ(r.off[1], 5);
+    CHECK_STR(r.text[1], "release edited");
+    CHECK_EQ(r.off[2], 4);
+    CHECK_EQ(r.off[3], 2);
+    CHECK_EQ(r.off[4], 1);
+    CHECK_EQ(search(b, "find", "NOT rel", 0, 20, &r), 0); /* AND of word prefixes */
+    CHECK_EQ(r.n, 2);
+    CHECK_EQ(r.off[0], 4);
+    CHECK_EQ(r.off[1], 1);
+    CHECK_EQ(search(b, "find", "notes,rel", 0, 20, &r), 0); /* one word: "notes" then "rel*" */
+    CHECK_EQ(r.n, 1);
+    CHECK_EQ(r.off[0], 4);
+    CHECK_EQ(search(b, "find", "notes, rel", 0, 20, &r), 0); /* two words */
+    CHECK_EQ(r.n, 2);
+    CHECK_EQ(search(b, "find", "for 1.2", 0, 20, &r), 0);
+    CHECK_EQ(r.n, 1);
+    CHECK_EQ(r.off[0], 1);
+    CHECK_EQ(search(b, "find", "1.3", 0, 20, &r), 0);
+    CHECK_EQ(r.n, 0);
+    CHECK_EQ(search(b, "find", "ünïcode", 0, 20, &r), 0); /* non-ASCII bytes compare as is */
+    CHECK_EQ(r.n, 0);
+    CHECK_EQ(search(b, "find", "Ünï", 0, 20, &r), 0);
+    CHECK_EQ(r.n, 1);
+    CHECK_EQ(search(b, "find", "release", 0, 2, &r), 0);
+    CHECK_EQ(r.n, 2);
+    CHECK_EQ(r.complete, 0);
+    CHECK_EQ(search(b, "find", "release", 4, 2, &r), 0);
+    CHECK_EQ(r.n, 2);
+    CHECK_EQ(r.off[0], 2);
+    CHECK_EQ(r.complete, 1);
+    CHECK_EQ(search(b, "find", "secret", 0, 20, &r), 0);
+    CHECK_EQ(r.n, 0);
+    CHECK_EQ(search(b, "nowhere", "x", 0, 20, &r), 0);
+    CHECK_EQ(r.n, 0);
+    CHECK_EQ(r.complete, 1);
+    CHECK_EQ(search(b, "find", " ,; ", 0, 20, &r), HUB_EINVAL);
+}
+
+static void on_done_sync(void *data, int err)
+{
+    on_done(data, err);
+}
+
+static int restrict_(struct node *n, int kind, const char *room, const char *actor, int64_t until)
+{
+    struct hub_history_restrict r = {.kind = kind,
+                                     .room = S(room),
+                                     .actor = S(actor),
+                                     .until_ms = until,
+                                     .by = S("mod"),
+                                     .ts = 5000000};
+    struct done_sync d = {0};
+    int rc = hub_engine_restrict(n->e, &r, on_done_sync, &d);
+    if (rc != 0)
+        return rc;
+    CHECK(wait_count(&d.done, 1, 3000));
+    return d.err;
+}
+
+/* Bans and mutes (room and hub, until a time or for good, lifted), with
+ * the injected clock of publishes and queries; topics; control messages. */
+static void test_restrict_topic_control(struct node *a, struct node *b)
+{
+    const int64_t T = 5000000;
+    CHECK_EQ(restrict_(a, HUB_RESTRICT_BAN, "ops", "u:bob", INT64_MAX), 0);
+    CHECK_EQ(restrict_(a, HUB_RESTRICT_MUTE, "", "n:cy", T + 1000), 0);
+    CHECK_EQ(restrict_(a, HUB_RESTRICT_MUTE, "ops", "n:cy", T + 500), 0);
+    CHECK_EQ(pub_ex(b, "ops", "x", "u:bob", "u:bob", "", 0, T, NULL), HUB_EPERM);
+    CHECK_EQ(pub_ex(b, "other", "x", "u:bob", "u:bob", "", 0, T, NULL), 0);
+    CHECK_EQ(pub_ex(b, "other", "x", "g:c1", "n:cy", "", 0, T, NULL), HUB_EPERM);
+    CHECK_EQ(pub_ex(b, "ops", "x", "g:c1", "n:cy", "", 0, T + 999, NULL), HUB_EPERM);
+    CHECK_EQ(pub_ex(b, "ops", "x", "g:c1", "n:cy", "", 0, T + 1000, NULL), 0); /* expired */
+    CHECK_EQ(pub_ex(b, "ops", "x", "g:c1", "", "", 0, T, NULL), 0); /* no actor: no check */
+    struct query_sync q;
+    query(b, "ops", HUB_HISTORY_LATEST, 0, 0, "", "u:bob", T, &q);
+    CHECK_EQ(q.pos.ban_until, INT64_MAX);
+    CHECK_EQ(q.pos.mute_until, 0);
+    query(b, "ops", HUB_HISTORY_LATEST, 0, 0, "", "n:cy", T, &q);
+    CHECK_EQ(q.pos.ban_until, 0);
+    CHECK_EQ(q.pos.mute_until, T + 1000); /* the later of room and hub */
+    query(b, "ops", HUB_HISTORY_LATEST, 0, 0, "", "n:cy", T + 1000, &q);
+    CHECK_EQ(q.pos.mute_until, 0);
+    /* Lifted. */
+    CHECK_EQ(restrict_(b, HUB_RESTRICT_BAN, "ops", "u:bob", 0), 0);
+    CHECK_EQ(pub_ex(b, "ops", "back", "u:bob", "u:bob", "", 0, T, NULL), 0);
+    CHECK_EQ(restrict_(b, HUB_RESTRICT_MUTE, "", "n:cy", 0), 0);
+    CHECK_EQ(test_redis_int(&redis1, "EXISTS chathub:mute:0:n:cy"), 0);
+    /* A timed restriction's key is freed by Redis (an hour after its end). */
+    CHECK(test_redis_int(&redis1, "PTTL chathub:mute:3:opsn:cy") > 0);
+    struct hub_history_restrict bad = {.kind = 7, .actor = S("u:x")};
+    CHECK_EQ(hub_engine_restrict(a->e, &bad, on_done_sync, &(struct done_sync){0}), HUB_EINVAL);
+
+    /* Topics. */
+    struct done_sync d = {0};
+    CHECK_EQ(hub_engine_set_topic(a->e, S("ops"), S("Release day"), on_done_sync, &d), 0);
+    CHECK(wait_count(&d.done, 1, 3000));
+    CHECK_EQ(d.err, 0);
+    query(b, "ops", HUB_HISTORY_LATEST, 0, 0, "", "", T, &q);
+    CHECK_STR(q.topic, "Release day");
+    CHECK_EQ(hub_engine_set_topic(a->e, S("ops"), S(""), on_done_sync, &d), 0);
+    CHECK(wait_count(&d.done, 2, 3000));
+    query(b, "ops", HUB_HISTORY_LATEST, 0, 0, "", "", T, &q);
+    CHECK_STR(q.topic, "");
+
+    /* Control messages reach every node, the sender's included. */
+    a->nev = b->nev = 0;
+    struct hub_engine_control c = {.kind = HUB_CONTROL_BAN,
+                                   .target = S("u:bob"),
+                                   .room = S(""),
+                                   .text = S("spam"),
+                                   .by = S("mod"),
+                                   .until_ms = INT64_MAX};
+    CHECK_EQ(hub_engine_control(a->e, &c), 0);
+    CHECK(wait_event(a, "control 2 u:bob  spam mod 9223372036854775807", 3000));
+    CHECK(wait_event(b, "control 2 u:bob  spam mod 9223372036854775807", 3000));
+    c.kind = 0;
+    CHECK_EQ(hub_engine_control(a->e, &c), HUB_EINVAL);
+}
+
+/* Amendment state of messages trimmed from the stream is deleted. */
+static void test_trim_cleans(void)
+{
+    history_max = 10;
+    const char *urls[] = {url1};
+    struct node *t = calloc(1, sizeof(*t));
+    CHECK_EQ(open_node(t, "node-t", urls, 1, 900), 0);
+    struct node *all[] = {t, NULL};
+    CHECK(run_until(ready_cond, all, 5000));
+    struct amend_sync s;
+    for (int i = 1; i <= 5; i++) {
+        CHECK_EQ(pub_ex(t, "trim", "m", "u:ann", "", "", 0, 10, NULL), 0);
+        CHECK_EQ(amend(t, "trim", (uint64_t)i, HUB_AMEND_REACT, "u:ann", 0, "👍", 11, 0, &s), 0);
+    }
+    CHECK_EQ(amend(t, "trim", 2, HUB_AMEND_EDIT, "u:ann", 0, "e", 12, 0, &s), 0);
+    CHECK_EQ(test_redis_int(&redis1, "ZCARD chathub:ai:trim"), 5);
+    CHECK_EQ(test_redis_int(&redis1, "EXISTS chathub:x:trim:2"), 1);
+    struct acks acks = {0};
+    for (int i = 0; i < 400; i++) {
+        CHECK_EQ(pub(t, "trim", "filler", "", &acks), 0);
+        if (i % 50 == 49)
+            CHECK(wait_count(&acks.n, i + 1, 3000));
+    }
+    CHECK(wait_count(&acks.n, 400, 5000));
+    CHECK(test_redis_int(&redis1, "XLEN chathub:s:trim") < 300);
+    CHECK_EQ(test_redis_int(&redis1, "ZCARD chathub:ai:trim"), 0);
+    for (int i = 1; i <= 5; i++)
+        CHECK_EQ(test_redis_int(&redis1, "EXISTS chathub:x:trim:%d", i), 0);
+    /* A trimmed message can no longer be amended. */
+    CHECK_EQ(amend(t, "trim", 2, HUB_AMEND_REACT, "u:ann", 0, "👍", 13, 0, &s), HUB_ENOENT);
+    close_node(t);
+    free(t);
+    history_max = 0;
+}
+
+/* Redis CPU per amendment (one script, one round trip each) and per
+ * search of a 1000-message stream (one script scanning it). */
+static void figure_amend_search(struct node *a)
+{
+    const int N = 2000;
+    for (int i = 0; i < 100; i++)
+        CHECK_EQ(
+            pub_ex(a, "fig", "some words to search through here", "u:ann", "", "", 0, 10, NULL), 0);
+    struct amend_sync *s = calloc((size_t)N, sizeof(*s));
+    int done = 0;
+    double cpu0 = test_redis_cpu_us(&redis1);
+    uint64_t t0 = uv_hrtime();
+    for (int i = 0; i < N; i++) {
+        struct hub_history_amend am = {.room = S("fig"),
+                                       .offset = (uint64_t)(i % 100) + 1,
+                                       .kind = (i / 100) % 2 ? HUB_AMEND_UNREACT : HUB_AMEND_REACT,
+                                       .who = S("u:ann"),
+                                       .emoji = S("👍"),
+                                       .ts = 11};
+        CHECK_EQ(hub_engine_amend(a->e, &am, S("ann"), on_amended, &s[i]), 0);
+        if (i % 50 == 49)
+            for (int k = i - 49; k <= i; k++)
+                CHECK(wait_count(&s[k].done, 1, 3000));
+        (void)done;
+    }
+    double secs = (double)(uv_hrtime() - t0) / 1e9, cpu1 = test_redis_cpu_us(&redis1);
+    int errs = 0;
+    for (int i = 0; i < N; i++)
+        errs += s[i].err != 0;
+    CHECK_EQ(errs, 0);
+    printf("figure: %d reactions/unreactions: %.0f/s, Redis CPU %.1f us each, 1 round trip each\n",
+           N, N / secs, (cpu1 - cpu0) / N);
+    free(s);
+    struct acks acks = {0};
+    for (int i = 0; i < 900; i++) {
+        CHECK_EQ(pub(a, "fig", "filler text that never matches", "", &acks), 0);
+        if (i % 50 == 49)
+            CHECK(wait_count(&acks.n, i + 1, 3000));
+    }
+    CHECK(wait_count(&acks.n, 900, 5000));
+    struct search_sync r;
+    cpu0 = test_redis_cpu_us(&redis1);
+    t0 = uv_hrtime();
+    for (int i = 0; i < 20; i++)
+        CHECK_EQ(search(a, "fig", "sear thro", 0, 50, &r), 0);
+    secs = (double)(uv_hrtime() - t0) / 1e9;
+    cpu1 = test_redis_cpu_us(&redis1);
+    CHECK_EQ(r.n, 50);
+    printf("figure: search of a 1000-message stream (50 of 100 matches): %.2f ms per search, "
+           "Redis CPU %.0f us per search\n",
+           secs * 1000 / 20, (cpu1 - cpu0) / 20);
+    for (int i = 0; i < 20; i++)
+        CHECK_EQ(search(a, "fig", "zzz", 0, 50, &r), 0);
+    cpu0 = test_redis_cpu_us(&redis1);
+    t0 = uv_hrtime();
+    for (int i = 0; i < 20; i++)
+        CHECK_EQ(search(a, "fig", "nomatch", 0, 50, &r), 0);
+    secs = (double)(uv_hrtime() - t0) / 1e9;
+    cpu1 = test_redis_cpu_us(&redis1);
+    CHECK_EQ(r.n, 0);
+    CHECK_EQ(r.complete, 1);
+    printf("figure: search without a match (whole 1000-message stream): %.2f ms, Redis CPU %.0f "
+           "us per search\n",
+           secs * 1000 / 20, (cpu1 - cpu0) / 20);
+}
+
 static struct test_redis redis2;
+
+struct heal_wait {
+    struct test_redis *r;
+};
+
+static int healed(void *arg)
+{
+    struct heal_wait *w = arg;
+    return test_redis_int(w->r, "EXISTS chathub:ban:0:u:heal") == 1;
+}
 
 /* Two independent servers: rooms are spread over both, and each room's keys
  * live on exactly one of them. */
@@ -717,6 +1369,54 @@ static void test_sharding(void)
     CHECK_EQ(hub_engine_claim_nick(y->e, S("zed"), S("y-1"), on_done, &d), 0);
     CHECK(wait_count(&d.done, 2, 3000));
     CHECK_EQ(d.err, HUB_EEXIST);
+
+    /* A hub-wide ban is written to every shard, so the publish script of
+     * every room checks it; queries on both shards report it. */
+    CHECK_EQ(restrict_(x, HUB_RESTRICT_BAN, "", "u:zed", INT64_MAX), 0);
+    int refused = 0, banned = 0;
+    for (int i = 0; i < 16; i++) {
+        snprintf(room, sizeof(room), "room%d", i);
+        refused += pub_ex(y, room, "x", "u:zed", "u:zed", "", 0, 5000000, NULL) == HUB_EPERM;
+        struct query_sync q;
+        query(y, room, HUB_HISTORY_LATEST, 0, 0, "", "u:zed", 5000000, &q);
+        banned += q.pos.ban_until == INT64_MAX;
+    }
+    CHECK_EQ(refused, 16);
+    CHECK_EQ(banned, 16);
+    CHECK_EQ(test_redis_int(&redis1, "EXISTS chathub:ban:0:u:zed") +
+                 test_redis_int(&redis2, "EXISTS chathub:ban:0:u:zed"),
+             2);
+    CHECK_EQ(restrict_(y, HUB_RESTRICT_BAN, "", "u:zed", 0), 0);
+    for (int i = 0; i < 16; i++) {
+        snprintf(room, sizeof(room), "room%d", i);
+        CHECK_EQ(pub_ex(y, room, "x", "u:zed", "u:zed", "", 0, 5000000, NULL), 0);
+    }
+    /* The second shard restarts empty: the first shard's list of hub-wide
+     * restrictions is copied back to it when the nodes reconnect. */
+    CHECK_EQ(restrict_(x, HUB_RESTRICT_BAN, "", "u:heal", INT64_MAX), 0);
+    int shard2 = -1;
+    for (int i = 0; i < 16 && shard2 < 0; i++)
+        if (test_redis_int(&redis2, "EXISTS chathub:r:room%d", i) == 1)
+            shard2 = i;
+    CHECK(shard2 >= 0);
+    test_redis_signal(&redis2, SIGKILL);
+    CHECK(run_until(not_ready_cond, x, 3000));
+    CHECK_EQ(test_redis_start(&redis2), 0);
+    CHECK(run_until(ready_cond, both, 5000));
+    struct heal_wait hw = {&redis2};
+    CHECK(run_until(healed, &hw, 3000));
+    snprintf(room, sizeof(room), "room%d", shard2);
+    CHECK_EQ(pub_ex(y, room, "x", "u:heal", "u:heal", "", 0, 5000000, NULL), HUB_EPERM);
+    CHECK_EQ(restrict_(y, HUB_RESTRICT_BAN, "", "u:heal", 0), 0);
+    CHECK_EQ(test_redis_int(&redis1, "HLEN chathub:hr"), 0);
+    CHECK_EQ(test_redis_int(&redis2, "HLEN chathub:hr"), 0);
+
+    /* Control messages over two shards (the channel is on the first). */
+    struct hub_engine_control c = {
+        .kind = HUB_CONTROL_TOPIC, .room = S("room3"), .text = S("new topic"), .by = S("api")};
+    CHECK_EQ(hub_engine_control(y->e, &c), 0);
+    CHECK(wait_event(x, "control 4  room3 new topic api 0", 3000));
+    CHECK(wait_event(y, "control 4  room3 new topic api 0", 3000));
     close_node(x);
     close_node(y);
     free(x);
@@ -741,6 +1441,13 @@ int main(void)
     test_presence_nicks(a, b);
     test_lease_expiry(a, b);
     test_hole_fill(a, b);
+    test_msgops(a, b);
+    test_amend_after_hole(a, b);
+    test_amend_log(a, b);
+    test_search(a, b);
+    test_restrict_topic_control(a, b);
+    test_trim_cleans();
+    figure_amend_search(a);
     test_epoch(a, b);
     figure_cpu(a, b);
     test_kill_restart(a, b);
