@@ -14,9 +14,12 @@
  * Targets are named by nick. A nick held on this node by a signed user is
  * restricted by its user id ("u:<sub>", every connection and every later
  * nick); any other nick by its claim key ("n:<key>", the key guests are
- * checked by). A signed user on another node is therefore reached by nick
- * for kicks and bans' removal, but restricted by the nick's key only: the
- * server API (user=) names a sub directly.
+ * checked by). For a ban the BAN control carries the nick, and the node
+ * where a signed user holds it records the ban (or, with until 0, the
+ * unban) under the user id as well (ban_holder), so a ban reaches a signed
+ * user on any node. A mute has no control message: a signed user on
+ * another node is muted by the nick's key only (the server API names a sub
+ * directly with user=).
  */
 #include "chat_int.h"
 #include "hub/engine.h"
@@ -315,7 +318,9 @@ static void restrict_cb(void *data, int err)
         return;
     }
     mod_succeeded(pm);
-    if (pm->kind == HUB_RESTRICT_BAN && pm->until != 0) {
+    if (pm->kind == HUB_RESTRICT_BAN) {
+        /* An unban goes out too (until 0): the node holding the nick lifts
+         * what it recorded under the user id (ban_holder). */
         send_control(pm, HUB_CONTROL_BAN, pm->reason, pm->until);
     } else if (pm->kind == HUB_RESTRICT_MUTE) {
         /* No control kind for mutes: the local holder hears of it. */
@@ -473,6 +478,39 @@ static void disconnect_one(struct hub_chat_client *c, const struct hub_engine_co
         hub_ws_close(c->ws, HUB_CHAT_CLOSE_DISCONNECTED, n > 0 ? reason : "disconnected");
 }
 
+static void holder_restricted(void *data, int err)
+{
+    (void)data;
+    if (err != 0)
+        hub_log_warn("moderation: a ban by nick could not be recorded for its user: %s",
+                     hub_strerror(err));
+}
+
+/* A ban (or, until_ms 0, an unban) named a nick that a signed user holds on
+ * this node: the moderator's node, which may be another, could record it
+ * only under the nick's key, so this node records it under the user id as
+ * well, which is what that user's joins and sends are checked by. */
+static void ban_holder(struct hub_chat *chat, const struct hub_engine_control *c)
+{
+    if (c->target.len > 2 && memcmp(c->target.base, "u:", 2) == 0)
+        return; /* already the user id */
+    struct hub_chat_client *holder = chat_nick_find(chat, c->target.base, c->target.len);
+    if (holder == NULL || holder->user == NULL)
+        return;
+    char key[CHAT_KEY_MAX];
+    struct hub_history_restrict r = {.kind = HUB_RESTRICT_BAN};
+    r.room = c->room;
+    r.actor.base = key;
+    r.actor.len = chat_actor_key(holder, key);
+    r.until_ms = c->until_ms;
+    r.by = c->by;
+    r.reason = c->text;
+    r.ts = chat_now(chat);
+    int rc = hub_engine_restrict(chat->engine, &r, holder_restricted, NULL);
+    if (rc != 0)
+        holder_restricted(NULL, rc);
+}
+
 void chat_on_control(void *data, const struct hub_engine_control *c)
 {
     struct hub_chat *chat = data;
@@ -481,7 +519,9 @@ void chat_on_control(void *data, const struct hub_engine_control *c)
         for_targets(chat, c->target, kick_one, c);
         break;
     case HUB_CONTROL_BAN:
-        for_targets(chat, c->target, ban_one, c);
+        ban_holder(chat, c);
+        if (c->until_ms != 0) /* 0: an unban, recorded above; nobody is removed */
+            for_targets(chat, c->target, ban_one, c);
         break;
     case HUB_CONTROL_DISCONNECT:
         for_targets(chat, c->target, disconnect_one, c);
