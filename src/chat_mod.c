@@ -106,11 +106,33 @@ static int mod_parse(struct request *rq, int hub_ok, int need_nick, int has_dura
     return 0;
 }
 
+/* The local holder of nick, or of "~nick" (a guest named without its
+ * mark), or NULL. */
+static struct hub_chat_client *find_target(const struct hub_chat *chat, struct hub_iov nick)
+{
+    struct hub_chat_client *c = chat_nick_find(chat, nick.base, nick.len);
+    if (c != NULL || nick.len == 0 || nick.base[0] == '~' || nick.len >= HUB_CHAT_NICK_BYTES)
+        return c;
+    char g[HUB_CHAT_NICK_BYTES + 1];
+    g[0] = '~';
+    memcpy(g + 1, nick.base, nick.len);
+    return chat_nick_find(chat, g, nick.len + 1);
+}
+
+/* 1 if the member's nick m is nick, or "~nick". */
+static int same_target(struct hub_iov m, struct hub_iov nick)
+{
+    if (chat_nick_same(m.base, m.len, nick.base, nick.len))
+        return 1;
+    return m.len == nick.len + 1 && m.base[0] == '~' && nick.len > 0 && nick.base[0] != '~' &&
+           chat_nick_same(m.base + 1, m.len - 1, nick.base, nick.len);
+}
+
 /* The target of a control message for nick: "u:<sub>" when a signed user
  * holds it on this node, else the nick. Returns its length in buf. */
 static size_t control_target(const struct hub_chat *chat, struct hub_iov nick, char *buf)
 {
-    struct hub_chat_client *c = chat_nick_find(chat, nick.base, nick.len);
+    struct hub_chat_client *c = find_target(chat, nick);
     if (c != NULL && c->user != NULL) {
         int n = snprintf(buf, CHAT_KEY_MAX, "u:%s", c->user->id.sub);
         return n > 0 ? (size_t)n : 0;
@@ -122,7 +144,7 @@ static size_t control_target(const struct hub_chat *chat, struct hub_iov nick, c
 /* The restriction key for nick (see the file comment). */
 static size_t restrict_key(const struct hub_chat *chat, struct hub_iov nick, char *buf)
 {
-    struct hub_chat_client *c = chat_nick_find(chat, nick.base, nick.len);
+    struct hub_chat_client *c = find_target(chat, nick);
     if (c != NULL)
         return chat_actor_key(c, buf);
     buf[0] = 'n';
@@ -220,7 +242,7 @@ static void kick_members_cb(void *data, int err, uint64_t total, const struct hu
     }
     int found = total > HUB_CHAT_LIST_MAX; /* too many to list: let every node look */
     for (size_t i = 0; i < n && !found; i++)
-        found = chat_nick_same(m[i].nick.base, m[i].nick.len, pm->nick.base, pm->nick.len);
+        found = same_target(m[i].nick, pm->nick);
     if (!found) {
         chat_send_error(pm->cl, pm->id, "no_such_nick", "nobody of that nick is in the room");
     } else {
@@ -287,7 +309,7 @@ static void for_targets(struct hub_chat *chat, struct hub_iov target,
         sub = target.base + 2;
         sublen = target.len - 2;
     } else {
-        struct hub_chat_client *c = chat_nick_find(chat, target.base, target.len);
+        struct hub_chat_client *c = find_target(chat, target);
         if (c == NULL)
             return;
         if (c->user == NULL) {
@@ -486,16 +508,18 @@ static void holder_restricted(void *data, int err)
                      hub_strerror(err));
 }
 
-/* A ban (or, until_ms 0, an unban) named a nick that a signed user holds on
- * this node: the moderator's node, which may be another, could record it
- * only under the nick's key, so this node records it under the user id as
- * well, which is what that user's joins and sends are checked by. */
+/* A ban (or, until_ms 0, an unban) named a nick held on this node: the
+ * moderator's node, which may be another, could record it only under the
+ * key of the nick as given, so this node records it under the holder's own
+ * actor key as well (the user id of a signed user, the key of "~nick" for a
+ * guest named without its mark), which is what its joins and sends are
+ * checked by. On the moderator's node this writes the same record twice. */
 static void ban_holder(struct hub_chat *chat, const struct hub_engine_control *c)
 {
     if (c->target.len > 2 && memcmp(c->target.base, "u:", 2) == 0)
         return; /* already the user id */
-    struct hub_chat_client *holder = chat_nick_find(chat, c->target.base, c->target.len);
-    if (holder == NULL || holder->user == NULL)
+    struct hub_chat_client *holder = find_target(chat, c->target);
+    if (holder == NULL || holder->mode != HUB_CHAT_JSON)
         return;
     char key[CHAT_KEY_MAX];
     struct hub_history_restrict r = {.kind = HUB_RESTRICT_BAN};
