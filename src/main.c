@@ -597,8 +597,8 @@ int main(int argc, char **argv)
                "on this machine open %s://localhost:%d/)",
                HUB_VERSION, scheme, bound, scheme, port);
     else
-        printf("chathub %s listening on %s://%s/ (reachable from the network)", HUB_VERSION, scheme,
-               bound);
+        printf("chathub %s listening on %s://%s/ (reachable from the network)", HUB_VERSION,
+               scheme, bound);
     if (cfg.nredis > 0)
         printf("; history in Redis\n");
     else if (cfg.persist)

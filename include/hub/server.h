@@ -73,10 +73,10 @@ struct hub_server_config {
     /* issue 18 (newcomer) */
     int strict_origin; /* 1: no local-dev Origin relaxation on loopback (origin.h) */
     const struct hub_cidr *trust_proxy; /* --trust-proxy networks (borrowed), or NULL */
-    size_t ntrust_proxy;                /* number of networks */
-    struct hub_tls_ctx *tls;     /* TLS on the port (borrowed, reloaded on SIGHUP), or NULL */
-    const struct hub_auth *auth; /* --auth-secret-file verifier (borrowed), or NULL */
-    int guests;                  /* --guests: unsigned guests beside signed users */
+    size_t ntrust_proxy;                     /* number of networks */
+    struct hub_tls_ctx *tls;          /* TLS on the port (borrowed, reloaded on SIGHUP), or NULL */
+    const struct hub_auth *auth;             /* --auth-secret-file verifier (borrowed), or NULL */
+    int guests;                              /* --guests: unsigned guests beside signed users */
     /* Issue 13 part 3: the server API under /api/ (include/hub/api.h). */
     const char *api_key; /* --api-key-file's key (borrowed), or NULL: every /api/ path is 404 */
     size_t api_key_len;  /* its bytes (at least HUB_API_KEY_MIN) */
