@@ -244,13 +244,16 @@ static void memory_unsubscribe(struct hub_engine *base, struct hub_iov room)
 
 /* ---- publish and read ------------------------------------------------ */
 
+#define MPUB_PARTS 8
+
 struct mpub {
     struct memory_engine *e;  /* the engine */
     hub_engine_publish_cb cb; /* completion */
     void *data;               /* its argument */
     int binary;               /* a relay */
-    size_t lens[5];           /* room, from, text, cmid, client */
-    char bytes[];             /* the five strings, back to back */
+    uint64_t reply_to;        /* offset answered, or 0 */
+    size_t lens[MPUB_PARTS];  /* room, from, text, cmid, client, author, actor, mentions */
+    char bytes[];             /* the strings, back to back */
 };
 
 static struct hub_iov mpub_part(const struct mpub *pm, int k)
@@ -272,6 +275,9 @@ static void mpub_deliver(struct mpub *pm, uint64_t offset, int64_t ts)
     m.text = mpub_part(pm, 2);
     m.cmid = mpub_part(pm, 3);
     m.client = mpub_part(pm, 4);
+    m.author = mpub_part(pm, 5);
+    m.mentions = mpub_part(pm, 7);
+    m.reply_to = pm->reply_to;
     m.offset = offset;
     m.ts = ts;
     m.binary = pm->binary;
@@ -310,9 +316,10 @@ static int memory_publish(struct hub_engine *base, const struct hub_engine_pub *
                           hub_engine_publish_cb cb, void *data)
 {
     struct memory_engine *e = (struct memory_engine *)base;
-    struct hub_iov parts[5] = {p->room, p->from, p->text, p->cmid, p->client};
+    struct hub_iov parts[MPUB_PARTS] = {p->room,   p->from,   p->text,  p->cmid,
+                                        p->client, p->author, p->actor, p->mentions};
     size_t total = 0;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < MPUB_PARTS; i++)
         total += parts[i].len;
     struct mpub *pm = malloc(sizeof(*pm) + total);
     if (pm == NULL)
@@ -321,8 +328,9 @@ static int memory_publish(struct hub_engine *base, const struct hub_engine_pub *
     pm->cb = cb;
     pm->data = data;
     pm->binary = p->binary;
+    pm->reply_to = p->reply_to;
     char *w = pm->bytes;
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < MPUB_PARTS; i++) {
         pm->lens[i] = parts[i].len;
         if (parts[i].len > 0)
             memcpy(w, parts[i].base, parts[i].len);
@@ -330,10 +338,19 @@ static int memory_publish(struct hub_engine *base, const struct hub_engine_pub *
     }
     /* Count first: the memory store completes inside the call. */
     e->pending++;
-    int rc = p->binary
-                 ? hub_history_barrier(e->store, mpub_relayed, pm)
-                 : hub_history_append(e->store, mpub_part(pm, 0), mpub_part(pm, 1),
-                                      mpub_part(pm, 2), mpub_part(pm, 3), p->ts, mpub_appended, pm);
+    struct hub_history_new m = {
+        .room = mpub_part(pm, 0),
+        .from = mpub_part(pm, 1),
+        .text = mpub_part(pm, 2),
+        .cmid = mpub_part(pm, 3),
+        .author = mpub_part(pm, 5),
+        .actor = mpub_part(pm, 6),
+        .mentions = mpub_part(pm, 7),
+        .reply_to = p->reply_to,
+        .ts = p->ts,
+    };
+    int rc = p->binary ? hub_history_barrier(e->store, mpub_relayed, pm)
+                       : hub_history_append_ex(e->store, &m, mpub_appended, pm);
     if (rc != 0) {
         e->pending--;
         free(pm);
@@ -375,6 +392,196 @@ static int memory_read(struct hub_engine *base, struct hub_iov room, int dir, ui
         free(rd);
     }
     return rc;
+}
+
+/* ---- queries, amendments, search, restrictions, topics, control ---- */
+
+static int memory_query(struct hub_engine *base, struct hub_iov room,
+                        const struct hub_history_query *q, hub_history_read_cb cb, void *data)
+{
+    struct memory_engine *e = (struct memory_engine *)base;
+    struct mread *rd = malloc(sizeof(*rd));
+    if (rd == NULL)
+        return HUB_ENOMEM;
+    rd->e = e;
+    rd->cb = cb;
+    rd->data = data;
+    e->pending++;
+    int rc = hub_history_query(e->store, room, q, mread_done, rd);
+    if (rc != 0) {
+        e->pending--;
+        free(rd);
+    }
+    return rc;
+}
+
+/* An amendment in flight: what on_amend needs once the store has it. */
+struct mamend {
+    struct memory_engine *e;
+    hub_engine_amend_cb cb;
+    void *data;
+    uint64_t offset;
+    int kind;
+    size_t lens[5]; /* room, text, emoji, who, nick */
+    char bytes[];
+};
+
+static struct hub_iov mamend_part(const struct mamend *ma, int k)
+{
+    size_t off = 0;
+    for (int i = 0; i < k; i++)
+        off += ma->lens[i];
+    return iov(ma->bytes + off, ma->lens[k]);
+}
+
+static void mamend_done(void *data, int err, const struct hub_history_amended *r)
+{
+    struct mamend *ma = data;
+    struct memory_engine *e = ma->e;
+    int fan = err == 0 && r != NULL && r->changed;
+    struct hub_engine_amended a = {
+        .room = mamend_part(ma, 0),
+        .offset = ma->offset,
+        .kind = ma->kind,
+        .text = ma->kind == HUB_AMEND_EDIT ? mamend_part(ma, 1) : iov(NULL, 0),
+        .edited_ts = fan ? r->edited_ts : 0,
+        .emoji = mamend_part(ma, 2),
+        .count = fan ? r->count : 0,
+        .who = mamend_part(ma, 3),
+        .nick = mamend_part(ma, 4),
+    };
+    ma->cb(ma->data, err, r);
+    /* After the completion, as engine.h says; only for subscribed rooms. */
+    if (fan && e->base.ev.on_amend != NULL && find_sub(e, a.room) != NULL)
+        e->base.ev.on_amend(e->base.data, &a);
+    free(ma);
+    e->pending--;
+    maybe_closed(e);
+}
+
+static int memory_amend(struct hub_engine *base, const struct hub_history_amend *a,
+                        struct hub_iov nick, hub_engine_amend_cb cb, void *data)
+{
+    struct memory_engine *e = (struct memory_engine *)base;
+    struct hub_iov parts[5] = {a->room, a->text, a->emoji, a->who, nick};
+    size_t total = 0;
+    for (int i = 0; i < 5; i++)
+        total += parts[i].len;
+    struct mamend *ma = malloc(sizeof(*ma) + total);
+    if (ma == NULL)
+        return HUB_ENOMEM;
+    ma->e = e;
+    ma->cb = cb;
+    ma->data = data;
+    ma->offset = a->offset;
+    ma->kind = a->kind;
+    char *w = ma->bytes;
+    for (int i = 0; i < 5; i++) {
+        ma->lens[i] = parts[i].len;
+        if (parts[i].len > 0)
+            memcpy(w, parts[i].base, parts[i].len);
+        w += parts[i].len;
+    }
+    e->pending++;
+    int rc = hub_history_amend(e->store, a, mamend_done, ma);
+    if (rc != 0) {
+        e->pending--;
+        free(ma);
+    }
+    return rc;
+}
+
+/* A search, restriction or topic in flight. */
+struct mdone {
+    struct memory_engine *e;
+    hub_history_search_cb search_cb;
+    hub_engine_done_cb done_cb;
+    void *data;
+};
+
+static struct mdone *mdone_new(struct memory_engine *e, void *data)
+{
+    struct mdone *d = calloc(1, sizeof(*d));
+    if (d != NULL) {
+        d->e = e;
+        d->data = data;
+        e->pending++;
+    }
+    return d;
+}
+
+static void mdone_free(struct mdone *d)
+{
+    struct memory_engine *e = d->e;
+    free(d);
+    e->pending--;
+    maybe_closed(e);
+}
+
+static void msearch_done(void *data, int err, const struct hub_history_msg *msgs, size_t n,
+                         int complete)
+{
+    struct mdone *d = data;
+    d->search_cb(d->data, err, msgs, n, complete);
+    mdone_free(d);
+}
+
+static void mdone_done(void *data, int err)
+{
+    struct mdone *d = data;
+    d->done_cb(d->data, err);
+    mdone_free(d);
+}
+
+/* Cleans up after a store call that returned an error. */
+static int mdone_failed(struct mdone *d, int rc)
+{
+    if (rc != 0)
+        mdone_free(d);
+    return rc;
+}
+
+static int memory_search(struct hub_engine *base, struct hub_iov room, struct hub_iov q,
+                         uint64_t before, unsigned limit, hub_history_search_cb cb, void *data)
+{
+    struct memory_engine *e = (struct memory_engine *)base;
+    struct mdone *d = mdone_new(e, data);
+    if (d == NULL)
+        return HUB_ENOMEM;
+    d->search_cb = cb;
+    return mdone_failed(d, hub_history_search(e->store, room, q, before, limit, msearch_done, d));
+}
+
+static int memory_restrict(struct hub_engine *base, const struct hub_history_restrict *r,
+                           hub_engine_done_cb cb, void *data)
+{
+    struct memory_engine *e = (struct memory_engine *)base;
+    struct mdone *d = mdone_new(e, data);
+    if (d == NULL)
+        return HUB_ENOMEM;
+    d->done_cb = cb;
+    return mdone_failed(d, hub_history_restrict(e->store, r, mdone_done, d));
+}
+
+static int memory_set_topic(struct hub_engine *base, struct hub_iov room, struct hub_iov topic,
+                            hub_engine_done_cb cb, void *data)
+{
+    struct memory_engine *e = (struct memory_engine *)base;
+    struct mdone *d = mdone_new(e, data);
+    if (d == NULL)
+        return HUB_ENOMEM;
+    d->done_cb = cb;
+    return mdone_failed(d, hub_history_set_topic(e->store, room, topic, mdone_done, d));
+}
+
+/* One node: the control message is this node's alone, applied at once
+ * (on_control fires before the call returns; see engine.h). */
+static int memory_control(struct hub_engine *base, const struct hub_engine_control *c)
+{
+    struct memory_engine *e = (struct memory_engine *)base;
+    if (e->base.ev.on_control != NULL)
+        e->base.ev.on_control(e->base.data, c);
+    return 0;
 }
 
 /* ---- presence -------------------------------------------------------- */
@@ -642,4 +849,10 @@ static const struct engine_ops memory_ops = {
     .typing = memory_typing,
     .invite = memory_invite,
     .stats = memory_stats,
+    .query = memory_query,
+    .amend = memory_amend,
+    .search = memory_search,
+    .set_restriction = memory_restrict,
+    .set_topic = memory_set_topic,
+    .control = memory_control,
 };

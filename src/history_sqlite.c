@@ -1526,7 +1526,13 @@ static void sqlite_stats(const struct hub_history *base, struct hub_history_stat
 }
 
 static const struct history_ops sqlite_ops = {
-    sqlite_append, sqlite_read, sqlite_barrier, sqlite_close, sqlite_free, NULL, sqlite_stats,
+    .append = sqlite_append,
+    .read = sqlite_read,
+    .barrier = sqlite_barrier,
+    .close = sqlite_close,
+    .free = sqlite_free,
+    .hold = NULL,
+    .stats = sqlite_stats,
 };
 
 /* ---- Opening ---- */

@@ -39,7 +39,11 @@
  * Callbacks and upcalls run on the loop thread. The memory engine completes
  * presence, nick, typing and invite calls before returning (and publishes and
  * reads as its history store does); callers must accept a callback from
- * inside the call, as with the memory history store.
+ * inside the call, as with the memory history store. Its hub_engine_control
+ * fires on_control before returning, so the caller must not be in the middle
+ * of something the handler changes (walking a room's members, say): send the
+ * control message last, after the caller's own state is consistent. Its
+ * on_amend fires right after the amendment's completion callback.
  *
  * Errors. HUB_EAGAIN means the engine is not connected to the Redis server
  * that owns the room or nick (or the request timed out, or its connection

@@ -261,6 +261,11 @@ size_t history_manual_release_all(struct hub_history *h)
 }
 
 static const struct history_ops manual_ops = {
-    manual_append, manual_read, manual_barrier, manual_close,
-    manual_free,   manual_hold, manual_stats,
+    .append = manual_append,
+    .read = manual_read,
+    .barrier = manual_barrier,
+    .close = manual_close,
+    .free = manual_free,
+    .hold = manual_hold,
+    .stats = manual_stats,
 };

@@ -388,6 +388,232 @@ struct sq {
     int closed;
 };
 
+/* ---- issue 13 and 15: amendments, control messages, refusals ---- */
+
+static struct log *xlog; /* where the new upcalls write (the same log) */
+
+static void on_msg_x(void *data, const struct hub_engine_msg *m)
+{
+    char mentions[64];
+    snprintf(mentions, sizeof(mentions), "%.*s", (int)m->mentions.len, m->mentions.base);
+    for (char *p = mentions; *p; p++)
+        if (*p == '\n')
+            *p = ',';
+    logf_(data, "msg %llu %.*s author=%.*s mentions=%s reply=%llu", (unsigned long long)m->offset,
+          (int)m->text.len, m->text.base, (int)m->author.len, m->author.base, mentions,
+          (unsigned long long)m->reply_to);
+}
+
+static void on_amend_x(void *data, const struct hub_engine_amended *a)
+{
+    logf_(data, "amend %.*s %llu k%d text=%.*s ets=%lld emoji=%.*s count=%u who=%.*s nick=%.*s",
+          (int)a->room.len, a->room.base, (unsigned long long)a->offset, a->kind, (int)a->text.len,
+          a->text.base, (long long)a->edited_ts, (int)a->emoji.len, a->emoji.base, a->count,
+          (int)a->who.len, a->who.base, (int)a->nick.len, a->nick.base);
+}
+
+static void on_control_x(void *data, const struct hub_engine_control *c)
+{
+    logf_(data, "control k%d %.*s room=%.*s text=%.*s by=%.*s until=%lld", c->kind,
+          (int)c->target.len, c->target.base, (int)c->room.len, c->room.base, (int)c->text.len,
+          c->text.base, (int)c->by.len, c->by.base, (long long)c->until_ms);
+}
+
+static const struct hub_engine_events events_x = {
+    .on_msg = on_msg_x,
+    .on_amend = on_amend_x,
+    .on_control = on_control_x,
+};
+
+struct amend_seen {
+    int calls, err, changed;
+    uint32_t count;
+    int log_at; /* log lines when the completion ran */
+};
+
+static void on_amend_done(void *data, int err, const struct hub_history_amended *r)
+{
+    struct amend_seen *s = data;
+    s->calls++;
+    s->err = err;
+    s->changed = err == 0 ? r->changed : -1;
+    s->count = err == 0 ? r->count : 0;
+    s->log_at = xlog->n;
+}
+
+static struct amend_seen amend_x(struct hub_engine *e, const char *room, int kind, uint64_t off,
+                                 const char *who, const char *text, const char *emoji)
+{
+    struct amend_seen s = {0};
+    struct hub_history_amend a = {.room = S(room),
+                                  .offset = off,
+                                  .kind = kind,
+                                  .who = S(who),
+                                  .text = S(text),
+                                  .emoji = S(emoji),
+                                  .ts = 2000};
+    CHECK_EQ(hub_engine_amend(e, &a, S("nick"), on_amend_done, &s), 0);
+    CHECK_EQ(s.calls, 1);
+    return s;
+}
+
+struct search_seen {
+    int calls, err, complete;
+    size_t n;
+    uint64_t offs[8];
+};
+
+static void on_search_done(void *data, int err, const struct hub_history_msg *m, size_t n,
+                           int complete)
+{
+    struct search_seen *s = data;
+    s->calls++;
+    s->err = err;
+    s->n = n;
+    s->complete = complete;
+    for (size_t i = 0; i < n && i < 8; i++)
+        s->offs[i] = m[i].offset;
+}
+
+static void test_msgops(void)
+{
+    struct hub_history *h;
+    struct hub_history_config cfg;
+    hub_history_config_default(&cfg);
+    CHECK_EQ(hub_history_open_memory(&h, &cfg), 0);
+    struct log log = {0};
+    xlog = &log;
+    struct hub_engine *e;
+    CHECK_EQ(hub_engine_open_memory(&e, h, &events_x, &log), 0);
+    CHECK_EQ(hub_engine_subscribe(e, S("lobby")), 0);
+
+    /* publish carries author, mentions and reply_to to on_msg. */
+    struct acks a = {0};
+    struct hub_engine_pub p = {.room = S("lobby"),
+                               .from = S("ann"),
+                               .text = S("hello @bob"),
+                               .client = S("c-1"),
+                               .ts = 1000,
+                               .author = S("u:ann"),
+                               .actor = S("u:ann"),
+                               .mentions = S("bob\n")};
+    CHECK_EQ(hub_engine_publish(e, &p, on_ack, &a), 0);
+    p.text = S("re");
+    p.mentions = S("");
+    p.reply_to = 1;
+    CHECK_EQ(hub_engine_publish(e, &p, on_ack, &a), 0);
+    CHECK_EQ(a.n, 2);
+    CHECK_STR(log.lines[0], "msg 1 hello @bob author=u:ann mentions=bob, reply=0");
+    CHECK_STR(log.lines[1], "msg 2 re author=u:ann mentions= reply=1");
+    /* A bad reply_to and a muted actor are refused through the callback. */
+    p.reply_to = 9;
+    CHECK_EQ(hub_engine_publish(e, &p, on_ack, &a), 0);
+    CHECK_EQ(a.err[2], HUB_EINVAL);
+    p.reply_to = 0;
+    int rc = -1;
+    struct hub_history_restrict mute = {.kind = HUB_RESTRICT_MUTE,
+                                        .room = S("lobby"),
+                                        .actor = S("u:ann"),
+                                        .until_ms = INT64_MAX,
+                                        .by = S("mod")};
+    CHECK_EQ(hub_engine_restrict(e, &mute, on_done, &rc), 0);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(hub_engine_publish(e, &p, on_ack, &a), 0);
+    CHECK_EQ(a.err[3], HUB_EPERM);
+    CHECK_EQ(log.n, 2);
+    mute.until_ms = 0;
+    CHECK_EQ(hub_engine_restrict(e, &mute, on_done, &rc), 0);
+    /* Refused before the store: bad mentions, long keys. */
+    p.mentions = S("bob");
+    CHECK_EQ(hub_engine_publish(e, &p, on_ack, &a), HUB_EINVAL);
+    p.mentions = S("a\n\n");
+    CHECK_EQ(hub_engine_publish(e, &p, on_ack, &a), HUB_EINVAL);
+    p.mentions = S("");
+    char bigkey[600];
+    memset(bigkey, 'k', sizeof(bigkey) - 1);
+    bigkey[sizeof(bigkey) - 1] = '\0';
+    p.author = S(bigkey);
+    CHECK_EQ(hub_engine_publish(e, &p, on_ack, &a), HUB_EINVAL);
+    CHECK_EQ(a.n, 4);
+
+    /* on_amend follows the completion, only when something changed. */
+    struct amend_seen s = amend_x(e, "lobby", HUB_AMEND_EDIT, 1, "u:ann", "hello @bobby", "");
+    CHECK_EQ(s.err, 0);
+    CHECK_EQ(s.log_at, 2); /* completion first */
+    CHECK_EQ(log.n, 3);
+    CHECK_STR(log.lines[2],
+              "amend lobby 1 k1 text=hello @bobby ets=2000 emoji= count=0 who=u:ann nick=nick");
+    s = amend_x(e, "lobby", HUB_AMEND_EDIT, 1, "u:bob", "mine", "");
+    CHECK_EQ(s.err, HUB_EPERM);
+    s = amend_x(e, "lobby", HUB_AMEND_REACT, 1, "u:bob", "", "ok");
+    CHECK_EQ(s.count, 1);
+    CHECK_STR(log.lines[3], "amend lobby 1 k3 text= ets=0 emoji=ok count=1 who=u:bob nick=nick");
+    s = amend_x(e, "lobby", HUB_AMEND_REACT, 1, "u:bob", "", "ok");
+    CHECK_EQ(s.changed, 0);
+    CHECK_EQ(log.n, 4); /* nothing changed: no on_amend */
+    s = amend_x(e, "lobby", HUB_AMEND_UNREACT, 1, "u:bob", "", "ok");
+    CHECK_STR(log.lines[4], "amend lobby 1 k4 text= ets=0 emoji=ok count=0 who=u:bob nick=nick");
+    s = amend_x(e, "lobby", HUB_AMEND_DELETE, 2, "u:ann", "", "");
+    CHECK_STR(log.lines[5], "amend lobby 2 k2 text= ets=0 emoji= count=0 who=u:ann nick=nick");
+    /* Refused in engine.c: the callback never fires. */
+    struct amend_seen never = {0};
+    struct hub_history_amend bad = {.room = S("lobby"), .offset = 1, .kind = 9, .who = S("u:a")};
+    CHECK_EQ(hub_engine_amend(e, &bad, S("n"), on_amend_done, &never), HUB_EINVAL);
+    bad.kind = HUB_AMEND_REACT;
+    bad.emoji = S("");
+    CHECK_EQ(hub_engine_amend(e, &bad, S("n"), on_amend_done, &never), HUB_EINVAL);
+    bad.emoji = S("0123456789abcdef0123456789abcdef!");
+    CHECK_EQ(hub_engine_amend(e, &bad, S("n"), on_amend_done, &never), HUB_EINVAL);
+    bad.kind = HUB_AMEND_EDIT;
+    bad.text = S("");
+    CHECK_EQ(hub_engine_amend(e, &bad, S("n"), on_amend_done, &never), HUB_EINVAL);
+    CHECK_EQ(never.calls, 0);
+    /* An unsubscribed room's amendments complete without on_amend. */
+    CHECK_EQ(pub(e, "quiet", "ann", "psst", "", 0, &a), 0);
+    s = amend_x(e, "quiet", HUB_AMEND_REACT, 1, "u:bob", "", "ok");
+    CHECK_EQ(s.err, 0);
+    CHECK_EQ(log.n, 6);
+
+    /* Search, topic and query forward to the store. */
+    struct search_seen ss = {0};
+    CHECK_EQ(hub_engine_search(e, S("lobby"), S("hel"), 0, 10, on_search_done, &ss), 0);
+    CHECK_EQ(ss.calls, 1);
+    CHECK_EQ(ss.n, 1);
+    CHECK_EQ(ss.offs[0], 1);
+    CHECK_EQ(hub_engine_search(e, S("lobby"), S(""), 0, 10, on_search_done, &ss), HUB_EINVAL);
+    CHECK_EQ(hub_engine_set_topic(e, S("lobby"), S("Topic"), on_done, &rc), 0);
+    CHECK_EQ(rc, 0);
+
+    /* Control messages fire at once, in call order. */
+    struct hub_engine_control c = {.kind = HUB_CONTROL_KICK,
+                                   .target = S("bob"),
+                                   .room = S("lobby"),
+                                   .text = S("spam"),
+                                   .by = S("mod")};
+    CHECK_EQ(hub_engine_control(e, &c), 0);
+    c.kind = HUB_CONTROL_BAN;
+    c.room = S("");
+    c.until_ms = INT64_MAX;
+    CHECK_EQ(hub_engine_control(e, &c), 0);
+    CHECK_EQ(log.n, 8);
+    CHECK_STR(log.lines[6], "control k1 bob room=lobby text=spam by=mod until=0");
+    CHECK_STR(log.lines[7], "control k2 bob room= text=spam by=mod until=9223372036854775807");
+    c.kind = HUB_CONTROL_KICK; /* a kick needs a room */
+    CHECK_EQ(hub_engine_control(e, &c), HUB_EINVAL);
+    c.kind = 77;
+    CHECK_EQ(hub_engine_control(e, &c), HUB_EINVAL);
+    CHECK_EQ(log.n, 8);
+
+    int done = 0;
+    hub_engine_close(e, closed, &done);
+    CHECK_EQ(done, 1);
+    CHECK_EQ(hub_engine_control(e, &c), HUB_ECLOSED);
+    CHECK_EQ(hub_engine_search(e, S("lobby"), S("x"), 0, 1, on_search_done, &ss), HUB_ECLOSED);
+    hub_engine_free(e);
+    hub_history_close(h, closed, &done);
+    hub_history_free(h);
+}
+
 static void test_sqlite_ordering(void)
 {
     uv_loop_t loop;
@@ -469,6 +695,7 @@ int main(void)
     test_publish_and_subscribe();
     test_presence();
     test_nicks_and_invites();
+    test_msgops();
     test_sqlite_ordering();
     test_shard_hash();
     return CHECK_DONE();
