@@ -14,8 +14,15 @@
  * - A request's URL and the values of the headers we care about live in one
  *   block of cfg->max_header_bytes allocated with the hub_http; nothing grows
  *   per request. The raw head (request line and headers) is limited to that
- *   size and to cfg->max_headers lines; a request body is read and thrown
- *   away up to HTTP_MAX_BODY bytes.
+ *   size and to cfg->max_headers lines; a request body is read up to
+ *   HUB_HTTP_MAX_BODY decoded bytes (Content-Length or chunked) and kept,
+ *   in a heap block of the request, only for paths under cfg->body_prefix
+ *   (the server API); others are thrown away as they arrive.
+ * - A request the callback answers later (HUB_HTTP_LATER) stops the parser
+ *   right behind it: hub_http_feed returns HUB_HTTP_WAIT with the bytes
+ *   after the request unconsumed, and hub_http_resume, after the answer,
+ *   finishes the request as if the callback had answered at once. So
+ *   pipelined requests are answered in order however late an answer is.
  * - Responses are queued in request order. After an error response the
  *   connection is marked close-after-flush and the rest of the input is
  *   ignored; after an upgrade nothing more is parsed.
@@ -44,9 +51,9 @@
 #define HTTP_DEFAULT_MAX_HEADER_BYTES 8192
 #define HTTP_DEFAULT_MAX_HEADERS 100
 
-/* Request bodies are never used: they are read and discarded up to this many
- * decoded bytes, which is enough for a stray form post but not for a flood. */
-#define HTTP_MAX_BODY (64u * 1024)
+/* Request bodies are read up to this many decoded bytes (http.h): enough
+ * for the server API's JSON, and for a stray form post, not for a flood. */
+#define HTTP_MAX_BODY HUB_HTTP_MAX_BODY
 
 /* Bytes a whole request may take on the wire beyond its head. Chunked framing
  * (sizes, extensions, trailers) costs bytes that carry no body, so this is
@@ -84,6 +91,8 @@ enum known_header {
     KH_WS_EXTENSIONS,
     KH_X_FORWARDED_FOR, /* read only from trusted proxies (proxy.h) */
     KH_FORWARDED,
+    KH_AUTHORIZATION, /* the server API's key */
+    KH_CONTENT_TYPE,
     KH_COUNT,
     KH_NONE = -1,
 };
@@ -100,12 +109,15 @@ static const char *const known_names[KH_COUNT] = {
     "Sec-WebSocket-Extensions",
     "X-Forwarded-For",
     "Forwarded",
+    "Authorization",
+    "Content-Type",
 };
 
 enum http_state {
     ST_OPEN,     /* parsing requests */
     ST_CLOSED,   /* HUB_HTTP_CLOSE was returned; input is ignored */
     ST_SWITCHED, /* HUB_HTTP_SWITCH was returned; input belongs to WebSocket */
+    ST_WAITING,  /* HUB_HTTP_WAIT was returned; input waits for hub_http_resume */
 };
 
 /* What the last header callback delivered, to tell a continued piece from
@@ -186,6 +198,9 @@ struct hub_http {
     struct head_info head;     /* valid once headers_done */
     int is_head;               /* answer without a body (HEAD) */
     int keep_alive;            /* the connection persists after the response */
+    int keep_body;             /* the path is under cfg->body_prefix: body kept, JSON errors */
+    char *body;                /* the kept body (owned), or NULL */
+    size_t body_cap;           /* bytes allocated for body */
 
     /* What the request callback did. */
     unsigned responses; /* responses queued for the current request */
@@ -222,6 +237,10 @@ static void req_reset(struct hub_http *h)
     h->is_head = 0;
     /* Until a head says otherwise, an error answer ends the connection. */
     h->keep_alive = 0;
+    h->keep_body = 0;
+    free(h->body);
+    h->body = NULL;
+    h->body_cap = 0;
     h->used = 0;
     if (h->store != h->small) {
         free(h->store);
@@ -472,6 +491,25 @@ static int host_char(unsigned char c)
     return c != '\0' && strchr("-._~%!$&'()*+,;=:[]", c) != NULL;
 }
 
+static int split_target(struct hub_iov url, int method, struct hub_http_request *req);
+static struct hub_iov view(const struct hub_http *h, const struct span *s);
+
+/* Is the request's path under cfg->body_prefix (the server API)? Its body
+ * is kept and its errors are JSON. */
+static int under_body_prefix(const struct hub_http *h)
+{
+    const char *prefix = h->cfg->body_prefix;
+    if (prefix == NULL || *prefix == '\0')
+        return 0;
+    struct hub_http_request req;
+    memset(&req, 0, sizeof(req));
+    req.host = view(h, &h->hdr[KH_HOST]);
+    if (split_target(view(h, &h->url), h->head.method, &req) != 0)
+        return 0;
+    size_t n = strlen(prefix);
+    return req.path.len >= n && memcmp(req.path.base, prefix, n) == 0;
+}
+
 /* The head is complete and ends at stream offset end (h->head was filled by
  * the adapter). Returns 0, or the status to fail the request with. */
 static int req_head_done(struct hub_http *h, uint64_t end)
@@ -484,6 +522,7 @@ static int req_head_done(struct hub_http *h, uint64_t end)
     /* A refused upgrade leaves the peer speaking who knows what next, so
      * those requests never keep the connection. */
     h->keep_alive = h->head.keep_alive && !h->head.upgrade;
+    h->keep_body = under_body_prefix(h);
     if (end - h->head_start > h->cfg->max_header_bytes || h->nheaders > h->cfg->max_headers)
         return 431;
     /* Two Host lines make the target ambiguous, and HTTP/1.1 requires one
@@ -501,13 +540,35 @@ static int req_head_done(struct hub_http *h, uint64_t end)
     return 0;
 }
 
-static int req_body(struct hub_http *h, size_t len)
+static int req_body(struct hub_http *h, const char *at, size_t len)
 {
     h->body_bytes += len;
     if (h->body_bytes > HTTP_MAX_BODY) {
         h->err_status = 413;
         return -1;
     }
+    if (!h->keep_body || len == 0)
+        return 0;
+    /* body_bytes - len bytes are kept already; the block grows by doubling
+     * (from 1 KiB, or the announced length) up to the limit. */
+    size_t have = (size_t)(h->body_bytes - len), need = (size_t)h->body_bytes;
+    if (need > h->body_cap) {
+        size_t cap = h->body_cap ? h->body_cap * 2 : 1024;
+        if (h->body_cap == 0 && h->head.has_length && h->head.content_length > cap)
+            cap = (size_t)h->head.content_length;
+        if (cap < need)
+            cap = need;
+        if (cap > HTTP_MAX_BODY)
+            cap = HTTP_MAX_BODY;
+        char *p = realloc(h->body, cap);
+        if (p == NULL) {
+            h->err_status = 503;
+            return -1;
+        }
+        h->body = p;
+        h->body_cap = cap;
+    }
+    memcpy(h->body + have, at, len);
     return 0;
 }
 
@@ -545,6 +606,7 @@ static int pa_headers_complete(http_parser *p)
     struct head_info info;
     info.method = p->method == HTTP_GET    ? HUB_HTTP_GET
                   : p->method == HTTP_HEAD ? HUB_HTTP_HEAD
+                  : p->method == HTTP_POST ? HUB_HTTP_POST
                                            : HUB_HTTP_OTHER;
     info.method_name = http_method_str((enum http_method)p->method);
     info.major = p->http_major;
@@ -564,8 +626,7 @@ static int pa_headers_complete(http_parser *p)
 
 static int pa_body(http_parser *p, const char *at, size_t len)
 {
-    (void)at;
-    return req_body(p->data, len);
+    return req_body(p->data, at, len);
 }
 
 static int pa_message_complete(http_parser *p)
@@ -720,7 +781,7 @@ static int respond_failed(struct hub_http *h, int rc)
 static int respond(struct hub_http *h, int status, const char *content_type, const char *extra,
                    const void *body, size_t body_len, int by_ref)
 {
-    if (h->state != ST_OPEN || hub_conn_closing(h->conn))
+    if ((h->state != ST_OPEN && h->state != ST_WAITING) || hub_conn_closing(h->conn))
         return HUB_ECLOSED;
     struct hub_buf b;
     hub_buf_init(&b);
@@ -809,11 +870,25 @@ int hub_http_respond_status(struct hub_http *h, int status)
         extra = "Retry-After: 5\r\n";
         break;
     }
-    char body[64];
-    int n = snprintf(body, sizeof(body), "%d %s\n", status, hub_http_reason(status));
+    char body[160];
+    int n;
+    if (h->keep_body) {
+        /* The server API's callers parse every answer as JSON. */
+        const char *code = status == 413   ? "too_large"
+                           : status == 404 ? "not_found"
+                           : status == 405 ? "method_not_allowed"
+                           : status == 503 ? "unavailable"
+                           : status >= 500 ? "internal"
+                                           : "bad_request";
+        n = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%d %s\"}}\n",
+                     code, status, hub_http_reason(status));
+    } else {
+        n = snprintf(body, sizeof(body), "%d %s\n", status, hub_http_reason(status));
+    }
     if (n < 0 || (size_t)n >= sizeof(body))
         return HUB_EINVAL;
-    return respond(h, status, "text/plain; charset=utf-8", extra, body, (size_t)n, 0);
+    return respond(h, status, h->keep_body ? "application/json" : "text/plain; charset=utf-8",
+                   extra, body, (size_t)n, 0);
 }
 
 static const char not_found_page[] =
@@ -991,7 +1066,7 @@ static int etag_matches(struct hub_iov inm, const char *etag)
  * error that explains why not. */
 static void serve_default(struct hub_http *h, const struct hub_http_request *req)
 {
-    if (req->method == HUB_HTTP_OTHER) {
+    if (req->method != HUB_HTTP_GET && req->method != HUB_HTTP_HEAD) {
         hub_http_respond_status(h, 405);
         return;
     }
@@ -1101,6 +1176,10 @@ static int build_request(const struct hub_http *h, struct hub_http_request *req)
     req->ws_extensions = view(h, &h->hdr[KH_WS_EXTENSIONS]);
     req->forwarded_for = view(h, &h->hdr[KH_X_FORWARDED_FOR]);
     req->forwarded = view(h, &h->hdr[KH_FORWARDED]);
+    req->authorization = view(h, &h->hdr[KH_AUTHORIZATION]);
+    req->content_type = view(h, &h->hdr[KH_CONTENT_TYPE]);
+    req->body.base = h->body != NULL ? h->body : "";
+    req->body.len = h->body != NULL ? (size_t)h->body_bytes : 0;
     return split_target(view(h, &h->url), req->method, req);
 }
 
@@ -1121,6 +1200,8 @@ static int fail(struct hub_http *h, int status)
     hub_http_respond_status(h, status);
     return close_after(h);
 }
+
+static int request_done(struct hub_http *h);
 
 /* A complete request: hand it to the callback, then serve what it passed. */
 static int finish_request(struct hub_http *h)
@@ -1144,16 +1225,46 @@ static int finish_request(struct hub_http *h)
         hub_log_error("http: callback reported an upgrade it did not accept");
         return fail(h, 500);
     }
+    if (action == HUB_HTTP_LATER && h->responses == 0) {
+        /* The views in req die here; the callback copied what it needs. */
+        h->state = ST_WAITING;
+        return HUB_HTTP_WAIT;
+    }
     if (action == HUB_HTTP_DONE && h->responses == 0) {
         hub_log_error("http: callback took a request without answering it");
         return fail(h, 500);
     }
     if (h->responses == 0)
         serve_default(h, &req);
+    return request_done(h);
+}
+
+/* The current request has its answer: the connection goes on or ends. */
+static int request_done(struct hub_http *h)
+{
     if (!h->keep_alive || hub_conn_closing(h->conn))
         return close_after(h);
     req_reset(h);
     return HUB_HTTP_MORE;
+}
+
+int hub_http_resume(struct hub_http *h)
+{
+    if (h->state != ST_WAITING)
+        return h->state == ST_CLOSED ? HUB_HTTP_CLOSE : HUB_HTTP_MORE;
+    h->state = ST_OPEN;
+    if (hub_conn_closing(h->conn))
+        return close_after(h);
+    if (h->responses == 0) {
+        hub_log_error("http: a request taken for later was resumed without an answer");
+        return fail(h, 500);
+    }
+    return request_done(h);
+}
+
+int hub_http_waiting(const struct hub_http *h)
+{
+    return h->state == ST_WAITING;
 }
 
 /* Has the current request broken a size limit by the time pos bytes of the
@@ -1181,6 +1292,7 @@ void hub_http_config_default(struct hub_http_config *cfg)
     cfg->site = NULL;
     cfg->csp = HUB_HTTP_CSP_PAGE;
     cfg->hsts = 0;
+    cfg->body_prefix = NULL;
 }
 
 struct hub_http *hub_http_new(struct hub_conn *conn, const struct hub_http_config *cfg,
@@ -1206,14 +1318,16 @@ void hub_http_free(struct hub_http *h)
 {
     if (h != NULL && h->store != h->small)
         free(h->store);
+    if (h != NULL)
+        free(h->body);
     free(h);
 }
 
 int hub_http_feed(struct hub_http *h, const char *data, size_t len, size_t *consumed)
 {
-    if (h->state == ST_SWITCHED) {
+    if (h->state == ST_SWITCHED || h->state == ST_WAITING) {
         *consumed = 0;
-        return HUB_HTTP_SWITCH;
+        return h->state == ST_SWITCHED ? HUB_HTTP_SWITCH : HUB_HTTP_WAIT;
     }
     *consumed = len;
     if (h->state == ST_CLOSED)
@@ -1276,7 +1390,7 @@ int hub_http_feed(struct hub_http *h, const char *data, size_t len, size_t *cons
             return fail(h, limit);
         if (ev == EV_COMPLETE) {
             int r = finish_request(h);
-            if (r == HUB_HTTP_SWITCH) {
+            if (r == HUB_HTTP_SWITCH || r == HUB_HTTP_WAIT) {
                 *consumed = off;
                 return r;
             }

@@ -14,6 +14,7 @@
 #include "hub/log.h"
 #include "hub/redisurl.h"
 #include "hub/server.h"
+#include "hub/api.h"
 #ifdef HUB_HAVE_TLS
 #include "hub/tls.h"
 #endif
@@ -138,6 +139,14 @@ static void usage(FILE *f)
         "                        is ignored)\n"
         "  --guests              with --auth-secret-file, also admit clients without a token\n"
         "                        as guests (their nicks shown as ~nick)\n"
+        "\n"
+        "Server API (see docs/operations.md):\n"
+        "  --api-key-file FILE   serve the HTTP API under /api/ to callers that send\n"
+        "                        \"Authorization: Bearer KEY\", KEY being FILE's content\n"
+        "                        (at least 16 bytes; whitespace around it is ignored);\n"
+        "                        without it every /api/ path is 404\n"
+        "  --api-rate N          API requests per second, all callers together (default\n"
+        "                        100; 0 = no limit); beyond it: 429\n"
         "\n"
         "TLS (see docs/operations.md):\n",
         hub_engine_have_redis() ? ""
@@ -360,6 +369,7 @@ int main(int argc, char **argv)
         {"--max-total-rooms", 0, 100000000, 1, &cfg.max_total_rooms},
         {"--max-total-output", 0, 1ull << 40, 4, &cfg.max_total_output},
         {"--deflate-min", 0, 1u << 30, 1, &cfg.deflate_min},
+        {"--api-rate", 0, 1000000, 1, &cfg.api_rate}, /* the server API */
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -404,6 +414,14 @@ int main(int argc, char **argv)
             auth = NULL;
             if (hub_auth_open_file(&auth, v, why, sizeof(why)) != 0)
                 return usage_error("invalid --auth-secret-file: %s", why);
+        } else if ((v = option_value(argc, argv, &i, "--api-key-file", &missing)) != NULL) {
+            /* The server API's key (api.h); static, like the config's other strings. */
+            static char api_key[HUB_API_KEY_MAX + 1];
+            char why[600];
+            if (hub_api_read_key_file(v, api_key, sizeof(api_key), &cfg.api_key_len, why,
+                                      sizeof(why)) != 0)
+                return usage_error("invalid --api-key-file: %s", why);
+            cfg.api_key = api_key;
         } else if (strcmp(a, "--guests") == 0) {
             cfg.guests = 1;
         } else if (missing) {

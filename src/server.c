@@ -28,6 +28,7 @@
  * timer handles of its own).
  */
 #include "hub/server.h"
+#include "hub/api.h"
 #include "hub/auth.h"
 #include "hub/chat.h"
 #include "hub/conn.h"
@@ -83,6 +84,7 @@ struct hub_server {
     struct hub_chat *chat;            /* chat state, owned */
     struct hub_flow *flow;            /* backpressure on senders, owned (freed by its close) */
     struct hub_engine *engine;        /* the Redis engine, owned (NULL: chat's memory engine) */
+    struct hub_api *api;              /* the server API, owned (NULL: no --api-key-file) */
     struct hub_http_config http_cfg;  /* per-connection HTTP limits */
     struct hub_ws_config ws_cfg;      /* per-connection WebSocket limits */
     struct hub_origin_policy origins; /* --allow-origin patterns */
@@ -123,6 +125,17 @@ struct client {
     char addr[64];                /* the client's address for logs (conn.addr points here) */
     uint64_t ws_since;            /* loop time of the upgrade, 0 before */
     const char *cut;              /* why the hub cut the connection without a close, or NULL */
+    struct api_wait *api;         /* a server API request's state, owned, or NULL */
+};
+
+/* A connection whose API request is answered later (api.h): the call to
+ * cancel if the connection closes first, and the bytes that came behind the
+ * request, parsed once it is answered (reading is paused meanwhile). */
+struct api_wait {
+    struct hub_api_call *call; /* the pending call, or NULL */
+    int sync;                  /* 1 while hub_api_handle runs: an answer now is not late */
+    char *held;                /* bytes after the request, owned */
+    size_t nheld;              /* their count */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg)
@@ -157,6 +170,7 @@ void hub_server_config_default(struct hub_server_config *cfg)
     /* permessage-deflate: on when this build has zlib. */
     cfg->deflate = hub_deflate_available();
     cfg->deflate_min = 128;
+    cfg->api_rate = HUB_API_RATE_DEFAULT;
 }
 
 static uint64_t *phase_gauge(int phase)
@@ -402,6 +416,12 @@ static void client_on_close(struct hub_conn *c)
     if (cl->ws != NULL && cl->ws_since != 0)
         client_log_close(cl);
     hub_flow_forget(s->flow, c);
+    if (cl->api != NULL) {
+        /* An answer still on its way must not find this client. */
+        hub_api_cancel(cl->api->call);
+        free(cl->api->held);
+        free(cl->api);
+    }
     hub_chat_client_free(cl->chat);
     hub_ws_free(cl->ws);
     hub_http_free(cl->http);
@@ -748,6 +768,84 @@ static int refuse_per_ip(struct client *cl, struct hub_http *h)
     return HUB_HTTP_DONE;
 }
 
+/* ---- the server API (issue 13 part 3, api.h) ------------------------ */
+
+static void client_on_read(struct hub_conn *c, const char *data, size_t len);
+
+/* A request waits for its answer: keep the bytes behind it (pipelined
+ * requests, parsed in order later) and stop reading until it is answered. */
+static void api_hold(struct client *cl, const char *data, size_t len)
+{
+    struct api_wait *w = cl->api;
+    if (len > 0) {
+        char *p = realloc(w->held, w->nheld + len);
+        if (p == NULL) {
+            hub_conn_close(&cl->conn);
+            return;
+        }
+        memcpy(p + w->nheld, data, len);
+        w->held = p;
+        w->nheld += len;
+    }
+    hub_conn_pause(&cl->conn, 1);
+}
+
+/* The answer of an API request (api.h), now or later. A late one ends the
+ * request's wait: the kept bytes are parsed and reading goes on. */
+static void api_reply(void *owner, const struct hub_api_reply *r)
+{
+    struct client *cl = owner;
+    struct api_wait *w = cl->api;
+    hub_http_respond(cl->http, r->status, "application/json", r->headers, r->body, r->len);
+    if (w->sync)
+        return;
+    w->call = NULL;
+    if (hub_http_resume(cl->http) != HUB_HTTP_MORE) {
+        free(w->held);
+        w->held = NULL;
+        w->nheld = 0;
+        return;
+    }
+    char *held = w->held;
+    size_t n = w->nheld;
+    w->held = NULL;
+    w->nheld = 0;
+    hub_conn_pause(&cl->conn, 0);
+    if (n > 0)
+        client_on_read(&cl->conn, held, n); /* may wait again, keeping a copy */
+    free(held);
+}
+
+/* Routes /api/ to the API; without --api-key-file it does not exist. */
+static int client_api(struct client *cl, struct hub_http *h, const struct hub_http_request *req)
+{
+    struct hub_server *s = cl->server;
+    if (s->api == NULL) {
+        static const char body[] =
+            "{\"error\":{\"code\":\"not_found\",\"message\":\"no server API here\"}}";
+        hub_http_respond(h, 404, "application/json", NULL, body, sizeof(body) - 1);
+        return HUB_HTTP_DONE;
+    }
+    if (cl->api == NULL && (cl->api = calloc(1, sizeof(*cl->api))) == NULL) {
+        hub_http_respond_status(h, 503);
+        return HUB_HTTP_DONE;
+    }
+    struct hub_api_request ar = {
+        .method = req->method,
+        .method_name = req->method_name,
+        .path = req->path,
+        .query = req->query,
+        .authorization = req->authorization,
+        .body = req->body,
+        .peer = cl->addr,
+        .now = hub_conn_now(&cl->conn),
+    };
+    cl->api->sync = 1;
+    int done = hub_api_handle(s->api, &ar, api_reply, cl, &cl->api->call);
+    cl->api->sync = 0;
+    return done ? HUB_HTTP_DONE : HUB_HTTP_LATER;
+}
+
 static int client_on_request(struct hub_http *h, const struct hub_http_request *req, void *data)
 {
     struct client *cl = data;
@@ -762,7 +860,10 @@ static int client_on_request(struct hub_http *h, const struct hub_http_request *
         return HUB_HTTP_DONE;
     if (req->upgrade_hdr.len > 0 || req->upgrade)
         return client_upgrade(cl, h, req);
-    if (req->method == HUB_HTTP_OTHER)
+    if (req->path.len >= 4 && memcmp(req->path.base, "/api", 4) == 0 &&
+        (req->path.len == 4 || req->path.base[4] == '/'))
+        return client_api(cl, h, req);
+    if (req->method != HUB_HTTP_GET && req->method != HUB_HTTP_HEAD)
         return HUB_HTTP_PASS; /* 405 from the static handler */
     if (hub_iov_eq_ci(req->path, "/healthz")) {
         struct hub_engine *e = hub_chat_engine(s->chat);
@@ -796,6 +897,8 @@ static int client_on_request(struct hub_http *h, const struct hub_http_request *
         hub_metrics_render(&b, hub_chat_room_count(s->chat), s->stopping);
         render_limits(s, &b);
         render_engine_metrics(&b, hub_chat_engine(s->chat));
+        if (s->api != NULL)
+            hub_api_metrics_render(s->api, &b);
 #ifdef HUB_HAVE_TLS
         if (s->cfg.tls != NULL)
             hub_tls_metrics_render(&b);
@@ -813,6 +916,10 @@ static void client_on_read(struct hub_conn *c, const char *data, size_t len)
     if (cl->http != NULL) {
         size_t used = 0;
         int r = hub_http_feed(cl->http, data, len, &used);
+        if (r == HUB_HTTP_WAIT) {
+            api_hold(cl, data + used, len - used);
+            return;
+        }
         if (r != HUB_HTTP_SWITCH)
             return;
         hub_http_free(cl->http);
@@ -928,8 +1035,9 @@ static void tell_to_go(struct hub_server *s, struct client *cl)
 {
     if (cl->ws == NULL) {
         /* A connection that has not had an answer yet may be a health check
-         * on its way; it is let go once it has had one. */
-        if (cl->requests == 0)
+         * on its way (or an API call waiting for the engine); it is let go
+         * once it has had one. */
+        if (cl->requests == 0 || (cl->api != NULL && cl->api->call != NULL))
             return;
         cl->told_to_go = 1;
         hub_conn_close_after_flush(&cl->conn);
@@ -1247,6 +1355,22 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     }
     hub_http_config_default(&s->http_cfg);
     s->http_cfg.site = s->site;
+    if (cfg->api_key != NULL) {
+        /* The server API: request bodies and JSON errors under /api/. */
+        struct hub_api_config acfg = {
+            .key = cfg->api_key,
+            .key_len = cfg->api_key_len,
+            .rate = cfg->api_rate,
+            .chat = s->chat,
+        };
+        rc = hub_api_new(&s->api, &acfg);
+        if (rc != 0) {
+            snprintf(err, errsz, "cannot use --api-key-file: %s",
+                     rc == HUB_EINVAL ? "the key is too short" : hub_strerror(rc));
+            goto fail_chat;
+        }
+        s->http_cfg.body_prefix = "/api/";
+    }
     /* An operator's --public pages may need inline script (http.h). */
     s->http_cfg.csp = cfg->public_dir != NULL ? HUB_HTTP_CSP_FRAMES : HUB_HTTP_CSP_PAGE;
     s->http_cfg.max_header_bytes = cfg->max_header_bytes;
@@ -1329,6 +1453,7 @@ fail_handles:
 fail_chat:
     if (s->engine != NULL)
         hub_engine_close(s->engine, engine_abandoned, NULL);
+    hub_api_free(s->api);
     hub_chat_free(s->chat);
 fail_history:
     hub_history_free(s->history);
@@ -1373,6 +1498,7 @@ void hub_server_free(struct hub_server *s)
 {
     if (s == NULL)
         return;
+    hub_api_free(s->api);
     hub_chat_free(s->chat);
     hub_engine_free(s->engine);
     hub_history_free(s->history);

@@ -25,7 +25,13 @@ enum hub_http_method {
     HUB_HTTP_GET = 1,
     HUB_HTTP_HEAD = 2,
     HUB_HTTP_OTHER = 3, /* anything else: answered 405 unless the callback takes it */
+    HUB_HTTP_POST = 4,  /* POST: answered 405 unless the callback takes it */
 };
+
+/* Largest request body kept (and read at all): a Content-Length over it is
+ * answered 413 at once, and a chunked body that grows past it gets 413 as
+ * soon as it does. */
+#define HUB_HTTP_MAX_BODY (64u * 1024)
 
 /* One parsed request. Every view points into the hub_http's own storage and
  * is valid only during the request callback. Absent headers have len 0. When
@@ -50,6 +56,10 @@ struct hub_http_request {
     struct hub_iov ws_extensions; /* Sec-WebSocket-Extensions */
     struct hub_iov forwarded_for; /* X-Forwarded-For (for --trust-proxy) */
     struct hub_iov forwarded;     /* Forwarded (RFC 7239, for --trust-proxy) */
+    struct hub_iov authorization; /* Authorization (the server API's key; never logged) */
+    struct hub_iov content_type;  /* Content-Type */
+    struct hub_iov body;          /* the decoded body (Content-Length or chunked), only for
+                                     paths under cfg->body_prefix; else empty */
 };
 
 /* Content-Security-Policy values for HTML responses. The hub's own page
@@ -70,6 +80,10 @@ struct hub_http_config {
     const struct hub_static *site; /* files to serve; borrowed, outlives every hub_http */
     const char *csp;               /* CSP of HTML responses (HUB_HTTP_CSP_PAGE); borrowed */
     int hsts;                      /* 1: responses carry Strict-Transport-Security (TLS on) */
+    const char *body_prefix;       /* requests whose path starts with this ("/api/") keep their
+                                      body (req.body) and get JSON error responses
+                                      ({"error":{"code","message"}}); NULL: bodies are read and
+                                      thrown away, errors are text/plain; borrowed */
 };
 
 /* What the request callback did with a request. */
@@ -77,6 +91,9 @@ enum hub_http_action {
     HUB_HTTP_PASS = 0,     /* not mine: serve it from the site (or 404/405) */
     HUB_HTTP_DONE = 1,     /* the callback queued a response with hub_http_respond* */
     HUB_HTTP_UPGRADED = 2, /* the callback called hub_http_accept_websocket */
+    HUB_HTTP_LATER = 3,    /* the callback answers later: hub_http_respond* and then
+                              hub_http_resume, after the callback has returned (if it
+                              answered before returning, LATER counts as DONE) */
 };
 
 /* Called once per complete request, in order. Returns an enum hub_http_action. */
@@ -90,6 +107,11 @@ enum hub_http_feed_result {
     HUB_HTTP_CLOSE = 2,  /* the connection must end after the queued output
                             (error response or "Connection: close"); it is already
                             marked close-after-flush; stop feeding */
+    HUB_HTTP_WAIT = 3,   /* a request is waiting for its answer (HUB_HTTP_LATER): the
+                            bytes after *consumed were not parsed; keep them and feed
+                            them after hub_http_resume (pipelined requests stay in
+                            order). Stop reading meanwhile: feeding while waiting
+                            consumes nothing and returns HUB_HTTP_WAIT again */
 };
 
 /* Sets cfg to the defaults above (site left NULL, csp HUB_HTTP_CSP_PAGE). */
@@ -108,6 +130,16 @@ void hub_http_free(struct hub_http *h);
  * says how many bytes were used (all of them, except after HUB_HTTP_SWITCH). */
 int hub_http_feed(struct hub_http *h, const char *data, size_t len, size_t *consumed);
 
+/* Ends the wait of a request the callback took with HUB_HTTP_LATER, after
+ * its answer was queued with hub_http_respond* (none queued: 500). Returns
+ * HUB_HTTP_MORE (feed the kept bytes, then read on) or HUB_HTTP_CLOSE (the
+ * request did not keep the connection, or it is closing). Returns
+ * HUB_HTTP_MORE and does nothing when no request is waiting. */
+int hub_http_resume(struct hub_http *h);
+
+/* Returns 1 while a request waits for its answer (HUB_HTTP_WAIT). */
+int hub_http_waiting(const struct hub_http *h);
+
 /* Queues a complete response for the current request: status line, Date-less
  * headers (Content-Type if content_type is not NULL, Content-Length,
  * Connection: close when the request does not keep alive,
@@ -121,7 +153,10 @@ int hub_http_respond(struct hub_http *h, int status, const char *content_type,
 
 /* Queues the hub's standard small text/plain error page for status (400, 403,
  * 404, 405 with "Allow: GET, HEAD", 426 with "Sec-WebSocket-Version: 13", 431,
- * 503, ...). Returns as hub_http_respond. */
+ * 503, ...); for a path under cfg->body_prefix the body is JSON instead
+ * ({"error":{"code":"too_large","message":"413 Content Too Large"}}).
+ * Returns as hub_http_respond. While a request waits (HUB_HTTP_WAIT), the
+ * respond calls answer it. */
 int hub_http_respond_status(struct hub_http *h, int status);
 
 /* Checks an upgrade request against RFC 6455: GET, HTTP/1.1 or later,

@@ -77,6 +77,10 @@ struct hub_server_config {
     struct hub_tls_ctx *tls;          /* TLS on the port (borrowed, reloaded on SIGHUP), or NULL */
     const struct hub_auth *auth;             /* --auth-secret-file verifier (borrowed), or NULL */
     int guests;                              /* --guests: unsigned guests beside signed users */
+    /* Issue 13 part 3: the server API under /api/ (include/hub/api.h). */
+    const char *api_key; /* --api-key-file's key (borrowed), or NULL: every /api/ path is 404 */
+    size_t api_key_len;  /* its bytes (at least HUB_API_KEY_MIN) */
+    uint32_t api_rate;   /* --api-rate: API requests per second, all callers (100; 0 = none) */
 };
 
 void hub_server_config_default(struct hub_server_config *cfg);
