@@ -364,12 +364,13 @@ static const char schema_sql[] =
     " WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v INTEGER) WITHOUT ROWID;";
 
-/* The search index: a full-text table of every kept, not deleted message's
- * text, rowid as FID_SHIFT says. It keeps its own copy of the text (an
- * external-content table needs a rowid table of messages), kept in step by
- * every statement that changes messages. Only where SQLite has FTS5. */
+/* The search index (no prefix indexes: they tripled the cost of an append
+ * and made searches slower, see bench/search.c): a full-text table of every kept, not deleted
+ * message's text, rowid as FID_SHIFT says. It keeps its own copy of the text (an external-content
+ * table needs a rowid table of messages), kept in step by every statement that changes messages.
+ * Only where SQLite has FTS5. */
 static const char fts_sql[] = "CREATE VIRTUAL TABLE IF NOT EXISTS msg_fts USING fts5(text,"
-                              " tokenize = 'unicode61 remove_diacritics 0', prefix = '2 3');";
+                              " tokenize = 'unicode61 remove_diacritics 0');";
 
 /* Fills the search index from messages (after an upgrade, or after a run
  * without FTS5 left it behind). */
