@@ -14,9 +14,12 @@
  * Targets are named by nick. A nick held on this node by a signed user is
  * restricted by its user id ("u:<sub>", every connection and every later
  * nick); any other nick by its claim key ("n:<key>", the key guests are
- * checked by). A signed user on another node is therefore reached by nick
- * for kicks and bans' removal, but restricted by the nick's key only: the
- * server API (user=) names a sub directly.
+ * checked by). For a ban the BAN control carries the nick, and the node
+ * where a signed user holds it records the ban (or, with until 0, the
+ * unban) under the user id as well (ban_holder), so a ban reaches a signed
+ * user on any node. A mute has no control message: a signed user on
+ * another node is muted by the nick's key only (the server API names a sub
+ * directly with user=).
  */
 #include "chat_int.h"
 #include "hub/engine.h"
@@ -103,11 +106,33 @@ static int mod_parse(struct request *rq, int hub_ok, int need_nick, int has_dura
     return 0;
 }
 
+/* The local holder of nick, or of "~nick" (a guest named without its
+ * mark), or NULL. */
+static struct hub_chat_client *find_target(const struct hub_chat *chat, struct hub_iov nick)
+{
+    struct hub_chat_client *c = chat_nick_find(chat, nick.base, nick.len);
+    if (c != NULL || nick.len == 0 || nick.base[0] == '~' || nick.len >= HUB_CHAT_NICK_BYTES)
+        return c;
+    char g[HUB_CHAT_NICK_BYTES + 1];
+    g[0] = '~';
+    memcpy(g + 1, nick.base, nick.len);
+    return chat_nick_find(chat, g, nick.len + 1);
+}
+
+/* 1 if the member's nick m is nick, or "~nick". */
+static int same_target(struct hub_iov m, struct hub_iov nick)
+{
+    if (chat_nick_same(m.base, m.len, nick.base, nick.len))
+        return 1;
+    return m.len == nick.len + 1 && m.base[0] == '~' && nick.len > 0 && nick.base[0] != '~' &&
+           chat_nick_same(m.base + 1, m.len - 1, nick.base, nick.len);
+}
+
 /* The target of a control message for nick: "u:<sub>" when a signed user
  * holds it on this node, else the nick. Returns its length in buf. */
 static size_t control_target(const struct hub_chat *chat, struct hub_iov nick, char *buf)
 {
-    struct hub_chat_client *c = chat_nick_find(chat, nick.base, nick.len);
+    struct hub_chat_client *c = find_target(chat, nick);
     if (c != NULL && c->user != NULL) {
         int n = snprintf(buf, CHAT_KEY_MAX, "u:%s", c->user->id.sub);
         return n > 0 ? (size_t)n : 0;
@@ -119,7 +144,7 @@ static size_t control_target(const struct hub_chat *chat, struct hub_iov nick, c
 /* The restriction key for nick (see the file comment). */
 static size_t restrict_key(const struct hub_chat *chat, struct hub_iov nick, char *buf)
 {
-    struct hub_chat_client *c = chat_nick_find(chat, nick.base, nick.len);
+    struct hub_chat_client *c = find_target(chat, nick);
     if (c != NULL)
         return chat_actor_key(c, buf);
     buf[0] = 'n';
@@ -217,7 +242,7 @@ static void kick_members_cb(void *data, int err, uint64_t total, const struct hu
     }
     int found = total > HUB_CHAT_LIST_MAX; /* too many to list: let every node look */
     for (size_t i = 0; i < n && !found; i++)
-        found = chat_nick_same(m[i].nick.base, m[i].nick.len, pm->nick.base, pm->nick.len);
+        found = same_target(m[i].nick, pm->nick);
     if (!found) {
         chat_send_error(pm->cl, pm->id, "no_such_nick", "nobody of that nick is in the room");
     } else {
@@ -284,7 +309,7 @@ static void for_targets(struct hub_chat *chat, struct hub_iov target,
         sub = target.base + 2;
         sublen = target.len - 2;
     } else {
-        struct hub_chat_client *c = chat_nick_find(chat, target.base, target.len);
+        struct hub_chat_client *c = find_target(chat, target);
         if (c == NULL)
             return;
         if (c->user == NULL) {
@@ -315,7 +340,9 @@ static void restrict_cb(void *data, int err)
         return;
     }
     mod_succeeded(pm);
-    if (pm->kind == HUB_RESTRICT_BAN && pm->until != 0) {
+    if (pm->kind == HUB_RESTRICT_BAN) {
+        /* An unban goes out too (until 0): the node holding the nick lifts
+         * what it recorded under the user id (ban_holder). */
         send_control(pm, HUB_CONTROL_BAN, pm->reason, pm->until);
     } else if (pm->kind == HUB_RESTRICT_MUTE) {
         /* No control kind for mutes: the local holder hears of it. */
@@ -473,6 +500,41 @@ static void disconnect_one(struct hub_chat_client *c, const struct hub_engine_co
         hub_ws_close(c->ws, HUB_CHAT_CLOSE_DISCONNECTED, n > 0 ? reason : "disconnected");
 }
 
+static void holder_restricted(void *data, int err)
+{
+    (void)data;
+    if (err != 0)
+        hub_log_warn("moderation: a ban by nick could not be recorded for its user: %s",
+                     hub_strerror(err));
+}
+
+/* A ban (or, until_ms 0, an unban) named a nick held on this node: the
+ * moderator's node, which may be another, could record it only under the
+ * key of the nick as given, so this node records it under the holder's own
+ * actor key as well (the user id of a signed user, the key of "~nick" for a
+ * guest named without its mark), which is what its joins and sends are
+ * checked by. On the moderator's node this writes the same record twice. */
+static void ban_holder(struct hub_chat *chat, const struct hub_engine_control *c)
+{
+    if (c->target.len > 2 && memcmp(c->target.base, "u:", 2) == 0)
+        return; /* already the user id */
+    struct hub_chat_client *holder = find_target(chat, c->target);
+    if (holder == NULL || holder->mode != HUB_CHAT_JSON)
+        return;
+    char key[CHAT_KEY_MAX];
+    struct hub_history_restrict r = {.kind = HUB_RESTRICT_BAN};
+    r.room = c->room;
+    r.actor.base = key;
+    r.actor.len = chat_actor_key(holder, key);
+    r.until_ms = c->until_ms;
+    r.by = c->by;
+    r.reason = c->text;
+    r.ts = chat_now(chat);
+    int rc = hub_engine_restrict(chat->engine, &r, holder_restricted, NULL);
+    if (rc != 0)
+        holder_restricted(NULL, rc);
+}
+
 void chat_on_control(void *data, const struct hub_engine_control *c)
 {
     struct hub_chat *chat = data;
@@ -481,7 +543,9 @@ void chat_on_control(void *data, const struct hub_engine_control *c)
         for_targets(chat, c->target, kick_one, c);
         break;
     case HUB_CONTROL_BAN:
-        for_targets(chat, c->target, ban_one, c);
+        ban_holder(chat, c);
+        if (c->until_ms != 0) /* 0: an unban, recorded above; nobody is removed */
+            for_targets(chat, c->target, ban_one, c);
         break;
     case HUB_CONTROL_DISCONNECT:
         for_targets(chat, c->target, disconnect_one, c);

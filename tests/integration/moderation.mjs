@@ -156,12 +156,19 @@ test('mute: muted push, sends refused with muted, joins allowed; unmute', async 
   assert.equal((await u.req({ op: 'send', room: 'lobby', text: 'thanks' })).ok, true);
 });
 
-test('a guest is muted by its nick (its claim key): its sends are refused with muted', async () => {
+test('a guest is muted by its nick (its claim key), and kicked and banned when named without its ~', async () => {
   const { s, mod } = await trio();
   const g = await jsonClient(s, null, { nick: 'gus' });
   await g.req({ op: 'join', room: 'lobby' });
   assert.equal((await mod.req({ op: 'mute', room: 'lobby', nick: '~gus' })).ok, true);
   err(await g.req({ op: 'send', room: 'lobby', text: 'hello' }), 'muted');
+  // Named without its "~", a guest is found all the same: kicked, then banned.
+  assert.equal((await mod.req({ op: 'kick', room: 'lobby', nick: 'gus' })).ok, true);
+  await g.push((x) => x.t === 'kicked');
+  assert.equal((await g.req({ op: 'join', room: 'lobby' })).ok, true);
+  assert.equal((await mod.req({ op: 'ban', room: 'lobby', nick: 'gus' })).ok, true);
+  await g.push((x) => x.t === 'banned');
+  err(await g.req({ op: 'join', room: 'lobby' }), 'banned');
 });
 
 test('topic: topic push to members, in the join reply, cleared by an empty topic', async () => {
