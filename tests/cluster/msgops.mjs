@@ -3,16 +3,16 @@
 // client of hub A must reach a member connected to hub B as a push, B's
 // history must show it, and a ban made by a moderator on A must refuse a
 // join on B. Tokens are signed here with Node's crypto (HS256), as in
-// tests/integration/auth.mjs. The restricted users are guests: chat
-// restricts a nick held on another node by its claim key, which is a
-// guest's restriction key but not a signed user's (chat_mod.c).
+// tests/integration/auth.mjs. A ban by nick of a user on the other node
+// is recorded again there under the holder's own key (chat_mod.c), for a
+// guest ("~carol") and a signed user alike.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from '../integration/lib.mjs';
 import { assertErr } from '../protocol/jclient.mjs';
-import { JClient, Redis, assert, requireCluster, startHubs } from './clib.mjs';
+import { JClient, Redis, assert, eventually, requireCluster, startHubs } from './clib.mjs';
 
 requireCluster();
 
@@ -146,6 +146,18 @@ test('a ban by a moderator on hub A removes a guest on hub B and refuses its joi
   const u = await mod.req('unban', { room: 'lobby', nick: carol.nick });
   assert.equal(u.ok, true, JSON.stringify(u));
   await carol.joinOk('lobby', { history: 0 });
+
+  // A signed user on B, banned by nick from A: B records it under the
+  // user's id, so its next join on B is refused too.
+  const sam = await user(b, 'sam');
+  await sam.joinOk('lobby', { history: 0 });
+  assert.equal((await mod.req('ban', { room: 'lobby', nick: 'sam', duration: 60 })).ok, true);
+  await sam.waitPush((m) => m.t === 'banned', 5000, 'banned push to the signed user on B');
+  assertErr(await sam.req('join', { room: 'lobby' }), 'banned');
+  assert.equal((await mod.req('unban', { room: 'lobby', nick: 'sam' })).ok, true);
+  await eventually(async () => ((await sam.req('join', { room: 'lobby' })).ok ? true : undefined),
+    5000, 'the signed user may join again after the unban');
+  sam.close();
   mod.close();
   carol.close();
 });
