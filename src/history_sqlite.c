@@ -85,7 +85,21 @@
 /* The schema this file writes (PRAGMA user_version; upgrade_sql and
  * schema_open write the figure literally). Version 0 is the schema before
  * rooms counted their bytes; it is upgraded at open. */
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
+
+/* The search index's rowid of a message: the room's number (rooms.rid) in
+ * the high bits, the offset in the low FID_SHIFT bits, so that one room's
+ * messages are one rowid range and newest first is rowid order. Messages of
+ * rooms numbered FID_ROOMS or more, or with offsets of 2^FID_SHIFT or more,
+ * are not indexed (search misses them: 2^27 rooms, 2^36 messages a room). */
+#define FID_SHIFT 36
+#define FID_ROOMS ((int64_t)1 << 27)
+#define FID_OFFSETS ((uint64_t)1 << FID_SHIFT)
+
+/* Without FTS5 (a SQLite built without it), a search scans at most this
+ * many of the room's newest messages and says it is not complete if it
+ * stopped there. */
+#define SCAN_MAX 20000
 
 /* The writer takes at most this many bytes of requests (their strings and
  * REQ_COST each) into one transaction, less under a small budget (see
@@ -115,6 +129,15 @@ enum req_type {
     REQ_READ,
     REQ_BARRIER,
     REQ_CLOSE,
+    REQ_AMEND,
+    REQ_SEARCH,
+    REQ_RESTRICT,
+    REQ_TOPIC,
+};
+
+/* The emoji of a reaction handed out by a read (req.rxv[i] points here). */
+struct rrx {
+    char emoji[HUB_HISTORY_EMOJI_MAX];
 };
 
 /* One request, allocated by the loop, filled in by the writer, completed
@@ -126,6 +149,9 @@ struct req {
         hub_history_append_cb append;
         hub_history_read_cb read;
         hub_history_barrier_cb barrier;
+        hub_history_amend_cb amend;
+        hub_history_search_cb search;
+        hub_history_done_cb done;
     } cb;                         /* the user's completion */
     void *data;                   /* the user's pointer */
     struct hub_iov room;          /* views into bytes */
@@ -145,7 +171,26 @@ struct req {
     size_t n;                     /* read result: messages */
     int complete;                 /* read result */
     char *blob;                   /* read result: the messages' strings, owned */
-    char bytes[];                 /* room, from, text, cmid */
+    /* Issue 13 and 15. The strings are, by type: append: author, actor,
+     * mentions; read: author = viewer, actor; amend: text, author = who,
+     * mentions = emoji; search: text = q; restrict: actor, from = by, text =
+     * reason; topic: text. */
+    struct hub_iov author, actor, mentions;
+    uint64_t reply_to;                /* append */
+    int meta;                         /* read: a query (topic, restrictions, mine) */
+    int64_t now;                      /* read: for restrictions */
+    int kind;                         /* amend, restrict */
+    int moderator;                    /* amend */
+    int64_t window_ms;                /* amend */
+    uint32_t max_emoji;               /* amend */
+    int64_t until;                    /* restrict */
+    uint64_t before;                  /* search */
+    struct hub_history_amended am;    /* amend result (views into blob) */
+    struct hub_history_reaction *rxv; /* read/search result: reactions, owned */
+    struct rrx *rx;                   /* ... their emoji, owned */
+    size_t nrx;                       /* ... how many */
+    char *topic;                      /* read result: the topic, owned */
+    char bytes[];                     /* the strings */
 };
 
 /* The writer's cache of one room's position. */
@@ -153,6 +198,7 @@ struct room {
     struct hub_hnode node;                 /* in sqlite_store.rooms, by name */
     struct hub_lru_node lru;               /* in sqlite_store.lru */
     uint64_t last;                         /* newest offset */
+    int64_t rid;                           /* rooms.rid, once persisted */
     uint64_t dirty_gen;                    /* transaction that last changed it */
     int persisted;                         /* the rooms row exists */
     int stale;                             /* reload from the database before use */
@@ -186,31 +232,62 @@ enum stmt_id {
     ST_OLDEST,
     ST_PAGE_COUNT,
     ST_FREELIST,
+    ST_MSG_GET,
+    ST_MSG_EDIT,
+    ST_MSG_TOMB,
+    ST_SCAN,
+    ST_RX_DEL_TO,
+    ST_RX_DEL_OLD,
+    ST_RX_DEL_MSG,
+    ST_RX_OF,
+    ST_RX_HAS,
+    ST_RX_EMOJI,
+    ST_RX_NEMOJI,
+    ST_RX_INS,
+    ST_RX_DEL,
+    ST_RESTRICTED,
+    ST_RESTRICT_SET,
+    ST_RESTRICT_DEL,
+    ST_RESTRICT_PURGE,
+    ST_TOPIC_GET,
+    ST_TOPIC_SET,
+    ST_TOPIC_DEL,
+    ST_FTS_INS, /* from here on: only with FTS5 (see ST_FTS_FIRST) */
+    ST_FTS_DEL,
+    ST_FTS_DEL_RANGE,
+    ST_FTS_DEL_OLD,
+    ST_FTS_SEARCH,
     ST_COUNT,
 };
+
+#define ST_FTS_FIRST ST_FTS_INS
+
+/* The columns a read hands out, in collect order. */
+#define MSG_COLS "offset, ts, sender, text, cmid, author, mentions, reply_to, edited_ts, deleted"
 
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_BEGIN] = "BEGIN",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
-    [ST_ROOM_GET] = "SELECT epoch, last FROM rooms WHERE name = ?1",
-    [ST_ROOM_INS] = "INSERT INTO rooms(name, epoch, last, bytes, msgs) VALUES(?1, ?2, ?3, ?4, 1)",
+    [ST_ROOM_GET] = "SELECT epoch, last, rid FROM rooms WHERE name = ?1",
+    [ST_ROOM_INS] =
+        "INSERT INTO rooms(name, epoch, last, bytes, msgs, rid) VALUES(?1, ?2, ?3, ?4, 1, ?5)",
     [ST_ROOM_UPD] =
         "UPDATE rooms SET last = ?2, bytes = bytes + ?3, msgs = msgs + ?4 WHERE name = ?1",
     [ST_ROOM_SUB] = "UPDATE rooms SET bytes = bytes - ?2, msgs = msgs - ?3 WHERE name = ?1",
     /* The cmid <> '' term lets the planner use the partial index. */
     [ST_DEDUPE] = "SELECT offset, ts FROM messages WHERE room = ?1 AND sender = ?2 AND cmid = ?3 "
                   "AND cmid <> '' AND offset > ?4 LIMIT 1",
-    [ST_INSERT] = "INSERT INTO messages(room, offset, ts, sender, text, cmid) "
-                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_INSERT] = "INSERT INTO messages(room, offset, ts, sender, text, cmid, author, mentions, "
+                  "reply_to) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     [ST_TRIM_SIZE] = "SELECT count(*), coalesce(sum(" ROW_EST "), 0) FROM messages "
                      "WHERE room = ?1 AND offset <= ?2",
     [ST_TRIM] = "DELETE FROM messages WHERE room = ?1 AND offset <= ?2",
     [ST_FIRST] = "SELECT offset FROM messages WHERE room = ?1 AND offset > ?2 AND ts >= ?3 "
                  "ORDER BY offset LIMIT 1",
-    [ST_READ_DESC] = "SELECT offset, ts, sender, text, cmid FROM messages WHERE room = ?1 "
+    [ST_READ_DESC] = "SELECT " MSG_COLS " FROM messages WHERE room = ?1 "
                      "AND offset > ?2 AND offset < ?3 AND ts >= ?4 ORDER BY offset DESC LIMIT ?5",
-    [ST_READ_ASC] = "SELECT offset, ts, sender, text, cmid FROM messages WHERE room = ?1 "
+    [ST_READ_ASC] = "SELECT " MSG_COLS " FROM messages WHERE room = ?1 "
                     "AND offset > ?2 AND offset < ?3 AND ts >= ?4 ORDER BY offset LIMIT ?5",
     [ST_SWEEP_PAGE] = "SELECT name FROM rooms WHERE name > ?1 ORDER BY name LIMIT 64",
     [ST_SWEEP_SIZE] = "SELECT count(*), coalesce(sum(" ROW_EST "), 0) FROM messages "
@@ -224,18 +301,99 @@ static const char *const stmt_sql[ST_COUNT] = {
                   "(SELECT max(offset) FROM messages WHERE room = ?1) ORDER BY offset",
     [ST_PAGE_COUNT] = "PRAGMA page_count",
     [ST_FREELIST] = "PRAGMA freelist_count",
+    [ST_MSG_GET] = "SELECT " MSG_COLS " FROM messages WHERE room = ?1 AND offset = ?2 "
+                   "AND offset > ?3 AND ts >= ?4",
+    [ST_MSG_EDIT] = "UPDATE messages SET text = ?3, edited_ts = ?4 WHERE room = ?1 AND offset = ?2",
+    [ST_MSG_TOMB] = "UPDATE messages SET text = '', mentions = '', deleted = 1 "
+                    "WHERE room = ?1 AND offset = ?2",
+    [ST_SCAN] = "SELECT offset, text FROM messages WHERE room = ?1 AND offset > ?2 AND offset < ?3 "
+                "AND ts >= ?4 AND deleted = 0 ORDER BY offset DESC LIMIT ?5",
+    [ST_RX_DEL_TO] = "DELETE FROM reactions WHERE room = ?1 AND offset <= ?2",
+    [ST_RX_DEL_OLD] = "DELETE FROM reactions WHERE room = ?1 AND offset IN "
+                      "(SELECT offset FROM messages WHERE room = ?1 AND ts < ?2)",
+    [ST_RX_DEL_MSG] = "DELETE FROM reactions WHERE room = ?1 AND offset = ?2",
+    /* Emoji in the order they first appeared (every reactor of an emoji
+     * shares the seq of its first one, see do_amend). */
+    [ST_RX_OF] = "SELECT emoji, count(*), max(who = ?3), min(seq) AS s FROM reactions "
+                 "WHERE room = ?1 AND offset = ?2 GROUP BY emoji ORDER BY s",
+    [ST_RX_HAS] = "SELECT 1 FROM reactions WHERE room = ?1 AND offset = ?2 AND emoji = ?3 "
+                  "AND who = ?4",
+    [ST_RX_EMOJI] = "SELECT coalesce(min(seq), 0), count(*) FROM reactions WHERE room = ?1 "
+                    "AND offset = ?2 AND emoji = ?3",
+    [ST_RX_NEMOJI] = "SELECT count(DISTINCT emoji) FROM reactions WHERE room = ?1 AND offset = ?2",
+    [ST_RX_INS] = "INSERT INTO reactions(room, offset, emoji, who, seq) VALUES(?1, ?2, ?3, ?4, ?5)",
+    [ST_RX_DEL] = "DELETE FROM reactions WHERE room = ?1 AND offset = ?2 AND emoji = ?3 "
+                  "AND who = ?4",
+    [ST_RESTRICTED] = "SELECT coalesce(max(until), 0) FROM restrictions WHERE kind = ?1 "
+                      "AND actor = ?2 AND room IN (?3, '') AND until > ?4",
+    [ST_RESTRICT_SET] = "INSERT OR REPLACE INTO restrictions(kind, room, actor, until, by, "
+                        "reason, ts) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [ST_RESTRICT_DEL] = "DELETE FROM restrictions WHERE kind = ?1 AND room = ?2 AND actor = ?3",
+    [ST_RESTRICT_PURGE] = "DELETE FROM restrictions WHERE until <= ?1",
+    [ST_TOPIC_GET] = "SELECT topic FROM topics WHERE room = ?1",
+    [ST_TOPIC_SET] = "INSERT OR REPLACE INTO topics(room, topic, ts) VALUES(?1, ?2, ?3)",
+    [ST_TOPIC_DEL] = "DELETE FROM topics WHERE room = ?1",
+    [ST_FTS_INS] = "INSERT INTO msg_fts(rowid, text) VALUES(?1, ?2)",
+    [ST_FTS_DEL] = "DELETE FROM msg_fts WHERE rowid = ?1",
+    [ST_FTS_DEL_RANGE] = "DELETE FROM msg_fts WHERE rowid > ?1 AND rowid <= ?2",
+    [ST_FTS_DEL_OLD] = "DELETE FROM msg_fts WHERE rowid IN (SELECT (r.rid << 36) + m.offset "
+                       "FROM messages m, rooms r WHERE r.name = ?1 AND m.room = ?1 AND m.ts < ?2)",
+    [ST_FTS_SEARCH] = "SELECT rowid FROM msg_fts WHERE msg_fts MATCH ?1 AND rowid > ?2 "
+                      "AND rowid < ?3 ORDER BY rowid DESC",
 };
 
 /* The current schema, for a new file (and harmless on a current one). An
  * older file is upgraded by upgrade_sql first. */
 static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS rooms(name TEXT PRIMARY KEY, epoch TEXT NOT NULL,"
-    " last INTEGER NOT NULL, bytes INTEGER NOT NULL DEFAULT 0, msgs INTEGER NOT NULL DEFAULT 0);"
+    " last INTEGER NOT NULL, bytes INTEGER NOT NULL DEFAULT 0, msgs INTEGER NOT NULL DEFAULT 0,"
+    " rid INTEGER NOT NULL DEFAULT 0);"
     "CREATE TABLE IF NOT EXISTS messages(room TEXT, offset INTEGER, ts INTEGER, sender TEXT,"
-    " text TEXT, cmid TEXT, PRIMARY KEY(room, offset)) WITHOUT ROWID;"
+    " text TEXT, cmid TEXT, author TEXT NOT NULL DEFAULT '', mentions TEXT NOT NULL DEFAULT '',"
+    " reply_to INTEGER NOT NULL DEFAULT 0, edited_ts INTEGER NOT NULL DEFAULT 0,"
+    " deleted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(room, offset)) WITHOUT ROWID;"
     "CREATE INDEX IF NOT EXISTS messages_cmid ON messages(room, sender, cmid)"
     " WHERE cmid <> '';"
-    "CREATE INDEX IF NOT EXISTS rooms_bytes ON rooms(bytes) WHERE msgs > 1;";
+    "CREATE INDEX IF NOT EXISTS rooms_bytes ON rooms(bytes) WHERE msgs > 1;"
+    "CREATE TABLE IF NOT EXISTS reactions(room TEXT, offset INTEGER, emoji TEXT, who TEXT,"
+    " seq INTEGER NOT NULL, PRIMARY KEY(room, offset, emoji, who)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS restrictions(kind INTEGER, room TEXT, actor TEXT,"
+    " until INTEGER NOT NULL, by TEXT, reason TEXT, ts INTEGER,"
+    " PRIMARY KEY(kind, actor, room)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS topics(room TEXT PRIMARY KEY, topic TEXT NOT NULL, ts INTEGER)"
+    " WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v INTEGER) WITHOUT ROWID;";
+
+/* The search index: a full-text table of every kept, not deleted message's
+ * text, rowid as FID_SHIFT says. It keeps its own copy of the text (an
+ * external-content table needs a rowid table of messages), kept in step by
+ * every statement that changes messages. Only where SQLite has FTS5. */
+static const char fts_sql[] = "CREATE VIRTUAL TABLE IF NOT EXISTS msg_fts USING fts5(text,"
+                              " tokenize = 'unicode61 remove_diacritics 0', prefix = '2 3');";
+
+/* Fills the search index from messages (after an upgrade, or after a run
+ * without FTS5 left it behind). */
+static const char fts_fill_sql[] =
+    "DELETE FROM msg_fts;"
+    "INSERT INTO msg_fts(rowid, text) SELECT (r.rid << 36) + m.offset, m.text"
+    " FROM messages m JOIN rooms r ON r.name = m.room"
+    " WHERE m.deleted = 0 AND r.rid < 134217728 AND m.offset < 68719476736;"
+    "DELETE FROM meta WHERE k = 'fts_stale';";
+
+/* From schema 2 to 3: the columns and tables of issues 13 and 15. */
+static const char upgrade3_sql[] =
+    "BEGIN;"
+    "ALTER TABLE messages ADD COLUMN author TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE messages ADD COLUMN mentions TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE messages ADD COLUMN reply_to INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE messages ADD COLUMN edited_ts INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE rooms ADD COLUMN rid INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE rooms SET rid = rowid;"
+    "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v INTEGER) WITHOUT ROWID;"
+    "INSERT OR REPLACE INTO meta(k, v) VALUES('fts_stale', 1);"
+    "PRAGMA user_version = 3;"
+    "COMMIT;";
 
 /* From schema 0 (no room sizes) to SCHEMA_VERSION, in one transaction. */
 static const char upgrade_sql[] =
@@ -303,6 +461,9 @@ struct sqlite_store {
     int64_t since_check;        /* ROW_EST bytes committed since the last one */
     uint64_t bytes_seen;        /* the files' size at the last measurement */
     int quota_warned;           /* a pass fell short; cleared once one reaches db_low */
+    int fts;                    /* SQLite has FTS5: msg_fts is the search index */
+    int64_t next_rid;           /* rooms.rid of the next new room */
+    int64_t next_seq;           /* reactions.seq of the next new emoji on a message */
 
     /* Loop thread, once the writer has exited. */
     struct hub_history_stats final; /* pub as the writer left it */
@@ -324,6 +485,8 @@ static int db_error(int rc)
 }
 
 /* Steps a statement that returns no rows, then resets it. */
+static int step_int(sqlite3_stmt *st, int64_t *out);
+
 static int step_done(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);
@@ -382,10 +545,12 @@ static int room_load(struct sqlite_store *h, struct room *e)
             memcpy(e->epoch, epoch, HUB_HISTORY_EPOCH_LEN);
             e->epoch[HUB_HISTORY_EPOCH_LEN] = '\0';
             e->last = (uint64_t)last;
+            e->rid = sqlite3_column_int64(st, 2);
             e->persisted = 1;
         }
     } else if (rc == SQLITE_DONE) {
         e->last = 0;
+        e->rid = 0;
         e->persisted = 0;
     } else {
         ret = db_error(rc);
@@ -498,6 +663,45 @@ static int room_sub(struct sqlite_store *h, struct hub_iov room, int64_t n, int6
     return rc;
 }
 
+/* The search index's rowid base of a room (FID_SHIFT), or -1 when the
+ * room's messages are not indexed. */
+static int64_t fid_base(const struct room *e)
+{
+    return e->rid > 0 && e->rid < FID_ROOMS ? e->rid << FID_SHIFT : -1;
+}
+
+/* Removes the search index's rows and the reactions of room's offsets up to
+ * cut (the trimming by count and by the disk budget). */
+static int drop_extras_to(struct sqlite_store *h, struct hub_iov room, int64_t base, int64_t cut)
+{
+    sqlite3_stmt *st = h->st[ST_RX_DEL_TO];
+    bind_iov(st, 1, room);
+    sqlite3_bind_int64(st, 2, cut);
+    int rc = step_done(st);
+    if (rc != 0 || !h->fts || base < 0)
+        return rc;
+    st = h->st[ST_FTS_DEL_RANGE];
+    sqlite3_bind_int64(st, 1, base);
+    sqlite3_bind_int64(st, 2, base + (cut < (int64_t)FID_OFFSETS ? cut : (int64_t)FID_OFFSETS - 1));
+    return step_done(st);
+}
+
+/* Until when actor is restricted (kind) in room or the whole hub at now
+ * (0: not). */
+static int restricted(struct sqlite_store *h, int kind, struct hub_iov room, struct hub_iov actor,
+                      int64_t now, int64_t *until)
+{
+    *until = 0;
+    if (actor.len == 0)
+        return 0;
+    sqlite3_stmt *st = h->st[ST_RESTRICTED];
+    sqlite3_bind_int(st, 1, kind);
+    bind_iov(st, 2, actor);
+    bind_iov(st, 3, room);
+    sqlite3_bind_int64(st, 4, now);
+    return step_int(st, until);
+}
+
 static int do_append(struct sqlite_store *h, struct req *r)
 {
     struct room *e;
@@ -506,6 +710,21 @@ static int do_append(struct sqlite_store *h, struct req *r)
     if (rc != 0)
         return rc;
     e->dirty_gen = h->txn_gen;
+
+    int64_t ban = 0, mute = 0;
+    rc = restricted(h, HUB_RESTRICT_BAN, r->room, r->actor, r->ts, &ban);
+    if (rc == 0)
+        rc = restricted(h, HUB_RESTRICT_MUTE, r->room, r->actor, r->ts, &mute);
+    if (rc != 0)
+        return rc;
+    if (ban != 0 || mute != 0) {
+        r->err = HUB_EPERM;
+        return 0;
+    }
+    if (r->reply_to > e->last) {
+        r->err = HUB_EINVAL;
+        return 0;
+    }
 
     if (r->cmid.len > 0) {
         st = h->st[ST_DEDUPE];
@@ -535,6 +754,9 @@ static int do_append(struct sqlite_store *h, struct req *r)
     bind_iov(st, 4, r->from);
     bind_iov(st, 5, r->text);
     bind_iov(st, 6, r->cmid);
+    bind_iov(st, 7, r->author);
+    bind_iov(st, 8, r->mentions);
+    sqlite3_bind_int64(st, 9, (sqlite3_int64)r->reply_to);
     rc = step_done(st);
     if (rc != 0)
         return rc;
@@ -564,6 +786,15 @@ static int do_append(struct sqlite_store *h, struct req *r)
         sqlite3_bind_text(st, 2, e->epoch, HUB_HISTORY_EPOCH_LEN, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, (sqlite3_int64)off);
         sqlite3_bind_int64(st, 4, est);
+        sqlite3_bind_int64(st, 5, h->next_rid);
+        rc = step_done(st);
+        if (rc == 0)
+            e->rid = h->next_rid++;
+    }
+    if (rc == 0 && h->fts && fid_base(e) >= 0 && off < FID_OFFSETS) {
+        st = h->st[ST_FTS_INS];
+        sqlite3_bind_int64(st, 1, fid_base(e) + (int64_t)off);
+        bind_iov(st, 2, r->text);
         rc = step_done(st);
     }
     if (rc != 0)
@@ -586,9 +817,20 @@ static void read_reset(struct req *r)
 {
     free(r->msgs);
     free(r->blob);
+    free(r->rx);
+    free(r->rxv);
+    free(r->topic);
     r->msgs = NULL;
     r->blob = NULL;
+    r->rx = NULL;
+    r->rxv = NULL;
+    r->topic = NULL;
+    r->nrx = 0;
     r->n = 0;
+    r->err = 0;
+    r->rp.topic.base = NULL;
+    r->rp.topic.len = 0;
+    r->rp.ban_until = r->rp.mute_until = 0;
 }
 
 /* Appends n bytes to the read's blob. */
@@ -596,8 +838,8 @@ static int blob_put(char **blob, size_t *len, size_t *cap, const void *p, size_t
 {
     if (n == 0)
         return 0;
-    if (*len + n > *cap) {
-        size_t c = *cap * 2;
+    if (*blob == NULL || *len + n > *cap) {
+        size_t c = *cap > 0 ? *cap * 2 : 256;
         while (c < *len + n)
             c *= 2;
         char *b = realloc(*blob, c);
@@ -611,63 +853,90 @@ static int blob_put(char **blob, size_t *len, size_t *cap, const void *p, size_t
     return 0;
 }
 
+/* A result being collected: messages, their strings, and the room left. */
+struct rows {
+    size_t len, cap, ncap;
+};
+
+#define MSG_STRINGS 5 /* sender, text, cmid, author, mentions: columns 2..6 of MSG_COLS */
+
+static struct hub_iov *msg_string(struct hub_history_msg *m, int i)
+{
+    struct hub_iov *cols[MSG_STRINGS] = {&m->from, &m->text, &m->cmid, &m->author, &m->mentions};
+    return cols[i];
+}
+
+/* Copies the row st is on (MSG_COLS) into r as its next message. */
+static int row_put(struct req *r, sqlite3_stmt *st, struct rows *w, size_t max)
+{
+    if (r->n == w->ncap) {
+        size_t c = w->ncap == 0 ? 16 : w->ncap * 2;
+        if (c > max)
+            c = max;
+        struct hub_history_msg *m = realloc(r->msgs, c * sizeof(*m));
+        if (m == NULL)
+            return HUB_ENOMEM;
+        r->msgs = m;
+        w->ncap = c;
+    }
+    struct hub_history_msg *m = &r->msgs[r->n];
+    *m = (struct hub_history_msg){
+        .offset = (uint64_t)sqlite3_column_int64(st, 0),
+        .ts = sqlite3_column_int64(st, 1),
+        .reply_to = (uint64_t)sqlite3_column_int64(st, 7),
+        .edited_ts = sqlite3_column_int64(st, 8),
+        .deleted = sqlite3_column_int(st, 9) != 0,
+        .reactions = NULL,
+        .nreactions = 0,
+    };
+    for (int i = 0; i < MSG_STRINGS; i++) {
+        const unsigned char *p = sqlite3_column_text(st, 2 + i);
+        size_t n = p != NULL ? (size_t)sqlite3_column_bytes(st, 2 + i) : 0;
+        /* Bases are set once the blob stops moving (rows_done). */
+        msg_string(m, i)->base = NULL;
+        msg_string(m, i)->len = n;
+        int rc = blob_put(&r->blob, &w->len, &w->cap, p, n);
+        if (rc != 0)
+            return rc;
+    }
+    r->n++;
+    return 0;
+}
+
+/* Points the messages' strings into the blob, in the order the rows came. */
+static void rows_done(struct req *r)
+{
+    size_t at = 0;
+    for (size_t i = 0; i < r->n; i++)
+        for (int j = 0; j < MSG_STRINGS; j++) {
+            struct hub_iov *v = msg_string(&r->msgs[i], j);
+            v->base = r->blob != NULL ? r->blob + at : "";
+            at += v->len;
+        }
+}
+
 /* Copies the rows of a read statement into r. One row beyond the limit
  * tells whether more exist in the direction asked. */
 static int collect_rows(struct req *r, sqlite3_stmt *st, int desc)
 {
-    size_t len = 0, cap = 256, ncap = 0;
+    struct rows w = {0, 0, 0};
     int more = 0, rc, ret = 0;
 
-    r->blob = malloc(cap);
-    if (r->blob == NULL)
-        return HUB_ENOMEM;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (r->n == r->limit) {
             more = 1;
             break;
         }
-        if (r->n == ncap) {
-            size_t c = ncap == 0 ? 16 : ncap * 2;
-            if (c > r->limit)
-                c = r->limit;
-            struct hub_history_msg *m = realloc(r->msgs, c * sizeof(*m));
-            if (m == NULL) {
-                ret = HUB_ENOMEM;
-                goto out;
-            }
-            r->msgs = m;
-            ncap = c;
-        }
-        struct hub_history_msg *m = &r->msgs[r->n];
-        m->offset = (uint64_t)sqlite3_column_int64(st, 0);
-        m->ts = sqlite3_column_int64(st, 1);
-        struct hub_iov *cols[3] = {&m->from, &m->text, &m->cmid};
-        for (int i = 0; i < 3; i++) {
-            const unsigned char *p = sqlite3_column_text(st, 2 + i);
-            size_t n = p != NULL ? (size_t)sqlite3_column_bytes(st, 2 + i) : 0;
-            /* Bases are set once the blob stops moving. */
-            cols[i]->base = NULL;
-            cols[i]->len = n;
-            ret = blob_put(&r->blob, &len, &cap, p, n);
-            if (ret != 0)
-                goto out;
-        }
-        r->n++;
+        ret = row_put(r, st, &w, r->limit);
+        if (ret != 0)
+            goto out;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         ret = db_error(rc);
         goto out;
     }
     r->complete = !more;
-    /* The strings sit in the blob in the order the rows came. */
-    size_t at = 0;
-    for (size_t i = 0; i < r->n; i++) {
-        struct hub_iov *cols[3] = {&r->msgs[i].from, &r->msgs[i].text, &r->msgs[i].cmid};
-        for (int j = 0; j < 3; j++) {
-            cols[j]->base = r->blob + at;
-            at += cols[j]->len;
-        }
-    }
+    rows_done(r);
     if (desc)
         for (size_t i = 0; i < r->n / 2; i++) {
             struct hub_history_msg t = r->msgs[i];
@@ -678,6 +947,95 @@ out:
     sqlite3_reset(st);
     if (ret != 0)
         read_reset(r);
+    return ret;
+}
+
+/* Adds every message's reactions (mine for viewer) to r. */
+static int attach_reactions(struct sqlite_store *h, struct req *r, struct hub_iov viewer)
+{
+    size_t cap = 0;
+    sqlite3_stmt *st = h->st[ST_RX_OF];
+    for (size_t i = 0; i < r->n; i++) {
+        struct hub_history_msg *m = &r->msgs[i];
+        if (m->deleted)
+            continue;
+        bind_iov(st, 1, r->room);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)m->offset);
+        bind_iov(st, 3, viewer);
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            const unsigned char *e = sqlite3_column_text(st, 0);
+            size_t elen = e != NULL ? (size_t)sqlite3_column_bytes(st, 0) : 0;
+            if (elen == 0 || elen > HUB_HISTORY_EMOJI_MAX)
+                continue;
+            if (r->nrx == cap) {
+                size_t c = cap == 0 ? 16 : cap * 2;
+                struct rrx *x = realloc(r->rx, c * sizeof(*x));
+                if (x != NULL)
+                    r->rx = x;
+                struct hub_history_reaction *v = x != NULL ? realloc(r->rxv, c * sizeof(*v)) : NULL;
+                if (v == NULL) {
+                    sqlite3_reset(st);
+                    return HUB_ENOMEM;
+                }
+                r->rxv = v;
+                cap = c;
+            }
+            memcpy(r->rx[r->nrx].emoji, e, elen);
+            r->rxv[r->nrx++] = (struct hub_history_reaction){
+                .emoji = {NULL, elen},
+                .count = (uint32_t)sqlite3_column_int64(st, 1),
+                .mine = viewer.len > 0 && sqlite3_column_int(st, 2) != 0,
+            };
+            m->nreactions++;
+        }
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return db_error(rc);
+    }
+    /* The arrays have stopped moving: point messages and emoji into them
+     * (the reactions are in the order of r->msgs). */
+    size_t k = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        struct hub_history_msg *m = &r->msgs[i];
+        if (m->nreactions == 0)
+            continue;
+        m->reactions = &r->rxv[k];
+        for (size_t x = 0; x < m->nreactions; x++, k++)
+            r->rxv[k].emoji.base = r->rx[k].emoji;
+    }
+    return 0;
+}
+
+/* A query's topic and the viewer's restrictions. */
+static int read_meta(struct sqlite_store *h, struct req *r)
+{
+    sqlite3_stmt *st = h->st[ST_TOPIC_GET];
+    bind_iov(st, 1, r->room);
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW) {
+        const unsigned char *p = sqlite3_column_text(st, 0);
+        size_t n = p != NULL ? (size_t)sqlite3_column_bytes(st, 0) : 0;
+        r->topic = malloc(n + 1);
+        if (r->topic == NULL) {
+            ret = HUB_ENOMEM;
+        } else {
+            if (n > 0)
+                memcpy(r->topic, p, n);
+            r->topic[n] = '\0';
+            r->rp.topic.base = r->topic;
+            r->rp.topic.len = n;
+        }
+    } else if (rc != SQLITE_DONE) {
+        ret = db_error(rc);
+    }
+    sqlite3_reset(st);
+    if (ret == 0 && r->actor.len > 0) {
+        int64_t now = r->now != 0 ? r->now : history_now_ms(&h->cfg);
+        ret = restricted(h, HUB_RESTRICT_BAN, r->room, r->actor, now, &r->rp.ban_until);
+        if (ret == 0)
+            ret = restricted(h, HUB_RESTRICT_MUTE, r->room, r->actor, now, &r->rp.mute_until);
+    }
     return ret;
 }
 
@@ -699,6 +1057,11 @@ static int do_read(struct sqlite_store *h, struct req *r)
     r->rp.first = last + 1;
     r->n = 0;
     r->complete = 1;
+    if (r->meta) {
+        rc = read_meta(h, r);
+        if (rc != 0)
+            return rc;
+    }
     if (last == 0)
         return 0;
 
@@ -735,7 +1098,391 @@ static int do_read(struct sqlite_store *h, struct req *r)
     sqlite3_bind_int64(st, 3, (sqlite3_int64)hi);
     sqlite3_bind_int64(st, 4, cutoff);
     sqlite3_bind_int64(st, 5, (sqlite3_int64)r->limit + 1);
-    return collect_rows(r, st, desc);
+    rc = collect_rows(r, st, desc);
+    if (rc == 0)
+        rc = attach_reactions(h, r, r->meta ? r->author : (struct hub_iov){NULL, 0});
+    return rc;
+}
+
+/* ---- Amendments, search, restrictions, topics (writer thread) ---- */
+
+/* The message at offset in room, kept and visible (not past max_per_room
+ * or the TTL), as r's only message; *found says whether there is one. */
+static int msg_get(struct sqlite_store *h, struct req *r, struct room *e, uint64_t offset,
+                   int *found)
+{
+    int64_t cutoff = h->cfg.ttl_ms > 0 ? history_now_ms(&h->cfg) - h->cfg.ttl_ms : INT64_MIN;
+    sqlite3_stmt *st = h->st[ST_MSG_GET];
+    struct rows w = {0, 0, 0};
+    *found = 0;
+    if (offset == 0 || offset > e->last)
+        return 0;
+    bind_iov(st, 1, r->room);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)offset);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)kept_floor(h, e->last));
+    sqlite3_bind_int64(st, 4, cutoff);
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW) {
+        ret = row_put(r, st, &w, (size_t)-1);
+        *found = ret == 0;
+    } else if (rc != SQLITE_DONE) {
+        ret = db_error(rc);
+    }
+    sqlite3_reset(st);
+    if (ret == 0)
+        rows_done(r);
+    return ret;
+}
+
+/* As may_change in history.c: the author within the window, or a moderator. */
+static int may_change(const struct hub_history_msg *m, const struct req *r)
+{
+    if (r->moderator)
+        return 1;
+    if (m->author.len == 0 || m->author.len != r->author.len ||
+        memcmp(m->author.base, r->author.base, r->author.len) != 0)
+        return 0;
+    int64_t win = r->window_ms > 0 ? r->window_ms : HUB_HISTORY_EDIT_WINDOW_MS;
+    return r->ts - m->ts <= win;
+}
+
+/* Users with emoji on the message now (and the emoji's seq, 0 if none). */
+static int emoji_count(struct sqlite_store *h, struct req *r, int64_t *seq, int64_t *count)
+{
+    sqlite3_stmt *st = h->st[ST_RX_EMOJI];
+    bind_iov(st, 1, r->room);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)r->offset);
+    bind_iov(st, 3, r->mentions);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *seq = sqlite3_column_int64(st, 0);
+        *count = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : db_error(rc);
+}
+
+/* Runs st (bound to room, offset, emoji, who). */
+static int rx_step(struct req *r, sqlite3_stmt *st)
+{
+    bind_iov(st, 1, r->room);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)r->offset);
+    bind_iov(st, 3, r->mentions);
+    bind_iov(st, 4, r->author);
+    return step_done(st);
+}
+
+/* Takes the message's text out of the search index (fid: its rowid). */
+static int fts_drop(struct sqlite_store *h, int64_t fid)
+{
+    if (!h->fts || fid < 0)
+        return 0;
+    sqlite3_stmt *st = h->st[ST_FTS_DEL];
+    sqlite3_bind_int64(st, 1, fid);
+    return step_done(st);
+}
+
+static int do_amend(struct sqlite_store *h, struct req *r)
+{
+    struct room *e;
+    int found = 0;
+    int react = r->kind == HUB_AMEND_REACT || r->kind == HUB_AMEND_UNREACT;
+    if (r->kind < HUB_AMEND_EDIT || r->kind > HUB_AMEND_UNREACT ||
+        (r->kind == HUB_AMEND_EDIT && r->text.len == 0) ||
+        (react && (r->mentions.len == 0 || r->author.len == 0))) {
+        r->err = HUB_EINVAL;
+        return 0;
+    }
+    int rc = room_get(h, r->room, &e);
+    if (rc == 0)
+        rc = msg_get(h, r, e, r->offset, &found);
+    if (rc != 0)
+        return rc;
+    e->dirty_gen = h->txn_gen;
+    struct hub_history_msg *m = found ? &r->msgs[0] : NULL;
+    if (m == NULL || (m->deleted && r->kind != HUB_AMEND_DELETE && r->kind != HUB_AMEND_UNREACT)) {
+        r->err = HUB_ENOENT;
+        return 0;
+    }
+    if (!react && !may_change(m, r)) {
+        r->err = HUB_EPERM;
+        return 0;
+    }
+    r->am = (struct hub_history_amended){.changed = 0, .author = m->author, .from = m->from};
+    int64_t fid =
+        fid_base(e) >= 0 && r->offset < FID_OFFSETS ? fid_base(e) + (int64_t)r->offset : -1;
+    int64_t seq = 0, count = 0;
+    sqlite3_stmt *st;
+    switch (r->kind) {
+    case HUB_AMEND_EDIT:
+        st = h->st[ST_MSG_EDIT];
+        bind_iov(st, 1, r->room);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)r->offset);
+        bind_iov(st, 3, r->text);
+        sqlite3_bind_int64(st, 4, r->ts);
+        rc = step_done(st);
+        if (rc == 0)
+            rc = fts_drop(h, fid);
+        if (rc == 0 && h->fts && fid >= 0) {
+            st = h->st[ST_FTS_INS];
+            sqlite3_bind_int64(st, 1, fid);
+            bind_iov(st, 2, r->text);
+            rc = step_done(st);
+        }
+        /* rooms.bytes follows the text's size (ROW_EST). */
+        if (rc == 0 && r->text.len != m->text.len)
+            rc = room_sub(h, r->room, 0, (int64_t)m->text.len - (int64_t)r->text.len);
+        r->am.changed = 1;
+        r->am.edited_ts = r->ts;
+        break;
+    case HUB_AMEND_DELETE:
+        if (m->deleted)
+            break;
+        st = h->st[ST_MSG_TOMB];
+        bind_iov(st, 1, r->room);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)r->offset);
+        rc = step_done(st);
+        if (rc == 0)
+            rc = fts_drop(h, fid);
+        if (rc == 0) {
+            st = h->st[ST_RX_DEL_MSG];
+            bind_iov(st, 1, r->room);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)r->offset);
+            rc = step_done(st);
+        }
+        if (rc == 0 && m->text.len > 0)
+            rc = room_sub(h, r->room, 0, (int64_t)m->text.len);
+        r->am.changed = 1;
+        break;
+    case HUB_AMEND_REACT:
+        rc = emoji_count(h, r, &seq, &count);
+        if (rc != 0)
+            break;
+        if (count == 0) {
+            int64_t distinct = 0;
+            st = h->st[ST_RX_NEMOJI];
+            bind_iov(st, 1, r->room);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)r->offset);
+            rc = step_int(st, &distinct);
+            if (rc == 0 && distinct >= (int64_t)r->max_emoji) {
+                r->err = HUB_ELIMIT;
+                return 0;
+            }
+            seq = h->next_seq++;
+        } else {
+            int64_t has = 0;
+            st = h->st[ST_RX_HAS];
+            bind_iov(st, 1, r->room);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)r->offset);
+            bind_iov(st, 3, r->mentions);
+            bind_iov(st, 4, r->author);
+            rc = sqlite3_step(st);
+            has = rc == SQLITE_ROW;
+            sqlite3_reset(st);
+            rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : db_error(rc);
+            if (rc != 0 || has) {
+                r->am.count = (uint32_t)count;
+                break;
+            }
+        }
+        if (rc != 0)
+            break;
+        st = h->st[ST_RX_INS];
+        sqlite3_bind_int64(st, 5, seq);
+        rc = rx_step(r, st);
+        r->am.changed = 1;
+        r->am.count = (uint32_t)count + 1;
+        break;
+    default:
+        st = h->st[ST_RX_DEL];
+        rc = rx_step(r, st);
+        if (rc == 0)
+            r->am.changed = sqlite3_changes(h->db) > 0;
+        if (rc == 0)
+            rc = emoji_count(h, r, &seq, &count);
+        r->am.count = (uint32_t)count;
+        break;
+    }
+    return rc;
+}
+
+/* Builds the FTS5 query of words: each word a quoted string (quotes
+ * doubled) with a prefix star, all of them ANDed. */
+static int fts_query(const struct history_words *w, char *out, size_t outsz)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < w->n; i++) {
+        if (k + 4 >= outsz)
+            return HUB_EINVAL;
+        if (i > 0)
+            out[k++] = ' ';
+        out[k++] = '"';
+        for (size_t j = 0; j < w->word[i].len; j++) {
+            char c = w->word[i].base[j];
+            if (k + 5 >= outsz)
+                return HUB_EINVAL;
+            if (c == '"')
+                out[k++] = '"';
+            out[k++] = c;
+        }
+        out[k++] = '"';
+        out[k++] = '*';
+    }
+    out[k] = '\0';
+    return 0;
+}
+
+/* Adds the message at offset to a search's results if it matches (kept,
+ * not deleted). Returns 1 when it was added. */
+static int search_take(struct sqlite_store *h, struct req *r, struct room *e,
+                       const struct history_words *w, uint64_t offset, struct rows *rw, int *ret)
+{
+    int64_t cutoff = h->cfg.ttl_ms > 0 ? history_now_ms(&h->cfg) - h->cfg.ttl_ms : INT64_MIN;
+    sqlite3_stmt *st = h->st[ST_MSG_GET];
+    bind_iov(st, 1, r->room);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)offset);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)kept_floor(h, e->last));
+    sqlite3_bind_int64(st, 4, cutoff);
+    int rc = sqlite3_step(st), took = 0;
+    *ret = 0;
+    if (rc == SQLITE_ROW && sqlite3_column_int(st, 9) == 0) {
+        const unsigned char *t = sqlite3_column_text(st, 3);
+        struct hub_iov text = {(const char *)t,
+                               t != NULL ? (size_t)sqlite3_column_bytes(st, 3) : 0};
+        /* FTS5's tokens are a superset of ours (history_impl.h): the
+         * shared matcher makes the answer the memory store's. */
+        if (history_search_match(w, text)) {
+            if (r->n == r->limit)
+                took = 2; /* one more than asked: not complete */
+            else if ((*ret = row_put(r, st, rw, r->limit)) == 0)
+                took = 1;
+        }
+    } else if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        *ret = db_error(rc);
+    }
+    sqlite3_reset(st);
+    return took;
+}
+
+static int do_search(struct sqlite_store *h, struct req *r)
+{
+    struct history_words w;
+    struct room *e;
+    struct rows rw = {0, 0, 0};
+    r->complete = 1;
+    if (history_search_words(r->text, &w) != 0) {
+        r->err = HUB_EINVAL;
+        return 0;
+    }
+    int rc = room_get(h, r->room, &e);
+    if (rc != 0 || e->last == 0)
+        return rc;
+    uint64_t floor = kept_floor(h, e->last);
+    uint64_t hi = r->before == 0 || r->before > e->last ? e->last + 1 : r->before;
+    int took = 0, ret = 0;
+    if (h->fts && fid_base(e) >= 0) {
+        char q[4 * HISTORY_SEARCH_BYTES + 8 * HISTORY_SEARCH_WORDS];
+        if (fts_query(&w, q, sizeof(q)) != 0) {
+            r->err = HUB_EINVAL;
+            return 0;
+        }
+        sqlite3_stmt *st = h->st[ST_FTS_SEARCH];
+        int64_t base = fid_base(e);
+        sqlite3_bind_text(st, 1, q, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, base + (int64_t)floor);
+        sqlite3_bind_int64(st, 3, base + (int64_t)(hi < FID_OFFSETS ? hi : FID_OFFSETS));
+        /* Candidates newest first; each is checked against the message. A
+         * statement on msg_fts and one on messages may step together: they
+         * only read. */
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            uint64_t off = (uint64_t)(sqlite3_column_int64(st, 0) - base);
+            took = search_take(h, r, e, &w, off, &rw, &ret);
+            if (ret != 0 || took == 2)
+                break;
+        }
+        sqlite3_reset(st);
+        if (ret == 0 && rc != SQLITE_ROW && rc != SQLITE_DONE)
+            ret = db_error(rc);
+    } else {
+        /* No index: the newest SCAN_MAX messages, checked one by one. */
+        int64_t cutoff = h->cfg.ttl_ms > 0 ? history_now_ms(&h->cfg) - h->cfg.ttl_ms : INT64_MIN;
+        sqlite3_stmt *st = h->st[ST_SCAN];
+        bind_iov(st, 1, r->room);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)floor);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)hi);
+        sqlite3_bind_int64(st, 4, cutoff);
+        sqlite3_bind_int64(st, 5, SCAN_MAX);
+        uint64_t offs[64];
+        int scanned = 0;
+        /* Offsets are copied in chunks: msgs rows are read by another
+         * statement of the same table. */
+        for (;;) {
+            int n = 0;
+            while (n < 64 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+                const unsigned char *t = sqlite3_column_text(st, 1);
+                struct hub_iov text = {(const char *)t,
+                                       t != NULL ? (size_t)sqlite3_column_bytes(st, 1) : 0};
+                scanned++;
+                if (history_search_match(&w, text))
+                    offs[n++] = (uint64_t)sqlite3_column_int64(st, 0);
+            }
+            int end = rc != SQLITE_ROW;
+            for (int i = 0; i < n && ret == 0 && took != 2; i++)
+                took = search_take(h, r, e, &w, offs[i], &rw, &ret);
+            if (end || ret != 0 || took == 2)
+                break;
+        }
+        sqlite3_reset(st);
+        if (ret == 0 && rc != SQLITE_ROW && rc != SQLITE_DONE)
+            ret = db_error(rc);
+        if (scanned >= SCAN_MAX && took != 2)
+            took = 2; /* stopped at the bound: there may be older matches */
+    }
+    if (ret != 0) {
+        read_reset(r);
+        return ret;
+    }
+    r->complete = took != 2;
+    rows_done(r);
+    return attach_reactions(h, r, (struct hub_iov){NULL, 0});
+}
+
+static int do_restrict(struct sqlite_store *h, struct req *r)
+{
+    sqlite3_stmt *st;
+    /* Expired restrictions are forgotten here: they are rare writes. */
+    st = h->st[ST_RESTRICT_PURGE];
+    sqlite3_bind_int64(st, 1, history_now_ms(&h->cfg));
+    int rc = step_done(st);
+    if (rc != 0)
+        return rc;
+    if (r->until == 0) {
+        st = h->st[ST_RESTRICT_DEL];
+        sqlite3_bind_int(st, 1, r->kind);
+        bind_iov(st, 2, r->room);
+        bind_iov(st, 3, r->actor);
+        return step_done(st);
+    }
+    st = h->st[ST_RESTRICT_SET];
+    sqlite3_bind_int(st, 1, r->kind);
+    bind_iov(st, 2, r->room);
+    bind_iov(st, 3, r->actor);
+    sqlite3_bind_int64(st, 4, r->until);
+    bind_iov(st, 5, r->from);
+    bind_iov(st, 6, r->text);
+    sqlite3_bind_int64(st, 7, r->ts);
+    return step_done(st);
+}
+
+static int do_topic(struct sqlite_store *h, struct req *r)
+{
+    sqlite3_stmt *st = h->st[r->text.len > 0 ? ST_TOPIC_SET : ST_TOPIC_DEL];
+    bind_iov(st, 1, r->room);
+    if (r->text.len > 0) {
+        bind_iov(st, 2, r->text);
+        sqlite3_bind_int64(st, 3, r->ts);
+    }
+    return step_done(st);
 }
 
 /* Deletes rows past the TTL in the next 64 rooms, at most once a
@@ -778,6 +1525,18 @@ static int maybe_sweep(struct sqlite_store *h)
         sqlite3_bind_int64(st, 2, cutoff);
         ret = step_size(st, &gone, &est);
         if (ret != 0 || gone == 0)
+            continue;
+        st = h->st[ST_RX_DEL_OLD];
+        bind_iov(st, 1, room);
+        sqlite3_bind_int64(st, 2, cutoff);
+        ret = step_done(st);
+        if (ret == 0 && h->fts) {
+            st = h->st[ST_FTS_DEL_OLD];
+            bind_iov(st, 1, room);
+            sqlite3_bind_int64(st, 2, cutoff);
+            ret = step_done(st);
+        }
+        if (ret != 0)
             continue;
         st = h->st[ST_SWEEP_DEL];
         bind_iov(st, 1, room);
@@ -832,6 +1591,8 @@ static int room_flush(struct sqlite_store *h)
                 bind_iov(st, 1, name);
                 sqlite3_bind_int64(st, 2, (sqlite3_int64)floor);
                 rc = step_done(st);
+                if (rc == 0)
+                    rc = drop_extras_to(h, name, fid_base(e), (int64_t)floor);
             }
             if (rc != 0)
                 return rc;
@@ -981,10 +1742,17 @@ static int trim_room(struct sqlite_store *h, struct hub_iov room, int64_t want)
     sqlite3_reset(st);
     if (gone == 0)
         return 0;
+    struct room *e;
+    rc = room_get(h, room, &e);
+    if (rc != 0)
+        return rc;
+    e->dirty_gen = h->txn_gen;
     st = h->st[ST_TRIM];
     bind_iov(st, 1, room);
     sqlite3_bind_int64(st, 2, cut);
     rc = step_done(st);
+    if (rc == 0)
+        rc = drop_extras_to(h, room, fid_base(e), cut);
     if (rc == 0)
         rc = room_sub(h, room, gone, est);
     if (rc == 0)
@@ -1076,6 +1844,11 @@ static void quota_pass(struct sqlite_store *h, int locked, int force)
         int rc = txn_begin(h);
         if (rc == 0)
             rc = trim_largest(h, need, &progress);
+        /* FTS5 records deletions as tombstones in new segments: merging
+         * them away (bounded work) is what frees the index's pages. */
+        if (rc == 0 && h->fts && progress)
+            rc = sqlite3_exec(h->db, "INSERT INTO msg_fts(msg_fts, rank) VALUES('merge', -2000)",
+                              NULL, NULL, NULL);
         if (rc == 0)
             rc = txn_commit(h);
         if (rc != 0) {
@@ -1122,6 +1895,28 @@ out:
     publish(h, locked, 1);
 }
 
+/* Runs one request in the open transaction. A refusal (HUB_EPERM, ...) is
+ * the request's r->err, not a failure of the transaction. */
+static int run_one(struct sqlite_store *h, struct req *r)
+{
+    switch (r->type) {
+    case REQ_APPEND:
+        return do_append(h, r);
+    case REQ_READ:
+        return do_read(h, r);
+    case REQ_AMEND:
+        return do_amend(h, r);
+    case REQ_SEARCH:
+        return do_search(h, r);
+    case REQ_RESTRICT:
+        return do_restrict(h, r);
+    case REQ_TOPIC:
+        return do_topic(h, r);
+    default:
+        return 0;
+    }
+}
+
 /* Runs the whole batch in one transaction. Returns 0 once it committed. */
 static int run_group(struct sqlite_store *h, struct req *batch)
 {
@@ -1129,14 +1924,19 @@ static int run_group(struct sqlite_store *h, struct req *batch)
     if (rc != 0)
         return rc;
     for (struct req *r = batch; r != NULL; r = r->next) {
-        if (r->type == REQ_APPEND)
-            rc = do_append(h, r);
-        else if (r->type == REQ_READ)
-            rc = do_read(h, r);
+        rc = run_one(h, r);
         if (rc != 0)
             return rc;
     }
     return txn_commit(h);
+}
+
+/* 1 for requests that write (and so get a transaction of their own when a
+ * batch is run again one by one). */
+static int writes(const struct req *r)
+{
+    return r->type == REQ_APPEND || r->type == REQ_AMEND || r->type == REQ_RESTRICT ||
+           r->type == REQ_TOPIC;
 }
 
 /* Runs the batch again with one transaction per append, so that one write
@@ -1145,22 +1945,25 @@ static void run_single(struct sqlite_store *h, struct req *batch)
 {
     for (struct req *r = batch; r != NULL; r = r->next) {
         int rc = 0;
-        if (r->type == REQ_APPEND) {
+        read_reset(r);
+        if (writes(r)) {
             rc = txn_begin(h);
             if (rc == 0)
-                rc = do_append(h, r);
+                rc = run_one(h, r);
             if (rc == 0)
                 rc = txn_commit(h);
             if (rc != 0) {
                 txn_rollback(h);
+                read_reset(r);
                 r->offset = 0;
                 r->out_ts = 0;
                 r->duplicate = 0;
             }
-        } else if (r->type == REQ_READ) {
-            rc = do_read(h, r);
+        } else {
+            rc = run_one(h, r);
         }
-        r->err = rc;
+        if (rc != 0)
+            r->err = rc;
     }
 }
 
@@ -1176,9 +1979,6 @@ static void run_batch(struct sqlite_store *h, struct req *batch)
     if (run_group(h, batch) == 0)
         return;
     txn_rollback(h);
-    for (struct req *r = batch; r != NULL; r = r->next)
-        if (r->type == REQ_READ)
-            read_reset(r);
     run_single(h, batch);
 }
 
@@ -1200,7 +2000,8 @@ static struct req *take_batch(struct sqlite_store *h)
     struct req *r = h->in_head;
     size_t bytes = 0;
     for (;;) {
-        bytes += REQ_COST + r->room.len + r->from.len + r->text.len + r->cmid.len;
+        bytes += REQ_COST + r->room.len + r->from.len + r->text.len + r->cmid.len + r->author.len +
+                 r->actor.len + r->mentions.len;
         if (r->next == NULL || bytes >= h->batch_max)
             break;
         r = r->next;
@@ -1260,8 +2061,7 @@ static void writer_main(void *arg)
 
 static void req_free(struct req *r)
 {
-    free(r->msgs);
-    free(r->blob);
+    read_reset(r);
     free(r);
 }
 
@@ -1332,6 +2132,19 @@ static void fire(struct req *r)
     case REQ_BARRIER:
         r->cb.barrier(r->data);
         break;
+    case REQ_AMEND:
+        r->cb.amend(r->data, r->err, r->err == 0 ? &r->am : NULL);
+        break;
+    case REQ_SEARCH:
+        if (r->err != 0)
+            r->cb.search(r->data, r->err, NULL, 0, 1);
+        else
+            r->cb.search(r->data, 0, r->msgs, r->n, r->complete);
+        break;
+    case REQ_RESTRICT:
+    case REQ_TOPIC:
+        r->cb.done(r->data, r->err);
+        break;
     }
 }
 
@@ -1393,13 +2206,12 @@ static void enqueue(struct sqlite_store *h, struct req *r)
     uv_mutex_unlock(&h->mu);
 }
 
-/* Allocates a request with copies of the given views. */
-static struct req *req_new(int type, struct hub_iov room, struct hub_iov from, struct hub_iov text,
-                           struct hub_iov cmid)
+/* Allocates a request with copies of the given views: room, from, text,
+ * cmid, author, actor, mentions (see struct req for their uses). */
+static struct req *req_new7(int type, const struct hub_iov in[7])
 {
-    struct hub_iov in[4] = {room, from, text, cmid};
     size_t total = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 7; i++) {
         if (in[i].len > SIZE_MAX / 2 - total || in[i].len > INT32_MAX)
             return NULL;
         total += in[i].len;
@@ -1408,9 +2220,10 @@ static struct req *req_new(int type, struct hub_iov room, struct hub_iov from, s
     if (r == NULL)
         return NULL;
     r->type = type;
-    struct hub_iov *out[4] = {&r->room, &r->from, &r->text, &r->cmid};
+    struct hub_iov *out[7] = {&r->room,   &r->from,  &r->text,    &r->cmid,
+                              &r->author, &r->actor, &r->mentions};
     size_t at = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 7; i++) {
         if (in[i].len > 0)
             memcpy(r->bytes + at, in[i].base, in[i].len);
         out[i]->base = r->bytes + at;
@@ -1421,6 +2234,13 @@ static struct req *req_new(int type, struct hub_iov room, struct hub_iov from, s
 }
 
 static const struct hub_iov no_iov = {NULL, 0};
+
+static struct req *req_new(int type, struct hub_iov room, struct hub_iov from, struct hub_iov text,
+                           struct hub_iov cmid)
+{
+    struct hub_iov in[7] = {room, from, text, cmid, no_iov, no_iov, no_iov};
+    return req_new7(type, in);
+}
 
 static int sqlite_append(struct hub_history *base, struct hub_iov room, struct hub_iov from,
                          struct hub_iov text, struct hub_iov cmid, int64_t ts,
@@ -1525,6 +2345,126 @@ static void sqlite_stats(const struct hub_history *base, struct hub_history_stat
     }
 }
 
+static int sqlite_append_ex(struct hub_history *base, const struct hub_history_new *m,
+                            hub_history_append_cb cb, void *data)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+    if (h->state != STATE_RUNNING)
+        return HUB_ECLOSED;
+    struct hub_iov in[7] = {m->room, m->from, m->text, m->cmid, m->author, m->actor, m->mentions};
+    struct req *r = req_new7(REQ_APPEND, in);
+    if (r == NULL)
+        return HUB_ENOMEM;
+    r->ts = m->ts;
+    r->reply_to = m->reply_to;
+    r->cb.append = cb;
+    r->data = data;
+    enqueue(h, r);
+    return 0;
+}
+
+static int sqlite_query(struct hub_history *base, struct hub_iov room,
+                        const struct hub_history_query *q, hub_history_read_cb cb, void *data)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+    if (h->state != STATE_RUNNING)
+        return HUB_ECLOSED;
+    struct hub_iov in[7] = {room, no_iov, no_iov, no_iov, q->viewer, q->actor, no_iov};
+    struct req *r = req_new7(REQ_READ, in);
+    if (r == NULL)
+        return HUB_ENOMEM;
+    r->dir = q->dir;
+    r->pos = q->pos;
+    r->limit = q->limit;
+    r->meta = 1;
+    r->now = q->now_ms;
+    r->cb.read = cb;
+    r->data = data;
+    enqueue(h, r);
+    return 0;
+}
+
+static int sqlite_amend(struct hub_history *base, const struct hub_history_amend *a,
+                        hub_history_amend_cb cb, void *data)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+    if (h->state != STATE_RUNNING)
+        return HUB_ECLOSED;
+    int react = a->kind == HUB_AMEND_REACT || a->kind == HUB_AMEND_UNREACT;
+    struct hub_iov in[7] = {a->room,
+                            no_iov,
+                            a->kind == HUB_AMEND_EDIT ? a->text : no_iov,
+                            no_iov,
+                            a->who,
+                            no_iov,
+                            react ? a->emoji : no_iov};
+    struct req *r = req_new7(REQ_AMEND, in);
+    if (r == NULL)
+        return HUB_ENOMEM;
+    r->offset = a->offset;
+    r->kind = a->kind;
+    r->moderator = a->moderator;
+    r->ts = a->ts;
+    r->window_ms = a->window_ms;
+    r->max_emoji = a->max_emoji > 0 ? a->max_emoji : HUB_HISTORY_REACTIONS_MAX;
+    r->cb.amend = cb;
+    r->data = data;
+    enqueue(h, r);
+    return 0;
+}
+
+static int sqlite_search(struct hub_history *base, struct hub_iov room, struct hub_iov q,
+                         uint64_t before, unsigned limit, hub_history_search_cb cb, void *data)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+    if (h->state != STATE_RUNNING)
+        return HUB_ECLOSED;
+    struct req *r = req_new(REQ_SEARCH, room, no_iov, q, no_iov);
+    if (r == NULL)
+        return HUB_ENOMEM;
+    r->before = before;
+    r->limit = limit;
+    r->cb.search = cb;
+    r->data = data;
+    enqueue(h, r);
+    return 0;
+}
+
+static int sqlite_restrict(struct hub_history *base, const struct hub_history_restrict *x,
+                           hub_history_done_cb cb, void *data)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+    if (h->state != STATE_RUNNING)
+        return HUB_ECLOSED;
+    struct hub_iov in[7] = {x->room, x->by, x->reason, no_iov, no_iov, x->actor, no_iov};
+    struct req *r = req_new7(REQ_RESTRICT, in);
+    if (r == NULL)
+        return HUB_ENOMEM;
+    r->kind = x->kind;
+    r->until = x->until_ms;
+    r->ts = x->ts;
+    r->cb.done = cb;
+    r->data = data;
+    enqueue(h, r);
+    return 0;
+}
+
+static int sqlite_set_topic(struct hub_history *base, struct hub_iov room, struct hub_iov topic,
+                            hub_history_done_cb cb, void *data)
+{
+    struct sqlite_store *h = (struct sqlite_store *)base;
+    if (h->state != STATE_RUNNING)
+        return HUB_ECLOSED;
+    struct req *r = req_new(REQ_TOPIC, room, no_iov, topic, no_iov);
+    if (r == NULL)
+        return HUB_ENOMEM;
+    r->ts = history_now_ms(&h->cfg);
+    r->cb.done = cb;
+    r->data = data;
+    enqueue(h, r);
+    return 0;
+}
+
 static const struct history_ops sqlite_ops = {
     .append = sqlite_append,
     .read = sqlite_read,
@@ -1533,6 +2473,12 @@ static const struct history_ops sqlite_ops = {
     .free = sqlite_free,
     .hold = NULL,
     .stats = sqlite_stats,
+    .append_ex = sqlite_append_ex,
+    .query = sqlite_query,
+    .amend = sqlite_amend,
+    .search = sqlite_search,
+    .set_restriction = sqlite_restrict,
+    .set_topic = sqlite_set_topic,
 };
 
 /* ---- Opening ---- */
@@ -1675,6 +2621,34 @@ static int query_int(sqlite3 *db, const char *sql, int64_t *out)
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* Sets up the search index where SQLite has FTS5 (h->fts), filling it
+ * when an upgrade (or a run of a build without FTS5) left it behind; without
+ * FTS5, marks it behind for the next build that has it. */
+static int fts_open(struct sqlite_store *h)
+{
+    int64_t stale = 0;
+    h->fts = sqlite3_exec(h->db, fts_sql, NULL, NULL, NULL) == SQLITE_OK;
+    if (!h->fts) {
+        hub_log_warn("history: this SQLite has no FTS5: search scans the newest %d messages of "
+                     "a room",
+                     SCAN_MAX);
+        return sqlite3_exec(h->db, "INSERT OR REPLACE INTO meta(k, v) VALUES('fts_stale', 1)", NULL,
+                            NULL, NULL);
+    }
+    int rc = query_int(h->db, "SELECT count(*) FROM meta WHERE k = 'fts_stale'", &stale);
+    if (rc != SQLITE_OK || stale == 0)
+        return rc;
+    hub_log_info("history: building the search index of %s", h->path);
+    rc = sqlite3_exec(h->db, "BEGIN", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(h->db, fts_fill_sql, NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(h->db, "COMMIT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK && !sqlite3_get_autocommit(h->db))
+        (void)sqlite3_exec(h->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
 /* Creates the schema in a new file, or brings an older one up to date:
  * schema 0 gets the room sizes (one transaction), and a file without
  * incremental vacuum is rebuilt with it (VACUUM, once: it needs free space
@@ -1694,21 +2668,41 @@ static int schema_open(struct sqlite_store *h, char *err, size_t errsz)
                  h->path, (long long)version);
         return SQLITE_ABORT;
     }
-    if (tables > 0 && version < SCHEMA_VERSION) {
-        hub_log_info("history: upgrading %s to schema %d (room sizes, for the disk budget)",
-                     h->path, SCHEMA_VERSION);
+    if (tables > 0 && version < 2) {
+        hub_log_info("history: upgrading %s to schema 2 (room sizes, for the disk budget)",
+                     h->path);
         rc = sqlite3_exec(h->db, upgrade_sql, NULL, NULL, NULL);
         if (rc != SQLITE_OK) {
             if (!sqlite3_get_autocommit(h->db))
                 (void)sqlite3_exec(h->db, "ROLLBACK", NULL, NULL, NULL);
             return rc;
         }
+        version = 2;
+    }
+    if (tables > 0 && version < 3) {
+        hub_log_info("history: upgrading %s to schema 3 (replies, edits, reactions, search, "
+                     "bans, topics)",
+                     h->path);
+        rc = sqlite3_exec(h->db, upgrade3_sql, NULL, NULL, NULL);
+        if (rc != SQLITE_OK) {
+            if (!sqlite3_get_autocommit(h->db))
+                (void)sqlite3_exec(h->db, "ROLLBACK", NULL, NULL, NULL);
+            return rc;
+        }
     } else if (tables == 0) {
-        rc = sqlite3_exec(h->db, "PRAGMA user_version = 2", NULL, NULL, NULL);
+        rc = sqlite3_exec(h->db, "PRAGMA user_version = 3", NULL, NULL, NULL);
         if (rc != SQLITE_OK)
             return rc;
     }
     rc = sqlite3_exec(h->db, schema_sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = fts_open(h);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = query_int(h->db, "SELECT coalesce(max(rid), 0) + 1 FROM rooms", &h->next_rid);
+    if (rc == SQLITE_OK)
+        rc = query_int(h->db, "SELECT coalesce(max(seq), 0) + 1 FROM reactions", &h->next_seq);
     if (rc != SQLITE_OK)
         return rc;
 
@@ -1885,7 +2879,7 @@ static int db_open(struct sqlite_store *h, char *err, size_t errsz)
         }
     }
 
-    for (int i = 0; i < ST_COUNT; i++) {
+    for (int i = 0; i < (h->fts ? ST_COUNT : ST_FTS_FIRST); i++) {
         rc = sqlite3_prepare_v3(h->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &h->st[i], NULL);
         if (rc != SQLITE_OK)
             goto fail_db;

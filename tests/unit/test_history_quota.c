@@ -107,7 +107,7 @@ static void check_accounting(const char *dir)
                     "FROM messages WHERE room = rooms.name)"),
              0);
     CHECK_EQ(db_int(dir, "PRAGMA auto_vacuum"), 2);
-    CHECK_EQ(db_int(dir, "PRAGMA user_version"), 2);
+    CHECK_EQ(db_int(dir, "PRAGMA user_version"), 3);
 }
 
 /* ---- Stores ---- */
@@ -739,8 +739,8 @@ static void test_migrate(void)
     check_accounting(dir);
 
     /* A file from a newer version is refused, not guessed at. */
-    CHECK_EQ(db_int(dir, "PRAGMA user_version = 3"), -1);
-    CHECK_EQ(db_int(dir, "PRAGMA user_version"), 3);
+    CHECK_EQ(db_int(dir, "PRAGMA user_version = 4"), -1);
+    CHECK_EQ(db_int(dir, "PRAGMA user_version"), 4);
     struct hub_history *h = NULL;
     char err[256];
     CHECK_EQ(hub_history_open_sqlite(&h, &loop, dir, &cfg, err, sizeof(err)), HUB_EIO);
