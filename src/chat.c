@@ -471,6 +471,31 @@ struct hub_chat_client *hub_chat_client_new(struct hub_chat *chat, struct hub_ws
     return hub_chat_client_new_as(chat, ws, mode, room, NULL);
 }
 
+/* A signed raw client's upgrade is decided before the store can be asked
+ * (hub_chat_raw_admit is synchronous), so its ban is looked up once it is
+ * in: a banned one is closed with HUB_CHAT_CLOSE_DISCONNECTED, "banned". */
+static void raw_ban_cb(void *data, int err, const struct hub_history_pos *pos,
+                       const struct hub_history_msg *msgs, size_t n, int complete)
+{
+    struct hub_chat_client *cl = data;
+    (void)msgs, (void)n, (void)complete;
+    if (err == 0 && pos->ban_until != 0 && !cl->dead)
+        hub_ws_close(cl->ws, HUB_CHAT_CLOSE_DISCONNECTED, "banned");
+    chat_client_unref(cl);
+}
+
+static void raw_ban_check(struct hub_chat_client *cl, struct hub_iov room)
+{
+    char actor[CHAT_KEY_MAX];
+    struct hub_history_query q = {.dir = HUB_HISTORY_LATEST, .limit = 0};
+    q.actor.base = actor;
+    q.actor.len = chat_actor_key(cl, actor);
+    q.now_ms = chat_now(cl->chat);
+    chat_client_ref(cl);
+    if (hub_engine_query(cl->chat->engine, room, &q, raw_ban_cb, cl) != 0)
+        chat_client_unref(cl); /* not checked: its lines are still refused */
+}
+
 struct hub_chat_client *hub_chat_client_new_as(struct hub_chat *chat, struct hub_ws *ws, int mode,
                                                struct hub_iov room, struct hub_auth_identity *id)
 {
@@ -513,6 +538,8 @@ struct hub_chat_client *hub_chat_client_new_as(struct hub_chat *chat, struct hub
             hub_chat_client_free(cl);
             return NULL;
         }
+        if (cl->user != NULL)
+            raw_ban_check(cl, room);
         return cl;
     }
     struct hub_jsonw b = {0};

@@ -129,6 +129,13 @@ test('ban: banned push, removed, join refused with banned; unban lets back; hub 
   assert.equal(p.reason, 'rude');
   assert.ok(p.until > Date.now() + 3500 * 1000, JSON.stringify(p));
   err(await u.req({ op: 'join', room: 'lobby' }), 'banned', /banned from lobby until \d{4}-\d\d-\d\dT/);
+  // In raw mode (?token=) the banned user is let in, then closed with 4003.
+  const raw = await wsConnect(s.wsUrl(`/ws/lobby?token=${token('u1', { name: 'Ann' })}`));
+  const closed = await raw.waitClose();
+  assert.deepEqual(closed, { code: 4003, reason: 'banned' });
+  const rawOther = await wsConnect(s.wsUrl(`/ws/other?token=${token('u1', { name: 'Ann' })}`));
+  await rawOther.send('fine here');
+  assert.equal((await rawOther.nextText()), 'fine here');
   // Another connection of the same user is banned too.
   const u2 = await jsonClient(s, 'u1', { name: 'Ann' });
   err(await u2.req({ op: 'join', room: 'lobby' }), 'banned');

@@ -140,8 +140,8 @@ test('react/unreact: counts, reaction pushes with nick, mine per viewer, emoji l
   err(await a.req({ op: 'react', room: 'lobby', offset: m.offset, emoji: '🚀' }), 'too_many_reactions');
 });
 
-test('search: newest first, limits, not_joined, bad_room for a DM of others, bad q', async () => {
-  const { a, b } = await pair();
+test('search: newest first, limits, raw lines, not_joined, bad_room for a DM of others, bad q', async () => {
+  const { s, a, b } = await pair();
   for (const t of ['release notes draft', 'lunch?', 'the release is out', 'notes on release'])
     await a.req({ op: 'send', room: 'lobby', text: t });
   const r = await b.req({ op: 'search', room: 'lobby', q: 'release notes' });
@@ -154,6 +154,14 @@ test('search: newest first, limits, not_joined, bad_room for a DM of others, bad
   assert.equal(one.complete, false);
   const older = await b.req({ op: 'search', room: 'lobby', q: 'release', before: one.results[0].offset });
   assert.deepEqual(older.results.map((m) => m.text), ['the release is out', 'release notes draft']);
+  // Raw lines are searchable too (and nobody's: even their sender cannot edit them).
+  const raw = await wsConnect(s.wsUrl('/ws/lobby'));
+  await raw.send('raw release line');
+  assert.equal(await raw.nextText(), 'raw release line');
+  const rp = await b.push((x) => x.t === 'msg' && x.text === 'raw release line');
+  const found = await b.req({ op: 'search', room: 'lobby', q: 'raw release' });
+  assert.deepEqual(found.results.map((m) => m.offset), [rp.offset]);
+  err(await b.req({ op: 'edit', room: 'lobby', offset: rp.offset, text: 'mine' }), 'forbidden');
   err(await b.req({ op: 'search', room: 'other', q: 'x' }), 'not_joined');
   err(await b.req({ op: 'search', room: '@alice,carol', q: 'x' }), 'bad_room');
   err(await b.req({ op: 'search', room: 'lobby', q: '' }), 'bad_request');

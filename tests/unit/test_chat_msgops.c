@@ -238,6 +238,21 @@ static void test_moderation(void)
     peer_say(&u, "{\"op\":\"join\",\"id\":5,\"room\":\"lobby\"}");
     CHECK(got(&u, "{\"id\":5,\"ok\":false,\"error\":{\"code\":\"banned\",\"message\":\"banned from "
                   "lobby until 2027-01-15T08:"));
+    /* A second connection of the banned user resuming the room in hello
+     * gets the room's entry refused, the rest of its hello answered. */
+    struct peer u2;
+    peer_open(&u2, chat);
+    char claims[300], tok[1024], req[1400];
+    snprintf(claims, sizeof(claims), "{\"sub\":\"u1\",\"name\":\"Ann\",\"exp\":%lld}",
+             NOW_S + 86400 * 3);
+    sign(claims, tok);
+    snprintf(req, sizeof(req),
+             "{\"op\":\"hello\",\"id\":1,\"token\":\"%s\",\"resume\":{\"lobby\":{\"epoch\":"
+             "\"x\",\"offset\":0}}}",
+             tok);
+    peer_say(&u2, req);
+    CHECK(got(&u2, "\"lobby\":{\"error\":{\"code\":\"banned\""));
+    peer_close(&u2);
     /* Once it has run out, the join goes through. */
     fake_now += 60001;
     peer_say(&u, "{\"op\":\"join\",\"id\":6,\"room\":\"lobby\"}");
