@@ -194,6 +194,21 @@ void hub_chat_engine_events(struct hub_engine_events *ev)
     ev->on_epoch = chat_on_epoch;
     ev->on_invite = chat_on_invite;
     ev->on_state = chat_on_state;
+    ev->on_amend = chat_on_amend;
+    ev->on_control = chat_on_control;
+}
+
+void hub_chat_mod_stats(const struct hub_chat *chat, struct hub_chat_mod_stats *st)
+{
+    st->kick = chat->mod_count[CHAT_MOD_KICK];
+    st->ban = chat->mod_count[CHAT_MOD_BAN];
+    st->unban = chat->mod_count[CHAT_MOD_UNBAN];
+    st->mute = chat->mod_count[CHAT_MOD_MUTE];
+    st->unmute = chat->mod_count[CHAT_MOD_UNMUTE];
+    st->del = chat->mod_count[CHAT_MOD_DELETE];
+    st->topic = chat->mod_count[CHAT_MOD_TOPIC];
+    st->edit = chat->mod_count[CHAT_MOD_EDIT];
+    st->search = chat->searches;
 }
 
 int hub_chat_new(struct hub_chat **out, const struct hub_chat_config *cfg)
@@ -584,8 +599,27 @@ struct pending_msg {
     struct req_id id;           /* the send request's id, for the ack */
     size_t room_len;            /* bytes in room */
     size_t text_len;            /* bytes of text counted in flight (flow.h) */
+    size_t actor_len;           /* bytes of actor */
+    char actor[CHAT_KEY_MAX];   /* the sender's actor key, to tell a ban from a mute */
     char room[];                /* the room */
 };
+
+/* A publish refused with HUB_EPERM: a query with the sender's actor key
+ * tells a ban (the stronger, reported first) from a mute. */
+static void perm_query_cb(void *data, int err, const struct hub_history_pos *pos,
+                          const struct hub_history_msg *msgs, size_t n, int complete)
+{
+    struct pending_msg *pm = data;
+    (void)msgs;
+    (void)n;
+    (void)complete;
+    if (err == 0 && pos->ban_until != 0)
+        chat_send_error(pm->cl, pm->id, "banned", "you are banned from this room");
+    else
+        chat_send_error(pm->cl, pm->id, "muted", "you are muted in this room");
+    chat_client_unref(pm->cl);
+    free(pm);
+}
 
 /* A publish failed with err: a JSON sender gets an error reply; a raw line
  * is dropped, and counted when the engine was unreachable. */
@@ -610,7 +644,22 @@ static void pm_published(void *data, int err, uint64_t offset, int64_t ts, int d
     struct hub_chat_client *cl = pm->cl;
     if (!cl->dead) /* sequenced (or failed): no longer in flight (flow.h) */
         hub_flow_published(cl->chat->cfg.flow, hub_ws_conn(cl->ws), pm->text_len);
-    if (err != 0) {
+    if (err == HUB_EPERM && cl->mode == HUB_CHAT_RAW) {
+        /* A banned or muted signed raw client's line: dropped, as raw lines
+         * that cannot be accepted are. */
+    } else if (err == HUB_EPERM && !cl->dead) {
+        struct hub_history_query q = {.dir = HUB_HISTORY_LATEST, .limit = 0};
+        q.actor.base = pm->actor;
+        q.actor.len = pm->actor_len;
+        q.now_ms = chat_now(cl->chat);
+        struct hub_iov room = {pm->room, pm->room_len};
+        if (hub_engine_query(cl->chat->engine, room, &q, perm_query_cb, pm) == 0)
+            return; /* perm_query_cb answers and frees */
+        chat_send_error(cl, pm->id, "muted", "you are muted or banned in this room");
+    } else if (err == HUB_EINVAL) {
+        chat_send_error(cl, pm->id, "bad_request",
+                        "reply_to must be the offset of an earlier message of this room");
+    } else if (err != 0) {
         publish_failed(cl, pm->id, err);
     } else {
         if (!duplicate && offset > 0)
@@ -641,6 +690,12 @@ static void pm_published(void *data, int err, uint64_t offset, int64_t ts, int d
 void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov room, int opcode,
                   struct hub_iov text, struct hub_iov cmid)
 {
+    chat_publish_ex(cl, id, room, opcode, text, cmid, 0);
+}
+
+void chat_publish_ex(struct hub_chat_client *cl, struct req_id id, struct hub_iov room, int opcode,
+                     struct hub_iov text, struct hub_iov cmid, uint64_t reply_to)
+{
     struct hub_chat *chat = cl->chat;
     struct pending_msg *pm = malloc(sizeof(*pm) + room.len);
     if (pm == NULL) {
@@ -663,6 +718,20 @@ void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov r
     pub.client.len = chat_client_id(cl, cid);
     pub.ts = chat_now(chat);
     pub.binary = opcode != HUB_WS_TEXT;
+    /* Issue 15: who may edit it, whose bans apply, whom it mentions. */
+    char author[CHAT_KEY_MAX], mentions[HUB_HISTORY_MENTIONS_MAX * (HUB_CHAT_NICK_BYTES + 2)];
+    pm->actor_len = chat_actor_key(cl, pm->actor);
+    if (!pub.binary) {
+        pub.author.base = author;
+        pub.author.len = chat_author_key(cl, author);
+        pub.actor.base = pm->actor;
+        pub.actor.len = pm->actor_len;
+        if (cl->mode == HUB_CHAT_JSON) {
+            pub.mentions.base = mentions;
+            pub.mentions.len = chat_mentions(chat, text, mentions, sizeof(mentions));
+        }
+        pub.reply_to = reply_to;
+    }
     chat_client_ref(cl);
     /* Backpressure (flow.h): counted in flight until sequenced (before the
      * call, since the memory engine completes within it); a sender into a
@@ -698,6 +767,8 @@ void chat_on_msg(void *data, const struct hub_engine_msg *m)
     ev.cmid = m->cmid;
     ev.offset = m->offset;
     ev.ts = m->ts;
+    ev.mentions = m->mentions;
+    ev.reply_to = m->reply_to;
     chat_broadcast(&ev);
 }
 

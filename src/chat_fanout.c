@@ -39,6 +39,36 @@ static struct hub_shared *encode_json(struct hub_room_event *ev)
         hub_jsonw_kstr(&b, "text", ev->text.base, ev->text.len);
         if (ev->cmid.len > 0)
             hub_jsonw_kstr(&b, "cmid", ev->cmid.base, ev->cmid.len);
+        if (ev->reply_to > 0)
+            hub_jsonw_kuint(&b, "reply_to", ev->reply_to);
+        chat_jw_mentions(&b, ev->mentions);
+        break;
+    case EV_EDITED:
+        hub_jsonw_kstr(&b, "t", "edited", 6);
+        hub_jsonw_kstr(&b, "room", room, room_len);
+        hub_jsonw_kuint(&b, "offset", ev->offset);
+        hub_jsonw_kstr(&b, "text", ev->text.base, ev->text.len);
+        hub_jsonw_kint(&b, "edited_ts", ev->edited_ts);
+        break;
+    case EV_DELETED:
+        hub_jsonw_kstr(&b, "t", "deleted", 7);
+        hub_jsonw_kstr(&b, "room", room, room_len);
+        hub_jsonw_kuint(&b, "offset", ev->offset);
+        break;
+    case EV_REACTION:
+        hub_jsonw_kstr(&b, "t", "reaction", 8);
+        hub_jsonw_kstr(&b, "room", room, room_len);
+        hub_jsonw_kuint(&b, "offset", ev->offset);
+        hub_jsonw_kstr(&b, "emoji", ev->emoji.base, ev->emoji.len);
+        hub_jsonw_kstr(&b, "nick", ev->nick.base, ev->nick.len);
+        hub_jsonw_kuint(&b, "count", ev->count);
+        hub_jsonw_kbool(&b, "on", ev->on);
+        break;
+    case EV_TOPIC:
+        hub_jsonw_kstr(&b, "t", "topic", 5);
+        hub_jsonw_kstr(&b, "room", room, room_len);
+        hub_jsonw_kstr(&b, "topic", ev->text.base, ev->text.len);
+        hub_jsonw_kstr(&b, "by", ev->nick.base, ev->nick.len);
         break;
     case EV_JOIN:
     case EV_LEAVE:

@@ -57,6 +57,27 @@ struct chat_backlog;
 #define CHAT_BACKLOG_MAX 64                       /* requests waiting behind a nick claim */
 #define CHAT_BACKLOG_BYTES (256 * 1024)           /* their bytes */
 
+/* Moderation (and edit) actions counted for /metrics
+ * (chathub_moderation_total{action}); names in chat_mod_action_name. */
+enum chat_mod_action {
+    CHAT_MOD_KICK,
+    CHAT_MOD_BAN,
+    CHAT_MOD_UNBAN,
+    CHAT_MOD_MUTE,
+    CHAT_MOD_UNMUTE,
+    CHAT_MOD_DELETE,
+    CHAT_MOD_TOPIC,
+    CHAT_MOD_EDIT,
+    CHAT_MOD_NACTIONS,
+};
+
+#define CHAT_SEARCH_Q_MAX 200   /* bytes in a search query */
+#define CHAT_SEARCH_DEFAULT 20  /* results of a search by default */
+#define CHAT_SEARCH_MAX 50      /* results of a search at most */
+#define CHAT_EMOJI_POINTS_MAX 8 /* code points in a reaction's emoji */
+#define CHAT_REASON_MAX 512     /* bytes of a moderation reason */
+#define CHAT_KEY_MAX (CHAT_OWNER_MAX + HUB_IDENT_KEY_MAX + 2) /* an author or actor key */
+
 /* Per-room bookkeeping for presence in big rooms, kept only for rooms that
  * passed HUB_CHAT_LIST_MAX members. */
 struct count_entry {
@@ -95,6 +116,8 @@ struct hub_chat {
     char id_prefix[HUB_ENGINE_NODE_ID_MAX + 2]; /* "<node id>-", or "" (memory engine) */
     size_t id_prefix_len;                       /* bytes in id_prefix */
     struct chat_user *users;                    /* signed clients, for expiry */
+    uint64_t mod_count[CHAT_MOD_NACTIONS];      /* moderation actions by enum chat_mod_action */
+    uint64_t searches;                          /* search requests answered */
 };
 
 struct typing_mark {
@@ -163,6 +186,11 @@ enum event_kind {
     EV_NICK,   /* a member changed nick */
     EV_COUNT,  /* member count of a big room */
     EV_GAP,    /* the room's epoch changed: a gap push with reason "epoch" */
+    /* Issue 15 (JSON members only): */
+    EV_EDITED,   /* a message's text was edited */
+    EV_DELETED,  /* a message was deleted */
+    EV_REACTION, /* a reaction was added or taken back */
+    EV_TOPIC,    /* the room's topic changed */
 };
 
 /* One broadcast, with its frames encoded lazily once per wire format. */
@@ -184,6 +212,12 @@ struct hub_room_event {
     uint64_t offset;         /* EV_MSG: position in history (0 for binary) */
     int64_t ts;              /* EV_MSG: when it was sequenced */
     struct hub_iov old_nick; /* EV_NICK: the previous nick, borrowed */
+    struct hub_iov mentions; /* EV_MSG: '\n'-terminated nicks mentioned, borrowed */
+    uint64_t reply_to;       /* EV_MSG: offset answered, or 0 */
+    int64_t edited_ts;       /* EV_EDITED: when (EV_EDITED's text is in text) */
+    struct hub_iov emoji;    /* EV_REACTION: the emoji (nick: who), borrowed */
+    uint32_t count;          /* EV_REACTION: users with the emoji now */
+    int on;                  /* EV_REACTION: 1 added, 0 taken back */
     struct hub_shared *raw;  /* the raw frame once encoded, owned */
     struct hub_shared *json; /* the JSON frame once encoded, owned */
 };
@@ -256,6 +290,11 @@ void chat_client_unref(struct hub_chat_client *cl);
  * on_msg. Views borrowed. */
 void chat_publish(struct hub_chat_client *cl, struct req_id id, struct hub_iov room, int opcode,
                   struct hub_iov text, struct hub_iov cmid);
+
+/* chat_publish with a reply_to (0: none); JSON text also gets its mentions,
+ * and every text its author and actor keys (chat_edit.c). */
+void chat_publish_ex(struct hub_chat_client *cl, struct req_id id, struct hub_iov room, int opcode,
+                     struct hub_iov text, struct hub_iov cmid, uint64_t reply_to);
 
 /* ---- tokens (chat.c) ---------------------------------------------------- */
 
@@ -423,6 +462,19 @@ void *chat_calloc(size_t size);
 
 /* ---- chat_json.c -------------------------------------------------------- */
 
+/* Request field readers shared with chat_edit.c and chat_mod.c. chat_req_str
+ * and chat_req_uint return 1 (present), 0 (absent or null), -1 (wrong type
+ * or out of range); chat_req_room returns 0, or -1 after an error reply
+ * (bad_request, bad_room); chat_req_text checks a message text as send does
+ * (0, or -1 after bad_text/too_long). */
+int chat_req_str(const struct request *rq, const char *key, struct hub_iov *out);
+int chat_req_uint(const struct request *rq, const char *key, uint64_t max, uint64_t *out);
+int chat_req_room(const struct request *rq, struct hub_iov *room);
+int chat_req_text(const struct request *rq, struct hub_iov *text);
+
+/* The room name if cl is a member of it, else NULL. */
+struct hub_room *chat_joined_room(struct hub_chat_client *cl, struct hub_iov name);
+
 /* The engine's on_invite: puts the local client holding nick in room. */
 void chat_on_invite(void *data, struct hub_iov client, struct hub_iov nick, struct hub_iov room,
                     struct hub_iov from);
@@ -453,5 +505,55 @@ void chat_backlog_free(struct hub_chat_client *cl);
 /* Handles cl's waiting requests in order, while nothing they wait for is on
  * its way (call when a claim completes or cl->waiting drops). */
 void chat_backlog_drain(struct hub_chat_client *cl);
+
+/* ---- chat_edit.c: edits, deletes, reactions, search, mentions -------- */
+
+/* cl's author key ("u:<sub>" signed, "g:<client id>" otherwise; empty for
+ * raw mode) into buf (CHAT_KEY_MAX bytes). Returns its length. */
+size_t chat_author_key(const struct hub_chat_client *cl, char *buf);
+
+/* cl's actor key for bans and mutes ("u:<sub>" signed, raw mode included;
+ * "n:<claim key of its nick>" for other JSON clients; empty for unsigned raw
+ * clients). Returns its length. */
+size_t chat_actor_key(const struct hub_chat_client *cl, char *buf);
+
+/* 1 if cl's token has role mod or admin. */
+int chat_is_mod(const struct hub_chat_client *cl);
+
+/* Finds the @nick tokens of text that name a local member of room or a
+ * nick held on this node, writes them '\n'-terminated (as shown) into out
+ * (outsz bytes), at most HUB_HISTORY_MENTIONS_MAX. Returns the length. */
+size_t chat_mentions(const struct hub_chat *chat, struct hub_iov text, char *out, size_t outsz);
+
+/* Writes one stored message as a JSON object (tombstones without text). */
+void chat_jw_message(struct hub_jsonw *b, const struct hub_history_msg *m);
+
+/* Writes ,"mentions":[...] from a '\n'-terminated list (nothing if empty). */
+void chat_jw_mentions(struct hub_jsonw *b, struct hub_iov mentions);
+
+void chat_op_edit(struct request *rq);
+void chat_op_delete(struct request *rq);
+void chat_op_react(struct request *rq);
+void chat_op_unreact(struct request *rq);
+void chat_op_search(struct request *rq);
+
+/* The engine's on_amend: edited/deleted/reaction pushes to JSON members. */
+void chat_on_amend(void *data, const struct hub_engine_amended *a);
+
+/* ---- chat_mod.c: moderation -------------------------------------------- */
+
+void chat_op_kick(struct request *rq);
+void chat_op_ban(struct request *rq);
+void chat_op_unban(struct request *rq);
+void chat_op_mute(struct request *rq);
+void chat_op_unmute(struct request *rq);
+void chat_op_topic(struct request *rq);
+
+/* The engine's on_control: kicks, bans, disconnects and topics applied to
+ * this node's clients. */
+void chat_on_control(void *data, const struct hub_engine_control *c);
+
+/* The label of a counted action ("kick", "ban", ...). */
+const char *chat_mod_action_name(int action);
 
 #endif

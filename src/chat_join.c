@@ -21,6 +21,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Joins cl to a room; the engine tells the others. Returns as
  * hub_rooms_join, or the engine's HUB_EAGAIN/HUB_ENOMEM for a JSON client. */
@@ -150,38 +151,22 @@ void chat_jw_messages(struct hub_jsonw *b, const struct hub_history_msg *msgs, s
     hub_jsonw_key(b, "messages");
     hub_jsonw_raw(b, "[");
     for (size_t i = 0; i < n; i++) {
-        hub_jsonw_raw(b, i ? ",{" : "{");
-        hub_jsonw_kint(b, "offset", (long long)msgs[i].offset);
-        hub_jsonw_kint(b, "ts", msgs[i].ts);
-        hub_jsonw_kstr(b, "from", msgs[i].from.base, msgs[i].from.len);
-        hub_jsonw_kstr(b, "text", msgs[i].text.base, msgs[i].text.len);
-        if (msgs[i].cmid.len > 0)
-            hub_jsonw_kstr(b, "cmid", msgs[i].cmid.base, msgs[i].cmid.len);
-        hub_jsonw_raw(b, "}");
+        if (i)
+            hub_jsonw_raw(b, ",");
+        chat_jw_message(b, &msgs[i]);
     }
     hub_jsonw_raw(b, "]");
 }
 
-/* Decimal digits of v. */
-static size_t digits(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 10) {
-        v /= 10;
-        n++;
-    }
-    return n;
-}
-
 size_t chat_msg_size(const struct hub_history_msg *m)
 {
-    /* {"offset":N,"ts":N,"from":S,"text":S[,"cmid":S]} and a comma. */
-    size_t n = sizeof("{\"offset\":,\"ts\":,\"from\":,\"text\":},") - 1;
-    n += digits(m->offset) + (m->ts < 0 ? 1 + digits((uint64_t)-m->ts) : digits((uint64_t)m->ts));
-    n += hub_jsonw_str_size(m->from.base, m->from.len) +
-         hub_jsonw_str_size(m->text.base, m->text.len);
-    if (m->cmid.len > 0)
-        n += sizeof(",\"cmid\":") - 1 + hub_jsonw_str_size(m->cmid.base, m->cmid.len);
+    /* The exact bytes, by writing it: with replies, mentions, edits and
+     * reactions there are too many optional fields to count by hand, and a
+     * page's bound must stay true. The comma is counted too. */
+    struct hub_jsonw w = {0};
+    chat_jw_message(&w, m);
+    size_t n = hub_jsonw_len(&w) + 1;
+    hub_jsonw_free(&w);
     return n;
 }
 
@@ -434,6 +419,8 @@ static void jw_join_state(struct pending_join *pj, struct hub_jsonw *b,
     struct hub_iov name = {pj->room, pj->room_len};
     hub_jsonw_kstr(b, "epoch", pos->epoch, strlen(pos->epoch));
     hub_jsonw_kint(b, "offset", (long long)pos->last);
+    if (pos->topic.len > 0)
+        hub_jsonw_kstr(b, "topic", pos->topic.base, pos->topic.len);
     size_t skip = n > pj->history ? n - pj->history : 0;
     int reached = 1; /* the read reached back as far as the reply must */
     if (pj->has_since) {
@@ -516,6 +503,47 @@ static void join_failed(struct pending_join *pj, int err)
     chat_client_unref(cl);
 }
 
+/* The viewer is banned from the room (or the hub) until until (INT64_MAX:
+ * for good): the join is undone and refused with "banned". */
+static void join_banned(struct pending_join *pj, int64_t until)
+{
+    struct hub_chat_client *cl = pj->cl;
+    char message[160];
+    if (until == INT64_MAX) {
+        snprintf(message, sizeof(message), "banned from %.*s for good", (int)pj->room_len,
+                 pj->room);
+    } else {
+        time_t t = (time_t)(until / 1000);
+        struct tm tm;
+        char iso[32] = "?";
+#ifdef _WIN32
+        if (gmtime_s(&tm, &t) == 0)
+#else
+        if (gmtime_r(&t, &tm) != NULL)
+#endif
+            strftime(iso, sizeof(iso), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        snprintf(message, sizeof(message), "banned from %.*s until %s", (int)pj->room_len, pj->room,
+                 iso);
+    }
+    struct hub_room *room = hub_rooms_find(cl->chat->rooms, pj->room, pj->room_len);
+    if (room != NULL && hub_rooms_is_member(&cl->member, room)) {
+        chat_sub_remove(cl, room);
+        chat_leave_room(cl, room);
+    }
+    if (pj->hello != NULL) {
+        struct hello_state *hs = pj->hello;
+        jw_refusal(&hs->b, pj->room, "banned", message);
+        if (--hs->outstanding == 0 && hs->issued)
+            chat_hello_finish(hs);
+    } else {
+        chat_send_error(cl, pj->id, "banned", message);
+    }
+    int gate = pj->gate;
+    pending_join_free(pj);
+    ungate(cl, &gate);
+    chat_client_unref(cl);
+}
+
 static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
                          const struct hub_history_msg *msgs, size_t n, int complete)
 {
@@ -523,6 +551,10 @@ static void join_read_cb(void *data, int err, const struct hub_history_pos *pos,
     struct hub_chat_client *cl = pj->cl;
     if (err == HUB_EAGAIN) {
         join_failed(pj, err);
+        return;
+    }
+    if (err == 0 && pos->ban_until != 0) {
+        join_banned(pj, pos->ban_until);
         return;
     }
     struct hub_room *room = hub_rooms_find(cl->chat->rooms, pj->room, pj->room_len);
@@ -605,8 +637,15 @@ static void join_members_cb(void *data, int err, uint64_t total, const struct hu
     }
     struct hub_iov name = {pj->room, pj->room_len};
     unsigned limit = pj->has_since ? RESUME_MAX : pj->history;
-    int rc =
-        hub_engine_read(pj->cl->chat->engine, name, HUB_HISTORY_LATEST, 0, limit, join_read_cb, pj);
+    /* A query with the viewer: the topic, a ban (refused), reactions' mine. */
+    char viewer[CHAT_KEY_MAX], actor[CHAT_KEY_MAX];
+    struct hub_history_query q = {.dir = HUB_HISTORY_LATEST, .limit = limit};
+    q.viewer.base = viewer;
+    q.viewer.len = chat_author_key(pj->cl, viewer);
+    q.actor.base = actor;
+    q.actor.len = chat_actor_key(pj->cl, actor);
+    q.now_ms = chat_now(pj->cl->chat);
+    int rc = hub_engine_query(pj->cl->chat->engine, name, &q, join_read_cb, pj);
     if (rc != 0)
         join_failed(pj, rc);
 }

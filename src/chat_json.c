@@ -111,6 +111,26 @@ static struct hub_room *joined_room(struct hub_chat_client *cl, struct hub_iov n
     return NULL;
 }
 
+int chat_req_str(const struct request *rq, const char *key, struct hub_iov *out)
+{
+    return get_str(rq, key, out);
+}
+
+int chat_req_uint(const struct request *rq, const char *key, uint64_t max, uint64_t *out)
+{
+    return get_uint(rq, key, max, out);
+}
+
+int chat_req_room(const struct request *rq, struct hub_iov *room)
+{
+    return get_room(rq, room);
+}
+
+struct hub_room *chat_joined_room(struct hub_chat_client *cl, struct hub_iov name)
+{
+    return joined_room(cl, name);
+}
+
 static void op_join(struct request *rq)
 {
     struct hub_iov name;
@@ -150,6 +170,24 @@ static void op_leave(struct request *rq)
 }
 
 /* Checks a message text and cmid. Returns 0 or -1 after an error reply. */
+int chat_req_text(const struct request *rq, struct hub_iov *text)
+{
+    if (get_str(rq, "text", text) != 1 || text->len == 0) {
+        chat_send_error(rq->cl, rq->id, "bad_text", "\"text\" must be a non-empty string");
+        return -1;
+    }
+    const char *why = hub_ident_text_check(text->base, text->len);
+    if (why != NULL) {
+        chat_send_error(rq->cl, rq->id, "bad_text", why);
+        return -1;
+    }
+    if (hub_utf8_length(text->base, text->len) > rq->cl->chat->cfg.max_text) {
+        chat_send_error(rq->cl, rq->id, "too_long", "the text is longer than max_text characters");
+        return -1;
+    }
+    return 0;
+}
+
 static int get_text(const struct request *rq, struct hub_iov *text, struct hub_iov *cmid)
 {
     if (get_str(rq, "text", text) != 1 || text->len == 0) {
@@ -187,7 +225,13 @@ static void op_send(struct request *rq)
     }
     if (get_text(rq, &text, &cmid) != 0)
         return;
-    chat_publish(rq->cl, rq->id, name, HUB_WS_TEXT, text, cmid);
+    uint64_t reply_to = 0;
+    if (get_uint(rq, "reply_to", UINT64_MAX >> 11, &reply_to) < 0) {
+        chat_send_error(rq->cl, rq->id, "bad_request",
+                        "reply_to must be the offset of an earlier message of this room");
+        return;
+    }
+    chat_publish_ex(rq->cl, rq->id, name, HUB_WS_TEXT, text, cmid, reply_to);
 }
 
 /* A history request waiting for its read. */
@@ -269,8 +313,14 @@ static void op_history(struct request *rq)
     int dir = hb > 0 ? HUB_HISTORY_BEFORE : ha > 0 ? HUB_HISTORY_AFTER : HUB_HISTORY_LATEST;
     ph->dir = dir;
     ph->anchor = hb > 0 ? before : after;
-    int rc = hub_engine_read(rq->cl->chat->engine, name, dir, hb > 0 ? before : after,
-                             (unsigned)limit, history_read_cb, ph);
+    /* A query with the viewer: reactions carry "mine". */
+    char viewer[CHAT_KEY_MAX];
+    struct hub_history_query q = {.dir = dir, .pos = hb > 0 ? before : after};
+    q.limit = (unsigned)limit;
+    q.viewer.base = viewer;
+    q.viewer.len = chat_author_key(rq->cl, viewer);
+    q.now_ms = chat_now(rq->cl->chat);
+    int rc = hub_engine_query(rq->cl->chat->engine, name, &q, history_read_cb, ph);
     if (rc != 0) {
         chat_send_engine_error(rq->cl, rq->id, rc, "history is not available");
         free(ph);
@@ -1143,9 +1193,29 @@ static const struct {
     const char *name;
     void (*fn)(struct request *rq);
 } ops[] = {
-    {"hello", op_hello},     {"join", op_join},     {"leave", op_leave}, {"send", op_send},
-    {"history", op_history}, {"typing", op_typing}, {"nick", op_nick},   {"dm", op_dm},
-    {"rooms", op_rooms},     {"ping", op_ping},
+    {"hello", op_hello},
+    {"join", op_join},
+    {"leave", op_leave},
+    {"send", op_send},
+    {"history", op_history},
+    {"typing", op_typing},
+    {"nick", op_nick},
+    {"dm", op_dm},
+    {"rooms", op_rooms},
+    {"ping", op_ping},
+    /* Issue 15: message operations (chat_edit.c). */
+    {"edit", chat_op_edit},
+    {"delete", chat_op_delete},
+    {"react", chat_op_react},
+    {"unreact", chat_op_unreact},
+    {"search", chat_op_search},
+    /* Issue 13 part 2: moderation (chat_mod.c). */
+    {"kick", chat_op_kick},
+    {"ban", chat_op_ban},
+    {"unban", chat_op_unban},
+    {"mute", chat_op_mute},
+    {"unmute", chat_op_unmute},
+    {"topic", chat_op_topic},
 };
 
 /* Reads a request's optional id: an integer 0 <= id < 2^53 (what a

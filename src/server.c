@@ -642,6 +642,26 @@ static void render_limits(struct hub_server *s, struct hub_buf *b)
                    (unsigned long long)fs.holds[0], (unsigned long long)fs.holds[1],
                    (unsigned long long)fs.holds[2], (unsigned long long)fs.holds[3],
                    (unsigned long long)fs.held, (unsigned long long)fs.rooms);
+    /* Moderation and search (chat's counters, issue 13 part 2 and 15). */
+    struct hub_chat_mod_stats ms;
+    hub_chat_mod_stats(s->chat, &ms);
+    hub_buf_printf(
+        b,
+        "# HELP chathub_moderation_total Moderation actions and edits, by action.\n"
+        "# TYPE chathub_moderation_total counter\n"
+        "chathub_moderation_total{action=\"kick\"} %llu\n"
+        "chathub_moderation_total{action=\"ban\"} %llu\n"
+        "chathub_moderation_total{action=\"unban\"} %llu\n"
+        "chathub_moderation_total{action=\"mute\"} %llu\n"
+        "chathub_moderation_total{action=\"unmute\"} %llu\n"
+        "chathub_moderation_total{action=\"delete\"} %llu\n"
+        "chathub_moderation_total{action=\"topic\"} %llu\n"
+        "chathub_moderation_total{action=\"edit\"} %llu\n"
+        "# HELP chathub_search_total Search requests answered.\n"
+        "# TYPE chathub_search_total counter\nchathub_search_total %llu\n",
+        (unsigned long long)ms.kick, (unsigned long long)ms.ban, (unsigned long long)ms.unban,
+        (unsigned long long)ms.mute, (unsigned long long)ms.unmute, (unsigned long long)ms.del,
+        (unsigned long long)ms.topic, (unsigned long long)ms.edit, (unsigned long long)ms.search);
 }
 
 static void engine_row(struct hub_buf *b, const char *type, const char *name, const char *help,

@@ -84,6 +84,10 @@ struct hub_chat_config {
     4401 /* close code: the token expired, reconnect with a                                        \
             fresh one (docs/protocol.md) */
 
+/* Close code of a connection a moderator or the server API disconnected
+ * (HUB_CONTROL_DISCONNECT); the reason is the close reason. */
+#define HUB_CHAT_CLOSE_DISCONNECTED 4003
+
 void hub_chat_config_default(struct hub_chat_config *cfg);
 
 /* Creates the hub-wide chat state. cfg is copied; its pointers stay borrowed
@@ -161,6 +165,16 @@ size_t hub_chat_room_count(const struct hub_chat *chat);
  * already, or max_total_rooms leaves room for one more; 0 otherwise (the
  * server then answers a raw upgrade 503, a join gets too_many_rooms_total). */
 int hub_chat_room_admits(const struct hub_chat *chat, struct hub_iov name);
+
+/* Moderation figures for /metrics. */
+struct hub_chat_mod_stats {
+    uint64_t kick, ban, unban, mute, unmute, del, topic, edit; /* actions done on this node */
+    uint64_t search;                                           /* search requests answered */
+};
+
+/* Fills st with what this node's clients did (chathub_moderation_total and
+ * chathub_search_total). */
+void hub_chat_mod_stats(const struct hub_chat *chat, struct hub_chat_mod_stats *st);
 
 /* Joins and upgrades refused by max_total_rooms so far. */
 uint64_t hub_chat_rooms_refused(const struct hub_chat *chat);

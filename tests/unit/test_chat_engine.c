@@ -99,6 +99,14 @@ static int fake_read(struct hub_engine *e, struct hub_iov room, int dir, uint64_
     return 0;
 }
 
+/* Joins and history ask with a viewer (hub_engine_query): the fake answers
+ * them as reads (no topic, no bans). */
+static int fake_query(struct hub_engine *e, struct hub_iov room, const struct hub_history_query *q,
+                      hub_history_read_cb cb, void *data)
+{
+    return fake_read(e, room, q->dir, q->pos, q->limit, cb, data);
+}
+
 static int fake_join(struct hub_engine *e, struct hub_iov room, struct hub_iov client,
                      struct hub_iov nick)
 {
@@ -187,6 +195,7 @@ static const struct engine_ops fake_ops = {
     .unsubscribe = fake_unsubscribe,
     .publish = fake_publish,
     .read = fake_read,
+    .query = fake_query,
     .join = fake_join,
     .leave = fake_leave,
     .renick = fake_renick,
