@@ -905,8 +905,12 @@ static void do_moderate(struct hub_api_call *call, struct hub_engine *e,
         .reason = reason,
         .ts = now,
     };
-    /* A ban also removes the user: a control message once it is stored. */
-    if (ep == EP_BAN && keep_step(call, HUB_CONTROL_BAN, tgt, room, reason, until) != 0)
+    /* A ban also removes the user: a control message once it is stored.
+     * An unban goes out as a BAN control with until 0 too: the node that
+     * holds the target lifts what it recorded under the target's own key
+     * (chat's on_control records bans by nick under "u:<sub>" there). */
+    if ((ep == EP_BAN || ep == EP_UNBAN) &&
+        keep_step(call, HUB_CONTROL_BAN, tgt, room, reason, until) != 0)
         goto out;
     rc = hub_engine_restrict(e, &r, step_done, call);
     if (rc != 0)

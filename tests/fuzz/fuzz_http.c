@@ -9,6 +9,13 @@
  * upgrade claims more bytes than it was given. The same bytes also go
  * through hub_static_resolve, whose accepted output must be a safe relative
  * path.
+ *
+ * Paths under /api/ keep their bodies (cfg.body_prefix, as the server sets
+ * it with --api-key-file): the callback echoes the body it got, so a body
+ * that depends on the cuts shows as a difference, and /api/later is answered
+ * later (HUB_HTTP_LATER), the way the server answers API calls from an
+ * engine callback: the run answers it when hub_http_feed says
+ * HUB_HTTP_WAIT, resumes, and feeds the bytes that were held back.
  */
 #include "hub/buf.h"
 #include "hub/conn.h"
@@ -24,6 +31,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static struct hub_static *site;
 
+/* The body of the request that waits for its answer (/api/later): the
+ * views die with the callback, so it is copied. */
+static char later_body[HUB_HTTP_MAX_BODY];
+static size_t later_len;
+
 static int fuzz_cb(struct hub_http *h, const struct hub_http_request *req, void *data)
 {
     (void)data;
@@ -37,6 +49,17 @@ static int fuzz_cb(struct hub_http *h, const struct hub_http_request *req, void 
         if (hub_http_accept_websocket(h, req, sub) != 0)
             return HUB_HTTP_DONE;
         return HUB_HTTP_UPGRADED;
+    }
+    if (req->path.len >= 5 && memcmp(req->path.base, "/api/", 5) == 0) {
+        if (req->body.len > HUB_HTTP_MAX_BODY)
+            __builtin_trap();
+        if (hub_iov_eq_ci(req->path, "/api/later")) {
+            memcpy(later_body, req->body.base, req->body.len);
+            later_len = req->body.len;
+            return HUB_HTTP_LATER;
+        }
+        hub_http_respond(h, 200, "application/json", NULL, req->body.base, req->body.len);
+        return HUB_HTTP_DONE;
     }
     if (hub_iov_eq_ci(req->path, "/healthz")) {
         hub_http_respond(h, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
@@ -79,23 +102,39 @@ static void run(const struct hub_http_config *cfg, const char *in, size_t len, s
         abort();
     size_t pos = 0;
     size_t ends[2] = {cut, len};
-    for (int i = 0; i < 2 && pos < len; i++) {
-        size_t consumed = 0;
-        if (ends[i] <= pos)
-            continue;
-        r->rc = hub_http_feed(h, in + pos, ends[i] - pos, &consumed);
-        if (consumed > ends[i] - pos)
-            __builtin_trap();
-        if (r->rc == HUB_HTTP_SWITCH) {
-            r->switch_at = pos + consumed;
-            break;
+    for (int i = 0; i < 2; i++) {
+        while (pos < ends[i]) {
+            size_t consumed = 0;
+            r->rc = hub_http_feed(h, in + pos, ends[i] - pos, &consumed);
+            if (consumed > ends[i] - pos)
+                __builtin_trap();
+            if (r->rc == HUB_HTTP_SWITCH) {
+                r->switch_at = pos + consumed;
+                goto done;
+            }
+            if (r->rc == HUB_HTTP_WAIT) {
+                /* Waiting: feeding more parses nothing. */
+                size_t none = 1;
+                if (pos + consumed < ends[i] &&
+                    (hub_http_feed(h, in + pos + consumed, ends[i] - pos - consumed, &none) !=
+                         HUB_HTTP_WAIT ||
+                     none != 0))
+                    __builtin_trap();
+                pos += consumed;
+                hub_http_respond(h, 200, "application/json", NULL, later_body, later_len);
+                r->rc = hub_http_resume(h);
+                if (r->rc == HUB_HTTP_CLOSE)
+                    goto done;
+                continue;
+            }
+            if (consumed != ends[i] - pos)
+                __builtin_trap();
+            pos = ends[i];
+            if (r->rc == HUB_HTTP_CLOSE)
+                goto done;
         }
-        if (consumed != ends[i] - pos)
-            __builtin_trap();
-        pos = ends[i];
-        if (r->rc == HUB_HTTP_CLOSE)
-            break;
     }
+done:
     drain(&c, &r->out);
     hub_http_free(h);
     hub_outq_free(&c.out);
@@ -141,6 +180,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct hub_http_config cfg;
     hub_http_config_default(&cfg);
     cfg.site = site;
+    cfg.body_prefix = "/api/";
     /* Small limits now and then, so the 431 paths get exercised too. */
     if (data[0] & 0x80) {
         cfg.max_header_bytes = 64 + (size_t)(data[0] & 0x0f) * 32;

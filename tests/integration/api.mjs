@@ -384,3 +384,51 @@ test('moderation endpoints answer {ok:true} (ban and mute with until); every cal
   assert.match(log, /api 127\.0\.0\.1: GET \/api\/rooms 401/);
   assert.ok(!log.includes(KEY), 'the key never appears in the log');
 });
+
+test('moderation for real (memory store): kick, ban and unban, mute, topic, disconnect reach the member', async () => {
+  const s = await startApi(['--no-persist']);
+  const a = await JClient.open(s, { nick: 'mallory' });
+  const b = await JClient.open(s, { nick: 'watcher' });
+  await a.joinOk('lobby');
+  await b.joinOk('lobby');
+  const post = async (p, body) => {
+    const r = await call(s, 'POST', p, { body });
+    assert.equal(r.status, 200, `${p}: ${r.raw.toString()}`);
+    return r.json;
+  };
+  // Kick: a kicked push by "api", the others see a leave, presence drops it.
+  await post('/api/kick', { room: 'lobby', nick: 'mallory', reason: 'spam' });
+  const k = await a.waitPush((m) => m.t === 'kicked');
+  assert.deepEqual(k, { t: 'kicked', room: 'lobby', by: 'api', reason: 'spam' });
+  await b.waitPush((m) => m.t === 'leave' && m.nick === 'mallory');
+  const p = await call(s, 'GET', '/api/presence?room=lobby');
+  assert.deepEqual(p.json.members.map((m) => m.nick), ['watcher']);
+  // A kick is not a ban.
+  await a.joinOk('lobby');
+  // Ban for an hour: banned push, removed, a join is refused; unban lets back.
+  const ban = await post('/api/ban', { room: 'lobby', nick: 'mallory', duration: 3600, reason: 'rude' });
+  const bp = await a.waitPush((m) => m.t === 'banned');
+  assert.equal(bp.room, 'lobby');
+  assert.equal(bp.by, 'api');
+  assert.equal(bp.reason, 'rude');
+  assert.equal(bp.until, ban.until);
+  const refused = await a.req('join', { room: 'lobby' });
+  assert.equal(refused.ok, false, JSON.stringify(refused));
+  assert.equal(refused.error.code, 'banned');
+  await post('/api/unban', { room: 'lobby', nick: 'mallory' });
+  await a.joinOk('lobby');
+  // Mute: may stay and read, may not send; unmute lifts it.
+  await post('/api/mute', { room: 'lobby', nick: 'mallory' });
+  const muted = await a.req('send', { room: 'lobby', text: 'let me talk' });
+  assert.equal(muted.ok, false, JSON.stringify(muted));
+  assert.equal(muted.error.code, 'muted');
+  await post('/api/unmute', { room: 'lobby', nick: 'mallory' });
+  assert.equal((await a.req('send', { room: 'lobby', text: 'thanks' })).ok, true);
+  // Topic: a push to the members, and in the next join reply.
+  await post('/api/topic', { room: 'lobby', topic: 'Be nice' });
+  assert.deepEqual(await b.waitPush((m) => m.t === 'topic'), { t: 'topic', room: 'lobby', topic: 'Be nice', by: 'api' });
+  // Disconnect: every connection of the nick is closed.
+  await post('/api/disconnect', { nick: 'mallory', reason: 'bye' });
+  await a.waitClose();
+  await b.waitPush((m) => m.t === 'leave' && m.nick === 'mallory');
+});

@@ -78,6 +78,11 @@ static void log_iov(struct hub_buf *b, const char *name, struct hub_iov v)
     hub_buf_printf(b, " %s=[%.*s]", name, (int)v.len, v.base);
 }
 
+/* The body of the request waiting for its answer (the views die with the
+ * callback, as they do for the server's API calls). */
+static char later_body[HUB_HTTP_MAX_BODY];
+static size_t later_len;
+
 static int test_cb(struct hub_http *h, const struct hub_http_request *req, void *data)
 {
     struct run *r = data;
@@ -95,6 +100,9 @@ static int test_cb(struct hub_http *h, const struct hub_http_request *req, void 
     log_iov(&r->log, "version", req->ws_version);
     log_iov(&r->log, "protocol", req->ws_protocol);
     log_iov(&r->log, "inm", req->if_none_match);
+    log_iov(&r->log, "auth", req->authorization);
+    log_iov(&r->log, "ctype", req->content_type);
+    log_iov(&r->log, "body", req->body);
     hub_buf_puts(&r->log, "\n");
 
     if (r->mode == CB_LAZY_DONE)
@@ -113,6 +121,19 @@ static int test_cb(struct hub_http *h, const struct hub_http_request *req, void 
     }
     if (hub_iov_eq_ci(req->path, "/healthz")) {
         hub_http_respond(h, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
+        return HUB_HTTP_DONE;
+    }
+    /* The server API's shape (cfg.body_prefix "/api/"): /api/later is
+     * answered after the callback (run_script does it on HUB_HTTP_WAIT),
+     * anything else under /api/ echoes its body at once. */
+    if (hub_iov_eq_ci(req->path, "/api/later")) {
+        CHECK(req->body.len <= sizeof(later_body));
+        memcpy(later_body, req->body.base, req->body.len);
+        later_len = req->body.len;
+        return HUB_HTTP_LATER;
+    }
+    if (req->path.len >= 5 && memcmp(req->path.base, "/api/", 5) == 0) {
+        hub_http_respond(h, 200, "application/json", NULL, req->body.base, req->body.len);
         return HUB_HTTP_DONE;
     }
     return HUB_HTTP_PASS;
@@ -178,12 +199,17 @@ static void run_script(const struct hub_http_config *cfg, int mode, size_t out_l
     size_t pos = 0;
     size_t k = 0;
     o->result = HUB_HTTP_MORE;
+    size_t end = 0;
     while (pos < len) {
-        size_t end = len;
-        if (step > 0)
-            end = pos + step < len ? pos + step : len;
-        else if (k < ncuts)
-            end = cuts[k++];
+        /* A waiting request may leave part of a piece unparsed: the rest of
+         * it is fed next, so the cuts stay where they were. */
+        if (pos >= end) {
+            end = len;
+            if (step > 0)
+                end = pos + step < len ? pos + step : len;
+            else if (k < ncuts)
+                end = cuts[k++];
+        }
         size_t consumed = 12345;
         int rc = hub_http_feed(h, script + pos, end - pos, &consumed);
         o->result = rc;
@@ -191,6 +217,26 @@ static void run_script(const struct hub_http_config *cfg, int mode, size_t out_l
             CHECK(consumed <= end - pos);
             o->switch_at = pos + consumed;
             break;
+        }
+        if (rc == HUB_HTTP_WAIT) {
+            /* A request waits: nothing behind it is parsed until it has its
+             * answer; then the held bytes are fed again. */
+            CHECK(consumed <= end - pos);
+            CHECK(hub_http_waiting(h));
+            size_t none = 99;
+            if (pos + consumed < end) {
+                CHECK_EQ(hub_http_feed(h, script + pos + consumed, end - pos - consumed, &none),
+                         HUB_HTTP_WAIT);
+                CHECK_EQ(none, 0);
+            }
+            pos += consumed;
+            CHECK_EQ(hub_http_respond(h, 200, "application/json", NULL, later_body, later_len), 0);
+            rc = hub_http_resume(h);
+            o->result = rc;
+            CHECK(!hub_http_waiting(h));
+            if (rc == HUB_HTTP_CLOSE)
+                break;
+            continue;
         }
         CHECK_EQ(consumed, end - pos);
         pos = end;
@@ -248,6 +294,7 @@ static struct hub_http_config default_cfg(void)
     struct hub_http_config cfg;
     hub_http_config_default(&cfg);
     cfg.site = site;
+    cfg.body_prefix = "/api/";
     return cfg;
 }
 
@@ -455,7 +502,7 @@ static void test_errors(void)
     expect_200(&want, "style.css", "text/css; charset=utf-8", style_body, sizeof(style_body) - 1, 0,
                "");
     check_output("405", &o, &want);
-    CHECK(strstr(o.log, "3 POST path=[/]") != NULL);
+    CHECK(strstr(o.log, "4 POST path=[/]") != NULL);
     outcome_free(&o);
 
     run_all_splits("405 chunked",
@@ -1143,6 +1190,92 @@ static void test_csp(void)
     outcome_free(&o);
 }
 
+/* Request bodies under cfg.body_prefix, and answers that come later, at
+ * every split (issue 13 part 3: the server API). */
+static void test_bodies(void)
+{
+    struct outcome o;
+    /* Content-Length and chunked bodies, kept and echoed; an answer that
+     * comes later between them; a body elsewhere is thrown away. */
+    const char *script = "POST /api/echo HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer k3y\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 9\r\n\r\n{\"a\":123}"
+                         "POST /api/later HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         "4\r\n{\"b\"\r\n3;x=y\r\n:[]\r\n1\r\n}\r\n0\r\nTrail: t\r\n\r\n"
+                         "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+                         "POST /api/later HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}"
+                         "GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n";
+    run_all_splits("bodies", script, &o);
+    CHECK_EQ(o.result, HUB_HTTP_MORE);
+    CHECK(!o.closing);
+    CHECK(strstr(o.log, "path=[/api/echo]") != NULL);
+    CHECK(strstr(o.log, "auth=[Bearer k3y] ctype=[application/json] body=[{\"a\":123}]") != NULL);
+    CHECK(strstr(o.log, "body=[{\"b\":[]}]") != NULL);
+    CHECK(strstr(o.log, "path=[/] query=[] v=1.1 ka=1 up=0 host=[h]") != NULL);
+    CHECK(strstr(o.log, "body=[hello]") == NULL);
+    /* Five answers, in order. */
+    const char *p = o.out;
+    const char *want[] = {"200 OK", "{\"a\":123}", "200 OK", "{\"b\":[]}", "405 Method",
+                          "200 OK", "\r\n\r\n{}",  "200 OK", "ok\n"};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        const char *q = strstr(p, want[i]);
+        CHECK(q != NULL);
+        if (q == NULL)
+            break;
+        p = q + strlen(want[i]);
+    }
+    outcome_free(&o);
+
+    /* A later answer to a request that does not keep the connection. */
+    run_all_splits("later close",
+                   "POST /api/later HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                   "Content-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+                   &o);
+    CHECK_EQ(o.result, HUB_HTTP_CLOSE);
+    CHECK(o.closing);
+    CHECK_EQ(count_of(o.out, "HTTP/1.1 "), 1);
+    CHECK(strstr(o.out, "Connection: close\r\n") != NULL);
+    outcome_free(&o);
+
+    /* Over the limit: 413 with a JSON body under the prefix, text elsewhere;
+     * a chunked body past the limit too. */
+    run_all_splits("api 413",
+                   "POST /api/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 65537\r\n\r\n{", &o);
+    CHECK(strstr(o.out, "HTTP/1.1 413 Content Too Large\r\n") != NULL);
+    CHECK(strstr(o.out, "Content-Type: application/json\r\n") != NULL);
+    CHECK(strstr(o.out, "{\"error\":{\"code\":\"too_large\"") != NULL);
+    CHECK(o.closing);
+    outcome_free(&o);
+    run_all_splits("site 413", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 65537\r\n\r\n{", &o);
+    CHECK(strstr(o.out, "413 Content Too Large\n") != NULL);
+    outcome_free(&o);
+    struct hub_buf big;
+    hub_buf_init(&big);
+    hub_buf_puts(&big, "POST /api/echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for (int i = 0; i < 17; i++) {
+        hub_buf_puts(&big, "1000\r\n");
+        for (int j = 0; j < 4096; j++)
+            hub_buf_append(&big, "z", 1);
+        hub_buf_puts(&big, "\r\n");
+    }
+    struct hub_http_config cfg = default_cfg();
+    run_script(&cfg, CB_NORMAL, 0, big.data, big.len, NULL, 0, 0, &o);
+    CHECK(strstr(o.out, "HTTP/1.1 413 ") != NULL);
+    CHECK(strstr(o.out, "too_large") != NULL);
+    CHECK_EQ(count_of(o.log, "path="), 0);
+    outcome_free(&o);
+    /* Exactly the limit is fine. */
+    hub_buf_free(&big);
+    hub_buf_init(&big);
+    hub_buf_puts(&big, "POST /api/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 65536\r\n\r\n");
+    for (int j = 0; j < 65536; j++)
+        hub_buf_append(&big, "q", 1);
+    run_script(&cfg, CB_NORMAL, 0, big.data, big.len, NULL, 0, 1000, &o);
+    CHECK(strstr(o.out, "HTTP/1.1 200 OK\r\n") != NULL);
+    CHECK_EQ(o.out_len - (size_t)(strstr(o.out, "\r\n\r\n") + 4 - o.out), 65536);
+    outcome_free(&o);
+    hub_buf_free(&big);
+}
+
 int main(void)
 {
     if (uv_loop_init(&loop) != 0)
@@ -1160,6 +1293,7 @@ int main(void)
     test_respond_direct();
     test_strict();
     test_csp();
+    test_bodies();
     site_destroy();
     CHECK_EQ(uv_loop_close(&loop), 0);
     return CHECK_DONE();
