@@ -122,6 +122,7 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
   // is in no access log); it is taken out of the address bar at once, and
   // kept for this tab only (sessionStorage), so that a reload still has it.
   const TOKEN_KEY = 'chathub.token';
+  const initialHash = location.hash; // #room=NAME&token=... (or #NAME): read before the token is taken out
   const urlToken = (() => {
     const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
     if (!m) return null;
@@ -162,7 +163,7 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
     const rooms = [...S.rooms.values()].filter((r) => !r.draft).map((r) => [r.name, r.peer]);
     try {
       localStorage.setItem(STORE_KEY, JSON.stringify({
-        nick: S.nick, nickChosen: S.nickChosen, current: S.current, rooms,
+        nick: S.nick, nickChosen: S.nickChosen, current: S.current, rooms, askedNotify: !!saved.askedNotify,
       }));
     } catch { /* private mode: the page still works, it just forgets */ }
   }
@@ -457,6 +458,57 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
       applyGap(r, m);
       if (r === cur()) renderMessages();
     },
+    edited(m) {
+      const r = S.rooms.get(m.room);
+      const msg = r && applyEdited(r, m);
+      if (msg) redrawMessage(r, msg);
+    },
+    deleted(m) {
+      const r = S.rooms.get(m.room);
+      const msg = r && applyDeleted(r, m);
+      if (msg) redrawMessage(r, msg);
+    },
+    reaction(m) {
+      const r = S.rooms.get(m.room);
+      const msg = r && applyReaction(r, m, S.nick);
+      if (msg) redrawMessage(r, msg);
+    },
+    topic(m) {
+      const r = S.rooms.get(m.room);
+      if (!r) return;
+      r.topic = typeof m.topic === 'string' ? m.topic : '';
+      if (r === cur()) renderHeader();
+      if (m.by) sysNote(r, r.topic ? `${m.by} set the topic: ${r.topic}` : `${m.by} cleared the topic.`);
+    },
+    kicked(m) {
+      const r = S.rooms.get(m.room);
+      if (!r) return;
+      toast(`You were removed from ${roomLabel(r)} by ${m.by || 'a moderator'}${m.reason ? ': ' + m.reason : ''}.`);
+      removeRoom(r);
+    },
+    banned(m) {
+      const until = m.until ? ` until ${fullFmt.format(m.until)}` : '';
+      const why = `${m.by ? ' by ' + m.by : ''}${until}${m.reason ? ': ' + m.reason : ''}`;
+      if (m.room) {
+        const r = S.rooms.get(m.room);
+        if (r) removeRoom(r);
+        toast(`You were banned from #${m.room}${why}.`);
+      } else {
+        for (const r of [...S.rooms.values()]) if (!r.dm) removeRoom(r);
+        toast(`You were banned from this hub${why}.`);
+      }
+    },
+    muted(m) {
+      const until = m.until ? ` until ${fullFmt.format(m.until)}` : '';
+      const where = m.room ? `in #${m.room}` : 'on this hub';
+      S.muted = `You were muted ${where}${until}${m.by ? ' by ' + m.by : ''}${m.reason ? ': ' + m.reason : ''}.`;
+      toast(S.muted);
+      hint(S.muted);
+    },
+    unmuted(m) {
+      S.muted = '';
+      toast(m.room ? `You may speak in #${m.room} again.` : 'You may speak again.');
+    },
     error(m) {
       const e = m.error || {};
       if (e.code !== 'not_joined') toast(e.message || 'The server reported an error.');
@@ -488,6 +540,21 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
     }
     if (countUnread && got.appended.length) { renderSidebar(); renderTitle(); }
     fillHoles(r);
+  }
+
+  // News about a room that is not a message (no offset): a toast.
+  function sysNote(r, text) {
+    if (r === cur()) toast(text);
+  }
+
+  // The Notification permission is asked once (remembered), on the first
+  // send: a moment the reader is here and acting.
+  function askNotify() {
+    if (typeof Notification === 'undefined' || Notification.permission !== 'default' || saved.askedNotify) return;
+    saved.askedNotify = true;
+    S.askedNotify = true;
+    save();
+    try { Notification.requestPermission().catch(() => {}); } catch { /* old API */ }
   }
 
   // A message that mentions us while the tab is hidden: a system
@@ -561,6 +628,7 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
 
   function applyJoin(r, st, withSince) {
     r.joined = true;
+    r.topic = typeof st.topic === 'string' ? st.topic : '';
     r.draft = false;
     if (withSince) checkEpoch(r, st.epoch); else r.epoch = st.epoch;
     r.members = new Map((st.members || []).map((m) => [fold(m.nick), m.nick]));
@@ -607,12 +675,15 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
   // ----------------------------------------------------------------- sending
   function submitMessage() {
     const r = cur();
+    if (r && compose.mode === 'edit') { saveEdit(r); return; }
     const text = input.value;
     if (!r || !text.trim()) return;
+    askNotify();
     if ([...text].length > S.limits.max_text) { hint(`Messages are limited to ${S.limits.max_text} characters.`); return; }
     // Offline, the message waits in the outbox and goes out by itself after
     // the next hello (flushOutbox), with its cmid, like any resend.
-    const item = outbox.add(r.name, text, online());
+    const item = outbox.add(r.name, text, online(), compose.mode === 'reply' ? { replyTo: compose.offset } : null);
+    if (compose.mode === 'reply') cancelCompose();
     input.value = '';
     r.draftText = '';
     autosize();
@@ -633,7 +704,7 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
     item.status = 'sending';
     renderPending();
     const req = viaDm ? { op: 'dm', to: peerName(r), text: item.text, cmid: item.cmid }
-      : { op: 'send', room: r.name, text: item.text, cmid: item.cmid };
+      : { op: 'send', room: r.name, text: item.text, cmid: item.cmid, ...(item.replyTo ? { reply_to: item.replyTo } : {}) };
     request(req).then((rep) => {
       item.inflight = false;
       acked(item, rep);
@@ -669,7 +740,7 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
       renderSidebar();
     }
     settle(item.cmid);
-    addMessages(r, [{ offset: rep.offset, ts: rep.ts, from: S.nick, text: item.text, cmid: item.cmid }], false);
+    addMessages(r, [{ offset: rep.offset, ts: rep.ts, from: S.nick, text: item.text, cmid: item.cmid, reply_to: item.replyTo }], false);
   }
 
   // A message with one of our cmids is in the room's history: stop resending.
@@ -689,6 +760,7 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
     const r = cur();
     if (r) {
       r.unread = 0;
+      r.mentions = 0;
       input.value = r.draftText;
       autosize();
     }
@@ -801,6 +873,10 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
   function renderHeader() {
     const r = cur();
     $('room-title').textContent = r ? roomLabel(r) : 'chathub';
+    const topic = $('room-topic');
+    topic.textContent = r && r.topic ? r.topic : '';
+    topic.hidden = !(r && r.topic);
+    topic.title = topic.textContent;
     input.placeholder = r ? `Message ${roomLabel(r)}` : 'Join a room to chat';
   }
 
@@ -812,7 +888,8 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
       type: 'button', class: 'room-btn' + (r.unread ? ' has-unread' : ''),
       'aria-current': active ? 'page' : null, onclick: () => switchTo(r.name),
     }, sigil, h('span', { class: 'room-name' }, label),
-    r.unread ? h('span', { class: 'badge', 'aria-label': `${r.unread} unread` }, r.unread > 99 ? '99+' : String(r.unread)) : null);
+    r.unread ? h('span', { class: 'badge' + (r.mentions ? ' mention' : ''), 'aria-label': `${r.unread} unread${r.mentions ? `, ${r.mentions} mentioning you` : ''}` },
+      (r.mentions ? '@' + r.mentions + ' · ' : '') + (r.unread > 99 ? '99+' : String(r.unread))) : null);
     const leave = h('button', {
       type: 'button', class: 'leave-btn', 'aria-label': `Leave ${roomLabel(r)}`, title: 'Leave',
       onclick: () => leaveRoom(r),
@@ -860,7 +937,12 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
         me || r.dm ? null : h('button', {
           type: 'button', class: 'dm-btn', 'aria-label': `Direct message ${nick}`, title: 'Direct message',
           onclick: () => startDm(nick),
-        }, 'Message'));
+        }, 'Message'),
+        me || r.dm || !isMod() ? null : h('button', {
+          type: 'button', class: 'dm-btn kick-btn', 'aria-label': `Remove ${nick} from the room`, title: 'Kick',
+          onclick: () => request({ op: 'kick', room: r.name, nick }).then(() => toast(`${nick} was removed.`),
+            (err) => toast(err.message || 'Could not kick.')),
+        }, 'Kick'));
     }));
   }
 
@@ -959,6 +1041,13 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
     } else {
       li.append(avatar(m.from), h('div', { class: 'meta' }, h('span', { class: 'from' }, m.from), time));
     }
+    if (m.replyTo && !status) li.append(replyQuote(m.replyTo));
+    if (m.deleted) {
+      li.classList.add('deleted');
+      li.append(h('div', { class: 'text tombstone' }, 'message deleted'));
+      return li;
+    }
+    if (m.mentions && mentions(m, S.nick)) li.classList.add('mention');
     if (isLong(m.text)) {
       // Raw lines may be 64 KiB (docs/protocol.md): show the start only, and
       // lay the whole text out only when asked to (that is what costs).
@@ -978,7 +1067,152 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
     } else {
       li.append(textEl(m.text));
     }
+    if (m.editedTs) li.querySelector('.text').append(h('span', { class: 'edited', title: fullFmt.format(m.editedTs) }, ' (edited)'));
+    if (!status && m.offset) {
+      if (m.reactions && m.reactions.size) li.append(reactionsEl(m));
+      li.append(actionsEl(m, mine));
+    }
     return li;
+  }
+
+  const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '👀'];
+  const isMod = () => !!S.user && (S.user.role === 'mod' || S.user.role === 'admin');
+
+  // The quoted line above a reply: who and the start of what; a click jumps
+  // to the original (loading it first when it is not held).
+  function replyQuote(offset) {
+    const r = cur();
+    const o = r && r.msgs.get(offset);
+    const what = !o ? 'an earlier message' : o.deleted ? 'message deleted' : o.text.split('\n')[0].slice(0, 120);
+    return h('button', { type: 'button', class: 'reply-quote', onclick: () => jumpTo(r, offset) },
+      h('span', { class: 'reply-from' }, o ? o.from : '↩'), ' ', h('span', { class: 'reply-text' }, what));
+  }
+
+  function reactionsEl(m) {
+    const r = cur();
+    return h('div', { class: 'reactions' }, ...[...m.reactions].map(([emoji, n]) => h('button', {
+      type: 'button', class: 'reaction' + (m.mine.has(emoji) ? ' on' : ''), 'aria-pressed': String(m.mine.has(emoji)),
+      'aria-label': `${emoji} ${n}`, onclick: () => toggleReaction(r, m, emoji),
+    }, emoji, h('span', { class: 'n' }, String(n)))));
+  }
+
+  function actionsEl(m, mine) {
+    const r = cur();
+    const bar = h('div', { class: 'actions-bar' });
+    const picker = h('div', { class: 'picker', hidden: true, role: 'group', 'aria-label': 'React' },
+      ...REACTIONS.map((e) => h('button', { type: 'button', onclick: () => { picker.hidden = true; toggleReaction(r, m, e); } }, e)));
+    bar.append(
+      h('button', { type: 'button', class: 'act react-btn', title: 'React', 'aria-label': 'React', onclick: () => { picker.hidden = !picker.hidden; } }, '☺'),
+      h('button', { type: 'button', class: 'act reply-btn', title: 'Reply', 'aria-label': 'Reply', onclick: () => startReply(r, m) }, '↩'));
+    if (mine) bar.append(h('button', { type: 'button', class: 'act edit-btn', title: 'Edit', 'aria-label': 'Edit', onclick: () => startEdit(r, m) }, '✎'));
+    if (mine || isMod()) bar.append(h('button', { type: 'button', class: 'act delete-btn', title: 'Delete', 'aria-label': 'Delete', onclick: () => deleteMessage(r, m) }, '🗑'));
+    bar.append(picker);
+    return bar;
+  }
+
+  function toggleReaction(r, m, emoji) {
+    if (!r) return;
+    const on = !m.mine.has(emoji);
+    request({ op: on ? 'react' : 'unreact', room: r.name, offset: m.offset, emoji }).then((rep) => {
+      // The reaction push follows; the reply's count is applied at once.
+      applyReaction(r, { offset: m.offset, emoji, nick: S.nick, count: rep.count, on }, S.nick);
+      redrawMessage(r, m);
+    }, (err) => toast(err.message || 'Could not react.'));
+  }
+
+  function deleteMessage(r, m) {
+    if (!r || !confirmDelete()) return;
+    request({ op: 'delete', room: r.name, offset: m.offset }).then(() => {
+      applyDeleted(r, { offset: m.offset });
+      redrawMessage(r, m);
+    }, (err) => toast(err.message || 'Could not delete.'));
+  }
+  // No blocking confirm() (tests record dialogs): a second click within 3 s.
+  let deleteArmed = 0;
+  function confirmDelete() {
+    if (Date.now() - deleteArmed < 3000) { deleteArmed = 0; return true; }
+    deleteArmed = Date.now();
+    toast('Click delete again to delete the message.');
+    return false;
+  }
+
+  function redrawMessage(r, m) {
+    m.el = null;
+    if (r === cur()) renderMessages();
+  }
+
+  // ------------------------------------------------ reply and edit mode
+  const compose = { mode: null, offset: 0 }; // mode: null | 'reply' | 'edit'
+
+  function startReply(r, m) {
+    compose.mode = 'reply';
+    compose.offset = m.offset;
+    renderCompose(`Replying to ${m.from}: ${m.text.split('\n')[0].slice(0, 80)}`);
+    input.focus();
+  }
+
+  function startEdit(r, m) {
+    if (!r || m.deleted) return;
+    compose.mode = 'edit';
+    compose.offset = m.offset;
+    compose.saved = input.value;
+    input.value = m.text;
+    autosize();
+    updateComposer();
+    renderCompose('Editing your message · Enter to save · Escape to cancel');
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  function cancelCompose() {
+    if (compose.mode === 'edit') { input.value = compose.saved || ''; autosize(); updateComposer(); }
+    compose.mode = null;
+    renderCompose('');
+  }
+
+  function renderCompose(text) {
+    const el = $('compose-state');
+    el.hidden = !text;
+    $('compose-text').textContent = text;
+  }
+
+  function lastOwn(r) {
+    const l = sorted(r);
+    for (let i = l.length - 1; i >= 0; i--) if (sameNick(l[i].from, S.nick) && !l[i].deleted) return l[i];
+    return null;
+  }
+
+  function saveEdit(r) {
+    const offset = compose.offset;
+    const text = input.value;
+    compose.mode = null;
+    renderCompose('');
+    input.value = compose.saved || '';
+    autosize();
+    updateComposer();
+    const m = r.msgs.get(offset);
+    if (!m || text === m.text || !text.trim()) return;
+    request({ op: 'edit', room: r.name, offset, text }).then((rep) => {
+      applyEdited(r, { offset, text, edited_ts: rep.edited_ts });
+      redrawMessage(r, m);
+    }, (err) => toast(err.message || 'Could not edit.'));
+  }
+
+  // Jumps to a message, loading the page around it when it is not held.
+  async function jumpTo(r, offset) {
+    if (!r) return;
+    if (!r.msgs.has(offset) && online()) {
+      try {
+        const rep = await request({ op: 'history', room: r.name, before: offset + 26, limit: 50 });
+        if (rep.epoch === r.epoch) addMessages(r, rep.messages || [], false);
+      } catch (err) { toast(err.message || 'Could not load that message.'); return; }
+    }
+    if (r !== cur()) switchTo(r.name);
+    const el = list.querySelector(`.msg[data-offset="${offset}"]`);
+    if (!el) { toast('That message is no longer kept.'); return; }
+    el.scrollIntoView({ block: 'center' });
+    el.classList.add('flash');
+    setTimeout(() => el.classList.remove('flash'), 1600);
   }
 
   const isLong = (text) => text.length > LONG_CHARS || text.split('\n', LONG_LINES + 1).length > LONG_LINES;
@@ -1195,6 +1429,32 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       submitMessage();
+    } else if (e.key === 'ArrowUp' && !e.altKey && !input.value && !compose.mode) {
+      // Up in an empty composer edits your last message.
+      const r = cur();
+      const m = r && lastOwn(r);
+      if (m) { e.preventDefault(); startEdit(r, m); }
+    } else if (e.key === 'Escape' && compose.mode) {
+      e.preventDefault();
+      e.stopPropagation();
+      cancelCompose();
+    }
+  });
+  $('compose-cancel').addEventListener('click', () => { cancelCompose(); input.focus(); });
+
+  // Alt+Up/Down: the previous/next room of the sidebar; Ctrl+K: the room field.
+  document.addEventListener('keydown', (e) => {
+    if (e.altKey && (e.key === 'ArrowUp' || e.key === 'ArrowDown')) {
+      const names = [...S.rooms.values()].filter((r) => !r.dm).concat([...S.rooms.values()].filter((r) => r.dm)).map((r) => r.name);
+      if (names.length < 2) return;
+      e.preventDefault();
+      const i = names.indexOf(S.current);
+      switchTo(names[(i + (e.key === 'ArrowUp' ? -1 : 1) + names.length) % names.length]);
+      input.focus({ preventScroll: true });
+    } else if ((e.ctrlKey || e.metaKey) && (e.key === 'k' || e.key === 'K')) {
+      e.preventDefault();
+      $('room-input').focus();
+      $('room-input').select();
     }
   });
   // Typing: at most one notice per TYPING_EVERY_MS, plus a trailing one when
@@ -1237,6 +1497,37 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
   });
   $('room-input').addEventListener('input', (e) => e.target.setCustomValidity(''));
 
+  // Search in the room on screen: results newest first; a click jumps to
+  // the message with the page around it loaded.
+  $('search-btn').addEventListener('click', () => {
+    const f = $('search-panel');
+    f.hidden = !f.hidden;
+    $('search-btn').setAttribute('aria-expanded', String(!f.hidden));
+    if (!f.hidden) $('search-input').focus();
+  });
+  $('search-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const r = cur();
+    const q = $('search-input').value.trim();
+    const out = $('search-results');
+    if (!r || !q) return;
+    out.replaceChildren(h('li', { class: 'side-note' }, 'Searching…'));
+    try {
+      const rep = await request({ op: 'search', room: r.name, q, limit: 20 });
+      const res = rep.results || [];
+      out.replaceChildren(...(res.length ? res.map((m) => h('li', null, h('button', {
+        type: 'button', class: 'search-hit', 'data-offset': m.offset, onclick: () => jumpTo(r, m.offset),
+      }, h('span', { class: 'from' }, String(m.from)), ' ', h('time', null, timeFmt.format(Number(m.ts) || 0)),
+      h('span', { class: 'hit-text' }, String(m.text ?? '')))))
+        : [h('li', { class: 'side-note' }, 'No messages found.')]));
+    } catch (err) {
+      out.replaceChildren(h('li', { class: 'side-note' }, err.message || 'Search failed.'));
+    }
+  });
+  $('search-panel').addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') { $('search-panel').hidden = true; $('search-btn').setAttribute('aria-expanded', 'false'); input.focus(); }
+  });
+
   $('jump').addEventListener('click', scrollToBottom);
   log.addEventListener('scroll', () => { if (nearBottom()) $('jump').hidden = true; });
   $('retry').addEventListener('click', () => {
@@ -1248,10 +1539,14 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
   $('refresh-rooms').addEventListener('click', refreshRooms);
   $('me').addEventListener('click', () => { if (!S.user) openNickDialog(false); });
   $('nick-form').addEventListener('submit', (e) => { e.preventDefault(); submitNick(); });
+  // Whichever way the welcome card or the nickname dialog closes, the
+  // composer has the focus next.
+  nickDialog.addEventListener('close', () => input.focus());
   $('nick-cancel').addEventListener('click', () => {
     S.nickChosen = true; // "not now" is an answer too: do not ask on every visit
     save();
     nickDialog.close();
+    input.focus();
   });
   $('menu-btn').addEventListener('click', () => setDrawer('sidebar', !$('sidebar').classList.contains('open')));
   $('members-btn').addEventListener('click', () => setDrawer('members', !$('members').classList.contains('open')));
@@ -1273,7 +1568,7 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
   });
   document.addEventListener('visibilitychange', () => {
     const r = cur();
-    if (!document.hidden && r && r.unread) { r.unread = 0; renderSidebar(); renderTitle(); }
+    if (!document.hidden && r && r.unread) { r.unread = 0; r.mentions = 0; renderSidebar(); renderTitle(); }
   });
 
   // ----------------------------------------------------------------- startup
@@ -1282,7 +1577,11 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
     if (typeof name === 'string' && (ROOM_RE.test(name) || name.startsWith('@'))) getRoom(name, typeof peer === 'string' ? peer : null);
   }
   let fromHash = '';
-  try { fromHash = decodeURIComponent(location.hash.slice(1)); } catch { /* ignore a bad hash */ }
+  try {
+    const hash = initialHash.slice(1);
+    const m = /(?:^|&)room=([^&]*)/.exec(hash);
+    fromHash = decodeURIComponent(m ? m[1] : hash.includes('=') ? '' : hash).replace(/^#/, '');
+  } catch { /* ignore a bad hash */ }
   if (ROOM_RE.test(fromHash)) getRoom(fromHash);
   if (!S.rooms.size) getRoom('lobby');
   S.current = ROOM_RE.test(fromHash) ? fromHash
