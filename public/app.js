@@ -1440,6 +1440,9 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
       cancelCompose();
     }
   });
+  // The skip link puts the focus in the composer (a fragment jump alone
+  // only scrolls there).
+  document.querySelector('.skip-link').addEventListener('click', (e) => { e.preventDefault(); input.focus(); });
   $('compose-cancel').addEventListener('click', () => { cancelCompose(); input.focus(); });
 
   // Alt+Up/Down: the previous/next room of the sidebar; Ctrl+K: the room field.
