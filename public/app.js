@@ -38,6 +38,7 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
   const STORE_KEY = 'chathub.client';
   const JOIN_HISTORY = 50;        // messages shown when a room is opened
   const OLDER_PAGE = 100;         // one page of scrollback (the hub's largest)
+  const JUMP_PAGES = 5;           // a jump to an older message loads at most this many pages down to it
   const OLDER_MARGIN_PX = 600;    // start loading this far before the top is reached
   const FILL_PAGE = 100;          // the hub's largest history page
   const TYPING_EVERY_MS = 3000;   // the hub forwards at most one per 3 s anyway
@@ -1201,12 +1202,22 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
   // Jumps to a message, loading the page around it when it is not held.
   async function jumpTo(r, offset) {
     if (!r) return;
-    if (!r.msgs.has(offset) && online()) {
-      try {
+    try {
+      // Scrollback pages down to it keep the log without holes; a message
+      // further back than JUMP_PAGES pages is loaded with its own page
+      // around it instead (the scrollback sentinel then starts from there).
+      for (let n = 0; n < JUMP_PAGES && online() && !r.msgs.has(offset) && !r.noOlder && oldestOffset(r) > offset; n++) {
+        const rep = await request({ op: 'history', room: r.name, before: oldestOffset(r), limit: OLDER_PAGE });
+        if (rep.epoch !== r.epoch) break;
+        const got = rep.messages || [];
+        if (rep.complete || !got.length) r.noOlder = true;
+        addMessages(r, got, false);
+      }
+      if (!r.msgs.has(offset) && online()) {
         const rep = await request({ op: 'history', room: r.name, before: offset + 26, limit: 50 });
         if (rep.epoch === r.epoch) addMessages(r, rep.messages || [], false);
-      } catch (err) { toast(err.message || 'Could not load that message.'); return; }
-    }
+      }
+    } catch (err) { toast(err.message || 'Could not load that message.'); return; }
     if (r !== cur()) switchTo(r.name);
     const el = list.querySelector(`.msg[data-offset="${offset}"]`);
     if (!el) { toast('That message is no longer kept.'); return; }
