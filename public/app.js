@@ -867,6 +867,7 @@ import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js'
     avatar(S.nick, $('me-avatar'));
     // A signed user's name is the site's: it cannot be changed here.
     $('me').disabled = !!S.user;
+    $('me').querySelector('.me-edit').hidden = !!S.user;
     $('me').title = S.user ? `Signed in by the site as ${S.user.name}` : S.guest ?
       'You are a guest; change your nickname' : 'Change your nickname';
   }

@@ -6,10 +6,12 @@
 //
 // Exits 77 (skipped) when Chromium is missing or the hub does not know the
 // edit op yet (a build without the chat part of issue 15).
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { test, assert, startServer } from '../integration/lib.mjs';
-import { requireChromium, launch, openChat, waitText, screenshot, Bot } from './helpers.mjs';
+import { test, assert, startServer, wsConnect } from '../integration/lib.mjs';
+import { requireChromium, launch, openChat, waitText, screenshot, waitOnline, Bot } from './helpers.mjs';
 
 requireChromium();
 
@@ -18,6 +20,16 @@ async function shot(page, name) {
   const file = await screenshot(page, name);
   fs.mkdirSync(SHOTS, { recursive: true });
   fs.copyFileSync(file, path.join(SHOTS, name));
+}
+
+// A send that waits out the hub's rate limit (the filler goes out fast).
+async function say(bot, text) {
+  for (;;) {
+    try { return await bot.say('lobby', text); } catch (e) {
+      if (!/rate_limited/.test(e.message)) throw e;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  }
 }
 
 // Whether the hub knows `edit`: an edit of an offset that does not exist is
@@ -38,7 +50,7 @@ test('reactions, edits, deletes, replies, mentions, search in the page', async (
   await bob.join('lobby');
   // An old message to find later, then more than a join page of filler.
   const needle = await bob.say('lobby', 'the release notes are in the wiki');
-  for (let i = 0; i < 70; i++) await bob.say('lobby', `filler ${i}`);
+  for (let i = 0; i < 70; i++) await say(bob, `filler ${i}`);
   const browser = await launch();
   const A = await openChat(browser, s.url, 'alice');
   await waitText(A.page, 'filler 69');
@@ -120,3 +132,58 @@ test('reactions, edits, deletes, replies, mentions, search in the page', async (
   assert.deepEqual(A.dialogs, []);
   bob.close();
 }, { timeout: 120000 });
+
+// Connection tokens (docs/protocol.md "Signed users") for the moderator case.
+const SECRET = 'browser-test-secret-long-enough-0123456789';
+const b64u = (x) => Buffer.from(x).toString('base64url');
+function sign(claims) {
+  const head = b64u(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const body = b64u(JSON.stringify(claims));
+  return `${head}.${body}.${b64u(crypto.createHmac('sha256', SECRET).update(`${head}.${body}`).digest())}`;
+}
+
+test('a moderator\'s page: delete any message, kick, the topic in the header', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chathub-bmod-'));
+  fs.writeFileSync(path.join(dir, 'secret'), SECRET);
+  const s = await startServer(['--no-persist', '--auth-secret-file', path.join(dir, 'secret')]);
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  const guest = new Bot(await wsConnect(s.wsUrl('/ws'), { protocols: 'chathub.v1' }));
+  await guest.request({ op: 'hello', nick: 'bob', token: sign({ sub: 'user-b', name: 'bob', exp }) });
+  await guest.join('lobby');
+  const said = await guest.say('lobby', 'buy cheap watches');
+  const browser = await launch();
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(`${s.url}#room=lobby&token=${sign({ sub: 'mod-1', name: 'Mia', role: 'mod', exp })}`, { waitUntil: 'load' });
+  await waitOnline(page);
+  await waitText(page, 'buy cheap watches');
+  assert.equal(await page.textContent('#me-nick'), 'Mia');
+
+  // The topic, set by another moderator, shows in the header.
+  const other = new Bot(await wsConnect(s.wsUrl('/ws'), { protocols: 'chathub.v1' }));
+  await other.request({ op: 'hello', nick: 'x', token: sign({ sub: 'mod-2', name: 'Max', role: 'mod', exp }) });
+  await other.join('lobby');
+  await other.request({ op: 'topic', room: 'lobby', topic: 'Release day: **be nice**' });
+  await page.waitForFunction(() => document.getElementById('room-topic').textContent === 'Release day: **be nice**');
+
+  // Delete someone else's message: two clicks (no blocking dialog).
+  const li = page.locator(`#messages .msg[data-offset="${said.offset}"]`);
+  await li.hover();
+  await li.locator('.delete-btn').click();
+  await li.locator('.delete-btn').click();
+  await page.waitForFunction((o) => document.querySelector(`#messages .msg[data-offset="${o}"] .tombstone`), said.offset);
+  await guest.push((p) => p.t === 'deleted' && p.offset === said.offset, 10000, 'the deleted push');
+
+  // Kick from the member list.
+  const row = page.locator('#member-list li:has(.member-nick:text-matches("bob"))');
+  await row.hover(); // the row's buttons show on hover (or focus)
+  await row.locator('.kick-btn').click();
+  const kicked = await guest.push((p) => p.t === 'kicked', 10000, 'the kicked push');
+  assert.equal(kicked.room, 'lobby');
+  await page.mouse.move(5, 795);
+  await shot(page, 'moderator-1280x800.png');
+  assert.deepEqual(errors, []);
+  await context.close();
+}, { timeout: 90000 });
