@@ -1,6 +1,10 @@
 // chathub browser client: JSON mode (subprotocol chathub.v1, docs/protocol.md).
 //
-// One page, no framework, no build step. How it keeps its promises:
+// One page, no framework, no build step: ES modules loaded by the browser.
+// This module is the view and the glue; the parts that need no DOM are
+// model.js (offsets, holes, epochs, amendments), outbox.js (cmids, resends),
+// protocol.js (requests, backoff, resume) and markdown.js (parse; render
+// builds nodes), all tested under Node in tests/js/. How it keeps its promises:
 //  - Exactly once: a message is identified by (room, offset). Each room keeps a
 //    map offset -> message and the list is drawn from it, so a message that
 //    arrives twice (a push, then again in a resume, join or history reply) is
@@ -20,21 +24,24 @@
 //    the hub keeps nothing older (its --history limit, announced in
 //    hello.limits.history), a marker says so instead.
 //  - User data (text, nicks, room names) reaches the DOM only as text nodes.
-'use strict';
+import {
+  fold, sameNick, newRoom, inGap, advance, sorted, oldestOffset, merge, resetEpoch, checkEpoch,
+  applyGap, holeRequest, fillDone, applyEdited, applyDeleted, applyReaction, mentions,
+} from './model.js';
+import { Outbox } from './outbox.js';
+import { PROTOCOL, backoff, NO_RETRY, resumeMap, Requests } from './protocol.js';
+import { parse as parseMarkdown, render as renderMarkdown } from './markdown.js';
 
 (() => {
   // --------------------------------------------------------------- constants
-  const PROTOCOL = 'chathub.v1';
   const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
   const STORE_KEY = 'chathub.client';
   const JOIN_HISTORY = 50;        // messages shown when a room is opened
   const OLDER_PAGE = 100;         // one page of scrollback (the hub's largest)
+  const JUMP_PAGES = 5;           // a jump to an older message loads at most this many pages down to it
   const OLDER_MARGIN_PX = 600;    // start loading this far before the top is reached
-  const MAX_TEMPORARY_TRIES = 5;  // a send refused this often for passing reasons has failed
   const FILL_PAGE = 100;          // the hub's largest history page
   const TYPING_EVERY_MS = 3000;   // the hub forwards at most one per 3 s anyway
-  const BACKOFF_BASE_MS = 500;
-  const BACKOFF_CAP_MS = 20000;
   const PING_EVERY_MS = 25000;    // browsers hide WebSocket pings: ask the hub ourselves
   const PONG_TIMEOUT_MS = 10000;
   const ROOMS_REFRESH_MS = 30000;
@@ -42,8 +49,6 @@
   const GROUP_MS = 5 * 60 * 1000; // a sender's messages this close share one header
   const LONG_CHARS = 1200;        // longer messages are shown collapsed ("Show more")
   const LONG_LINES = 16;          // and so are ones with more lines than this
-  const NO_RETRY = new Set([1002, 1003, 1007, 1008, 1009]); // our fault: a retry repeats it
-  const TEMPORARY = new Set(['rate_limited', 'storage', 'internal']);
 
   // ----------------------------------------------------------------- helpers
   const $ = (id) => document.getElementById(id);
@@ -62,9 +67,7 @@
     return e;
   }
 
-  // The hub compares nicks and names DM rooms with ASCII-only case folding.
-  const fold = (s) => String(s).replace(/[A-Z]/g, (c) => c.toLowerCase());
-  const sameNick = (a, b) => fold(a) === fold(b);
+  // The hub names DM rooms with ASCII-only case folding.
   const dmName = (a, b) => '@' + [fold(a), fold(b)].sort().join(',');
 
   function nickProblem(n) {
@@ -120,6 +123,7 @@
   // is in no access log); it is taken out of the address bar at once, and
   // kept for this tab only (sessionStorage), so that a reload still has it.
   const TOKEN_KEY = 'chathub.token';
+  const initialHash = location.hash; // #room=NAME&token=... (or #NAME): read before the token is taken out
   const urlToken = (() => {
     const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
     if (!m) return null;
@@ -131,6 +135,8 @@
     if (token) sessionStorage.setItem(TOKEN_KEY, token); else token = sessionStorage.getItem(TOKEN_KEY);
   } catch { /* no storage: the token lasts as long as the page */ }
 
+  const outbox = new Outbox();
+  const reqs = new Requests();
   const S = {
     user: null,            // {sub, name, role} once a token signed us in
     guest: false,          // the hub has tokens on and we are a guest (~nick)
@@ -140,7 +146,7 @@
     rooms: new Map(),      // name -> room (see newRoom)
     current: null,         // name of the room on screen
     publicRooms: [],       // from the `rooms` op
-    outbox: [],            // sends not acknowledged yet, oldest first
+    get outbox() { return outbox.items; }, // sends not acknowledged yet, oldest first
     ws: null,
     conn: 'connecting',    // connecting | online | reconnecting | offline
     connDetail: '',
@@ -150,48 +156,17 @@
     retryTimer: null,
     byeRetryMs: null,      // the hub asked for this delay (bye push)
     hold: false,           // do not reconnect until the user acts (nick dialog)
-    reqs: new Map(),       // request id -> {resolve, reject}
-    nextId: 1,
     limits: { max_text: 4000 },
     motd: '',
-    cmidPrefix: Math.random().toString(36).slice(2, 8) + Date.now().toString(36),
-    cmidSeq: 0,
   };
 
   function save() {
     const rooms = [...S.rooms.values()].filter((r) => !r.draft).map((r) => [r.name, r.peer]);
     try {
       localStorage.setItem(STORE_KEY, JSON.stringify({
-        nick: S.nick, nickChosen: S.nickChosen, current: S.current, rooms,
+        nick: S.nick, nickChosen: S.nickChosen, current: S.current, rooms, askedNotify: !!saved.askedNotify,
       }));
     } catch { /* private mode: the page still works, it just forgets */ }
-  }
-
-  function newRoom(name, peer) {
-    return {
-      name,
-      dm: name.startsWith('@'),
-      peer: peer || null,   // a DM's other party, by its real (unfolded) nick
-      draft: false,         // a DM not opened on the hub yet: its first send is a `dm` op
-      epoch: null,
-      last: 0,              // everything up to here is held (or known gone)
-      head: 0,              // the newest offset known to exist
-      msgs: new Map(),      // offset -> {offset, ts, from, text, cmid}
-      gaps: [],             // [from, to] ranges the hub cannot deliver
-      archive: [],          // messages of an earlier epoch, shown above a note
-      noOlder: false,       // nothing older than what we hold exists
-      members: new Map(),   // folded nick -> nick
-      count: null,          // member count, when the hub sends a count instead of a list
-      unread: 0,
-      typing: new Map(),    // folded nick -> {nick, timer}
-      typingSentAt: 0,
-      typingTimer: null,
-      joined: false,
-      joining: false,
-      filling: false,
-      loadingOlder: false,
-      draftText: '',
-    };
   }
 
   function getRoom(name, peer) {
@@ -250,15 +225,13 @@
     S.ws = null;
     clearTimeout(S.connectTimer);
     stopTimers();
-    const reqs = [...S.reqs.values()];
-    S.reqs.clear();
     for (const r of S.rooms.values()) {
       r.joined = r.joining = false;
       for (const t of r.typing.values()) clearTimeout(t.timer);
       r.typing.clear();
     }
-    for (const item of S.outbox) if (item.status === 'sending') item.status = 'waiting';
-    for (const p of reqs) p.reject({ code: 'disconnected', message: 'connection lost' });
+    outbox.disconnected();
+    reqs.failAll();
     renderPending();
     renderTyping();
 
@@ -275,9 +248,7 @@
     if ((code >= 4500 && code <= 4999) || NO_RETRY.has(code)) {
       // No reconnect follows by itself: what waits in the outbox has failed,
       // and offers retry (which waits for "Retry now") or discard.
-      for (const item of S.outbox) {
-        if (item.status === 'waiting') { item.status = 'failed'; item.error = 'disconnected by the server'; }
-      }
+      outbox.failWaiting('disconnected by the server');
       renderPending();
       return setConn('offline', `Disconnected by the server (${code}${reason ? ': ' + reason : ''}).`);
     }
@@ -287,8 +258,7 @@
     }
     // Full jitter spreads a crowd of clients over the whole window; a bye
     // tells us the hub's own choice, which spreads them already.
-    const delay = S.byeRetryMs !== null ? S.byeRetryMs
-      : Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(S.attempt, 10));
+    const delay = backoff(S.attempt, S.byeRetryMs);
     S.lastRetry = { code, delay, bye: S.byeRetryMs !== null }; // for tests and debugging
     S.byeRetryMs = null;
     S.attempt++;
@@ -298,16 +268,11 @@
   }
 
   function request(msg) {
-    return new Promise((resolve, reject) => {
-      const ws = S.ws;
-      if (!ws || ws.readyState !== WebSocket.OPEN) {
-        reject({ code: 'disconnected', message: 'not connected' });
-        return;
-      }
-      const id = S.nextId++;
-      S.reqs.set(id, { resolve, reject });
-      ws.send(JSON.stringify({ ...msg, id }));
-    });
+    return reqs.request((text) => {
+      if (!S.ws || S.ws.readyState !== WebSocket.OPEN) return false;
+      S.ws.send(text);
+      return true;
+    }, msg);
   }
 
   // Requests without an id: the hub answers only if they fail (error push).
@@ -316,24 +281,11 @@
   }
 
   function onFrame(data) {
-    let m;
-    try { m = JSON.parse(data); } catch { return; }
-    if (!m || typeof m !== 'object') return;
-    if (typeof m.t === 'string') {
-      if (Object.prototype.hasOwnProperty.call(PUSH, m.t)) PUSH[m.t](m);
-      return;
-    }
-    const p = S.reqs.get(m.id);
-    if (!p) return;
-    S.reqs.delete(m.id);
-    if (m.ok) p.resolve(m); else p.reject(m.error || { code: 'internal', message: 'request failed' });
+    reqs.frame(data, (m) => { if (Object.prototype.hasOwnProperty.call(PUSH, m.t)) PUSH[m.t](m); });
   }
 
   async function hello() {
-    const resume = {};
-    for (const r of S.rooms.values()) {
-      if (r.epoch && !r.draft) resume[r.name] = { epoch: r.epoch, offset: r.last };
-    }
+    const resume = resumeMap(S.rooms.values());
     let rep;
     try {
       const nick = S.guest ? S.nick.replace(/^~/, '') : S.nick;
@@ -504,15 +456,59 @@
     gap(m) {
       const r = S.rooms.get(m.room);
       if (!r) return;
-      if (m.reason === 'epoch' || (r.epoch && m.epoch !== r.epoch)) {
-        // The room's history was lost: offsets restart; 1..to are gone too.
-        resetEpoch(r, m.epoch, Math.max(0, Number(m.to) || 0));
-      } else {
-        r.epoch = r.epoch || m.epoch;
-        if (m.to >= m.from) r.gaps.push([m.from, m.to]);
-        advance(r);
-      }
+      applyGap(r, m);
       if (r === cur()) renderMessages();
+    },
+    edited(m) {
+      const r = S.rooms.get(m.room);
+      const msg = r && applyEdited(r, m);
+      if (msg) redrawMessage(r, msg);
+    },
+    deleted(m) {
+      const r = S.rooms.get(m.room);
+      const msg = r && applyDeleted(r, m);
+      if (msg) redrawMessage(r, msg);
+    },
+    reaction(m) {
+      const r = S.rooms.get(m.room);
+      const msg = r && applyReaction(r, m, S.nick);
+      if (msg) redrawMessage(r, msg);
+    },
+    topic(m) {
+      const r = S.rooms.get(m.room);
+      if (!r) return;
+      r.topic = typeof m.topic === 'string' ? m.topic : '';
+      if (r === cur()) renderHeader();
+      if (m.by) sysNote(r, r.topic ? `${m.by} set the topic: ${r.topic}` : `${m.by} cleared the topic.`);
+    },
+    kicked(m) {
+      const r = S.rooms.get(m.room);
+      if (!r) return;
+      toast(`You were removed from ${roomLabel(r)} by ${m.by || 'a moderator'}${m.reason ? ': ' + m.reason : ''}.`);
+      removeRoom(r);
+    },
+    banned(m) {
+      const until = m.until ? ` until ${fullFmt.format(m.until)}` : '';
+      const why = `${m.by ? ' by ' + m.by : ''}${until}${m.reason ? ': ' + m.reason : ''}`;
+      if (m.room) {
+        const r = S.rooms.get(m.room);
+        if (r) removeRoom(r);
+        toast(`You were banned from #${m.room}${why}.`);
+      } else {
+        for (const r of [...S.rooms.values()]) if (!r.dm) removeRoom(r);
+        toast(`You were banned from this hub${why}.`);
+      }
+    },
+    muted(m) {
+      const until = m.until ? ` until ${fullFmt.format(m.until)}` : '';
+      const where = m.room ? `in #${m.room}` : 'on this hub';
+      S.muted = `You were muted ${where}${until}${m.by ? ' by ' + m.by : ''}${m.reason ? ': ' + m.reason : ''}.`;
+      toast(S.muted);
+      hint(S.muted);
+    },
+    unmuted(m) {
+      S.muted = '';
+      toast(m.room ? `You may speak in #${m.room} again.` : 'You may speak again.');
     },
     error(m) {
       const e = m.error || {};
@@ -526,75 +522,47 @@
   };
 
   // --------------------------------------------------------------- messages
-  function inGap(r, o) {
-    return r.gaps.find(([from, to]) => o >= from && o <= to) || null;
-  }
-
-  function advance(r) {
-    for (;;) {
-      if (r.msgs.has(r.last + 1)) { r.last++; continue; }
-      const g = inGap(r, r.last + 1);
-      if (g) { r.last = g[1]; continue; }
-      break;
-    }
-    if (r.last > r.head) r.head = r.last;
-  }
-
-  function sorted(r) {
-    if (!r.sorted) r.sorted = [...r.msgs.values()].sort((a, b) => a.offset - b.offset);
-    return r.sorted;
-  }
-  const oldestOffset = (r) => (r.msgs.size ? sorted(r)[0].offset : r.last + 1);
-
   // Merges messages (from any source) into a room. countUnread: they are news
   // (live or resumed), not scrollback.
   function addMessages(r, list, countUnread) {
     const shown = r === cur();
-    let maxBefore = r.msgs.size ? sorted(r)[sorted(r).length - 1].offset : 0;
-    const appended = [];
-    let inserted = false;
-    for (const m of list || []) {
-      if (!m || !Number.isSafeInteger(m.offset) || m.offset < 1) continue;
-      if (m.cmid) settle(m.cmid);
-      if (r.msgs.has(m.offset)) continue;
-      const msg = { offset: m.offset, ts: Number(m.ts) || Date.now(), from: String(m.from), text: String(m.text), cmid: m.cmid };
-      r.msgs.set(m.offset, msg);
-      r.sorted = null;
-      if (m.offset > r.head) r.head = m.offset;
-      if (m.offset > maxBefore) appended.push(msg); else inserted = true;
-      if (countUnread && !sameNick(msg.from, S.nick) && (!shown || document.hidden)) r.unread++;
-    }
-    advance(r);
-    if (shown) {
-      if (inserted || appended.length > 40) renderMessages(); // one redraw beats many reflows
-      else {
-        appended.sort((a, b) => a.offset - b.offset);
-        for (const msg of appended) appendMessage(r, msg);
+    const got = merge(r, list);
+    for (const c of got.cmids) settle(c);
+    if (countUnread) {
+      for (const msg of got.added) {
+        if (sameNick(msg.from, S.nick) || (shown && !document.hidden)) continue;
+        r.unread++;
+        if (mentions(msg, S.nick)) { r.mentions++; notifyMention(r, msg); }
       }
     }
-    if (countUnread && appended.length) { renderSidebar(); renderTitle(); }
+    if (shown) {
+      if (got.inserted || got.changed.length || got.appended.length > 40) renderMessages(); // one redraw beats many reflows
+      else for (const msg of got.appended) appendMessage(r, msg);
+    }
+    if (countUnread && got.appended.length) { renderSidebar(); renderTitle(); }
     fillHoles(r);
   }
 
-  function checkEpoch(r, epoch) {
-    if (!epoch) return;
-    if (r.epoch && r.epoch !== epoch) resetEpoch(r, epoch, 0);
-    r.epoch = epoch;
+  // News about a room that is not a message (no offset): a toast.
+  function sysNote(r, text) {
+    if (r === cur()) toast(text);
   }
 
-  // Offsets of another epoch mean nothing: keep what was shown, above a note,
-  // and start the new stream from `last`.
-  function resetEpoch(r, epoch, last) {
-    if (r.epoch === epoch) return;
-    if (r.msgs.size) {
-      r.archive.push(...sorted(r), { sys: 'The server lost this room’s history. Messages above are from before.' });
-    }
-    r.epoch = epoch;
-    r.msgs = new Map();
-    r.sorted = null;
-    r.gaps = [];
-    r.last = r.head = last;
-    r.noOlder = false;
+  // The Notification permission is asked once (remembered), on the first
+  // send: a moment the reader is here and acting.
+  function askNotify() {
+    if (typeof Notification === 'undefined' || Notification.permission !== 'default' || saved.askedNotify) return;
+    saved.askedNotify = true;
+    S.askedNotify = true;
+    save();
+    try { Notification.requestPermission().catch(() => {}); } catch { /* old API */ }
+  }
+
+  // A message that mentions us while the tab is hidden: a system
+  // notification, if the reader allowed them (asked once, see askNotify).
+  function notifyMention(r, msg) {
+    if (!document.hidden || typeof Notification === 'undefined' || Notification.permission !== 'granted') return;
+    try { new Notification(`${msg.from} in ${roomLabel(r)}`, { body: msg.text.slice(0, 200), tag: 'chathub-' + r.name }); } catch { /* not allowed here */ }
   }
 
   // Fetches what lies between r.last and the newest offset we know of, newest
@@ -603,22 +571,15 @@
     if (r.filling || !online() || !r.epoch || r.last >= r.head) return;
     r.filling = true;
     try {
-      while (online() && r.joined && r.last < r.head && S.rooms.get(r.name) === r) {
-        let next = r.head + 1; // the lowest offset we hold above the hole
-        for (const m of sorted(r)) if (m.offset > r.last) { next = m.offset; break; }
-        const want = Math.min(FILL_PAGE, next - r.last - 1);
+      while (online() && r.joined && S.rooms.get(r.name) === r) {
+        const req = holeRequest(r, FILL_PAGE);
+        if (!req) break;
         const before = [r.last, r.msgs.size, r.epoch];
-        const rep = await request({ op: 'history', room: r.name, before: next, limit: want });
+        const rep = await request({ op: 'history', ...req });
         checkEpoch(r, rep.epoch);
         if (r.epoch !== before[2]) continue; // restarted: fill the new stream
-        const got = rep.messages || [];
-        addMessages(r, got, true);
-        const lowest = got.length ? got[0].offset : next;
-        if (r.last < lowest - 1 && (rep.complete || !got.length)) {
-          r.gaps.push([r.last + 1, lowest - 1]); // expired meanwhile
-          advance(r);
-          if (r === cur()) renderMessages();
-        }
+        addMessages(r, rep.messages || [], true);
+        if (fillDone(r, req, rep) && r === cur()) renderMessages();
         if (r.last === before[0] && r.msgs.size === before[1]) break; // no progress: stop
       }
     } catch { /* disconnected: the resume after the reconnect starts from r.last */ }
@@ -668,6 +629,7 @@
 
   function applyJoin(r, st, withSince) {
     r.joined = true;
+    r.topic = typeof st.topic === 'string' ? st.topic : '';
     r.draft = false;
     if (withSince) checkEpoch(r, st.epoch); else r.epoch = st.epoch;
     r.members = new Map((st.members || []).map((m) => [fold(m.nick), m.nick]));
@@ -714,16 +676,15 @@
   // ----------------------------------------------------------------- sending
   function submitMessage() {
     const r = cur();
+    if (r && compose.mode === 'edit') { saveEdit(r); return; }
     const text = input.value;
     if (!r || !text.trim()) return;
+    askNotify();
     if ([...text].length > S.limits.max_text) { hint(`Messages are limited to ${S.limits.max_text} characters.`); return; }
     // Offline, the message waits in the outbox and goes out by itself after
     // the next hello (flushOutbox), with its cmid, like any resend.
-    const item = {
-      cmid: `${S.cmidPrefix}-${++S.cmidSeq}`, room: r.name, text, ts: Date.now(),
-      status: online() ? 'sending' : 'waiting', error: null, tries: 0,
-    };
-    S.outbox.push(item);
+    const item = outbox.add(r.name, text, online(), compose.mode === 'reply' ? { replyTo: compose.offset } : null);
+    if (compose.mode === 'reply') cancelCompose();
     input.value = '';
     r.draftText = '';
     autosize();
@@ -735,7 +696,7 @@
 
   function transmit(item) {
     const r = S.rooms.get(item.room);
-    if (!r || !online() || item.inflight || !S.outbox.includes(item)) return;
+    if (!r || !online() || item.inflight || !outbox.has(item)) return;
     // A DM goes out as `dm` while the peer is not in the room (or the room is
     // new): that (re)joins them and tells them with a dm push.
     const viaDm = r.dm && !item.noDm && (r.draft || !r.members.has(fold(peerName(r))));
@@ -744,30 +705,21 @@
     item.status = 'sending';
     renderPending();
     const req = viaDm ? { op: 'dm', to: peerName(r), text: item.text, cmid: item.cmid }
-      : { op: 'send', room: r.name, text: item.text, cmid: item.cmid };
+      : { op: 'send', room: r.name, text: item.text, cmid: item.cmid, ...(item.replyTo ? { reply_to: item.replyTo } : {}) };
     request(req).then((rep) => {
       item.inflight = false;
       acked(item, rep);
     }, (err) => {
       item.inflight = false;
-      if (!S.outbox.includes(item)) return; // settled meanwhile by history
-      if (err.code === 'disconnected') {
-        // closed() may have given it up already (the hub said do not come back).
-        if (item.status !== 'failed') item.status = 'waiting';
-      }
-      else if (TEMPORARY.has(err.code) && ++item.tries < MAX_TEMPORARY_TRIES) {
-        item.status = 'waiting';
-        setTimeout(() => transmit(item), 1000 * item.tries + Math.random() * 2000);
-      } else if (err.code === 'no_such_nick' && viaDm && !r.draft) {
+      if (!outbox.has(item)) return; // settled meanwhile by history
+      if (err.code === 'no_such_nick' && viaDm && !r.draft) {
         item.noDm = true; // the peer is offline: the room still keeps it for them
         transmit(item);
-      } else if (err.code === 'not_joined') {
-        item.status = 'waiting';
-        r.joined = false;
-        join(r);
       } else {
-        item.status = 'failed';
-        item.error = err.code === 'no_such_nick' ? `${peerName(r)} is not online.` : (err.message || err.code);
+        const what = outbox.refused(item, err);
+        if (what === 'retry') setTimeout(() => transmit(item), 1000 * item.tries + Math.random() * 2000);
+        else if (err.code === 'not_joined') { r.joined = false; join(r); }
+        else if (what === 'failed' && err.code === 'no_such_nick') item.error = `${peerName(r)} is not online.`;
       }
       renderSidebar();
       renderPending();
@@ -789,19 +741,16 @@
       renderSidebar();
     }
     settle(item.cmid);
-    addMessages(r, [{ offset: rep.offset, ts: rep.ts, from: S.nick, text: item.text, cmid: item.cmid }], false);
+    addMessages(r, [{ offset: rep.offset, ts: rep.ts, from: S.nick, text: item.text, cmid: item.cmid, reply_to: item.replyTo }], false);
   }
 
   // A message with one of our cmids is in the room's history: stop resending.
   function settle(cmid) {
-    const i = S.outbox.findIndex((o) => o.cmid === cmid);
-    if (i < 0) return;
-    S.outbox.splice(i, 1);
-    renderPending();
+    if (outbox.settle(cmid)) renderPending();
   }
 
   function flushOutbox() {
-    for (const item of S.outbox) if (item.status !== 'failed') transmit(item);
+    for (const item of outbox.due()) transmit(item);
   }
 
   // ------------------------------------------------------------------- rooms
@@ -812,6 +761,7 @@
     const r = cur();
     if (r) {
       r.unread = 0;
+      r.mentions = 0;
       input.value = r.draftText;
       autosize();
     }
@@ -847,7 +797,7 @@
   function renameRoom(r, name) {
     const other = S.rooms.get(name);
     S.rooms.delete(r.name);
-    for (const o of S.outbox) if (o.room === r.name) o.room = name;
+    outbox.renameRoom(r.name, name);
     const wasCurrent = S.current === r.name;
     const target = other || r;
     if (!other) { r.name = name; S.rooms.set(name, r); }
@@ -859,7 +809,7 @@
 
   function removeRoom(r, why) {
     S.rooms.delete(r.name);
-    S.outbox = S.outbox.filter((o) => o.room !== r.name);
+    outbox.dropRoom(r.name);
     if (S.current === r.name) S.current = S.rooms.size ? S.rooms.keys().next().value : null;
     if (why) toast(why);
     save();
@@ -917,6 +867,7 @@
     avatar(S.nick, $('me-avatar'));
     // A signed user's name is the site's: it cannot be changed here.
     $('me').disabled = !!S.user;
+    $('me').querySelector('.me-edit').hidden = !!S.user;
     $('me').title = S.user ? `Signed in by the site as ${S.user.name}` : S.guest ?
       'You are a guest; change your nickname' : 'Change your nickname';
   }
@@ -924,6 +875,10 @@
   function renderHeader() {
     const r = cur();
     $('room-title').textContent = r ? roomLabel(r) : 'chathub';
+    const topic = $('room-topic');
+    topic.textContent = r && r.topic ? r.topic : '';
+    topic.hidden = !(r && r.topic);
+    topic.title = topic.textContent;
     input.placeholder = r ? `Message ${roomLabel(r)}` : 'Join a room to chat';
   }
 
@@ -935,7 +890,8 @@
       type: 'button', class: 'room-btn' + (r.unread ? ' has-unread' : ''),
       'aria-current': active ? 'page' : null, onclick: () => switchTo(r.name),
     }, sigil, h('span', { class: 'room-name' }, label),
-    r.unread ? h('span', { class: 'badge', 'aria-label': `${r.unread} unread` }, r.unread > 99 ? '99+' : String(r.unread)) : null);
+    r.unread ? h('span', { class: 'badge' + (r.mentions ? ' mention' : ''), 'aria-label': `${r.unread} unread${r.mentions ? `, ${r.mentions} mentioning you` : ''}` },
+      (r.mentions ? '@' + r.mentions + ' · ' : '') + (r.unread > 99 ? '99+' : String(r.unread))) : null);
     const leave = h('button', {
       type: 'button', class: 'leave-btn', 'aria-label': `Leave ${roomLabel(r)}`, title: 'Leave',
       onclick: () => leaveRoom(r),
@@ -983,7 +939,12 @@
         me || r.dm ? null : h('button', {
           type: 'button', class: 'dm-btn', 'aria-label': `Direct message ${nick}`, title: 'Direct message',
           onclick: () => startDm(nick),
-        }, 'Message'));
+        }, 'Message'),
+        me || r.dm || !isMod() ? null : h('button', {
+          type: 'button', class: 'dm-btn kick-btn', 'aria-label': `Remove ${nick} from the room`, title: 'Kick',
+          onclick: () => request({ op: 'kick', room: r.name, nick }).then(() => toast(`${nick} was removed.`),
+            (err) => toast(err.message || 'Could not kick.')),
+        }, 'Kick'));
     }));
   }
 
@@ -1082,6 +1043,13 @@
     } else {
       li.append(avatar(m.from), h('div', { class: 'meta' }, h('span', { class: 'from' }, m.from), time));
     }
+    if (m.replyTo && !status) li.append(replyQuote(m.replyTo));
+    if (m.deleted) {
+      li.classList.add('deleted');
+      li.append(h('div', { class: 'text tombstone' }, 'message deleted'));
+      return li;
+    }
+    if (m.mentions && mentions(m, S.nick)) li.classList.add('mention');
     if (isLong(m.text)) {
       // Raw lines may be 64 KiB (docs/protocol.md): show the start only, and
       // lay the whole text out only when asked to (that is what costs).
@@ -1101,29 +1069,176 @@
     } else {
       li.append(textEl(m.text));
     }
+    if (m.editedTs) li.querySelector('.text').append(h('span', { class: 'edited', title: fullFmt.format(m.editedTs) }, ' (edited)'));
+    if (!status && m.offset) {
+      if (m.reactions && m.reactions.size) li.append(reactionsEl(m));
+      li.append(actionsEl(m, mine));
+    }
     return li;
+  }
+
+  const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '👀'];
+  const isMod = () => !!S.user && (S.user.role === 'mod' || S.user.role === 'admin');
+
+  // The quoted line above a reply: who and the start of what; a click jumps
+  // to the original (loading it first when it is not held).
+  function replyQuote(offset) {
+    const r = cur();
+    const o = r && r.msgs.get(offset);
+    const what = !o ? 'an earlier message' : o.deleted ? 'message deleted' : o.text.split('\n')[0].slice(0, 120);
+    return h('button', { type: 'button', class: 'reply-quote', onclick: () => jumpTo(r, offset) },
+      h('span', { class: 'reply-from' }, o ? o.from : '↩'), ' ', h('span', { class: 'reply-text' }, what));
+  }
+
+  function reactionsEl(m) {
+    const r = cur();
+    return h('div', { class: 'reactions' }, ...[...m.reactions].map(([emoji, n]) => h('button', {
+      type: 'button', class: 'reaction' + (m.mine.has(emoji) ? ' on' : ''), 'aria-pressed': String(m.mine.has(emoji)),
+      'aria-label': `${emoji} ${n}`, onclick: () => toggleReaction(r, m, emoji),
+    }, emoji, h('span', { class: 'n' }, String(n)))));
+  }
+
+  function actionsEl(m, mine) {
+    const r = cur();
+    const bar = h('div', { class: 'actions-bar' });
+    const picker = h('div', { class: 'picker', hidden: true, role: 'group', 'aria-label': 'React' },
+      ...REACTIONS.map((e) => h('button', { type: 'button', onclick: () => { picker.hidden = true; toggleReaction(r, m, e); } }, e)));
+    bar.append(
+      h('button', { type: 'button', class: 'act react-btn', title: 'React', 'aria-label': 'React', onclick: () => { picker.hidden = !picker.hidden; } }, '☺'),
+      h('button', { type: 'button', class: 'act reply-btn', title: 'Reply', 'aria-label': 'Reply', onclick: () => startReply(r, m) }, '↩'));
+    if (mine) bar.append(h('button', { type: 'button', class: 'act edit-btn', title: 'Edit', 'aria-label': 'Edit', onclick: () => startEdit(r, m) }, '✎'));
+    if (mine || isMod()) bar.append(h('button', { type: 'button', class: 'act delete-btn', title: 'Delete', 'aria-label': 'Delete', onclick: () => deleteMessage(r, m) }, '🗑'));
+    bar.append(picker);
+    return bar;
+  }
+
+  function toggleReaction(r, m, emoji) {
+    if (!r) return;
+    const on = !m.mine.has(emoji);
+    request({ op: on ? 'react' : 'unreact', room: r.name, offset: m.offset, emoji }).then((rep) => {
+      // The reaction push follows; the reply's count is applied at once.
+      applyReaction(r, { offset: m.offset, emoji, nick: S.nick, count: rep.count, on }, S.nick);
+      redrawMessage(r, m);
+    }, (err) => toast(err.message || 'Could not react.'));
+  }
+
+  function deleteMessage(r, m) {
+    if (!r || !confirmDelete()) return;
+    request({ op: 'delete', room: r.name, offset: m.offset }).then(() => {
+      applyDeleted(r, { offset: m.offset });
+      redrawMessage(r, m);
+    }, (err) => toast(err.message || 'Could not delete.'));
+  }
+  // No blocking confirm() (tests record dialogs): a second click within 3 s.
+  let deleteArmed = 0;
+  function confirmDelete() {
+    if (Date.now() - deleteArmed < 3000) { deleteArmed = 0; return true; }
+    deleteArmed = Date.now();
+    toast('Click delete again to delete the message.');
+    return false;
+  }
+
+  function redrawMessage(r, m) {
+    m.el = null;
+    if (r === cur()) renderMessages();
+  }
+
+  // ------------------------------------------------ reply and edit mode
+  const compose = { mode: null, offset: 0 }; // mode: null | 'reply' | 'edit'
+
+  function startReply(r, m) {
+    compose.mode = 'reply';
+    compose.offset = m.offset;
+    renderCompose(`Replying to ${m.from}: ${m.text.split('\n')[0].slice(0, 80)}`);
+    input.focus();
+  }
+
+  function startEdit(r, m) {
+    if (!r || m.deleted) return;
+    compose.mode = 'edit';
+    compose.offset = m.offset;
+    compose.saved = input.value;
+    input.value = m.text;
+    autosize();
+    updateComposer();
+    renderCompose('Editing your message · Enter to save · Escape to cancel');
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  function cancelCompose() {
+    if (compose.mode === 'edit') { input.value = compose.saved || ''; autosize(); updateComposer(); }
+    compose.mode = null;
+    renderCompose('');
+  }
+
+  function renderCompose(text) {
+    const el = $('compose-state');
+    el.hidden = !text;
+    $('compose-text').textContent = text;
+  }
+
+  function lastOwn(r) {
+    const l = sorted(r);
+    for (let i = l.length - 1; i >= 0; i--) if (sameNick(l[i].from, S.nick) && !l[i].deleted) return l[i];
+    return null;
+  }
+
+  function saveEdit(r) {
+    const offset = compose.offset;
+    const text = input.value;
+    compose.mode = null;
+    renderCompose('');
+    input.value = compose.saved || '';
+    autosize();
+    updateComposer();
+    const m = r.msgs.get(offset);
+    if (!m || text === m.text || !text.trim()) return;
+    request({ op: 'edit', room: r.name, offset, text }).then((rep) => {
+      applyEdited(r, { offset, text, edited_ts: rep.edited_ts });
+      redrawMessage(r, m);
+    }, (err) => toast(err.message || 'Could not edit.'));
+  }
+
+  // Jumps to a message, loading the page around it when it is not held.
+  async function jumpTo(r, offset) {
+    if (!r) return;
+    try {
+      // Scrollback pages down to it keep the log without holes; a message
+      // further back than JUMP_PAGES pages is loaded with its own page
+      // around it instead (the scrollback sentinel then starts from there).
+      for (let n = 0; n < JUMP_PAGES && online() && !r.msgs.has(offset) && !r.noOlder && oldestOffset(r) > offset; n++) {
+        const rep = await request({ op: 'history', room: r.name, before: oldestOffset(r), limit: OLDER_PAGE });
+        if (rep.epoch !== r.epoch) break;
+        const got = rep.messages || [];
+        if (rep.complete || !got.length) r.noOlder = true;
+        addMessages(r, got, false);
+      }
+      if (!r.msgs.has(offset) && online()) {
+        const rep = await request({ op: 'history', room: r.name, before: offset + 26, limit: 50 });
+        if (rep.epoch === r.epoch) addMessages(r, rep.messages || [], false);
+      }
+    } catch (err) { toast(err.message || 'Could not load that message.'); return; }
+    if (r !== cur()) switchTo(r.name);
+    const el = list.querySelector(`.msg[data-offset="${offset}"]`);
+    if (!el) { toast('That message is no longer kept.'); return; }
+    el.scrollIntoView({ block: 'center' });
+    el.classList.add('flash');
+    setTimeout(() => el.classList.remove('flash'), 1600);
   }
 
   const isLong = (text) => text.length > LONG_CHARS || text.split('\n', LONG_LINES + 1).length > LONG_LINES;
 
-  // Text with http(s) links made clickable. Only text nodes and <a> elements
-  // with an http(s) href are created.
+  // The text of a message as DOM nodes (markdown.js builds them from text:
+  // no markup from the message is ever parsed as HTML). dir=auto lets a
+  // right-to-left message read right to left.
   function textEl(text) {
-    const el = h('div', { class: 'text' });
-    const re = /\bhttps?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]]/g;
-    let at = 0;
-    for (const m of text.matchAll(re)) {
-      if (m.index > at) el.append(text.slice(at, m.index));
-      el.append(h('a', { href: m[0], target: '_blank', rel: 'noopener noreferrer nofollow' }, m[0]));
-      at = m.index + m[0].length;
-    }
-    if (at < text.length) el.append(text.slice(at));
-    return el;
+    return renderMarkdown(parseMarkdown(text), h('div', { class: 'text', dir: 'auto' }));
   }
 
   function renderPending() {
     const r = cur();
-    const mine = r ? S.outbox.filter((o) => o.room === r.name) : [];
+    const mine = r ? outbox.forRoom(r.name) : [];
     pendingList.replaceChildren(...mine.map((o) => {
       const li = messageEl({ from: S.nick, ts: o.ts, text: o.text }, false, o.status);
       const note = o.status === 'failed' ? `Not sent: ${o.error}`
@@ -1134,7 +1249,7 @@
       if (o.status === 'failed') {
         state.append(
           h('button', { type: 'button', onclick: () => { o.status = 'waiting'; o.noDm = false; o.tries = 0; transmit(o); renderPending(); } }, 'Retry'),
-          h('button', { type: 'button', onclick: () => { S.outbox.splice(S.outbox.indexOf(o), 1); renderPending(); } }, 'Discard'));
+          h('button', { type: 'button', onclick: () => { outbox.remove(o); renderPending(); } }, 'Discard'));
       }
       li.append(state);
       return li;
@@ -1326,6 +1441,35 @@
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       submitMessage();
+    } else if (e.key === 'ArrowUp' && !e.altKey && !input.value && !compose.mode) {
+      // Up in an empty composer edits your last message.
+      const r = cur();
+      const m = r && lastOwn(r);
+      if (m) { e.preventDefault(); startEdit(r, m); }
+    } else if (e.key === 'Escape' && compose.mode) {
+      e.preventDefault();
+      e.stopPropagation();
+      cancelCompose();
+    }
+  });
+  // The skip link puts the focus in the composer (a fragment jump alone
+  // only scrolls there).
+  document.querySelector('.skip-link').addEventListener('click', (e) => { e.preventDefault(); input.focus(); });
+  $('compose-cancel').addEventListener('click', () => { cancelCompose(); input.focus(); });
+
+  // Alt+Up/Down: the previous/next room of the sidebar; Ctrl+K: the room field.
+  document.addEventListener('keydown', (e) => {
+    if (e.altKey && (e.key === 'ArrowUp' || e.key === 'ArrowDown')) {
+      const names = [...S.rooms.values()].filter((r) => !r.dm).concat([...S.rooms.values()].filter((r) => r.dm)).map((r) => r.name);
+      if (names.length < 2) return;
+      e.preventDefault();
+      const i = names.indexOf(S.current);
+      switchTo(names[(i + (e.key === 'ArrowUp' ? -1 : 1) + names.length) % names.length]);
+      input.focus({ preventScroll: true });
+    } else if ((e.ctrlKey || e.metaKey) && (e.key === 'k' || e.key === 'K')) {
+      e.preventDefault();
+      $('room-input').focus();
+      $('room-input').select();
     }
   });
   // Typing: at most one notice per TYPING_EVERY_MS, plus a trailing one when
@@ -1368,6 +1512,37 @@
   });
   $('room-input').addEventListener('input', (e) => e.target.setCustomValidity(''));
 
+  // Search in the room on screen: results newest first; a click jumps to
+  // the message with the page around it loaded.
+  $('search-btn').addEventListener('click', () => {
+    const f = $('search-panel');
+    f.hidden = !f.hidden;
+    $('search-btn').setAttribute('aria-expanded', String(!f.hidden));
+    if (!f.hidden) $('search-input').focus();
+  });
+  $('search-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const r = cur();
+    const q = $('search-input').value.trim();
+    const out = $('search-results');
+    if (!r || !q) return;
+    out.replaceChildren(h('li', { class: 'side-note' }, 'Searching…'));
+    try {
+      const rep = await request({ op: 'search', room: r.name, q, limit: 20 });
+      const res = rep.results || [];
+      out.replaceChildren(...(res.length ? res.map((m) => h('li', null, h('button', {
+        type: 'button', class: 'search-hit', 'data-offset': m.offset, onclick: () => jumpTo(r, m.offset),
+      }, h('span', { class: 'from' }, String(m.from)), ' ', h('time', null, timeFmt.format(Number(m.ts) || 0)),
+      h('span', { class: 'hit-text' }, String(m.text ?? '')))))
+        : [h('li', { class: 'side-note' }, 'No messages found.')]));
+    } catch (err) {
+      out.replaceChildren(h('li', { class: 'side-note' }, err.message || 'Search failed.'));
+    }
+  });
+  $('search-panel').addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') { $('search-panel').hidden = true; $('search-btn').setAttribute('aria-expanded', 'false'); input.focus(); }
+  });
+
   $('jump').addEventListener('click', scrollToBottom);
   log.addEventListener('scroll', () => { if (nearBottom()) $('jump').hidden = true; });
   $('retry').addEventListener('click', () => {
@@ -1379,10 +1554,14 @@
   $('refresh-rooms').addEventListener('click', refreshRooms);
   $('me').addEventListener('click', () => { if (!S.user) openNickDialog(false); });
   $('nick-form').addEventListener('submit', (e) => { e.preventDefault(); submitNick(); });
+  // Whichever way the welcome card or the nickname dialog closes, the
+  // composer has the focus next.
+  nickDialog.addEventListener('close', () => input.focus());
   $('nick-cancel').addEventListener('click', () => {
     S.nickChosen = true; // "not now" is an answer too: do not ask on every visit
     save();
     nickDialog.close();
+    input.focus();
   });
   $('menu-btn').addEventListener('click', () => setDrawer('sidebar', !$('sidebar').classList.contains('open')));
   $('members-btn').addEventListener('click', () => setDrawer('members', !$('members').classList.contains('open')));
@@ -1404,7 +1583,7 @@
   });
   document.addEventListener('visibilitychange', () => {
     const r = cur();
-    if (!document.hidden && r && r.unread) { r.unread = 0; renderSidebar(); renderTitle(); }
+    if (!document.hidden && r && r.unread) { r.unread = 0; r.mentions = 0; renderSidebar(); renderTitle(); }
   });
 
   // ----------------------------------------------------------------- startup
@@ -1413,7 +1592,11 @@
     if (typeof name === 'string' && (ROOM_RE.test(name) || name.startsWith('@'))) getRoom(name, typeof peer === 'string' ? peer : null);
   }
   let fromHash = '';
-  try { fromHash = decodeURIComponent(location.hash.slice(1)); } catch { /* ignore a bad hash */ }
+  try {
+    const hash = initialHash.slice(1);
+    const m = /(?:^|&)room=([^&]*)/.exec(hash);
+    fromHash = decodeURIComponent(m ? m[1] : hash.includes('=') ? '' : hash).replace(/^#/, '');
+  } catch { /* ignore a bad hash */ }
   if (ROOM_RE.test(fromHash)) getRoom(fromHash);
   if (!S.rooms.size) getRoom('lobby');
   S.current = ROOM_RE.test(fromHash) ? fromHash
