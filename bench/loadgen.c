@@ -1696,12 +1696,12 @@ static int parse_options(int argc, char **argv, struct config *cfg)
             break;
         case OPT_JSON:
             cfg->json = 1;
-            break;
-        case OPT_ACKS:
-            cfg->acks = 1;
             cfg->echo = 0;
             if (cfg->protocol == NULL)
                 cfg->protocol = "chathub.v1";
+            break;
+        case OPT_ACKS:
+            cfg->acks = 1;
             break;
         case OPT_ROOM:
             cfg->room = optarg;
