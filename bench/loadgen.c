@@ -123,6 +123,7 @@ struct config {
     const char *joins[MAX_JOINS];    /* messages sent after the upgrade */
     unsigned njoins;                 /* entries in joins */
     int json;                        /* chathub.v1: hello + join, no echo */
+    int acks;                        /* --acks: senders pipeline acked `send`s (needs --json) */
     const char *room;                /* --json room */
     const char *protocol;            /* Sec-WebSocket-Protocol, or NULL */
     int echo;                        /* a sender receives its own messages */
@@ -161,6 +162,9 @@ struct conn {
     size_t inflight_cap;      /* capacity of inflight */
     uint64_t rng;             /* xorshift state for masking keys */
     uint64_t t_start;         /* when the TCP connect began */
+    uint64_t *ack_sent;       /* --acks: send time by id % window, owned */
+    uint32_t ack_next;        /* --acks: id of the next send (ids 1, 2 are hello, join) */
+    uint32_t ack_waiting;     /* --acks: sends not yet answered */
     uint32_t index;           /* position in conns */
     uint8_t state;            /* enum conn_state */
     uint8_t writing;          /* a uv_write is in flight */
@@ -246,6 +250,8 @@ struct loadgen {
     unsigned fanout;              /* receivers per message now (ready, less the sender
                                      without echo) */
     uint64_t json_errors;         /* error replies or pushes in --json */
+    uint64_t acked;               /* --acks: ok replies to sends inside the window */
+    uint64_t acked_total;         /* --acks: ok replies to sends over the run */
     struct histogram hist;        /* latency of counted deliveries */
     struct proc_sample before;    /* server sample at the start of the window */
     struct proc_sample after;     /* server sample at its end */
@@ -777,6 +783,61 @@ static const char *json_after(const char *h, size_t len, const char *key)
 static void became_ready(struct conn *c);
 static void send_join(struct conn *c);
 
+/* --acks: keeps --window sends with cmids unanswered on sender c, while
+ * warming up or measuring. Each reply frees one slot; replies come back
+ * in order, so the send time of id is kept at id % window. */
+static void ack_pump(struct conn *c)
+{
+    const struct config *cfg = &lg->cfg;
+    if (lg->phase != PHASE_WARMUP && lg->phase != PHASE_MEASURE)
+        return;
+    if (c->ack_sent == NULL) {
+        c->ack_sent = calloc(cfg->window, sizeof(*c->ack_sent));
+        if (c->ack_sent == NULL)
+            return;
+        c->ack_next = 3;
+    }
+    static char *msg;
+    static size_t cap;
+    if (msg == NULL) {
+        cap = cfg->size + strlen(cfg->room) + 128;
+        msg = malloc(cap);
+        if (msg == NULL)
+            return;
+    }
+    while (c->ack_waiting < cfg->window && c->state == CONN_READY) {
+        uint32_t id = c->ack_next++;
+        int n = snprintf(
+            msg, cap, "{\"op\":\"send\",\"id\":%u,\"room\":\"%s\",\"cmid\":\"lg%u-%u\",\"text\":\"",
+            id, cfg->room, c->index, id);
+        size_t o = (size_t)n;
+        memset(msg + o, 'x', cfg->size);
+        o += cfg->size;
+        msg[o++] = '"';
+        msg[o++] = '}';
+        c->ack_sent[id % cfg->window] = now_ns();
+        c->ack_waiting++;
+        frame_put(c, 1, msg, o);
+    }
+}
+
+/* --acks: the reply to send id arrived (ok or not). */
+static void ack_reply(struct conn *c, uint32_t id, int ok)
+{
+    if (c->ack_sent == NULL || c->ack_waiting == 0)
+        return;
+    c->ack_waiting--;
+    if (ok) {
+        lg->acked_total++;
+        if (lg->phase == PHASE_MEASURE) {
+            uint64_t now = now_ns(), t = c->ack_sent[id % lg->cfg.window];
+            lg->acked++;
+            hist_record(&lg->hist, now > t ? now - t : 0);
+        }
+    }
+    ack_pump(c);
+}
+
 /* A JSON message other than a published one: replies to hello and join,
  * errors. Only the head is looked at; replies start with their id. */
 static void on_json(struct conn *c, const char *h, size_t len)
@@ -784,6 +845,19 @@ static void on_json(struct conn *c, const char *h, size_t len)
     const char *end = h + len;
     const char *id = json_after(h, len, "id");
     const char *ok = json_after(h, len, "ok");
+    /* Replies start with their id; a push may carry an "id" further on. */
+    if (lg->cfg.acks && len > 6 && memcmp(h, "{\"id\":", 6) == 0 && id == h + 6) {
+        uint32_t n = (uint32_t)strtoul(id, NULL, 10);
+        if (n >= 3) {
+            if (ok != NULL && ok < end && *ok == 'f') {
+                lg->json_errors++;
+                if (lg->json_errors <= 5)
+                    say("conn %u: send refused: %.*s", c->index, (int)len, h);
+            }
+            ack_reply(c, n, ok != NULL && ok < end && *ok == 't');
+            return;
+        }
+    }
     if (ok != NULL && ok < end && *ok == 'f') {
         lg->json_errors++;
         if (lg->json_errors <= 5)
@@ -1264,9 +1338,13 @@ static void maybe_connected(void)
     lg->fanout = lg->ready - (lg->cfg.echo || lg->ready == 0 ? 0 : 1);
     for (uint32_t s = 0; s < lg->cfg.senders; s++)
         lg->senders[s].progress_ns = lg->t_send_begin;
-    if (lg->cfg.rate == 0)
+    if (lg->cfg.acks) {
+        for (uint32_t s = 0; s < lg->cfg.senders && s < lg->opened; s++)
+            ack_pump(&lg->conns[s]);
+    } else if (lg->cfg.rate == 0) {
         for (uint32_t s = 0; s < lg->cfg.senders; s++)
             pump(s);
+    }
     phase_after(lg->cfg.warmup);
 }
 
@@ -1394,6 +1472,9 @@ static void usage(FILE *f)
         "                             lg-<i>) and join --room, wait for the join reply; a\n"
         "                             sender receives no copy of its own messages\n"
         "  --room NAME                room for --json (default bench)\n"
+        "  --acks                     with --json: each sender pipelines `send`s with cmids,\n"
+        "                             --window of them unanswered; prints acks_per_sec and\n"
+        "                             the send -> ack latency (durable sends)\n"
         "  --join MSG                 text message sent after the upgrade, %%d replaced by\n"
         "                             the connection index (repeatable, before --json's);\n"
         "                             publishing stays raw text: chathub.v1 needs --json\n"
@@ -1503,6 +1584,7 @@ enum {
     OPT_DRAIN,
     OPT_JOIN,
     OPT_JSON,
+    OPT_ACKS,
     OPT_ROOM,
     OPT_PROTOCOL,
     OPT_NO_ECHO,
@@ -1540,6 +1622,7 @@ static int parse_options(int argc, char **argv, struct config *cfg)
         {"drain", required_argument, NULL, OPT_DRAIN},
         {"join", required_argument, NULL, OPT_JOIN},
         {"json", no_argument, NULL, OPT_JSON},
+        {"acks", no_argument, NULL, OPT_ACKS},
         {"room", required_argument, NULL, OPT_ROOM},
         {"protocol", required_argument, NULL, OPT_PROTOCOL},
         {"no-echo", no_argument, NULL, OPT_NO_ECHO},
@@ -1616,6 +1699,9 @@ static int parse_options(int argc, char **argv, struct config *cfg)
             cfg->echo = 0;
             if (cfg->protocol == NULL)
                 cfg->protocol = "chathub.v1";
+            break;
+        case OPT_ACKS:
+            cfg->acks = 1;
             break;
         case OPT_ROOM:
             cfg->room = optarg;
@@ -1697,6 +1783,10 @@ static int parse_options(int argc, char **argv, struct config *cfg)
     }
     if (cfg->grace >= cfg->duration) {
         say("--grace must be shorter than --duration");
+        return -1;
+    }
+    if (cfg->acks && (!cfg->json || cfg->window == 0 || cfg->rate > 0)) {
+        say("--acks needs --json and a --window (and no --rate)");
         return -1;
     }
     if (cfg->json && cfg->binary) {
@@ -1847,6 +1937,12 @@ static void report(void)
     printf("gaps=%" PRIu64 "\n", lg->gaps);
     printf("window_stalls=%" PRIu64 "\n", lg->stalls);
     printf("json_errors=%" PRIu64 "\n", lg->json_errors);
+    if (cfg->acks) {
+        /* Acked durable sends: the latency figures below are send -> ack. */
+        printf("acks=%" PRIu64 "\n", lg->acked);
+        printf("acks_total=%" PRIu64 "\n", lg->acked_total);
+        printf("acks_per_sec=%.0f\n", window > 0 ? lg->acked / window : 0);
+    }
     printf("publishes_per_sec=%.0f\n", window > 0 ? lg->published / window : 0);
     printf("deliveries_per_sec=%.0f\n", window > 0 ? lg->delivered / window : 0);
     const struct histogram *h = &lg->hist;
@@ -1925,7 +2021,7 @@ int main(int argc, char **argv)
         if (lg->senders[s].got == NULL)
             return 1;
     }
-    if (!cfg->echo && cfg->conns < 2 && cfg->senders > 0) {
+    if (!cfg->echo && !cfg->acks && cfg->conns < 2 && cfg->senders > 0) {
         say("without echo a sender needs another connection to receive");
         return 2;
     }
@@ -1957,6 +2053,7 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < cfg->conns; i++) {
         free(lg->conns[i].out);
         free(lg->conns[i].inflight);
+        free(lg->conns[i].ack_sent);
     }
     free(lg->conns);
     for (unsigned s = 0; s < cfg->senders; s++)

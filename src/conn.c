@@ -55,6 +55,8 @@
 
 #define HUB_IO_READ_SIZE (64 * 1024)
 #define HUB_IO_MAX_IOVS 64
+/* Bytes one write takes at most, so that `inflight` fits 32 bits. */
+#define HUB_IO_MAX_BATCH (1u << 30)
 /* Slices one TLS batch takes: the records are filled from all of them, so a
  * fan-out of many small frames in one iteration still makes full records
  * (512 frames of 32 bytes fill one). 16 KiB of stack for the three arrays. */
@@ -75,6 +77,7 @@ struct hub_io {
     struct hub_conn_link slots[WHEEL_SLOTS]; /* deadline lists, by tick */
     uv_write_t *free_wreqs;                  /* pooled write requests, linked through data */
     struct hub_conn *flush_head;             /* connections with output to write (LIFO) */
+    void *data;                              /* the owner's pointer (hub_io_set_data) */
     int handles_open;                        /* handles whose close callback is still due */
     char rbuf[HUB_IO_READ_SIZE];             /* the read buffer lent to every connection */
 };
@@ -84,6 +87,23 @@ static void io_handle_closed(uv_handle_t *h);
 static void conn_do_close(struct hub_conn *c);
 static int conn_reads_update(struct hub_conn *c);
 static void conn_schedule(struct hub_conn *c);
+
+const struct hub_conn_ops hub_conn_ops_none = {0};
+
+void hub_conn_ops_policy(struct hub_conn_ops *ops, size_t out_limit)
+{
+    size_t high = out_limit / 2, low = out_limit / 4;
+    ops->soft_limit = 0;
+    ops->soft_hold_ms = 0;
+    ops->high_water = high > UINT32_MAX ? UINT32_MAX : (uint32_t)high;
+    ops->low_water = low > UINT32_MAX ? UINT32_MAX : (uint32_t)low;
+}
+
+/* The loop's time in 32-bit ms (see hub_conn_ms_after). */
+static uint32_t io_now32(const struct hub_io *io)
+{
+    return (uint32_t)uv_now(io->loop);
+}
 
 static void link_init(struct hub_conn_link *l)
 {
@@ -111,8 +131,9 @@ static void link_append(struct hub_conn_link *head, struct hub_conn_link *l)
 static void wheel_timer_cb(uv_timer_t *t)
 {
     struct hub_io *io = HUB_CONTAINER_OF(t, struct hub_io, wheel_timer);
-    uint64_t now = uv_now(io->loop);
-    uint64_t until = now / WHEEL_TICK_MS;
+    uint64_t now64 = uv_now(io->loop);
+    uint32_t now = (uint32_t)now64;
+    uint64_t until = now64 / WHEEL_TICK_MS;
     struct hub_conn_link expired;
     link_init(&expired);
     for (; io->wheel_tick <= until; io->wheel_tick++) {
@@ -121,7 +142,7 @@ static void wheel_timer_cb(uv_timer_t *t)
         while (l != head) {
             struct hub_conn_link *next = l->next;
             struct hub_conn *c = HUB_CONTAINER_OF(l, struct hub_conn, wheel);
-            if (c->due <= now) {
+            if (!hub_conn_ms_after(c->due, now)) {
                 link_remove(l);
                 link_append(&expired, l);
             }
@@ -133,24 +154,24 @@ static void wheel_timer_cb(uv_timer_t *t)
     while (expired.next != &expired) {
         struct hub_conn *c = HUB_CONTAINER_OF(expired.next, struct hub_conn, wheel);
         link_remove(&c->wheel);
-        c->due = 0;
         if (!(c->flags & HUB_CONN_CLOSING))
-            c->on_timeout(c);
+            c->ops->on_timeout(c);
     }
 }
 
 void hub_conn_set_timeout(struct hub_conn *c, uint64_t ms)
 {
-    if (c->due != 0) {
+    if (c->wheel.next != &c->wheel)
         link_remove(&c->wheel);
-        c->due = 0;
-    }
     if (ms == 0 || c->io == NULL || (c->flags & HUB_CONN_CLOSING))
         return;
     struct hub_io *io = c->io;
-    c->due = uv_now(io->loop) + ms;
+    if (ms > INT32_MAX)
+        ms = INT32_MAX; /* 24 days: what 32-bit times compare (conn.h) */
+    uint64_t due = uv_now(io->loop) + ms;
+    c->due = (uint32_t)due;
     /* Round up to a tick boundary, never into a tick already processed. */
-    uint64_t tick = (c->due + WHEEL_TICK_MS - 1) / WHEEL_TICK_MS;
+    uint64_t tick = (due + WHEEL_TICK_MS - 1) / WHEEL_TICK_MS;
     if (tick < io->wheel_tick)
         tick = io->wheel_tick;
     link_append(&io->slots[tick & (WHEEL_SLOTS - 1)], &c->wheel);
@@ -161,21 +182,19 @@ uint64_t hub_conn_now(const struct hub_conn *c)
     return c->io != NULL ? uv_now(c->io->loop) : 0;
 }
 
-void hub_conn_set_soft_limit(struct hub_conn *c, size_t bytes, uint32_t hold_ms)
-{
-    c->soft_limit = bytes;
-    c->soft_hold_ms = hold_ms;
-}
-
 /* Notes when the queue crosses the soft limit, in either direction. */
 static void conn_track_soft(struct hub_conn *c)
 {
-    if (c->soft_limit == 0)
+    uint32_t soft = c->ops->soft_limit;
+    if (soft == 0)
         return;
-    if (c->out.bytes <= c->soft_limit)
+    if (c->out.bytes <= soft) {
         c->over_soft_since = 0;
-    else if (c->over_soft_since == 0)
-        c->over_soft_since = hub_conn_now(c) + 1; /* + 1: never 0 once set */
+    } else if (c->over_soft_since == 0) {
+        c->over_soft_since = (uint32_t)hub_conn_now(c) + 1; /* + 1: set, even at 0 */
+        if (c->over_soft_since == 0)
+            c->over_soft_since = 1; /* the 32-bit clock wrapped: off by 1 ms */
+    }
 }
 
 /* Called after every change of c's queue, with its byte count before the
@@ -188,13 +207,16 @@ static void conn_queued(struct hub_conn *c, size_t before)
     hub_metrics.output_queued += c->out.bytes;
     hub_metrics.output_queued -= before;
     conn_track_soft(c);
-    if (c->high_water == 0 || (c->flags & HUB_CONN_CLOSING))
+    const struct hub_conn_ops *ops = c->ops;
+    if (ops->high_water == 0 || (c->flags & HUB_CONN_CLOSING))
         return;
-    if (!(c->flags & HUB_CONN_PAUSED_OUTPUT) && c->out.bytes > c->high_water) {
+    if (!(c->flags & HUB_CONN_PAUSED_OUTPUT) && c->out.bytes > ops->high_water) {
         c->flags |= HUB_CONN_PAUSED_OUTPUT;
         hub_metrics.read_pauses++;
         conn_reads_update(c);
-    } else if ((c->flags & HUB_CONN_PAUSED_OUTPUT) && c->out.bytes <= c->low_water) {
+    } else if ((c->flags & HUB_CONN_PAUSED_OUTPUT) &&
+               c->out.bytes <=
+                   (ops->low_water <= ops->high_water ? ops->low_water : ops->high_water)) {
         c->flags &= ~HUB_CONN_PAUSED_OUTPUT;
         conn_reads_update(c);
     }
@@ -358,6 +380,16 @@ uv_loop_t *hub_io_loop(struct hub_io *io)
     return io->loop;
 }
 
+void hub_io_set_data(struct hub_io *io, void *data)
+{
+    io->data = data;
+}
+
+void *hub_io_data(const struct hub_io *io)
+{
+    return io->data;
+}
+
 int hub_conn_init(struct hub_conn *c, struct hub_io *io, size_t out_limit)
 {
     memset(c, 0, sizeof(*c));
@@ -365,23 +397,17 @@ int hub_conn_init(struct hub_conn *c, struct hub_io *io, size_t out_limit)
         return HUB_EIO;
     c->tcp.data = c;
     c->io = io;
-    c->last_rx = uv_now(io->loop);
+    c->ops = &hub_conn_ops_none;
+    c->last_rx = io_now32(io);
     link_init(&c->wheel);
     hub_outq_init(&c->out, out_limit);
-    c->high_water = out_limit / 2;
-    c->low_water = out_limit / 4;
     return 0;
-}
-
-void hub_conn_set_watermarks(struct hub_conn *c, size_t high, size_t low)
-{
-    c->high_water = high;
-    c->low_water = low <= high ? low : high;
 }
 
 void hub_conn_init_detached(struct hub_conn *c, size_t out_limit)
 {
     memset(c, 0, sizeof(*c));
+    c->ops = &hub_conn_ops_none;
     link_init(&c->wheel);
     hub_outq_init(&c->out, out_limit);
 }
@@ -400,9 +426,9 @@ static void conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static int conn_tls_plain(void *user, const char *data, size_t len)
 {
     struct hub_conn *c = user;
-    if (hub_conn_closing(c) || c->on_read == NULL)
+    if (hub_conn_closing(c) || c->ops->on_read == NULL)
         return 1;
-    c->on_read(c, data, len);
+    c->ops->on_read(c, data, len);
     return hub_conn_closing(c);
 }
 
@@ -453,15 +479,15 @@ static void conn_deliver(struct hub_conn *c, const char *data, size_t len)
         return;
     }
 #endif
-    if (c->on_read != NULL)
-        c->on_read(c, data, len);
+    if (c->ops->on_read != NULL)
+        c->ops->on_read(c, data, len);
 }
 
 static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct hub_conn *c = s->data;
     if (nread > 0) {
-        c->last_rx = uv_now(c->io->loop);
+        c->last_rx = io_now32(c->io);
         hub_metrics.bytes_in += (uint64_t)nread;
         c->bytes_in += (uint64_t)nread;
         /* Input after a close decision is discarded: the peer is being
@@ -512,6 +538,12 @@ int hub_conn_accept(struct hub_conn *c, uv_stream_t *server)
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0)
         return HUB_EIO;
     uv_tcp_nodelay(&c->tcp, 1);
+    /* The address in binary only: formatting it (inet_ntop) costs more than
+     * the rest of the accept, and only a log line or a proxy needs text. */
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+        hub_conn_set_client_addr(c, (const struct sockaddr *)&ss);
     c->flags |= HUB_CONN_ACCEPTED | HUB_CONN_READ_STOPPED;
     return conn_reads_update(c) == 0 || (c->flags & HUB_CONN_CLOSING) ? 0 : HUB_EIO;
 }
@@ -529,7 +561,8 @@ int hub_conn_send(struct hub_conn *c, struct hub_shared *chunk)
 {
     if (hub_conn_closing(c))
         return HUB_ECLOSED;
-    if (c->over_soft_since != 0 && hub_conn_now(c) + 1 - c->over_soft_since >= c->soft_hold_ms)
+    if (c->over_soft_since != 0 &&
+        (uint32_t)hub_conn_now(c) + 1 - c->over_soft_since >= c->ops->soft_hold_ms)
         return HUB_ENOBUFS;
     size_t before = c->out.bytes;
     int rc = hub_outq_push(&c->out, chunk);
@@ -684,7 +717,6 @@ static void conn_write_cb(uv_write_t *req, int status)
 {
     struct hub_conn *c = req->data;
     wreq_put(c->io, req);
-    c->wreq = NULL;
     c->flags &= ~HUB_CONN_WRITING;
     if (c->flags & HUB_CONN_CLOSING)
         return; /* cancelled by uv_close; close_cb releases the queue */
@@ -714,20 +746,19 @@ static void conn_write_cb(uv_write_t *req, int status)
  * failure the connection is closed. Returns 0 or HUB_EIO. */
 static int conn_start_write(struct hub_conn *c, uv_buf_t *bufs, unsigned n, size_t total)
 {
-    c->wreq = wreq_get(c->io);
-    if (c->wreq == NULL) {
+    uv_write_t *w = wreq_get(c->io);
+    if (w == NULL) {
         hub_conn_close(c);
         return HUB_EIO;
     }
-    c->wreq->data = c;
-    int rc = uv_write(c->wreq, (uv_stream_t *)&c->tcp, bufs, n, conn_write_cb);
+    w->data = c;
+    int rc = uv_write(w, (uv_stream_t *)&c->tcp, bufs, n, conn_write_cb);
     if (rc != 0) {
-        wreq_put(c->io, c->wreq);
-        c->wreq = NULL;
+        wreq_put(c->io, w);
         hub_conn_close(c);
         return HUB_EIO;
     }
-    c->inflight = total;
+    c->inflight = (uint32_t)total; /* batches stay below HUB_IO_MAX_BATCH */
     c->flags |= HUB_CONN_WRITING;
     return 0;
 }
@@ -804,6 +835,26 @@ static void conn_flush_tls(struct hub_conn *c)
 }
 #endif
 
+/* The next write's slices of c's queue, into bufs (HUB_IO_MAX_IOVS of
+ * them, at most HUB_IO_MAX_BATCH bytes unless one chunk alone is more);
+ * their total into *total. */
+static unsigned batch(struct hub_conn *c, const char **bases, size_t *lens, uv_buf_t *bufs,
+                      size_t *total)
+{
+    unsigned n = hub_outq_peek(&c->out, bases, lens, HUB_IO_MAX_IOVS);
+    size_t sum = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (i > 0 && sum + lens[i] > HUB_IO_MAX_BATCH) {
+            n = i;
+            break;
+        }
+        bufs[i] = uv_buf_init((char *)bases[i], (unsigned)lens[i]);
+        sum += lens[i];
+    }
+    *total = sum;
+    return n;
+}
+
 static void conn_flush(struct hub_conn *c)
 {
     if (c->flags & (HUB_CONN_WRITING | HUB_CONN_CLOSING))
@@ -818,12 +869,8 @@ static void conn_flush(struct hub_conn *c)
         const char *bases[HUB_IO_MAX_IOVS];
         size_t lens[HUB_IO_MAX_IOVS];
         uv_buf_t bufs[HUB_IO_MAX_IOVS];
-        unsigned n = hub_outq_peek(&c->out, bases, lens, HUB_IO_MAX_IOVS);
         size_t total = 0;
-        for (unsigned i = 0; i < n; i++) {
-            bufs[i] = uv_buf_init((char *)bases[i], (unsigned)lens[i]);
-            total += lens[i];
-        }
+        unsigned n = batch(c, bases, lens, bufs, &total);
         int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
         if (w > 0) {
             hub_metrics.bytes_out += (uint64_t)w;
@@ -842,12 +889,7 @@ static void conn_flush(struct hub_conn *c)
         }
         /* The socket is full: hand what is left of this batch to one
          * uv_write, which completes when the kernel takes it. */
-        n = hub_outq_peek(&c->out, bases, lens, HUB_IO_MAX_IOVS);
-        total = 0;
-        for (unsigned i = 0; i < n; i++) {
-            bufs[i] = uv_buf_init((char *)bases[i], (unsigned)lens[i]);
-            total += lens[i];
-        }
+        n = batch(c, bases, lens, bufs, &total);
         conn_start_write(c, bufs, n, total);
         return;
     }
@@ -867,7 +909,8 @@ static void conn_close_cb(uv_handle_t *h)
     hub_tls_free(c->tls);
     c->tls = NULL;
 #endif
-    c->on_close(c);
+    if (c->ops->on_close != NULL)
+        c->ops->on_close(c);
 }
 
 static void conn_shutdown_cb(uv_shutdown_t *req, int status)
@@ -919,25 +962,71 @@ void hub_conn_close(struct hub_conn *c)
     uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
 }
 
+int hub_conn_set_client_addr(struct hub_conn *c, const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        memcpy(c->addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        c->addr_family = HUB_CONN_AF_INET;
+        return 0;
+    }
+    if (sa->sa_family == AF_INET6) {
+        memcpy(c->addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+        c->addr_family = HUB_CONN_AF_INET6;
+        return 0;
+    }
+    return HUB_EINVAL;
+}
+
+/* Copies src into out (outsz bytes), cut short if it must be. */
+static void copy_text(char *out, size_t outsz, const char *src)
+{
+    if (outsz == 0)
+        return;
+    size_t n = strlen(src);
+    n = n < outsz - 1 ? n : outsz - 1;
+    memcpy(out, src, n);
+    out[n] = '\0';
+}
+
+/* Writes b[0..3] as a dotted quad; out has room for 16 bytes. Returns the
+ * length. By hand: snprintf and inet_ntop cost ten times as much. */
+static size_t format_ip4(const uint8_t *b, char *out)
+{
+    char *p = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        *p++ = i < 3 ? '.' : '\0';
+    }
+    return (size_t)(p - out - 1);
+}
+
+/* The text of c's address into out (outsz >= 16; an IPv6 address needs 46). */
+static void format_addr(const struct hub_conn *c, char *out, size_t outsz)
+{
+    if (c->addr_family == HUB_CONN_AF_INET) {
+        char tmp[16];
+        format_ip4(c->addr, outsz >= sizeof(tmp) ? out : tmp);
+        if (outsz < sizeof(tmp))
+            copy_text(out, outsz, tmp);
+    } else if (c->addr_family == HUB_CONN_AF_INET6) {
+        if (uv_inet_ntop(AF_INET6, c->addr, out, outsz) != 0)
+            snprintf(out, outsz, "?");
+    } else {
+        snprintf(out, outsz, "%s", c->io == NULL ? "detached" : "?");
+    }
+}
+
 const char *hub_conn_peer(const struct hub_conn *c)
 {
-    /* Asked for only on rare paths (logs, accept), so the address is not
-     * kept in every connection. */
+    /* Asked for only on rare paths (logs), so the text is not kept in every
+     * connection, nor made at accept. */
     static char text[64];
-    if (c->addr != NULL)
-        return c->addr;
-    if (c->io == NULL)
-        return "detached";
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    text[0] = '?';
-    text[1] = '\0';
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET6)
-            uv_ip6_name((struct sockaddr_in6 *)&ss, text, sizeof(text));
-        else
-            uv_ip4_name((struct sockaddr_in *)&ss, text, sizeof(text));
-    }
+    format_addr(c, text, sizeof(text));
     return text;
 }
 
@@ -952,20 +1041,24 @@ int hub_conn_pause(struct hub_conn *c, int paused)
     return conn_reads_update(c);
 }
 
-int hub_conn_addr_key(const struct sockaddr *sa, char *out, size_t outsz)
+/* The limit key of an address in binary (see hub_conn_addr_key). */
+static int addr_key(int family, const uint8_t *b, char *out, size_t outsz)
 {
     static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    snprintf(out, outsz, "?");
-    if (sa->sa_family == AF_INET) {
-        uv_ip4_name((const struct sockaddr_in *)sa, out, outsz);
+    if (family == HUB_CONN_AF_INET6 && memcmp(b, v4mapped, sizeof(v4mapped)) == 0) {
+        family = HUB_CONN_AF_INET;
+        b += 12;
+    }
+    if (family == HUB_CONN_AF_INET) {
+        char tmp[16];
+        format_ip4(b, outsz >= sizeof(tmp) ? out : tmp);
+        if (outsz < sizeof(tmp))
+            copy_text(out, outsz, tmp);
         return 0;
     }
-    if (sa->sa_family != AF_INET6)
+    if (family != HUB_CONN_AF_INET6) {
+        snprintf(out, outsz, "?");
         return HUB_EINVAL;
-    const uint8_t *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-    if (memcmp(b, v4mapped, sizeof(v4mapped)) == 0) {
-        snprintf(out, outsz, "%u.%u.%u.%u", b[12], b[13], b[14], b[15]);
-        return 0;
     }
     /* The /64: the first four groups, in the same lower-case hex without
      * leading zeros that inet_ntop uses. */
@@ -975,17 +1068,23 @@ int hub_conn_addr_key(const struct sockaddr *sa, char *out, size_t outsz)
     return 0;
 }
 
+int hub_conn_addr_key(const struct sockaddr *sa, char *out, size_t outsz)
+{
+    if (sa->sa_family == AF_INET)
+        return addr_key(HUB_CONN_AF_INET,
+                        (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr, out, outsz);
+    if (sa->sa_family == AF_INET6)
+        return addr_key(HUB_CONN_AF_INET6, ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr,
+                        out, outsz);
+    snprintf(out, outsz, "?");
+    return HUB_EINVAL;
+}
+
 int hub_conn_peer_key(const struct hub_conn *c, char *out, size_t outsz)
 {
-    if (c->io == NULL) {
-        snprintf(out, outsz, "detached");
+    if (c->addr_family == HUB_CONN_AF_NONE) {
+        snprintf(out, outsz, "%s", c->io == NULL ? "detached" : "?");
         return HUB_EINVAL;
     }
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) {
-        snprintf(out, outsz, "?");
-        return HUB_EINVAL;
-    }
-    return hub_conn_addr_key((const struct sockaddr *)&ss, out, outsz);
+    return addr_key(c->addr_family, c->addr, out, outsz);
 }

@@ -257,8 +257,10 @@ static int past_hold(const struct hub_flow *f, const struct hub_conn *c)
 {
     if (c->over_soft_since == 0)
         return 0;
-    uint64_t now = c->io != NULL ? hub_conn_now(c) : flow_now(f);
-    return now >= c->over_soft_since && now - c->over_soft_since >= c->soft_hold_ms;
+    /* The conn keeps 32-bit times (conn.h): compared by difference. */
+    uint32_t now = (uint32_t)(c->io != NULL ? hub_conn_now(c) : flow_now(f));
+    return !hub_conn_ms_after(c->over_soft_since, now) &&
+           now - c->over_soft_since >= c->ops->soft_hold_ms;
 }
 
 int hub_flow_new(struct hub_flow **out, uv_loop_t *loop, const struct hub_flow_config *cfg)
@@ -335,8 +337,8 @@ void hub_flow_poll(struct hub_flow *f)
         if (fc->ncongests == 0)
             continue;
         struct hub_conn *c = fc->conn;
-        int drained = c->out.bytes <= c->soft_limit / 2 || hub_conn_closing(c);
-        if (drained || past_hold(f, c) || now + 1 - fc->congested_since >= c->soft_hold_ms) {
+        int drained = c->out.bytes <= c->ops->soft_limit / 2 || hub_conn_closing(c);
+        if (drained || past_hold(f, c) || now + 1 - fc->congested_since >= c->ops->soft_hold_ms) {
             uncongest(f, fc);
             fc->congested_since = 0;
             if (!drained && !fc->spent) {
@@ -350,7 +352,7 @@ void hub_flow_poll(struct hub_flow *f)
     for (struct flow_conn *fc = f->conn_list, *next; fc != NULL && f->nspent > 0; fc = next) {
         next = fc->next;
         struct hub_conn *c = fc->conn;
-        if (fc->spent && (c->out.bytes <= c->soft_limit / 2 || hub_conn_closing(c))) {
+        if (fc->spent && (c->out.bytes <= c->ops->soft_limit / 2 || hub_conn_closing(c))) {
             fc->spent = 0;
             f->nspent--;
             apply(f, fc);

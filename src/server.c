@@ -47,6 +47,7 @@
 #include "hub/tls.h"
 #endif
 
+#include <assert.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,11 +57,10 @@
 #define HUB_VERSION "0.0.0"
 #endif
 
-#define DRAIN_BATCH 500          /* WebSockets told to go per drain step */
-#define DRAIN_STEP_MS 50         /* time between drain steps */
-#define RETRY_MIN_MS 1000        /* bye: earliest suggested reconnect */
-#define RETRY_SPREAD_MS 4000     /* bye: spread of the suggested reconnects */
-#define CLIENT_MAGIC 0x63687562u /* marks a struct client, for the drain walk */
+#define DRAIN_BATCH 500      /* WebSockets told to go per drain step */
+#define DRAIN_STEP_MS 50     /* time between drain steps */
+#define RETRY_MIN_MS 1000    /* bye: earliest suggested reconnect */
+#define RETRY_SPREAD_MS 4000 /* bye: spread of the suggested reconnects */
 
 /* Connections per peer address: per IPv4 address, per IPv6 /64
  * (hub_conn_addr_key). */
@@ -101,6 +101,8 @@ struct hub_server {
     uint64_t rng;                     /* jitter for bye retry delays */
     uint64_t raw_rooms_refused;       /* raw upgrades answered 503 by --max-total-rooms */
     struct sockaddr_storage bound;    /* the address the listener is bound to */
+    struct hub_conn_ops http_ops;     /* what clients do and may queue before the upgrade */
+    struct hub_conn_ops ws_ops;       /* and after it (with the soft output limit) */
 };
 
 enum client_phase {
@@ -109,23 +111,37 @@ enum client_phase {
     PHASE_JSON, /* chathub.v1 WebSocket */
 };
 
+/* Why the hub cut a connection without a close handshake (client.cut). */
+enum client_cut {
+    CUT_NONE,     /* it did not */
+    CUT_PING,     /* no answer to ping */
+    CUT_SHUTDOWN, /* the drain's deadline passed */
+};
+
+static const char *const cut_text[] = {NULL, "no answer to ping", "cut at shutdown"};
+
+/* One per connection, for as long as it is open: every byte here is paid
+ * by every idle connection (bench/RESULTS.md), so it is kept to what an
+ * idle connection needs. Its address lives in conn (binary, formatted only
+ * for logs); the per-address counter is found again by that address. A
+ * struct client is recognised (drain walk) by conn.ops pointing at one of
+ * its server's two hub_conn_ops. */
 struct client {
     struct hub_conn conn;         /* the socket, embedded; must be first */
-    uint32_t magic;               /* CLIENT_MAGIC */
     struct hub_server *server;    /* borrowed */
     struct hub_http *http;        /* HTTP state until the upgrade, owned */
     struct hub_ws *ws;            /* WebSocket state after it, owned */
     struct hub_chat_client *chat; /* chat membership, owned */
-    struct ip_count *ip;          /* this address's counter, borrowed */
-    uint64_t ping_sent;           /* loop time of the unanswered ping, 0 = none */
-    int phase;                    /* enum client_phase */
-    int told_to_go;               /* drain: close already started */
-    uint32_t requests;            /* HTTP requests answered on this connection */
-    int via_proxy;                /* the peer is a --trust-proxy: counted per request */
-    char addr[64];                /* the client's address for logs (conn.addr points here) */
     uint64_t ws_since;            /* loop time of the upgrade, 0 before */
-    const char *cut;              /* why the hub cut the connection without a close, or NULL */
     struct api_wait *api;         /* a server API request's state, owned, or NULL */
+    uint32_t ping_sent;           /* loop time (32-bit ms) of the unanswered ping, if ping_out */
+    uint8_t phase;                /* enum client_phase */
+    uint8_t cut;                  /* enum client_cut */
+    unsigned ping_out : 1;        /* a ping is unanswered */
+    unsigned told_to_go : 1;      /* drain: close already started */
+    unsigned had_request : 1;     /* an HTTP request arrived on this connection */
+    unsigned via_proxy : 1;       /* the peer is a --trust-proxy: counted per request */
+    unsigned ip_counted : 1;      /* counted in the server's per-address table */
 };
 
 /* A connection whose API request is answered later (api.h): the call to
@@ -198,7 +214,7 @@ static void client_log(struct client *cl, int level, const char *event, int code
     int closed = strcmp(event, "close") == 0; /* only the close line has totals */
     struct hub_log_conn e = {
         .event = event,
-        .addr = cl->addr,
+        .addr = hub_conn_peer(&cl->conn),
         .mode = cl->phase == PHASE_RAW    ? "raw"
                 : cl->phase == PHASE_JSON ? "json"
                                           : "http",
@@ -223,7 +239,7 @@ static void client_log_close(struct client *cl)
     else if (theirs != 1006)
         client_log(cl, HUB_LOG_INFO, "close", theirs, hub_ws_close_name(theirs), "client", NULL);
     else
-        client_log(cl, HUB_LOG_INFO, "close", 1006, cl->cut ? cl->cut : "connection lost",
+        client_log(cl, HUB_LOG_INFO, "close", 1006, cl->cut ? cut_text[cl->cut] : "connection lost",
                    cl->cut ? "hub" : NULL, NULL);
 }
 
@@ -254,7 +270,7 @@ static int ip_acquire_key(struct client *cl, const char *peer)
     if (s->cfg.max_conns_per_ip != 0 && (*pp)->n >= s->cfg.max_conns_per_ip)
         return HUB_ELIMIT;
     (*pp)->n++;
-    cl->ip = *pp;
+    cl->ip_counted = 1;
     return 0;
 }
 
@@ -266,16 +282,22 @@ static int ip_acquire(struct client *cl)
     return ip_acquire_key(cl, peer);
 }
 
+/* Counts cl's connection off the address it was counted under: the key of
+ * the client address in conn, which does not change while counted. */
 static void ip_release(struct client *cl)
 {
-    if (cl->ip == NULL)
+    if (!cl->ip_counted)
         return;
-    if (--cl->ip->n == 0) {
-        struct ip_count **pp = ip_slot(cl->server, cl->ip->ip);
-        *pp = cl->ip->next;
-        free(cl->ip);
+    cl->ip_counted = 0;
+    char key[HUB_CONN_ADDR_KEY_SIZE];
+    hub_conn_peer_key(&cl->conn, key, sizeof(key));
+    struct ip_count **pp = ip_slot(cl->server, key);
+    struct ip_count *e = *pp;
+    assert(e != NULL);
+    if (e != NULL && --e->n == 0) {
+        *pp = e->next;
+        free(e);
     }
-    cl->ip = NULL;
 }
 
 /* ---- clients behind a trusted proxy ------------------------------------ */
@@ -308,14 +330,15 @@ static int proxy_client(struct client *cl, const struct hub_http_request *req)
                           req->forwarded_for, req->forwarded, &client))
         client = peer;
     hub_conn_addr_key((struct sockaddr *)&client, key, sizeof(key));
-    if (client.ss_family == AF_INET6)
-        uv_ip6_name((struct sockaddr_in6 *)&client, cl->addr, sizeof(cl->addr));
-    else
-        uv_ip4_name((struct sockaddr_in *)&client, cl->addr, sizeof(cl->addr));
-    cl->conn.addr = cl->addr;
-    if (cl->ip != NULL && strcmp(cl->ip->ip, key) == 0)
+    char old[HUB_CONN_ADDR_KEY_SIZE];
+    if (cl->ip_counted && hub_conn_peer_key(&cl->conn, old, sizeof(old)) == 0 &&
+        strcmp(old, key) == 0) {
+        hub_conn_set_client_addr(&cl->conn, (struct sockaddr *)&client);
         return 0;
+    }
+    /* Released under the old address before the new one replaces it. */
     ip_release(cl);
+    hub_conn_set_client_addr(&cl->conn, (struct sockaddr *)&client);
     return ip_acquire_key(cl, key);
 }
 
@@ -427,7 +450,6 @@ static void client_on_close(struct hub_conn *c)
     hub_http_free(cl->http);
     ip_release(cl);
     (*phase_gauge(cl->phase))--;
-    cl->magic = 0;
     free(cl);
     s->nclients--;
     if (s->stopping && s->nclients == 0)
@@ -453,7 +475,7 @@ static void client_on_timeout(struct hub_conn *c)
         hub_metrics.refused[HUB_REFUSE_TIMEOUT]++;
         /* A request begun and not finished (slowloris) is worth a line; an
          * idle keep-alive or a browser's unused preconnect is not. */
-        int partial = c->bytes_in > 0 && cl->requests == 0;
+        int partial = c->bytes_in > 0 && !cl->had_request;
         client_log(cl, partial ? HUB_LOG_INFO : HUB_LOG_DEBUG, "refused", -1,
                    partial ? "request not complete in time" : "idle", NULL, NULL);
         hub_conn_close(c);
@@ -463,21 +485,23 @@ static void client_on_timeout(struct hub_conn *c)
         hub_conn_close(c); /* the close handshake went unanswered */
         return;
     }
-    uint64_t now = hub_conn_now(c);
+    uint32_t now = (uint32_t)hub_conn_now(c);
     /* A connection the hub itself does not read (flow.h) cannot show that
      * it is alive: its silence is not held against it. */
-    if (cl->ping_sent != 0 && c->last_rx < cl->ping_sent && !(c->flags & HUB_CONN_PAUSED_OWNER)) {
+    if (cl->ping_out && hub_conn_ms_after(cl->ping_sent, c->last_rx) &&
+        !(c->flags & HUB_CONN_PAUSED_OWNER)) {
         /* Not a single byte since our ping: the peer or the path is dead. */
         hub_metrics.heartbeat_closes++;
-        cl->cut = "no answer to ping";
+        cl->cut = CUT_PING;
         hub_conn_close(c);
         return;
     }
-    if (cl->ping_sent != 0) {
-        cl->ping_sent = 0;
+    if (cl->ping_out) {
+        cl->ping_out = 0;
         hub_conn_set_timeout(c, s->cfg.ping_interval_ms - s->cfg.pong_timeout_ms);
         return;
     }
+    cl->ping_out = 1;
     cl->ping_sent = now;
     hub_ws_ping(cl->ws);
     hub_conn_set_timeout(c, s->cfg.pong_timeout_ms);
@@ -580,7 +604,7 @@ static int client_upgrade(struct client *cl, struct hub_http *h, const struct hu
     char rname[72];
     snprintf(rname, sizeof(rname), "%.*s", (int)(room.len < 64 ? room.len : 64), room.base);
     client_log(cl, HUB_LOG_INFO, "open", -1, NULL, NULL, json ? NULL : rname);
-    hub_conn_set_soft_limit(&cl->conn, s->cfg.soft_output, s->cfg.soft_hold_ms);
+    cl->conn.ops = &s->ws_ops; /* the soft output limit from now on */
     hub_conn_set_timeout(&cl->conn, s->cfg.ping_interval_ms);
     cl->chat =
         hub_chat_client_new_as(s->chat, cl->ws, json ? HUB_CHAT_JSON : HUB_CHAT_RAW, room, &ident);
@@ -837,7 +861,7 @@ static int client_api(struct client *cl, struct hub_http *h, const struct hub_ht
         .query = req->query,
         .authorization = req->authorization,
         .body = req->body,
-        .peer = cl->addr,
+        .peer = hub_conn_peer(&cl->conn),
         .now = hub_conn_now(&cl->conn),
     };
     cl->api->sync = 1;
@@ -851,7 +875,7 @@ static int client_on_request(struct hub_http *h, const struct hub_http_request *
     struct client *cl = data;
     struct hub_server *s = cl->server;
     hub_metrics.http_requests++;
-    cl->requests++;
+    cl->had_request = 1;
     if (cl->via_proxy && proxy_client(cl, req) != 0)
         return refuse_per_ip(cl, h);
     /* The next request on this connection gets a fresh deadline. */
@@ -979,21 +1003,17 @@ static void server_on_connection(uv_stream_t *listener, int status)
         return;
     }
     cl->server = s;
-    cl->magic = CLIENT_MAGIC;
     cl->phase = PHASE_HTTP;
     hub_metrics.conns_http++;
     hub_metrics.accepted++;
-    cl->conn.on_read = client_on_read;
-    cl->conn.on_close = client_on_close;
-    cl->conn.on_timeout = client_on_timeout;
+    cl->conn.ops = &s->http_ops;
     s->nclients++;
+    /* The address is kept in binary by the accept, for the logs (even
+     * after the socket is gone) and the per-address count. */
     if (hub_conn_accept(&cl->conn, listener) != 0) {
         hub_conn_close(&cl->conn);
         return;
     }
-    /* The address, once: logs need it after the socket is gone too. */
-    snprintf(cl->addr, sizeof(cl->addr), "%s", hub_conn_peer(&cl->conn));
-    cl->conn.addr = cl->addr;
     if (s->cfg.tls != NULL && hub_conn_use_tls(&cl->conn, s->cfg.tls) != 0) {
         hub_metrics.refused[HUB_REFUSE_NOMEM]++;
         hub_conn_close(&cl->conn);
@@ -1037,7 +1057,7 @@ static void tell_to_go(struct hub_server *s, struct client *cl)
         /* A connection that has not had an answer yet may be a health check
          * on its way (or an API call waiting for the engine); it is let go
          * once it has had one. */
-        if (cl->requests == 0 || (cl->api != NULL && cl->api->call != NULL))
+        if (!cl->had_request || (cl->api != NULL && cl->api->call != NULL))
             return;
         cl->told_to_go = 1;
         hub_conn_close_after_flush(&cl->conn);
@@ -1076,11 +1096,12 @@ static void drain_walk_cb(uv_handle_t *h, void *arg)
     if (uv_handle_get_type(h) != UV_TCP || h == (uv_handle_t *)&w->s->listener ||
         uv_is_closing(h) || h->data == NULL)
         return;
-    struct client *cl = HUB_CONTAINER_OF(h->data, struct client, conn);
-    if (cl->magic != CLIENT_MAGIC)
+    struct hub_conn *c = h->data;
+    if (c->ops != &w->s->http_ops && c->ops != &w->s->ws_ops)
         return;
+    struct client *cl = HUB_CONTAINER_OF(c, struct client, conn);
     if (w->cut) {
-        cl->cut = "cut at shutdown";
+        cl->cut = CUT_SHUTDOWN;
         hub_conn_close(&cl->conn);
     } else if (!cl->told_to_go && w->budget > 0) {
         w->budget--;
@@ -1380,6 +1401,14 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     s->ws_cfg.max_message = cfg->max_message;
     s->ws_cfg.max_fragments = cfg->max_fragments;
     s->ws_cfg.deflate_min = cfg->deflate_min;
+    /* What every connection does and may queue, shared (conn.h). */
+    s->http_ops.on_read = client_on_read;
+    s->http_ops.on_close = client_on_close;
+    s->http_ops.on_timeout = client_on_timeout;
+    hub_conn_ops_policy(&s->http_ops, cfg->max_output);
+    s->ws_ops = s->http_ops;
+    s->ws_ops.soft_limit = cfg->soft_output > UINT32_MAX ? UINT32_MAX : (uint32_t)cfg->soft_output;
+    s->ws_ops.soft_hold_ms = cfg->soft_hold_ms;
     rc = hub_io_init(&s->io, loop);
     if (rc != 0) {
         snprintf(err, errsz, "cannot set up the event loop: %s", hub_strerror(rc));

@@ -63,6 +63,7 @@
 
 #include "hub/buf.h"
 
+#include <stdint.h>
 #include <uv.h>
 
 struct hub_conn;
@@ -79,6 +80,32 @@ typedef void (*hub_conn_close_cb)(struct hub_conn *c);
 
 /* The connection's deadline passed (see hub_conn_set_timeout). */
 typedef void (*hub_conn_timeout_cb)(struct hub_conn *c);
+
+/* What the owner does with a kind of connection and what it allows it: the
+ * callbacks and the output policy. One hub_conn_ops serves every connection
+ * of that kind (the server has one for HTTP and one for WebSocket
+ * connections), so an idle connection carries one pointer instead of three
+ * callbacks and four limits. Borrowed: it must outlive every conn that
+ * points at it, and a change to it applies to all of them from their next
+ * queue change. A conn points at hub_conn_ops_none (no callbacks, no soft
+ * limit, no watermarks) until the owner sets c->ops. */
+struct hub_conn_ops {
+    hub_conn_read_cb on_read;       /* bytes arrived; NULL drops them */
+    hub_conn_close_cb on_close;     /* required for an attached conn */
+    hub_conn_timeout_cb on_timeout; /* required once a timeout is set */
+    uint32_t soft_limit;            /* queue bytes tolerated for soft_hold_ms (0 = off) */
+    uint32_t soft_hold_ms;          /* how long the queue may stay above soft_limit */
+    uint32_t high_water;            /* queue bytes above which reading pauses (0 = never) */
+    uint32_t low_water;             /* queue bytes at or below which reading resumes */
+};
+
+extern const struct hub_conn_ops hub_conn_ops_none;
+
+/* Fills ops' policy the way a conn had it by default: read watermarks at
+ * half and a quarter of out_limit (none when out_limit is 0), no soft
+ * limit; limits above UINT32_MAX are capped there. The callbacks are left
+ * as they are. */
+void hub_conn_ops_policy(struct hub_conn_ops *ops, size_t out_limit);
 
 /* Links a connection into a timer-wheel slot. */
 struct hub_conn_link {
@@ -103,30 +130,38 @@ enum hub_conn_flags {
  * pong, a ping and a close, never for a stream of them. */
 #define HUB_CONN_URGENT_ALLOWANCE 1024
 
+/* The times a conn keeps (due, last_rx, over_soft_since) are the loop's
+ * milliseconds truncated to 32 bits: compare them only through differences
+ * (hub_conn_ms_after), which are right for spans under 24 days, far beyond
+ * any deadline or hold the hub sets (hub_conn_set_timeout caps at that). */
+static inline int hub_conn_ms_after(uint32_t a, uint32_t b)
+{
+    return (int32_t)(a - b) > 0; /* 1 if time a is later than time b */
+}
+
+/* Where the client is: its IP address in binary, kept from the accept (or
+ * from a trusted proxy's headers, hub_conn_set_client_addr) so that it can
+ * be named in the close log line after the socket is gone; formatted only
+ * when asked for (hub_conn_peer). */
+enum { HUB_CONN_AF_NONE = 0, HUB_CONN_AF_INET = 4, HUB_CONN_AF_INET6 = 6 };
+
 struct hub_conn {
     uv_tcp_t tcp;                   /* the socket; tcp.data points back at this conn */
-    uv_write_t *wreq;               /* the in-flight write, lent by io, or NULL */
     struct hub_outq out;            /* queued output, owned */
-    size_t inflight;                /* bytes of out handed to the in-flight uv_write */
     struct hub_io *io;              /* the loop's shared state, or NULL when detached */
+    const struct hub_conn_ops *ops; /* callbacks and policy, borrowed (see hub_conn_ops) */
     struct hub_conn *flush_next;    /* link in io's flush list */
-    unsigned flags;                 /* enum hub_conn_flags */
-    hub_conn_read_cb on_read;       /* set by the owner */
-    hub_conn_close_cb on_close;     /* set by the owner; required */
-    hub_conn_timeout_cb on_timeout; /* required once a timeout is set */
-    struct hub_conn_link wheel;     /* link in io's timer wheel while due != 0 */
-    uint64_t due;                   /* loop time (ms) of the deadline, 0 = none */
-    uint64_t last_rx;               /* loop time (ms) of the last bytes read */
-    uint64_t over_soft_since;       /* loop time the queue passed soft_limit, 0 = below */
-    size_t soft_limit;              /* queue bytes tolerated for soft_hold_ms (0 = off) */
-    uint32_t soft_hold_ms;          /* how long the queue may stay above soft_limit */
-    size_t high_water;              /* queue bytes above which reading pauses (0 = never) */
-    size_t low_water;               /* queue bytes at or below which reading resumes */
-    const char *addr;   /* the client's address for hub_conn_peer when it is not the peer's
-                           (forwarded by a trusted proxy), or NULL; borrowed from the owner */
-    uint64_t bytes_in;  /* bytes read (for the close log line) */
-    uint64_t bytes_out; /* bytes written */
+    struct hub_conn_link wheel;     /* link in io's timer wheel while a deadline is set */
     struct hub_tls *tls;            /* TLS state when the port speaks TLS, owned; else NULL */
+    uint64_t bytes_in;              /* bytes read (for the close log line) */
+    uint64_t bytes_out;             /* bytes written */
+    uint32_t inflight;              /* bytes of out handed to the in-flight uv_write */
+    uint32_t due;                   /* loop time (32-bit ms) of the deadline, if linked */
+    uint32_t last_rx;               /* loop time (32-bit ms) of the last bytes read */
+    uint32_t over_soft_since;       /* loop time the queue passed soft_limit + 1, 0 = below */
+    uint16_t flags;                 /* enum hub_conn_flags */
+    uint8_t addr_family;            /* HUB_CONN_AF_*: what addr holds */
+    uint8_t addr[16];               /* the client's IP (4 or 16 bytes), network order */
 };
 
 /* Creates the loop-wide state: the lent read buffer and the flush handle.
@@ -141,17 +176,23 @@ void hub_io_close(struct hub_io *io);
 /* Returns the loop. */
 uv_loop_t *hub_io_loop(struct hub_io *io);
 
+/* The owner's pointer for the io (NULL until set; borrowed): lets the owner
+ * of every conn on io (the server) find itself from a conn without each
+ * connection carrying a pointer to it. */
+void hub_io_set_data(struct hub_io *io, void *data);
+void *hub_io_data(const struct hub_io *io);
+
 /* Prepares c (zeroed by this call) for accept: initialises the tcp handle on
- * io's loop, with out's byte limit set to out_limit (0 = none) and the read
- * watermarks at half and a quarter of it (hub_conn_set_watermarks changes
- * them). Returns 0 or HUB_EIO. After success c must be closed with
- * hub_conn_close. */
+ * io's loop, with out's byte limit set to out_limit (0 = none) and c->ops at
+ * hub_conn_ops_none (set it before the loop runs again). Returns 0 or
+ * HUB_EIO. After success c must be closed with hub_conn_close. */
 int hub_conn_init(struct hub_conn *c, struct hub_io *io, size_t out_limit);
 
 /* Prepares a detached conn for tests: no socket, sends only queue. */
 void hub_conn_init_detached(struct hub_conn *c, size_t out_limit);
 
-/* Accepts a pending connection from server into c and starts reading.
+/* Accepts a pending connection from server into c and starts reading; the
+ * peer's address is kept in binary (one getpeername), not formatted.
  * Returns 0 or HUB_EIO (then close c). */
 int hub_conn_accept(struct hub_conn *c, uv_stream_t *server);
 
@@ -212,10 +253,6 @@ void hub_conn_set_timeout(struct hub_conn *c, uint64_t ms);
 /* The loop's current time in ms (0 for a detached conn). */
 uint64_t hub_conn_now(const struct hub_conn *c);
 
-/* Sets the soft output limit: sends fail with HUB_ENOBUFS once the queue has
- * held more than bytes for hold_ms. */
-void hub_conn_set_soft_limit(struct hub_conn *c, size_t bytes, uint32_t hold_ms);
-
 /* Queues a copy of len bytes even past the output limit. Only for the few
  * bytes that end the connection (a close frame, the error response before a
  * close, a 503 to a connection turned away): everything else goes through
@@ -230,16 +267,17 @@ void hub_conn_close_after_flush(struct hub_conn *c);
  * any callback; on_close fires later from the loop. */
 void hub_conn_close(struct hub_conn *c);
 
-/* The peer's address as text, for logs and per-address limits. The result
- * lives in a buffer shared by all connections and is valid until the next
- * call ("?" when unknown, "detached" for a detached conn). */
+/* The client's address as text, for logs: the peer's IP kept at accept, or
+ * the one hub_conn_set_client_addr set. Formatted at each call into a
+ * buffer shared by all connections, valid until the next call ("?" when
+ * unknown, "detached" for a detached conn with none set). Works after the
+ * socket is closed too (in on_close). */
 const char *hub_conn_peer(const struct hub_conn *c);
-/* (When c->addr is set, hub_conn_peer returns it instead.) */
 
-/* Sets the read watermarks: reading stops once more than high bytes are
- * queued and resumes once at most low are (low <= high; high 0 = never
- * pause for output). Takes effect at the next change of the queue. */
-void hub_conn_set_watermarks(struct hub_conn *c, size_t high, size_t low);
+/* Makes sa (AF_INET or AF_INET6, borrowed) the client's address of c: for a
+ * connection from a trusted proxy, the client its headers name. The port is
+ * not kept. Returns 0, or HUB_EINVAL for another family (c unchanged). */
+int hub_conn_set_client_addr(struct hub_conn *c, const struct sockaddr *sa);
 
 /* Pauses (paused != 0) or resumes reading at the owner's request
  * (backpressure on a client that sends too much). Reading actually resumes
@@ -264,8 +302,9 @@ static inline int hub_conn_reading_paused(const struct hub_conn *c)
 #define HUB_CONN_ADDR_KEY_SIZE 64
 int hub_conn_addr_key(const struct sockaddr *sa, char *out, size_t outsz);
 
-/* Writes the limit key of c's peer (see hub_conn_addr_key) into out.
- * Returns 0, HUB_EINVAL (out "detached" or "?") when unknown. */
+/* Writes the limit key of c's client address (see hub_conn_addr_key and
+ * hub_conn_peer) into out, without a system call. Returns 0, HUB_EINVAL
+ * (out "detached" or "?") when unknown. */
 int hub_conn_peer_key(const struct hub_conn *c, char *out, size_t outsz);
 
 /* Returns 1 once hub_conn_close or hub_conn_close_after_flush was called. */

@@ -98,7 +98,7 @@ void hub_flow_congested(struct hub_flow *f, struct hub_conn *c, const char *room
 static inline void hub_flow_delivered(struct hub_flow *f, struct hub_conn *c, const char *room,
                                       size_t len)
 {
-    if (f != NULL && c->soft_limit != 0 && c->out.bytes > c->soft_limit)
+    if (f != NULL && c->ops->soft_limit != 0 && c->out.bytes > c->ops->soft_limit)
         hub_flow_congested(f, c, room, len);
 }
 

@@ -54,6 +54,7 @@ struct env {
     int close_notify;        /* the client read the server's close_notify */
     struct hub_buf rx;       /* plaintext the client decrypted */
     struct hub_buf conn_rx;  /* plaintext conn's on_read got */
+    struct hub_conn_ops ops; /* conn's callbacks and policy */
     unsigned records;        /* application-data records seen on the wire */
     unsigned char hdr[5];    /* the record header being read */
     size_t hdr_len;          /* bytes of hdr filled */
@@ -122,8 +123,10 @@ static void on_listen(uv_stream_t *l, int status)
 {
     CHECK_EQ(status, 0);
     CHECK_EQ(hub_conn_init(&E.conn, E.io, LIMIT), 0);
-    E.conn.on_read = on_conn_read;
-    E.conn.on_close = on_conn_close;
+    E.ops.on_read = on_conn_read;
+    E.ops.on_close = on_conn_close;
+    hub_conn_ops_policy(&E.ops, LIMIT);
+    E.conn.ops = &E.ops;
     CHECK_EQ(hub_conn_accept(&E.conn, l), 0);
     CHECK_EQ(hub_conn_use_tls(&E.conn, E.ctx), 0);
     /* Small kernel buffers: a few hundred KiB fill the path. */
@@ -375,7 +378,8 @@ static void test_limits_and_watermarks(void)
 {
     setup();
     peer_reading(0);
-    hub_conn_set_watermarks(&E.conn, 256 * 1024, 64 * 1024);
+    E.ops.high_water = 256 * 1024;
+    E.ops.low_water = 64 * 1024;
     struct hub_shared *chunk = filled(64 * 1024, 'b');
     size_t queued = 0;
     int rc = 0;

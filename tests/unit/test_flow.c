@@ -8,6 +8,12 @@
 
 #include <string.h>
 
+/* Members with a 16 KiB soft limit and a soft hold of 2, 3 or 10 s (conn.h:
+ * the policy is shared through hub_conn_ops). */
+static const struct hub_conn_ops soft_10000 = {.soft_limit = 16384, .soft_hold_ms = 10000};
+static const struct hub_conn_ops soft_2000 = {.soft_limit = 16384, .soft_hold_ms = 2000};
+static const struct hub_conn_ops soft_3000 = {.soft_limit = 16384, .soft_hold_ms = 3000};
+
 static uint64_t now;
 
 static uint64_t clock_ms(void)
@@ -65,8 +71,8 @@ static void test_room(void)
     hub_conn_init_detached(&other, 0);
     hub_conn_init_detached(&pub, 0);
     hub_conn_init_detached(&pub2, 0);
-    hub_conn_set_soft_limit(&member, 16384, 10000);
-    hub_conn_set_soft_limit(&other, 16384, 10000);
+    member.ops = &soft_10000;
+    other.ops = &soft_10000;
     now = 5000;
     /* Under the soft limit: delivering marks nothing. */
     fill(&member, 8192);
@@ -115,7 +121,7 @@ static void test_room_hold_expires(void)
     struct hub_conn member, pub;
     hub_conn_init_detached(&member, 0);
     hub_conn_init_detached(&pub, 0);
-    hub_conn_set_soft_limit(&member, 16384, 2000);
+    member.ops = &soft_2000;
     now = 10000;
     fill(&member, 20000);
     member.over_soft_since = 10000; /* a detached conn has no clock of its own */
@@ -149,7 +155,7 @@ static void test_room_dip(void)
     struct hub_conn member, pub;
     hub_conn_init_detached(&member, 0);
     hub_conn_init_detached(&pub, 0);
-    hub_conn_set_soft_limit(&member, 16384, 3000);
+    member.ops = &soft_3000;
     now = 20000;
     fill(&member, 20000);
     hub_flow_delivered(f, &member, "d", 1);
