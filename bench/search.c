@@ -88,6 +88,7 @@ int main(int argc, char **argv)
     hub_history_config_default(&cfg);
     cfg.max_per_room = n;
     cfg.max_bytes = HUB_HISTORY_DISK_MAX_BYTES_DEFAULT;
+    cfg.search_index = 1; /* what --search-index on (or auto, at this --history) keeps */
     struct hub_history *h;
     char err[256];
     if (hub_history_open_sqlite(&h, &loop, dir, &cfg, err, sizeof(err)) != 0) {

@@ -115,6 +115,7 @@ struct memory_store {
 void hub_history_config_default(struct hub_history_config *cfg)
 {
     cfg->max_per_room = 1000;
+    cfg->search_index = HUB_HISTORY_SEARCH_AUTO;
     cfg->max_rooms = 10000;
     cfg->ttl_ms = 0;
     cfg->max_bytes = HUB_HISTORY_MAX_BYTES_DEFAULT;

@@ -99,7 +99,7 @@
 /* Without FTS5 (a SQLite built without it), a search scans at most this
  * many of the room's newest messages and says it is not complete if it
  * stopped there. */
-#define SCAN_MAX 20000
+#define SCAN_MAX HUB_HISTORY_SCAN_MAX
 
 /* The writer takes at most this many bytes of requests (their strings and
  * REQ_COST each) into one transaction, less under a small budget (see
@@ -2628,6 +2628,18 @@ static int query_int(sqlite3 *db, const char *sql, int64_t *out)
 static int fts_open(struct sqlite_store *h)
 {
     int64_t stale = 0;
+    int want =
+        h->cfg.search_index > 0 || (h->cfg.search_index < 0 && h->cfg.max_per_room > SCAN_MAX);
+    if (!want) {
+        /* No index wanted: an index an earlier run left is dropped (its
+         * pages are reused), and marked behind for a run that wants one. */
+        h->fts = 0;
+        int rc = sqlite3_exec(h->db,
+                              "DROP TABLE IF EXISTS msg_fts;"
+                              "INSERT OR REPLACE INTO meta(k, v) VALUES('fts_stale', 1)",
+                              NULL, NULL, NULL);
+        return rc;
+    }
     h->fts = sqlite3_exec(h->db, fts_sql, NULL, NULL, NULL) == SQLITE_OK;
     if (!h->fts) {
         hub_log_warn("history: this SQLite has no FTS5: search scans the newest %d messages of "

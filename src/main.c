@@ -98,6 +98,9 @@ static void usage(FILE *f)
         "                        memory (default 67108864); at least 1048576, 0 = no\n"
         "                        limit. Past it the oldest messages of the largest rooms go\n"
         "                        first (each keeps its newest)\n"
+        "  --search-index on|off|auto  keep an SQLite full-text index (FTS5) for the\n"
+        "                        search op (default auto: only with --history over 20000,\n"
+        "                        where a search without it scans the newest 20000)\n"
         "\n"
         "Global caps (see docs/operations.md):\n"
         "  --max-total-rooms N   rooms that exist at once, over all clients (default 10000;\n"
@@ -497,6 +500,15 @@ int main(int argc, char **argv)
             if (strcmp(v, "on") == 0 && !hub_deflate_available())
                 return usage_error("--deflate on: this build has no zlib (meson -Ddeflate)");
             cfg.deflate = strcmp(v, "on") == 0;
+        } else if ((v = option_value(argc, argv, &i, "--search-index", &missing)) != NULL) {
+            if (strcmp(v, "on") == 0)
+                cfg.search_index = 1;
+            else if (strcmp(v, "off") == 0)
+                cfg.search_index = 0;
+            else if (strcmp(v, "auto") == 0)
+                cfg.search_index = HUB_HISTORY_SEARCH_AUTO;
+            else
+                return usage_error("invalid --search-index '%s': expected on, off or auto", v);
         } else if (strcmp(a, "--strict-origin") == 0) {
             cfg.strict_origin = 1;
         } else if ((v = option_value(argc, argv, &i, "--trust-proxy", &missing)) != NULL) {
@@ -597,8 +609,8 @@ int main(int argc, char **argv)
                "on this machine open %s://localhost:%d/)",
                HUB_VERSION, scheme, bound, scheme, port);
     else
-        printf("chathub %s listening on %s://%s/ (reachable from the network)", HUB_VERSION,
-               scheme, bound);
+        printf("chathub %s listening on %s://%s/ (reachable from the network)", HUB_VERSION, scheme,
+               bound);
     if (cfg.nredis > 0)
         printf("; history in Redis\n");
     else if (cfg.persist)

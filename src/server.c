@@ -179,6 +179,7 @@ void hub_server_config_default(struct hub_server_config *cfg)
     cfg->persist = 1;
     cfg->history = 1000;
     cfg->history_max_bytes = HUB_HISTORY_DISK_MAX_BYTES_DEFAULT;
+    cfg->search_index = HUB_HISTORY_SEARCH_AUTO;
     cfg->max_total_rooms = 10000;
     cfg->max_total_output = 256u << 20;
     cfg->redis_prefix = "chathub:";
@@ -1341,6 +1342,7 @@ int hub_server_new(struct hub_server **out, uv_loop_t *loop, const struct hub_se
     hist_cfg.max_per_room = cfg->history;
     hist_cfg.ttl_ms = (int64_t)cfg->history_ttl_s * 1000;
     hist_cfg.max_bytes = cfg->history_max_bytes; /* on disk, or in memory with --no-persist */
+    hist_cfg.search_index = cfg->search_index;
     /* With Redis, history lives in Redis (the engine's streams): no local
      * store, and --data-dir/--no-persist do not apply. */
     if (cfg->nredis > 0)

@@ -130,7 +130,18 @@ struct hub_history_config {
     int64_t (*now_ms)(void); /* wall clock in ms since the Unix epoch, for the TTL; NULL = the
                                 system clock. The SQLite store calls it from its writer
                                 thread, so it must be safe to call from any thread. */
+    int search_index;        /* SQLite store: 1 = keep an FTS5 full-text index for search;
+                                0 = none: a search scans the room's newest
+                                HUB_HISTORY_SCAN_MAX messages (all of them unless max_per_room
+                                is larger); HUB_HISTORY_SEARCH_AUTO (the default) = an index
+                                only when max_per_room > HUB_HISTORY_SCAN_MAX. The index costs
+                                disk (about twice the text) and append speed, and the disk
+                                budget (max_bytes) is kept less tightly with it: FTS5 frees
+                                the pages of deleted rows only as it merges segments. */
 };
+
+#define HUB_HISTORY_SEARCH_AUTO (-1)
+#define HUB_HISTORY_SCAN_MAX 20000 /* messages a search without an index scans, newest first */
 
 void hub_history_config_default(struct hub_history_config *cfg);
 

@@ -52,6 +52,7 @@ struct hub_server_config {
                                          (HUB_HISTORY_DISK_MAX_BYTES_DEFAULT), in memory with
                                          persist 0 (give it HUB_HISTORY_MAX_BYTES_DEFAULT);
                                          0 = none */
+    int search_index;                 /* --search-index: 1 on, 0 off, HUB_HISTORY_SEARCH_AUTO */
     uint32_t max_total_rooms;         /* rooms that exist at once (10000; 0 = no limit) */
     uint64_t max_total_output;        /* output queued to all clients before publishers stop
                                          being read (256 MiB; 0 = no limit) */

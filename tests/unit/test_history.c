@@ -1260,9 +1260,9 @@ static void test_disk_full(void)
     hub_history_config_default(&cfg);
     fresh_dir(dir, sizeof(dir), "full");
 #ifdef _WIN32
-    CHECK_EQ(_putenv_s("CHATHUB_TEST_MAX_PAGES", "40"), 0);
+    CHECK_EQ(_putenv_s("CHATHUB_TEST_MAX_PAGES", "30"), 0);
 #else
-    CHECK_EQ(setenv("CHATHUB_TEST_MAX_PAGES", "40", 1), 0);
+    CHECK_EQ(setenv("CHATHUB_TEST_MAX_PAGES", "30", 1), 0);
 #endif
     CHECK_EQ(hub_history_open_sqlite(&h, &loop, dir, &cfg, err, sizeof(err)), 0);
 #ifdef _WIN32
