@@ -912,6 +912,11 @@ static void do_moderate(struct hub_api_call *call, struct hub_engine *e,
     if ((ep == EP_BAN || ep == EP_UNBAN) &&
         keep_step(call, HUB_CONTROL_BAN, tgt, room, reason, until) != 0)
         goto out;
+    /* A mute (or unmute) likewise: the holder's node records it under the
+     * holder's own key and tells the user. */
+    if ((ep == EP_MUTE || ep == EP_UNMUTE) &&
+        keep_step(call, HUB_CONTROL_MUTE, tgt, room, reason, until) != 0)
+        goto out;
     rc = hub_engine_restrict(e, &r, step_done, call);
     if (rc != 0)
         finish_engine_error(call, rc);

@@ -7,19 +7,17 @@
  * A ban or mute is recorded through the engine (hub_engine_restrict, kept
  * by the store, so the SQLite store keeps it across restarts), and checked
  * by the engine at every publish and (a ban) at every join's query. A ban
- * also removes the target at once with a HUB_CONTROL_BAN to every node. A
- * mute has no control kind: the muted push reaches the target only when it
- * is on this node (a remote one learns it from its next send's error).
+ * also removes the target at once with a HUB_CONTROL_BAN to every node; a
+ * mute goes out as a HUB_CONTROL_MUTE, which gives the target its muted (or
+ * unmuted) push on whichever node it is.
  *
  * Targets are named by nick. A nick held on this node by a signed user is
  * restricted by its user id ("u:<sub>", every connection and every later
  * nick); any other nick by its claim key ("n:<key>", the key guests are
  * checked by). For a ban the BAN control carries the nick, and the node
  * where a signed user holds it records the ban (or, with until 0, the
- * unban) under the user id as well (ban_holder), so a ban reaches a signed
- * user on any node. A mute has no control message: a signed user on
- * another node is muted by the nick's key only (the server API names a sub
- * directly with user=).
+ * unban) under the user id as well (restrict_holder), so a ban reaches a
+ * signed user on any node; a MUTE control does the same for mutes.
  */
 #include "chat_int.h"
 #include "hub/engine.h"
@@ -342,17 +340,12 @@ static void restrict_cb(void *data, int err)
     mod_succeeded(pm);
     if (pm->kind == HUB_RESTRICT_BAN) {
         /* An unban goes out too (until 0): the node holding the nick lifts
-         * what it recorded under the user id (ban_holder). */
+         * what it recorded under the user id (restrict_holder). */
         send_control(pm, HUB_CONTROL_BAN, pm->reason, pm->until);
     } else if (pm->kind == HUB_RESTRICT_MUTE) {
-        /* No control kind for mutes: the local holder hears of it. */
-        struct hub_engine_control c = {0};
-        c.room = pm->room;
-        c.text = pm->reason;
-        c.by.base = pm->cl->nick;
-        c.by.len = pm->cl->nick_len;
-        c.until_ms = pm->until;
-        for_targets(pm->cl->chat, pm->target, mute_push_one, &c);
+        /* The holder's node, wherever it is, records the mute under the
+         * holder's key and pushes muted/unmuted (restrict_holder). */
+        send_control(pm, HUB_CONTROL_MUTE, pm->reason, pm->until);
     }
     pm_done(pm);
 }
@@ -504,17 +497,17 @@ static void holder_restricted(void *data, int err)
 {
     (void)data;
     if (err != 0)
-        hub_log_warn("moderation: a ban by nick could not be recorded for its user: %s",
+        hub_log_warn("moderation: a ban or mute by nick could not be recorded for its user: %s",
                      hub_strerror(err));
 }
 
-/* A ban (or, until_ms 0, an unban) named a nick held on this node: the
+/* A ban or mute (or, until_ms 0, its lifting) named a nick held on this node: the
  * moderator's node, which may be another, could record it only under the
  * key of the nick as given, so this node records it under the holder's own
  * actor key as well (the user id of a signed user, the key of "~nick" for a
  * guest named without its mark), which is what its joins and sends are
  * checked by. On the moderator's node this writes the same record twice. */
-static void ban_holder(struct hub_chat *chat, const struct hub_engine_control *c)
+static void restrict_holder(struct hub_chat *chat, const struct hub_engine_control *c, int kind)
 {
     if (c->target.len > 2 && memcmp(c->target.base, "u:", 2) == 0)
         return; /* already the user id */
@@ -522,7 +515,7 @@ static void ban_holder(struct hub_chat *chat, const struct hub_engine_control *c
     if (holder == NULL || holder->mode != HUB_CHAT_JSON)
         return;
     char key[CHAT_KEY_MAX];
-    struct hub_history_restrict r = {.kind = HUB_RESTRICT_BAN};
+    struct hub_history_restrict r = {.kind = kind};
     r.room = c->room;
     r.actor.base = key;
     r.actor.len = chat_actor_key(holder, key);
@@ -543,9 +536,13 @@ void chat_on_control(void *data, const struct hub_engine_control *c)
         for_targets(chat, c->target, kick_one, c);
         break;
     case HUB_CONTROL_BAN:
-        ban_holder(chat, c);
+        restrict_holder(chat, c, HUB_RESTRICT_BAN);
         if (c->until_ms != 0) /* 0: an unban, recorded above; nobody is removed */
             for_targets(chat, c->target, ban_one, c);
+        break;
+    case HUB_CONTROL_MUTE:
+        restrict_holder(chat, c, HUB_RESTRICT_MUTE);
+        for_targets(chat, c->target, mute_push_one, c);
         break;
     case HUB_CONTROL_DISCONNECT:
         for_targets(chat, c->target, disconnect_one, c);

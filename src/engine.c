@@ -321,6 +321,7 @@ int hub_engine_control(struct hub_engine *e, const struct hub_engine_control *c)
             return HUB_EINVAL;
         break;
     case HUB_CONTROL_BAN:
+    case HUB_CONTROL_MUTE:
         if ((c->room.len > 0 && !room_ok(c->room)) || c->target.len == 0)
             return HUB_EINVAL;
         break;

@@ -2850,7 +2850,7 @@ static int redis_set_topic(struct hub_engine *base, struct hub_iov room, struct 
 static int redis_control(struct hub_engine *base, const struct hub_engine_control *c)
 {
     struct redis_engine *e = (struct redis_engine *)base;
-    if (c->kind < HUB_CONTROL_KICK || c->kind > HUB_CONTROL_TOPIC ||
+    if (c->kind < HUB_CONTROL_KICK || c->kind > HUB_CONTROL_MUTE ||
         c->target.len > CONTROL_FIELD_MAX || c->room.len > CONTROL_FIELD_MAX ||
         c->text.len > CONTROL_FIELD_MAX || c->by.len > CONTROL_FIELD_MAX)
         return HUB_EINVAL;

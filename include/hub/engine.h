@@ -103,6 +103,8 @@ enum hub_engine_control_kind {
                                    leaves the room (every room) with a banned push */
     HUB_CONTROL_DISCONNECT = 3, /* every connection of target is closed (reason given) */
     HUB_CONTROL_TOPIC = 4,      /* room's topic is now text: a topic push to its members */
+    HUB_CONTROL_MUTE = 5,       /* target was muted in room (empty room: the hub) until until_ms,
+                                   or unmuted (until_ms 0): a muted/unmuted push to it */
 };
 
 /* Views are copied by hub_engine_control and borrowed for on_control. */

@@ -170,10 +170,27 @@ test('a mute on hub A refuses sends on hub B; a topic set on A shows in a join o
   await dan.joinOk('news', { history: 0 });
   const r = await mod.req('mute', { room: 'news', nick: dan.nick, duration: 600 });
   assert.equal(r.ok, true, JSON.stringify(r));
-  // (A muted push reaches only a target on the moderator's node: chat_mod.c.)
+  const mp = await dan.waitPush((m) => m.t === 'muted', 5000, 'muted push on B');
+  assert.equal(mp.room, 'news');
   assertErr(await dan.req('send', { room: 'news', text: 'psst' }), 'muted');
   assert.equal((await mod.req('unmute', { room: 'news', nick: dan.nick })).ok, true);
+  await dan.waitPush((m) => m.t === 'unmuted', 5000, 'unmuted push on B');
   await dan.sendOk('news', 'thanks');
+
+  // A signed user on B, muted by nick from A: B records the mute under the
+  // user's id, so its sends on B are refused (and a push tells it).
+  const sue = await user(b, 'sue');
+  await sue.joinOk('news', { history: 0 });
+  assert.equal((await mod.req('mute', { room: 'news', nick: 'sue', duration: 60 })).ok, true);
+  await sue.waitPush((m) => m.t === 'muted', 5000, 'muted push to the signed user on B');
+  await eventually(async () => {
+    const s = await sue.req('send', { room: 'news', text: 'still here?' });
+    return !s.ok && s.error.code === 'muted' ? true : undefined;
+  }, 5000, 'the signed user muted on B');
+  assert.equal((await mod.req('unmute', { room: 'news', nick: 'sue' })).ok, true);
+  await eventually(async () => ((await sue.req('send', { room: 'news', text: 'back' })).ok ? true : undefined),
+    5000, 'the signed user may send again after the unmute');
+  sue.close();
 
   const t = await mod.req('topic', { room: 'news', topic: 'Release day' });
   assert.equal(t.ok, true, JSON.stringify(t));
@@ -195,4 +212,43 @@ test('a mute on hub A refuses sends on hub B; a topic set on A shows in a join o
   mod.close();
   dan.close();
   late.close();
+});
+
+test('the server API with --redis: a publish on hub A reaches a member on hub B and its history; a kick on A removes a user on B', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chathub-cluster-api-'));
+  const keyFile = path.join(dir, 'api-key');
+  const KEY = 'cluster-api-key-0123456789abcdef';
+  fs.writeFileSync(keyFile, `${KEY}\n`);
+  try {
+    const [a, b] = await startHubs(await redis(), 2, {
+      args: ['--auth-secret-file', secretFile(), '--guests', '--api-key-file', keyFile],
+    });
+    const api = async (hub, method, p, body) => {
+      const r = await fetch(`http://127.0.0.1:${hub.port}${p}`, {
+        method,
+        headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      return { status: r.status, body: await r.json() };
+    };
+    const bea = await user(b, 'bea');
+    await bea.joinOk('shop', { history: 0 });
+    const p = await api(a, 'POST', '/api/publish', { room: 'shop', text: 'order #42 shipped', from: 'shopbot' });
+    assert.equal(p.status, 200, JSON.stringify(p.body));
+    const m = await bea.waitPush((x) => x.t === 'msg' && x.room === 'shop', 5000, 'API publish on A reaches B');
+    assert.deepEqual([m.from, m.text, m.offset], ['shopbot', 'order #42 shipped', p.body.offset]);
+    const h = await api(b, 'GET', `/api/history?room=shop&after=${p.body.offset - 1}&limit=5`);
+    assert.equal(h.status, 200, JSON.stringify(h.body));
+    assert.equal(h.body.messages.find((x) => x.offset === p.body.offset).text, 'order #42 shipped');
+    const pr = await api(a, 'GET', '/api/presence?room=shop');
+    assert.equal(pr.status, 200, JSON.stringify(pr.body));
+    assert.ok(pr.body.members.some((x) => x.nick === bea.nick), JSON.stringify(pr.body));
+    const k = await api(a, 'POST', '/api/kick', { room: 'shop', user: 'bea', reason: 'closing time' });
+    assert.equal(k.status, 200, JSON.stringify(k.body));
+    const kp = await bea.waitPush((x) => x.t === 'kicked', 5000, 'API kick on A reaches B');
+    assert.equal(kp.reason, 'closing time');
+    bea.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
