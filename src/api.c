@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <uv.h>
 
 #define API_PAGE_DEFAULT 50        /* history messages without limit= (the history op's) */
 #define API_PAGE_MAX 100           /* history messages at most (the history op's) */
@@ -116,9 +117,12 @@ static int64_t wall_ms(const struct hub_api *a)
 {
     if (a->now_ms != NULL)
         return a->now_ms();
-    struct timespec ts;
-    timespec_get(&ts, TIME_UTC);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    /* uv_gettimeofday, not timespec_get: the Windows cross build's C
+     * library has no timespec_get. */
+    uv_timeval64_t tv;
+    if (uv_gettimeofday(&tv) != 0)
+        return 0;
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
 static void count(struct hub_api *a, int endpoint, int status)
