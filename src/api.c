@@ -24,7 +24,6 @@
 #include "hub/ident.h"
 #include "hub/jsonw.h"
 #include "hub/log.h"
-#include "hub/sha1.h"
 #include "hub/utf8.h"
 
 #include <jansson.h>
@@ -452,23 +451,9 @@ static int text_ok(struct hub_iov t, size_t max)
 static size_t nick_claim_key(const char *s, size_t len, char key[HUB_IDENT_KEY_MAX])
 {
     size_t n = 0;
-    if (hub_ident_nick_key(s, len, key, HUB_IDENT_KEY_MAX, &n) != 0)
+    if (hub_ident_claim_key(s, len, HUB_ENGINE_NICK_MAX, key, HUB_IDENT_KEY_MAX, &n) != 0)
         return 0;
-    if (n <= HUB_ENGINE_NICK_MAX)
-        return n;
-    uint8_t d[20];
-    struct hub_sha1 h;
-    hub_sha1_init(&h);
-    hub_sha1_update(&h, key, n);
-    hub_sha1_final(&h, d);
-    static const char hex[] = "0123456789abcdef";
-    key[0] = '#';
-    for (size_t i = 0; i < 20; i++) {
-        key[1 + 2 * i] = hex[d[i] >> 4];
-        key[2 + 2 * i] = hex[d[i] & 15];
-    }
-    key[41] = '\0';
-    return 41;
+    return n;
 }
 
 /* Who a moderation call is about: "user" (a token's sub) or "nick".

@@ -19,6 +19,7 @@
 #include "hub/ident.h"
 
 #include "hub/common.h"
+#include "hub/sha1.h"
 #include "hub/utf8.h"
 
 #include <string.h>
@@ -308,4 +309,28 @@ const char *hub_ident_text_check(const char *s, size_t len)
             return "the text contains control characters (only tab and newline are allowed)";
     }
     return NULL;
+}
+
+int hub_ident_claim_key(const char *s, size_t len, size_t max, char *out, size_t outsz,
+                        size_t *outlen)
+{
+    int rc = hub_ident_nick_key(s, len, out, outsz, outlen);
+    if (rc != 0 || *outlen <= max)
+        return rc;
+    if (outsz < 42)
+        return HUB_EINVAL;
+    uint8_t d[20];
+    struct hub_sha1 h;
+    hub_sha1_init(&h);
+    hub_sha1_update(&h, out, *outlen);
+    hub_sha1_final(&h, d);
+    static const char hex[] = "0123456789abcdef";
+    out[0] = '#';
+    for (size_t i = 0; i < 20; i++) {
+        out[1 + 2 * i] = hex[d[i] >> 4];
+        out[2 + 2 * i] = hex[d[i] & 15];
+    }
+    out[41] = '\0';
+    *outlen = 41;
+    return 0;
 }

@@ -16,7 +16,6 @@
 #include "hub/ident.h"
 #include "hub/log.h"
 #include "hub/metrics.h"
-#include "hub/sha1.h"
 #include "hub/utf8.h"
 #include "hub/ws.h"
 
@@ -34,25 +33,9 @@
 static size_t nick_key(const char *s, size_t len, char *key)
 {
     size_t n = 0;
-    if (hub_ident_nick_key(s, len, key, CHAT_NICK_KEY_MAX, &n) != 0)
+    if (hub_ident_claim_key(s, len, HUB_ENGINE_NICK_MAX, key, CHAT_NICK_KEY_MAX, &n) != 0)
         return SIZE_MAX;
-    if (n <= HUB_ENGINE_NICK_MAX)
-        return n;
-    /* The engine takes at most HUB_ENGINE_NICK_MAX bytes: a longer key is
-     * named by "#" and the hex SHA-1 of the key, as unique as SHA-1 is. */
-    uint8_t d[20];
-    struct hub_sha1 h;
-    hub_sha1_init(&h);
-    hub_sha1_update(&h, key, n);
-    hub_sha1_final(&h, d);
-    static const char hex[] = "0123456789abcdef";
-    key[0] = '#';
-    for (size_t i = 0; i < 20; i++) {
-        key[1 + 2 * i] = hex[d[i] >> 4];
-        key[2 + 2 * i] = hex[d[i] & 15];
-    }
-    key[41] = '\0';
-    return 41;
+    return n;
 }
 
 size_t chat_nick_key(const char *s, size_t len, char *key)

@@ -53,6 +53,14 @@ const char *hub_ident_nick_check(const char *s, size_t len);
  * ASCII); HUB_ENOBUFS when out is too small; HUB_ENOMEM. */
 int hub_ident_nick_key(const char *s, size_t len, char *out, size_t outsz, size_t *outlen);
 
+/* The name the nick s is claimed under across nodes (chat's nick table, the
+ * engine's claims, bans by nick): its key (hub_ident_nick_key) when that is
+ * at most max bytes, else "#" and the key's hex SHA-1 (41 bytes, as unique
+ * as SHA-1 is). out (outsz bytes, at least 42) is NUL-terminated. Returns
+ * 0 with *outlen set, or HUB_EINVAL as hub_ident_nick_key does. */
+int hub_ident_claim_key(const char *s, size_t len, size_t max, char *out, size_t outsz,
+                        size_t *outlen);
+
 /* Checks a message text (len bytes, borrowed): C0 control characters other
  * than tab (U+0009) and line feed (U+000A) are refused, NUL included;
  * everything else is kept. Returns NULL or a static reason for bad_text. */

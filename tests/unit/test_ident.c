@@ -250,8 +250,31 @@ static void test_text(void)
     CHECK(hub_ident_text_check("", 0) == NULL);
 }
 
+/* Claim keys: the nick key up to max bytes, else "#" and its SHA-1. */
+static void test_claim_key(void)
+{
+    char key[HUB_IDENT_KEY_MAX], plain[HUB_IDENT_KEY_MAX];
+    size_t n = 0, pn = 0;
+    CHECK_EQ(hub_ident_claim_key("Alice", 5, 255, key, sizeof(key), &n), 0);
+    CHECK_EQ(hub_ident_nick_key("Alice", 5, plain, sizeof(plain), &pn), 0);
+    CHECK_EQ(n, pn);
+    CHECK(memcmp(key, plain, n) == 0);
+    /* Over max: hashed, 41 bytes, the same for look-alikes of one nick. */
+    CHECK_EQ(hub_ident_claim_key("Alice", 5, 3, key, sizeof(key), &n), 0);
+    CHECK_EQ(n, 41);
+    CHECK(key[0] == '#' && key[41] == '\0');
+    for (size_t i = 1; i < 41; i++)
+        CHECK((key[i] >= '0' && key[i] <= '9') || (key[i] >= 'a' && key[i] <= 'f'));
+    char again[HUB_IDENT_KEY_MAX];
+    CHECK_EQ(hub_ident_claim_key("ALICE", 5, 3, again, sizeof(again), &n), 0);
+    CHECK(strcmp(key, again) == 0);
+    CHECK_EQ(hub_ident_claim_key("Bob", 3, 2, again, sizeof(again), &n), 0);
+    CHECK(strcmp(key, again) != 0);
+}
+
 int main(void)
 {
+    test_claim_key();
     test_ascii();
     test_lookalikes();
 #ifdef HUB_HAVE_ICU
