@@ -5,7 +5,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { test, assert, startServer, wsConnect, runChathub } from './lib.mjs';
+import { test, assert, startServer, wsConnect, jsonOpen, runChathub } from './lib.mjs';
 
 const SECRET = 'a-test-secret-that-is-long-enough-0123456789';
 const b64u = (buf) => Buffer.from(buf).toString('base64url');
@@ -28,33 +28,7 @@ function secretFile(content = SECRET) {
 
 const hub = (extra = []) => startServer(['--auth-secret-file', secretFile(), ...extra]);
 
-// A JSON client: open, read the welcome, then request/reply by id.
-async function jsonClient(s, room = '/ws') {
-  const c = await wsConnect(s.wsUrl(room), { protocols: 'chathub.v1' });
-  const w = JSON.parse(await c.nextText());
-  assert.equal(w.t, 'welcome');
-  c.pushes = [];
-  c.seq = 0;
-  c.req = async (obj) => {
-    const id = ++c.seq;
-    await c.send(JSON.stringify({ ...obj, id }));
-    for (;;) {
-      const m = JSON.parse(await c.nextText());
-      if (m.id === id) return m;
-      c.pushes.push(m);
-    }
-  };
-  c.push = async (pred) => {
-    const i = c.pushes.findIndex(pred);
-    if (i >= 0) return c.pushes.splice(i, 1)[0];
-    for (;;) {
-      const m = JSON.parse(await c.nextText());
-      if (pred(m)) return m;
-      c.pushes.push(m);
-    }
-  };
-  return c;
-}
+const jsonClient = jsonOpen; // lib.mjs: welcome read, req() by id, push() kept
 
 async function helloError(s, tok, code, re) {
   const c = await jsonClient(s);

@@ -694,3 +694,34 @@ export function wsConnect(url, { protocols, headers, timeoutMs = 5000, maxPayloa
     throw err;
   });
 }
+
+// A chathub.v1 client on s (a startServer result) at path: the welcome is
+// read (and kept as c.welcome), then c.req(obj) sends obj with the next id
+// and resolves with its reply; pushes that come in between are kept, and
+// c.push(pred) resolves with the first kept or later push pred accepts.
+export async function jsonOpen(s, urlPath = '/ws') {
+  const c = await wsConnect(s.wsUrl(urlPath), { protocols: 'chathub.v1' });
+  c.welcome = JSON.parse(await c.nextText());
+  assert.equal(c.welcome.t, 'welcome');
+  c.pushes = [];
+  c.seq = 0;
+  c.req = async (obj) => {
+    const id = ++c.seq;
+    await c.send(JSON.stringify({ ...obj, id }));
+    for (;;) {
+      const m = JSON.parse(await c.nextText());
+      if (m.id === id) return m;
+      c.pushes.push(m);
+    }
+  };
+  c.push = async (pred) => {
+    const i = c.pushes.findIndex(pred);
+    if (i >= 0) return c.pushes.splice(i, 1)[0];
+    for (;;) {
+      const m = JSON.parse(await c.nextText());
+      if (pred(m)) return m;
+      c.pushes.push(m);
+    }
+  };
+  return c;
+}

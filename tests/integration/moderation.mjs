@@ -5,7 +5,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { test, assert, startServer, wsConnect, httpRequest, buildRequest } from './lib.mjs';
+import { test, assert, startServer, wsConnect, jsonOpen, httpRequest, buildRequest } from './lib.mjs';
 
 const SECRET = 'a-test-secret-that-is-long-enough-0123456789';
 const b64u = (buf) => Buffer.from(buf).toString('base64url');
@@ -27,28 +27,7 @@ const secret = secretFile();
 const hub = (extra = []) => startServer(['--auth-secret-file', secret, '--guests', ...extra]);
 
 async function jsonClient(s, sub, extra = {}) {
-  const c = await wsConnect(s.wsUrl('/ws'), { protocols: 'chathub.v1' });
-  JSON.parse(await c.nextText()); // welcome
-  c.pushes = [];
-  c.seq = 0;
-  c.req = async (obj) => {
-    const id = ++c.seq;
-    await c.send(JSON.stringify({ ...obj, id }));
-    for (;;) {
-      const m = JSON.parse(await c.nextText());
-      if (m.id === id) return m;
-      c.pushes.push(m);
-    }
-  };
-  c.push = async (pred) => {
-    const i = c.pushes.findIndex(pred);
-    if (i >= 0) return c.pushes.splice(i, 1)[0];
-    for (;;) {
-      const m = JSON.parse(await c.nextText());
-      if (pred(m)) return m;
-      c.pushes.push(m);
-    }
-  };
+  const c = await jsonOpen(s);
   const h = await c.req(sub === null ? { op: 'hello', nick: extra.nick || 'guest' }
     : { op: 'hello', nick: 'x', token: token(sub, extra) });
   assert.equal(h.ok, true, JSON.stringify(h));

@@ -2,34 +2,11 @@
 // mentions, edits, deletes, reactions, search"): reply_to, mentions, edit,
 // delete, react/unreact and search against the real binary, with their
 // error cases, and the new fields in join, history and resume pages.
-import { test, assert, startServer, wsConnect } from './lib.mjs';
+import { test, assert, startServer, wsConnect, jsonOpen } from './lib.mjs';
 
-// A JSON client: open, read the welcome, then request/reply by id; pushes
-// that come in between are kept for push().
+// A JSON client (lib.mjs jsonOpen) that says hello as nick, if given.
 async function jsonClient(s, nick) {
-  const c = await wsConnect(s.wsUrl('/ws'), { protocols: 'chathub.v1' });
-  const w = JSON.parse(await c.nextText());
-  assert.equal(w.t, 'welcome');
-  c.pushes = [];
-  c.seq = 0;
-  c.req = async (obj) => {
-    const id = ++c.seq;
-    await c.send(JSON.stringify({ ...obj, id }));
-    for (;;) {
-      const m = JSON.parse(await c.nextText());
-      if (m.id === id) return m;
-      c.pushes.push(m);
-    }
-  };
-  c.push = async (pred) => {
-    const i = c.pushes.findIndex(pred);
-    if (i >= 0) return c.pushes.splice(i, 1)[0];
-    for (;;) {
-      const m = JSON.parse(await c.nextText());
-      if (pred(m)) return m;
-      c.pushes.push(m);
-    }
-  };
+  const c = await jsonOpen(s);
   if (nick) {
     const h = await c.req({ op: 'hello', nick });
     assert.equal(h.ok, true, JSON.stringify(h));
