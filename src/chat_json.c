@@ -169,7 +169,7 @@ static void op_leave(struct request *rq)
     chat_send_ok(rq->cl, rq->id);
 }
 
-/* Checks a message text and cmid. Returns 0 or -1 after an error reply. */
+/* Checks a message text. Returns 0 or -1 after an error reply. */
 int chat_req_text(const struct request *rq, struct hub_iov *text)
 {
     if (get_str(rq, "text", text) != 1 || text->len == 0) {
@@ -188,21 +188,12 @@ int chat_req_text(const struct request *rq, struct hub_iov *text)
     return 0;
 }
 
+/* Checks a message text (chat_req_text) and its optional cmid. Returns 0
+ * or -1 after an error reply. */
 static int get_text(const struct request *rq, struct hub_iov *text, struct hub_iov *cmid)
 {
-    if (get_str(rq, "text", text) != 1 || text->len == 0) {
-        chat_send_error(rq->cl, rq->id, "bad_text", "\"text\" must be a non-empty string");
+    if (chat_req_text(rq, text) != 0)
         return -1;
-    }
-    const char *why = hub_ident_text_check(text->base, text->len);
-    if (why != NULL) {
-        chat_send_error(rq->cl, rq->id, "bad_text", why);
-        return -1;
-    }
-    if (hub_utf8_length(text->base, text->len) > rq->cl->chat->cfg.max_text) {
-        chat_send_error(rq->cl, rq->id, "too_long", "the text is longer than max_text characters");
-        return -1;
-    }
     cmid->base = "";
     cmid->len = 0;
     if (get_str(rq, "cmid", cmid) < 0 || cmid->len > HUB_CHAT_CMID_MAX) {
